@@ -1,7 +1,8 @@
-"""Shared helpers of so-vits-svc 4.1: F0 math and frame alignment.
+"""Shared helpers of so-vits-svc 4.1: F0 math and frame alignment, plus the config and checkpoint
+helpers under their 4.1 names (re-exported at the end from ``modules.hparams`` / ``modules.checkpoint``).
 
-Only stdlib, numpy and torch are imported here, so every stage can use these helpers without
-pulling in encoders, F0 models or plotting libraries.
+Only stdlib, numpy, torch and those light modules are imported here, so every stage can use these
+helpers without pulling in encoders, F0 models or plotting libraries.
 """
 from __future__ import annotations
 
@@ -148,3 +149,16 @@ def repeat_expand_2d(content: torch.Tensor, target_len: int, mode: str = "left")
         index.append(pos)
     index_t = torch.tensor(index, dtype=torch.long, device=content.device)
     return content[:, index_t].to(torch.float32)
+
+
+# -- 4.1 names of the config, checkpoint and volume helpers (defined in modules/) ------------------
+from modules.checkpoint import (  # noqa: E402
+    CheckpointError,
+    clean_checkpoints,
+    latest_checkpoint_path,
+    load_checkpoint,
+    safe_torch_load,
+    save_checkpoint,
+)
+from modules.hparams import ConfigError, HParams, get_hparams_from_file, load_config, save_config  # noqa: E402
+from modules.mel_processing import VolumeExtractor as Volume_Extractor  # noqa: E402

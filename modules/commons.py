@@ -83,8 +83,8 @@ class _WeightNormMixin:
 
     def _apply_weight_norm(self) -> None:
         weight = self._parameters.pop("weight")
-        self.weight_g = nn.Parameter(torch.norm_except_dim(weight.detach(), 2, 0).clone())
-        self.weight_v = nn.Parameter(weight.detach().clone())
+        self.weight_g = nn.Parameter(torch.norm_except_dim(weight.detach(), 2, 0))
+        self.weight_v = nn.Parameter(weight.detach())
         self._folded = False
 
     def normalised_weight(self) -> Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,6 +53,8 @@ def mel_filterbank(
     basis = _MEL_CACHE.get(key)
     if basis is None:
         # librosa builds float32; casting afterwards keeps float64 callers on the same values as 4.1.
+        import librosa  # heavy import, needed only when a filterbank is first built
+
         fb = librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax, htk=htk)
         basis = torch.from_numpy(np.ascontiguousarray(fb)).to(dtype=dtype, device=device)
         _MEL_CACHE[key] = basis
@@ -62,6 +63,9 @@ def mel_filterbank(
 
 def _warn_out_of_range(y: torch.Tensor) -> None:
     # 4.1 prints these for audio outside [-1, 1]; harmless, but worth seeing when it happens.
+    # Skipped for accelerator tensors, where reading the values back would stall every step.
+    if y.device.type != "cpu":
+        return
     y_min, y_max = float(torch.min(y)), float(torch.max(y))
     if y_min < -1.0:
         logger.warning("min value is %s", y_min)

@@ -1,12 +1,15 @@
 """Shared pytest fixtures: where the so-vits-svc 4.1 reference fixtures live."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -34,3 +37,31 @@ def fixtures_dir() -> Path:
     if not FIXTURES.exists():
         pytest.skip("../shared/fixtures/sovits41 not available")
     return FIXTURES
+
+
+@contextlib.contextmanager
+def zeroed_rng() -> Iterator[list[tuple[str, list[int]]]]:
+    """Make torch.rand/randn(_like) return zeros; yields the list of (kind, shape) draws replaced."""
+    calls: list[tuple[str, list[int]]] = []
+    saved = torch.rand, torch.randn, torch.rand_like, torch.randn_like
+
+    def make(kind: str):
+        def zeros(*size, generator=None, dtype=None, device=None, **_):
+            if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+                size = tuple(size[0])
+            calls.append((kind, [int(s) for s in size]))
+            return torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
+        return zeros
+
+    def make_like(kind: str):
+        def zeros_like(t, **_):
+            calls.append((kind, list(t.shape)))
+            return torch.zeros_like(t)
+        return zeros_like
+
+    torch.rand, torch.randn = make("rand"), make("randn")  # type: ignore[assignment]
+    torch.rand_like, torch.randn_like = make_like("rand"), make_like("randn")  # type: ignore[assignment]
+    try:
+        yield calls
+    finally:
+        torch.rand, torch.randn, torch.rand_like, torch.randn_like = saved  # type: ignore[assignment]

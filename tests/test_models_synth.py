@@ -7,7 +7,6 @@ draws happen in 4.1's order and shapes.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,35 +14,13 @@ import pytest
 import torch
 
 import utils
-from conftest import FIXTURES
+from conftest import FIXTURES, zeroed_rng
 from models import SynthesizerTrn
 
 SYNTH = FIXTURES / "synth"
 VARIANTS = sorted(p.name for p in SYNTH.glob("*") if (p / "fixture.npz").exists())
 AUDIO_TOL = 1e-4
 FEATURE_TOL = 1e-5
-
-
-@contextmanager
-def zeroed_rng():
-    """Make torch.rand/randn(_like) return zeros, as the fixtures were recorded."""
-    saved = {name: getattr(torch, name) for name in ("rand", "randn", "rand_like", "randn_like")}
-
-    def zeros(*size, generator=None, dtype=None, device=None, **_):
-        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
-            size = tuple(size[0])
-        return torch.zeros(size, dtype=dtype or torch.get_default_dtype(), device=device)
-
-    def zeros_like(t, **_):
-        return torch.zeros_like(t)
-
-    torch.rand = torch.randn = zeros  # type: ignore[assignment]
-    torch.rand_like = torch.randn_like = zeros_like  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
 
 
 def build(variant_dir: Path, checkpoint: str | None = None) -> tuple[SynthesizerTrn, dict]:

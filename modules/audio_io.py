@@ -1,0 +1,110 @@
+"""Audio file I/O shared by the preprocessing stages: decode to float32 mono, resample, write int16 WAV.
+
+Decoding goes through soundfile (libsndfile), so WAV of any sample format (8/16/24/32-bit int,
+float), FLAC, OGG/Vorbis, MP3, AIFF, ... are accepted. Failures raise `AudioReadError` naming the
+file and the reason, never a bare libsndfile message.
+"""
+from __future__ import annotations
+
+import math
+import os
+import wave
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+
+__all__ = ["AudioReadError", "read_audio_mono", "resample_audio", "write_wav_int16"]
+
+PathLike = str | os.PathLike
+
+
+class AudioReadError(ValueError):
+    """An audio file cannot be used: unreadable, corrupt, empty or holding non-finite samples.
+
+    `path` is the file and `reason` the short cause (without the path), for summaries.
+    """
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+def read_audio_mono(path: PathLike) -> tuple[np.ndarray, int]:
+    """Decode a whole audio file at its native rate and average its channels.
+
+    Integer formats are scaled to [-1, 1) the way libsndfile does (int16 / 32768, unsigned 8-bit
+    centred on 128), float files keep their values (they may exceed 1).
+
+    Args:
+        path: any file libsndfile can read.
+    Returns:
+        (samples float32 [L], sample rate in Hz).
+    Raises:
+        FileNotFoundError: the file does not exist.
+        AudioReadError: the file is not decodable audio, has no samples, or holds NaN/inf.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"audio file {os.fspath(path)} not found")
+    if os.path.getsize(path) == 0:
+        raise AudioReadError(path, "empty file (0 bytes)")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        # libsndfile reports truncated or unknown containers as generic errors; keep its text.
+        raise AudioReadError(path, f"not a readable audio file ({err})") from None
+    if data.shape[0] == 0:
+        raise AudioReadError(path, "contains no audio samples")
+    # Channel average in float32, like librosa.to_mono which 4.1 uses.
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        raise AudioReadError(path, "contains NaN or infinite samples")
+    return mono, int(rate)
+
+
+def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample a mono signal with soxr "HQ" (what librosa >= 0.10 `resample` does by default).
+
+    The length is ceil(L * sr_out / sr_in), zero-padded or cut like librosa's `fix_length`, so the
+    result equals `librosa.resample(x, orig_sr=sr_in, target_sr=sr_out)`. so-vits-svc 4.1 pinned
+    librosa 0.9.1 whose default was resampy "kaiser_best"; both are high-quality band-limited
+    filters and differ by far less than one 16-bit step on band-limited material.
+
+    Args:
+        x: float32 [L].
+        sr_in: rate of `x` in Hz.
+        sr_out: wanted rate in Hz.
+    Returns:
+        float32 [ceil(L * sr_out / sr_in)]; `x` itself when the rates are equal.
+    """
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    if sr_in == sr_out:
+        return x
+    import soxr
+
+    out = soxr.resample(np.asarray(x, dtype=np.float32), sr_in, sr_out, quality="HQ")
+    n_out = int(math.ceil(len(x) * sr_out / sr_in))
+    if len(out) < n_out:
+        out = np.pad(out, (0, n_out - len(out)))
+    return np.ascontiguousarray(out[:n_out], dtype=np.float32)
+
+
+def write_wav_int16(target: PathLike | BinaryIO, pcm: np.ndarray, rate: int) -> None:
+    """Write mono 16-bit PCM as a canonical 44-byte-header WAV (what scipy.io.wavfile writes).
+
+    Args:
+        target: a path or a binary file object opened for writing.
+        pcm: int16 [L].
+        rate: sample rate in Hz.
+    """
+    if pcm.dtype != np.int16 or pcm.ndim != 1:
+        raise ValueError(f"expected a 1-D int16 array, got {pcm.dtype} with shape {pcm.shape}")
+    handle = wave.open(target if not isinstance(target, (str, os.PathLike)) else os.fspath(target), "wb")
+    with handle as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(rate))
+        w.writeframes(pcm.astype("<i2", copy=False).tobytes())

@@ -1,0 +1,349 @@
+"""Tutorial step 1 (`resample.py`): every clip of `dataset_raw/<speaker>/` -> 44.1 kHz mono int16 WAV.
+
+Per clip (pipeline.md §1): decode and average channels, trim leading/trailing silence (-40 dB),
+peak guard (x > 1 -> 0.98 x / peak), resample, peak-normalise to full scale unless
+`--skip_loudnorm`, truncate `x * 32767` to int16. Differences to 4.1, all from quirks.md:
+silent clips are reported and skipped instead of written as NaN garbage (#28), `--skip_loudnorm`
+clips to the int16 range instead of wrapping around (#59), hidden files and folders are ignored (#51),
+unreadable files are reported instead of ending the run, outputs are written atomically and a clip
+whose output is already newer than its source is not redone (use `overwrite=True` to redo all).
+"""
+from __future__ import annotations
+
+import io
+import os
+import wave
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
+from prep import write_bytes_atomic
+
+__all__ = [
+    "ClipJob",
+    "ClipOutcome",
+    "ResampleSummary",
+    "SilentAudioError",
+    "TRIM_TOP_DB",
+    "default_workers",
+    "format_summary",
+    "list_jobs",
+    "prepare_clip",
+    "resample_dataset",
+    "resample_file",
+    "to_int16",
+    "trim_silence",
+]
+
+PathLike = str | os.PathLike
+
+# Silence trimming of 4.1 (librosa.effects.trim defaults).
+TRIM_TOP_DB = 40.0
+TRIM_FRAME = 2048
+TRIM_HOP = 512
+# Peaks at or below one 16-bit step are digital silence (or dither): normalising them would blow
+# noise up to full scale, and an all-zero clip would give 0/0 = NaN (quirk 28).
+SILENCE_PEAK = 1.0 / 32768.0
+# Names other than 4.1's "*wav" that are decoded too; their output is renamed to `<stem>.wav`.
+EXTRA_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+
+
+class SilentAudioError(AudioReadError):
+    """The clip holds no signal (all samples within one 16-bit step of zero) after trimming."""
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One input clip: `src` under `<in_dir>/<speaker>/`, written to `dst` under `<out_dir>/<speaker>/`."""
+
+    speaker: str
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class ClipOutcome:
+    """What happened to one clip. `status`: "written", "up to date" (skipped re-run) or "failed"."""
+
+    job: ClipJob
+    status: Literal["written", "up to date", "failed"]
+    reason: str = ""
+
+
+@dataclass
+class ResampleSummary:
+    """All outcomes of one run, in speaker order then file-name order."""
+
+    outcomes: list[ClipOutcome] = field(default_factory=list)
+    workers: int = 1
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def failed(self) -> list[ClipOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+# ------------------------------------------------------------------------------------------------
+# per-clip signal processing
+# ------------------------------------------------------------------------------------------------
+def trim_silence(
+    x: np.ndarray, top_db: float = TRIM_TOP_DB, frame_length: int = TRIM_FRAME, hop_length: int = TRIM_HOP
+) -> np.ndarray:
+    """Cut leading and trailing silence like `librosa.effects.trim` (4.1's call, default arguments).
+
+    Frame RMS over `frame_length` samples every `hop_length`, frames centred (zero padding of
+    frame_length // 2 on both sides, 1 + L // hop frames). A frame is non-silent when its level
+    relative to the loudest frame is above -top_db (levels floored at 1e-5 amplitude). Since the
+    loudest frame always qualifies, nothing is cut from an all-zero clip.
+
+    Args:
+        x: float32 [L].
+    Returns:
+        the view `x[first * hop : min(L, (last + 1) * hop)]` over the first/last non-silent frame.
+    """
+    if len(x) == 0:
+        return x
+    pad = frame_length // 2
+    padded = np.pad(x.astype(np.float32, copy=False), pad)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length]
+    power = np.mean(np.square(frames), axis=-1)
+    rms = np.sqrt(power)
+    amin = 1e-5
+    ref = max(float(rms.max()), amin)
+    level_db = 20.0 * np.log10(np.maximum(rms, amin)) - 20.0 * np.log10(ref)
+    loud = np.flatnonzero(level_db > -top_db)
+    if loud.size == 0:
+        return x
+    start = int(loud[0]) * hop_length
+    end = min(len(x), (int(loud[-1]) + 1) * hop_length)
+    return x[start:end]
+
+
+def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
+    """4.1's int16 conversion: `x * 32767` truncated toward zero (no rounding).
+
+    Args:
+        x: float32 [L].
+        clip: limit to [-32768, 32767] first; without it values beyond +-1 would wrap around, which
+            only un-normalised audio (`--skip_loudnorm`) can reach (quirk 59).
+    Returns:
+        int16 [L].
+    """
+    scaled = np.asarray(x, dtype=np.float32) * np.float32(32767)
+    if clip:
+        scaled = np.clip(scaled, -32768.0, 32767.0)
+    return scaled.astype(np.int16)
+
+
+def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: str = "clip") -> np.ndarray:
+    """The 4.1 chain from decoded audio to the int16 samples that resample.py stores.
+
+    Args:
+        x: float32 [L] mono at `sr`.
+        sr: rate of `x`.
+        target_sr: output rate (44100 in the tutorial).
+        loudnorm: peak-normalise to full scale after resampling (4.1 default; off = `--skip_loudnorm`).
+        name: used in the error message.
+    Returns:
+        int16 [ceil(L_trimmed * target_sr / sr)].
+    Raises:
+        SilentAudioError: nothing but digital silence is left after trimming.
+    """
+    x = trim_silence(x)
+    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    if peak <= SILENCE_PEAK:
+        raise SilentAudioError(name, "silent after trimming; skipped")
+    if peak > 1.0:
+        x = np.float32(0.98) * x / np.float32(peak)
+    y = resample_audio(x, sr, target_sr)
+    if loudnorm:
+        y_peak = np.max(np.abs(y))
+        if not y_peak > 0:
+            raise SilentAudioError(name, "silent after resampling; skipped")
+        y = y / y_peak
+    return to_int16(y, clip=not loudnorm)
+
+
+def _is_up_to_date(src: str, dst: str, target_sr: int) -> bool:
+    """An earlier run finished `dst`: newer than `src` and a mono 16-bit WAV at `target_sr`."""
+    try:
+        if os.path.getmtime(dst) < os.path.getmtime(src):
+            return False
+        with wave.open(dst, "rb") as w:
+            return (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, target_sr) and w.getnframes() > 0
+    except (OSError, EOFError, wave.Error):
+        return False
+
+
+def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool = False) -> ClipOutcome:
+    """Convert one clip; unusable inputs are reported in the outcome instead of raised.
+
+    Runs in worker processes, so it takes and returns only picklable values. The output is written
+    through a hidden temporary file and renamed, so an interrupted run leaves no half-written WAV.
+    """
+    if not overwrite and _is_up_to_date(job.src, job.dst, target_sr):
+        return ClipOutcome(job, "up to date")
+    try:
+        x, sr = read_audio_mono(job.src)
+        pcm = prepare_clip(x, sr, target_sr, loudnorm, name=job.src)
+    except AudioReadError as err:
+        return ClipOutcome(job, "failed", err.reason)
+    except (FileNotFoundError, MemoryError) as err:
+        return ClipOutcome(job, "failed", str(err) or type(err).__name__)
+    try:
+        os.makedirs(os.path.dirname(job.dst) or ".", exist_ok=True)
+        buffer = io.BytesIO()
+        write_wav_int16(buffer, pcm, target_sr)
+        write_bytes_atomic(job.dst, buffer.getvalue())
+    except OSError as err:
+        return ClipOutcome(job, "failed", f"cannot write {job.dst}: {err.strerror or err}")
+    return ClipOutcome(job, "written")
+
+
+# ------------------------------------------------------------------------------------------------
+# dataset walk and worker pool
+# ------------------------------------------------------------------------------------------------
+def _output_name(name: str) -> str | None:
+    """Output file name for an input name, or None when the file is not audio to convert."""
+    if name.startswith("."):
+        return None
+    # 4.1 rule: the name ends with "wav" and contains ".wav"; the name is kept as it is.
+    if name.endswith("wav") and ".wav" in name:
+        return name
+    stem, suffix = os.path.splitext(name)
+    if stem and suffix.lower() in EXTRA_SUFFIXES:
+        return stem + ".wav"
+    return None
+
+
+def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list[ClipJob]]], list[ClipOutcome]]:
+    """Find the clips to convert.
+
+    Speakers are the non-hidden sub-folders of `in_dir` (files such as the tutorial's
+    `dataset_raw/config.json` are ignored), sorted by name; clips are the non-hidden files of
+    each speaker folder (not recursive) with an audio name, sorted by name.
+
+    Returns:
+        ([(speaker, jobs)], conflicts): `conflicts` are inputs whose renamed output (`a.flac` ->
+        `a.wav`) collides with another clip, already marked failed.
+    Raises:
+        FileNotFoundError: `in_dir` is not a folder.
+    """
+    in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
+    if not os.path.isdir(in_dir):
+        raise FileNotFoundError(
+            f"input folder {in_dir} not found: put one sub-folder per speaker with its clips there"
+        )
+    speakers: list[tuple[str, list[ClipJob]]] = []
+    conflicts: list[ClipOutcome] = []
+    for speaker in sorted(os.listdir(in_dir)):
+        spk_dir = os.path.join(in_dir, speaker)
+        if speaker.startswith(".") or not os.path.isdir(spk_dir):
+            continue
+        jobs: dict[str, ClipJob] = {}
+        names = sorted(n for n in os.listdir(spk_dir) if os.path.isfile(os.path.join(spk_dir, n)))
+        # Names that keep their spelling claim their output first, then the renamed ones.
+        names.sort(key=lambda n: _output_name(n) != n)
+        for name in names:
+            out_name = _output_name(name)
+            if out_name is None:
+                continue
+            job = ClipJob(speaker, os.path.join(spk_dir, name), os.path.join(out_dir, speaker, out_name))
+            if out_name in jobs:
+                other = os.path.basename(jobs[out_name].src)
+                conflicts.append(ClipOutcome(job, "failed", f"its output {out_name} is already made from {other}"))
+                continue
+            jobs[out_name] = job
+        speakers.append((speaker, sorted(jobs.values(), key=lambda j: j.src)))
+    return speakers, conflicts
+
+
+def default_workers(cpu_count: int | None = None) -> int:
+    """4.1's pool size: 30 on machines with more than 60 CPUs, CPUs - 2 with more than 4, else 1."""
+    n = (os.cpu_count() or 1) if cpu_count is None else cpu_count
+    return 30 if n > 60 else (n - 2 if n > 4 else 1)
+
+
+def resample_dataset(
+    in_dir: PathLike = "./dataset_raw",
+    out_dir: PathLike = "./dataset/44k",
+    target_sr: int = 44100,
+    loudnorm: bool = True,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ResampleSummary:
+    """Convert every speaker folder of `in_dir` into `out_dir/<speaker>/` (resample.py).
+
+    Prints `CPU count: <n>`, then per speaker its folder and a `resampling:` progress bar.
+
+    Args:
+        in_dir: raw dataset root, one sub-folder per speaker.
+        out_dir: destination root (created as needed).
+        target_sr: output rate.
+        loudnorm: peak-normalise to full scale (False = `--skip_loudnorm`).
+        workers: process count; None = 4.1's rule (`default_workers`), 0 = one per CPU, 1 = no pool.
+        overwrite: redo clips whose output is already up to date.
+        progress: show the console lines and progress bars.
+    Returns:
+        every clip's outcome; failures do not stop the run.
+    Raises:
+        FileNotFoundError: `in_dir` does not exist.
+    """
+    from tqdm import tqdm
+
+    speakers, conflicts = list_jobs(in_dir, out_dir)
+    cpus = os.cpu_count() or 1
+    n_workers = default_workers(cpus) if workers is None else (cpus if workers == 0 else workers)
+    if n_workers < 0:
+        raise ValueError(f"worker count must be >= 0, got {workers}")
+    if progress:
+        print(f"CPU count: {cpus}", flush=True)
+    summary = ResampleSummary(workers=n_workers)
+    results: dict[ClipJob, ClipOutcome] = {}
+    pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
+    try:
+        # Everything is submitted up front so the pool never idles between speakers.
+        futures: dict[str, list[Future]] = {}
+        if pool is not None:
+            for speaker, jobs in speakers:
+                futures[speaker] = [pool.submit(resample_file, j, target_sr, loudnorm, overwrite) for j in jobs]
+        for speaker, jobs in speakers:
+            if progress:
+                print(os.path.join(os.fspath(in_dir), speaker), flush=True)
+            bar = tqdm(total=len(jobs), desc="resampling", disable=not progress)
+            if pool is None:
+                for job in jobs:
+                    results[job] = resample_file(job, target_sr, loudnorm, overwrite)
+                    bar.update(1)
+            else:
+                for fut in as_completed(futures[speaker]):
+                    outcome = fut.result()
+                    results[outcome.job] = outcome
+                    bar.update(1)
+            bar.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    for _, jobs in speakers:
+        summary.outcomes.extend(results[j] for j in jobs)
+    summary.outcomes.extend(conflicts)
+    return summary
+
+
+def format_summary(summary: ResampleSummary, target_sr: int = 44100) -> str:
+    """Closing report: counts, then one line per skipped clip with its reason."""
+    written, done, failed = summary.count("written"), summary.count("up to date"), summary.failed
+    lines = [
+        f"Done: {written} written, {done} already up to date (not redone), "
+        f"{len(failed)} skipped because of problems; output {target_sr} Hz mono 16-bit PCM."
+    ]
+    if failed:
+        lines.append("Skipped clips:")
+        lines.extend(f"  {o.job.src}: {o.reason}" for o in failed)
+    return "\n".join(lines)

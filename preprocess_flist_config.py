@@ -1,0 +1,51 @@
+"""Tutorial step 2: split dataset/44k into filelists/train.txt + val.txt and write configs/config.json
+and configs/diffusion.yaml from the templates."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vencoder import ENCODER_DIMS  # stdlib-only import: --help stays fast
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-8s | %(name)s:%(funcName)s:%(lineno)d - %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train_list", type=str, default="./filelists/train.txt", help="path to train list")
+    parser.add_argument("--val_list", type=str, default="./filelists/val.txt", help="path to val list")
+    parser.add_argument("--source_dir", type=str, default="./dataset/44k", help="path to source dir")
+    parser.add_argument("--speech_encoder", type=str, default="vec768l12",
+                        help="content encoder: " + ", ".join(ENCODER_DIMS))
+    parser.add_argument("--vol_aug", action="store_true",
+                        help="loudness embedding and volume augmentation (train.vol_aug, model.vol_embedding)")
+    parser.add_argument("--tiny", action="store_true", help="start from the tiny template (faster, smaller model)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the train/val split (default: random)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run preprocess_flist_config.py with `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.speech_encoder not in ENCODER_DIMS:
+        parser.error(f"unknown --speech_encoder {args.speech_encoder!r}; choose one of {', '.join(ENCODER_DIMS)}")
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    stage_logger = logging.getLogger("prep.flist_config")
+    if stage_logger.level == logging.NOTSET:
+        stage_logger.setLevel(logging.INFO)
+
+    from prep.flist_config import DatasetError, preprocess_flist_config
+
+    try:
+        preprocess_flist_config(args.train_list, args.val_list, args.source_dir, args.speech_encoder,
+                                vol_aug=args.vol_aug, tiny=args.tiny, seed=args.seed)
+    except DatasetError as err:
+        print(f"preprocess_flist_config.py: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

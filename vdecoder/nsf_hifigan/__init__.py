@@ -1,0 +1,1 @@
+"""Stand-alone NSF-HiFiGAN vocoder (OpenVPI release layout): enhancer and shallow-diffusion vocoder."""
