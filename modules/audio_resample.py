@@ -7,7 +7,8 @@ float32 rounding, without depending on torchaudio.
 
 Algorithm: reduce the rates by their gcd to ``orig`` / ``new``. The low-pass cut-off is
 ``base = min(orig, new) * rolloff`` (in units of the reduced rates). Output phase ``j`` (0 <= j < new)
-uses input taps at offsets ``t = (i / orig - j / new) * base`` (``j / new`` rounded to float32) for ``i`` in ``[-width, width + orig)``,
+uses input taps at offsets ``t = (i / orig - j / new) * base`` (``j / new`` rounded to float32)
+for ``i`` in ``[-width, width + orig)``,
 ``width = ceil(lowpass_filter_width * orig / base)``; the tap weight is
 ``sinc(pi * t) * cos(pi * t / (2 * lowpass_filter_width))^2 * base / orig`` with ``t`` clipped to
 ``[-lowpass_filter_width, lowpass_filter_width]`` (so the window reaches zero at the clip).

@@ -14,9 +14,9 @@ F0_PREDICTORS: dict[str, tuple[str, str, bool] | None] = {
     "pm": ("PMF0Predictor", "PMF0Predictor", False),
     "dio": ("DioF0Predictor", "DioF0Predictor", False),
     "harvest": ("HarvestF0Predictor", "HarvestF0Predictor", False),
-    "crepe": None,
-    "rmvpe": None,
-    "fcpe": None,
+    "crepe": ("CrepeF0Predictor", "CrepeF0Predictor", True),
+    "rmvpe": ("RMVPEF0Predictor", "RMVPEF0Predictor", True),
+    "fcpe": ("FCPEF0Predictor", "FCPEF0Predictor", True),
 }
 
 

@@ -1,0 +1,1 @@
+"""FCPE pitch network (4.1 checkpoint layout), its mel front end and decoding."""
