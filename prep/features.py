@@ -1,0 +1,237 @@
+"""Tutorial step 3 (`preprocess_hubert_f0.py`): per-clip training features next to every `X.wav`.
+
+Outputs (formats.md §2, pipeline.md §3): ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy``
+((f0, uv), written as a plain float64 (2, T) array), ``X.spec.pt`` ([1025, T]); with
+``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with ``--use_diff`` ``X.wav.mel.npy``,
+``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``.
+
+Differences to 4.1: a unit file made by another encoder (wrong channel count) is recomputed with a
+warning instead of breaking training later (quirks.md E); an unreadable clip is reported and
+skipped; ``--device`` is honoured (quirk 50); missing model files stop the run with one clear
+message before any work starts; every file is written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
+from modules.checkpoint import CheckpointError, safe_torch_load
+from modules.hparams import HParams, write_atomic
+from modules.mel_processing import spectrogram_torch, volume_extract
+from modules.npy_io import save_f0, save_npy, save_object_npy
+
+logger = logging.getLogger(__name__)
+
+ENCODER_RATE = 16000
+
+
+@dataclass
+class FeatureSettings:
+    """Everything a worker needs, picklable so it can cross process boundaries."""
+
+    sampling_rate: int
+    hop_length: int
+    filter_length: int
+    win_length: int
+    speech_encoder: str
+    vol_embedding: bool
+    f0_predictor: str
+    use_diff: bool = False
+    vocoder_ckpt: str = "pretrain/nsf_hifigan/model"
+    device: str | None = None
+    pretrain_dir: str = "pretrain"
+    overwrite: bool = False
+
+
+@dataclass
+class FeatureSummary:
+    done: int = 0
+    up_to_date: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def merge(self, other: "FeatureSummary") -> None:
+        self.done += other.done
+        self.up_to_date += other.up_to_date
+        self.failed.extend(other.failed)
+
+
+def settings_from_config(hps: HParams, f0_predictor: str, use_diff: bool, device: str | None,
+                         diffusion: HParams | None = None, overwrite: bool = False) -> FeatureSettings:
+    model = hps.model
+    return FeatureSettings(
+        sampling_rate=int(hps.data.sampling_rate), hop_length=int(hps.data.hop_length),
+        filter_length=int(hps.data.filter_length), win_length=int(hps.data.win_length),
+        speech_encoder=model.get("speech_encoder") or "vec768l12",
+        vol_embedding=bool(model.get("vol_embedding", False)), f0_predictor=f0_predictor,
+        use_diff=use_diff, device=device, overwrite=overwrite,
+        vocoder_ckpt=str(diffusion.vocoder.ckpt) if (use_diff and diffusion is not None) else "pretrain/nsf_hifigan/model",
+    )
+
+
+def list_clips(in_dir: str | os.PathLike) -> list[Path]:
+    """``<in_dir>/*/*.wav`` without hidden folders or files, sorted."""
+    root = Path(in_dir)
+    clips = []
+    for speaker in sorted(root.iterdir()) if root.is_dir() else []:
+        if speaker.name.startswith(".") or not speaker.is_dir():
+            continue
+        clips.extend(p for p in sorted(speaker.glob("*.wav")) if not p.name.startswith("."))
+    return clips
+
+
+def spec_path_of(wav: Path) -> Path:
+    """``X.wav`` -> ``X.spec.pt`` (only the final suffix is replaced; quirk 53)."""
+    return wav.with_name(wav.name[: -len(".wav")] + ".spec.pt") if wav.name.endswith(".wav") else Path(str(wav) + ".spec.pt")
+
+
+class FeatureExtractor:
+    """Loads the encoder, F0 predictor (and vocoder mel) once; ``process(clip)`` writes one clip's files."""
+
+    def __init__(self, settings: FeatureSettings) -> None:
+        from modules.F0Predictor import get_f0_predictor
+        from vencoder import get_speech_encoder
+
+        self.s = settings
+        self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = get_speech_encoder(settings.speech_encoder, device=self.device,
+                                          pretrain_dir=settings.pretrain_dir)
+        self.dim = int(self.encoder.dim)
+        self.f0 = get_f0_predictor(settings.f0_predictor, hop_length=settings.hop_length,
+                                   sampling_rate=settings.sampling_rate, device=self.device, threshold=0.05)
+        self.vocoder = None
+        if settings.use_diff:
+            from vdecoder.nsf_hifigan.models import NsfHifiGAN
+
+            self.vocoder = NsfHifiGAN(settings.vocoder_ckpt, device=self.device)
+
+    def _needed(self, path: Path) -> bool:
+        return self.s.overwrite or not path.exists()
+
+    def _units_ok(self, path: Path) -> bool:
+        """An existing unit file is reused only when it has this encoder's channel count."""
+        if self._needed(path):
+            return False
+        try:
+            units = safe_torch_load(path)
+        except CheckpointError as err:
+            logger.warning("%s is unreadable (%s); recomputing", path, err)
+            return False
+        if self.dim is not None and (units.dim() != 3 or units.shape[1] != self.dim):
+            logger.warning("%s has shape %s but %s gives %d channels (made by another encoder?); recomputing",
+                           path, tuple(units.shape), self.s.speech_encoder, self.dim)
+            return False
+        return True
+
+    def process(self, clip: Path) -> bool:
+        """Write the missing feature files of one clip; returns True when anything was computed."""
+        s = self.s
+        targets = {
+            "soft": Path(f"{clip}.soft.pt"), "f0": Path(f"{clip}.f0.npy"), "spec": spec_path_of(clip),
+            "vol": Path(f"{clip}.vol.npy"), "mel": Path(f"{clip}.mel.npy"),
+            "aug_mel": Path(f"{clip}.aug_mel.npy"), "aug_vol": Path(f"{clip}.aug_vol.npy"),
+        }
+        want_vol = s.vol_embedding or s.use_diff
+        todo = {
+            "soft": not self._units_ok(targets["soft"]),
+            "f0": self._needed(targets["f0"]),
+            "spec": self._needed(targets["spec"]),
+            "vol": want_vol and self._needed(targets["vol"]),
+            "mel": s.use_diff and self._needed(targets["mel"]),
+            "aug": s.use_diff and (self._needed(targets["aug_mel"]) or self._needed(targets["aug_vol"])),
+        }
+        if not any(todo.values()):
+            return False
+        wav, sr = read_audio_mono(clip)
+        if sr != s.sampling_rate:
+            wav = resample_audio(wav, sr, s.sampling_rate)
+        audio = torch.from_numpy(wav).unsqueeze(0)  # [1, L]
+        if todo["soft"]:
+            wav16 = torch.from_numpy(resample_audio(wav, s.sampling_rate, ENCODER_RATE)).to(self.device)
+            with torch.inference_mode():
+                units = self.encoder.encoder(wav16).float().cpu()
+            write_atomic(targets["soft"], lambda f: torch.save(units, f))
+        if todo["f0"]:
+            f0, uv = self.f0.compute_f0_uv(wav)
+            save_f0(targets["f0"], f0, uv)
+        if todo["spec"]:
+            spec = spectrogram_torch(audio, s.filter_length, s.sampling_rate, s.hop_length, s.win_length)
+            spec = spec.squeeze(0)
+            write_atomic(targets["spec"], lambda f: torch.save(spec, f))
+        if todo["vol"]:
+            save_npy(targets["vol"], volume_extract(audio, s.hop_length).numpy().astype(np.float32))
+        if todo["mel"] or todo["aug"]:
+            self._diffusion_files(audio, targets, todo)
+        return True
+
+    def _diffusion_files(self, audio: torch.Tensor, targets: dict[str, Path], todo: dict[str, bool]) -> None:
+        assert self.vocoder is not None
+        s = self.s
+        with torch.inference_mode():
+            if todo["mel"]:
+                mel = self.vocoder.extract(audio.to(self.device)).squeeze(0).float().cpu().numpy()
+                save_npy(targets["mel"], mel)
+            if todo["aug"]:
+                # Volume and key augmentation of 4.1 (pipeline.md §3.6), deliberately unseeded.
+                peak = float(audio.abs().max()) + 1e-5
+                vol_shift = random.uniform(-1, min(1.0, float(np.log10(1 / peak))))
+                keyshift = random.uniform(-5, 5)
+                shifted = audio * 10 ** vol_shift
+                aug_mel = self.vocoder.extract(shifted.to(self.device), keyshift=keyshift)
+                save_object_npy(targets["aug_mel"], [aug_mel.squeeze(0).float().cpu().numpy(), keyshift])
+                save_npy(targets["aug_vol"], volume_extract(shifted, s.hop_length).numpy().astype(np.float32))
+
+
+def _work(settings: FeatureSettings, clips: list[str], rank: int, progress: bool) -> FeatureSummary:
+    """One worker: build the models once, then go through its share of the clips."""
+    if settings.device is None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        settings.device = f"cuda:{rank % torch.cuda.device_count()}"
+    extractor = FeatureExtractor(settings)
+    summary = FeatureSummary()
+    iterator: Any = clips
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(clips, position=rank, desc=f"worker {rank}", leave=False)
+    for clip in iterator:
+        try:
+            if extractor.process(Path(clip)):
+                summary.done += 1
+            else:
+                summary.up_to_date += 1
+        except (AudioReadError, ValueError, RuntimeError, OSError) as err:
+            summary.failed.append((clip, str(err)))
+            logger.error("%s: %s; skipped", clip, err)
+    return summary
+
+
+def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dataset/44k",
+                     num_processes: int = 1, progress: bool = True) -> FeatureSummary:
+    """Process every clip under ``in_dir`` with ``num_processes`` workers (0 = one per CPU)."""
+    clips = [str(p) for p in list_clips(in_dir)]
+    if not clips:
+        raise FileNotFoundError(f"no .wav clips found under {in_dir}/<speaker>/ (run resample.py first)")
+    if num_processes == 0:
+        num_processes = os.cpu_count() or 1
+    num_processes = max(1, min(num_processes, len(clips)))
+    random.shuffle(clips)  # spreads long and short clips over the workers, as 4.1 does
+    chunks = [clips[i::num_processes] for i in range(num_processes)]
+    summary = FeatureSummary()
+    if num_processes == 1:
+        summary.merge(_work(settings, chunks[0], 0, progress))
+        return summary
+    import multiprocessing
+
+    with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_work, settings, chunk, rank, progress) for rank, chunk in enumerate(chunks)]
+        for future in futures:
+            summary.merge(future.result())
+    return summary
