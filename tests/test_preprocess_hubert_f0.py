@@ -6,7 +6,10 @@ run through each script's ``main`` inside a temporary project folder.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,11 +19,14 @@ import torch
 import preprocess_flist_config
 import preprocess_hubert_f0
 import resample
-from conftest import DATA, FIXTURES, VENCODER_FIXTURES
+from conftest import DATA, FIXTURES, ROOT, VENCODER_FIXTURES
 from modules.checkpoint import safe_torch_load
 from modules.npy_io import load_f0, load_npy
 
-SPEAKERS = {"kal": ["kal_01.wav", "kal_02.wav", "kal_03.wav"], "slt": ["slt_01.wav", "slt_02.wav", "slt_03.wav"]}
+SPEAKERS = {"kal": ["kal_01.wav", "kal_02.wav", "kal_03.wav"], "slt": ["slt_01.wav", "slt_02.wav", "slt_03.wav"],
+            "lj": ["stereo48k_slt.wav", "こんにちは_テスト.wav"]}
+N_CLIPS = 8
+STEP_LOGS: list[str] = []  # console output of the three steps, filled by the `prepared` fixture
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +37,11 @@ def project(tmp_path_factory):
     for speaker, names in SPEAKERS.items():
         (root / "dataset_raw" / speaker).mkdir(parents=True)
         for name in names:
-            src = DATA / "voices" / speaker / name
+            src = DATA / ("edge" if speaker == "lj" else f"voices/{speaker}") / name
             if not src.exists():
                 pytest.skip(f"{src} not available")
             shutil.copy(src, root / "dataset_raw" / speaker / name)
+    (root / "dataset_raw" / "kal" / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     (root / "pretrain" / "nsf_hifigan").mkdir(parents=True)
     shutil.copy(VENCODER_FIXTURES / "contentvec_reduced.pt", root / "pretrain" / "checkpoint_best_legacy_500.pt")
     for name in ("config.json", "model"):
@@ -42,19 +49,40 @@ def project(tmp_path_factory):
     return root
 
 
+def _run(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    """Run a top-level script the way a user does: ``python <repo>/<script> ...`` inside the project."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=600)
+
+
 @pytest.fixture(scope="module")
-def prepared(project, tmp_path_factory):
-    """Run the three tutorial steps once (cwd = project)."""
-    mp = pytest.MonkeyPatch()
-    mp.chdir(project)
-    torch.set_num_threads(1)
-    try:
-        assert resample.main(["--num_processes", "1"]) == 0
-        assert preprocess_flist_config.main(["--speech_encoder", "vec768l12", "--vol_aug", "--seed", "1"]) == 0
-        assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--use_diff", "--device", "cpu"]) == 0
-    finally:
-        mp.undo()
+def prepared(project):
+    """The tutorial's steps 2.4.1-2.4.3, each as a subprocess in the project folder."""
+    steps = [("resample.py", "--num_processes", "1"),
+             ("preprocess_flist_config.py", "--speech_encoder", "vec768l12", "--vol_aug", "--seed", "1"),
+             ("preprocess_hubert_f0.py", "--f0_predictor", "dio", "--use_diff", "--device", "cpu")]
+    logs = []
+    for script, *args in steps:
+        done = _run(script, *args, cwd=project)
+        assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+        logs.append(done.stdout + done.stderr)
+    STEP_LOGS[:] = logs
     return project
+
+
+def test_resample_reported_the_corrupt_file(prepared) -> None:
+    assert "corrupt.wav" in STEP_LOGS[0]
+    assert not (prepared / "dataset" / "44k" / "kal" / "corrupt.wav").exists()
+
+
+def test_second_run_does_nothing(prepared) -> None:
+    clips = _clips(prepared)
+    stamps = {p: p.stat().st_mtime_ns for c in clips for p in c.parent.glob(c.name + ".*")}
+    done = _run("preprocess_hubert_f0.py", "--f0_predictor", "dio", "--use_diff", "--device", "cpu", cwd=prepared)
+    assert done.returncode == 0, done.stderr
+    assert f"0 clips processed, {N_CLIPS} already up to date, 0 failed" in done.stdout + done.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def _clips(root):
@@ -63,7 +91,9 @@ def _clips(root):
 
 def test_every_clip_has_its_features(prepared) -> None:
     clips = _clips(prepared)
-    assert len(clips) == 6
+    assert len(clips) == N_CLIPS
+    assert any(c.name == "こんにちは_テスト.wav" for c in clips)
+    assert any(c.name == "stereo48k_slt.wav" for c in clips)
     for clip in clips:
         frames = sf.info(clip).frames // 512
         units = safe_torch_load(f"{clip}.soft.pt")
@@ -106,7 +136,7 @@ def test_rerun_skips_and_stale_units_are_recomputed(prepared, monkeypatch, caplo
     with caplog.at_level("INFO"):
         assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--use_diff", "--device", "cpu"]) == 0
     assert "made by another encoder" in caplog.text
-    assert "1 clips processed, 5 already up to date, 0 failed" in caplog.text
+    assert f"1 clips processed, {N_CLIPS - 1} already up to date, 0 failed" in caplog.text
     assert safe_torch_load(f"{clip}.soft.pt").shape[1] == 48
     for path, mtime in before.items():
         if not path.name.endswith(".soft.pt"):
@@ -115,7 +145,7 @@ def test_rerun_skips_and_stale_units_are_recomputed(prepared, monkeypatch, caplo
 
 def test_config_written_by_flist_step(prepared) -> None:
     cfg = json.loads((prepared / "configs" / "config.json").read_text())
-    assert cfg["spk"] == {"kal": 0, "slt": 1} and cfg["model"]["vol_embedding"] is True
+    assert cfg["spk"] == {"kal": 0, "lj": 1, "slt": 2} and cfg["model"]["vol_embedding"] is True
 
 
 def test_missing_encoder_file_is_a_clear_error(prepared, tmp_path, monkeypatch, capsys) -> None:
