@@ -161,8 +161,19 @@ class SelfAttention(nn.Module):
 
         q = split(self.q_proj(x) * hd ** -0.5)
         k, v = split(self.k_proj(x)), split(self.v_proj(x))
-        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        scores = q @ k.transpose(-2, -1)
+        bias = self.score_bias(x, split(x))
+        if bias is not None:
+            scores = scores + bias
+        attn = torch.softmax(scores, dim=-1)
         return self.out_proj((attn @ v).transpose(1, 2).reshape(b, t, e))
+
+    def score_bias(self, x: torch.Tensor, x_heads: torch.Tensor) -> torch.Tensor | None:
+        """Additive attention-score bias [B or 1, H, T, T]; none here (WavLM adds position terms).
+
+        x: input [B, T, E]; x_heads: the same split per head [B, H, T, E/H].
+        """
+        return None
 
 
 class EncoderLayer(nn.Module):

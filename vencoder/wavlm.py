@@ -93,24 +93,16 @@ class GatedRelativeAttention(SelfAttention):
             buckets = self._buckets = relative_position_buckets(length, self.num_buckets, self.max_distance, device)
         return self._table_owner[0].relative_attention_bias(buckets).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, E] -> [B, T, E]."""
-        b, t, e = x.shape
-        hd = e // self.heads
-
-        def split(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, t, self.heads, hd).transpose(1, 2)  # [B, H, T, hd]
-
-        q = split(self.q_proj(x) * hd ** -0.5)
-        k, v = split(self.k_proj(x)), split(self.v_proj(x))
+    def score_bias(self, x: torch.Tensor, x_heads: torch.Tensor) -> torch.Tensor:
+        """Bucketed relative position bias, gated per head and frame from the un-projected input."""
+        b, t, _ = x.shape
         bias = self.position_bias(t, x.device)[None]  # [1, H, T, T]
         if self.grep_linear is not None:
             # Gate from the un-projected input, per head: 8 outputs -> 2 x (sum of 4) -> sigmoid.
-            gates = self.grep_linear(split(x)).view(b, self.heads, t, 2, _GATE_UNITS // 2).sum(-1)
+            gates = self.grep_linear(x_heads).view(b, self.heads, t, 2, _GATE_UNITS // 2).sum(-1)
             gate_a, gate_b = torch.sigmoid(gates).chunk(2, dim=-1)  # [B, H, T, 1] each
             bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * bias
-        attn = torch.softmax(q @ k.transpose(-2, -1) + bias, dim=-1)
-        return self.out_proj((attn @ v).transpose(1, 2).reshape(b, t, e))
+        return bias
 
 
 def build_wavlm(cfg: WavLMConfig) -> HubertModel:
