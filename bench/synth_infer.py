@@ -1,0 +1,242 @@
+"""Real-time factor of ``SynthesizerTrn.infer`` in fp32, fp32 without weight norm and bf16 autocast.
+
+Random weights under a fixed seed and fixed synthetic inputs (seeded N(0, 1) content features, a
+sung glide with vibrato, mostly voiced), so the figures depend only on the network sizes, the
+machine and the thread count. Every variant runs the same ``infer`` call with the same seed, so
+they draw the same noise and their audio can be compared sample by sample with plain fp32.
+
+Run from the repository root::
+
+    .venv/bin/python bench/synth_infer.py --seconds 10 --repeats 3 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Sequence
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs_template" / "config_template.json"
+# Used while configs_template/ is absent: the recorded 4.1 default model config.
+FALLBACK_MANIFEST = ROOT.parent / "shared" / "fixtures" / "sovits41" / "manifests" / "synthesizer_default.json"
+WEIGHT_SEED = 1234
+INPUT_SEED = 20240
+INFER_SEED = 52468
+# Trained flows are far from the identity; the zero-initialised coupling outputs get this std.
+FLOW_POST_STD = 0.02
+VARIANTS = ("fp32", "no-wn", "bf16")
+LABELS = {"fp32": "fp32", "no-wn": "fp32, weight norm removed", "bf16": "bf16 autocast, weight norm removed"}
+
+
+@dataclass
+class BenchConfig:
+    """What the bench needs from a so-vits config: constructor arguments and audio framing."""
+
+    spec_channels: int
+    segment_size: int
+    model: dict
+    sampling_rate: int
+    hop_length: int
+
+
+@dataclass
+class Result:
+    """One variant: median wall and process-CPU time of ``infer`` (s), its audio [1, 1, N], audio length (s)."""
+
+    name: str
+    seconds: float
+    cpu_seconds: float
+    audio: Tensor
+    audio_seconds: float
+
+
+def load_config(path: Path | None, n_speakers: int) -> BenchConfig:
+    """Read a so-vits ``config.json`` (or the fallback manifest) and override ``n_speakers``."""
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else FALLBACK_MANIFEST
+    raw = json.loads(Path(path).read_text())
+    if "model_config" in raw:  # a synthesizer manifest: 4.1 default data section
+        model = dict(raw["model_config"])
+        ctor = raw["constructor"]
+        spec_channels, segment_size, sr, hop = ctor["spec_channels"], ctor["segment_size"], 44100, 512
+    else:
+        model = dict(raw["model"])
+        data = raw["data"]
+        sr, hop = int(data["sampling_rate"]), int(data["hop_length"])
+        spec_channels = int(data["filter_length"]) // 2 + 1
+        segment_size = int(raw["train"]["segment_size"]) // hop
+    model["n_speakers"] = n_speakers
+    model.setdefault("sampling_rate", sr)
+    return BenchConfig(spec_channels, segment_size, model, sr, hop)
+
+
+def build_model(cfg: BenchConfig, seed: int = WEIGHT_SEED) -> nn.Module:
+    """SynthesizerTrn with seeded random weights, in eval mode, on the CPU."""
+    from models import SynthesizerTrn  # deferred: the repository root is put on sys.path by main()
+
+    torch.manual_seed(seed)
+    net = SynthesizerTrn(cfg.spec_channels, cfg.segment_size, **cfg.model)
+    with torch.no_grad():
+        for name, param in net.flow.named_parameters():
+            if ".post." in name:
+                param.normal_(0.0, FLOW_POST_STD)
+    return net.eval()
+
+
+def make_inputs(cfg: BenchConfig, seconds: float, seed: int = INPUT_SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fixed inputs for ``seconds`` of audio: c [1, ssl, T], f0 [1, T] Hz, uv [1, T], g [[0]].
+
+    T = floor(seconds * sr / hop). F0 glides from 220 to 440 Hz and back with 5.5 Hz, 30-cent
+    vibrato; every 40th frame starts a 4-frame unvoiced gap (f0 = 0, uv = 0).
+    """
+    frames = max(1, int(math.floor(seconds * cfg.sampling_rate / cfg.hop_length)))
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(1, int(cfg.model["ssl_dim"]), frames, generator=gen)
+    t = torch.arange(frames, dtype=torch.float64) * cfg.hop_length / cfg.sampling_rate
+    phase = torch.arange(frames, dtype=torch.float64) / max(frames - 1, 1)
+    semitones = 12.0 * torch.sin(math.pi * phase) + 0.3 * torch.sin(2 * math.pi * 5.5 * t)
+    f0 = 220.0 * torch.pow(2.0, semitones / 12.0)
+    uv = ((torch.arange(frames) % 40) >= 4).to(torch.float64)
+    f0 = (f0 * uv).float().unsqueeze(0)
+    return c, f0, uv.float().unsqueeze(0), torch.LongTensor([[0]])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _call(model: nn.Module, inputs: Sequence[Tensor], context: Callable[[], ContextManager],
+          device: torch.device) -> tuple[float, float, Tensor]:
+    """One ``infer`` call: (wall s, process CPU s, audio [1, 1, N])."""
+    c, f0, uv, g = inputs
+    _sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with torch.inference_mode(), context():
+        audio, _ = model.infer(c, f0, uv, g=g, noice_scale=0.35, seed=INFER_SEED)
+    _sync(device)
+    return time.perf_counter() - start, time.process_time() - cpu_start, audio
+
+
+def run_variants(model: nn.Module, inputs: Sequence[Tensor], repeats: int, device: torch.device,
+                 audio_seconds: float, names: Sequence[str] = VARIANTS) -> list[Result]:
+    """Time plain fp32 plus the chosen variants of ``VARIANTS`` (fp32 always comes first).
+
+    Each variant gets one warm-up call; then the timed calls go round-robin over the variants so
+    that load from other processes during the run hits all of them alike.
+    """
+    model = model.to(device)
+    inputs = [x.to(device) for x in inputs]
+    folded = copy.deepcopy(model)
+    folded.remove_weight_norm()
+
+    def bf16() -> ContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    table = {"fp32": (model, nullcontext), "no-wn": (folded, nullcontext), "bf16": (folded, bf16)}
+    chosen = ["fp32"] + [n for n in names if n != "fp32"]
+    audio = {}
+    for n in chosen:  # warm-up; same seed every call, so this audio is every call's audio
+        net, context = table[n]
+        audio[n] = _call(net, inputs, context, device)[2].float().cpu()
+    wall: dict[str, list[float]] = {n: [] for n in chosen}
+    cpu: dict[str, list[float]] = {n: [] for n in chosen}
+    for _ in range(repeats):
+        for n in chosen:
+            net, context = table[n]
+            seconds, cpu_seconds, _ = _call(net, inputs, context, device)
+            wall[n].append(seconds)
+            cpu[n].append(cpu_seconds)
+    return [Result(LABELS[n], statistics.median(wall[n]), statistics.median(cpu[n]), audio[n], audio_seconds)
+            for n in chosen]
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """Markdown table: variant, median wall s, RTF, CPU RTF, speed-up vs the first row, max |audio - first row|.
+
+    CPU RTF (process CPU seconds / audio seconds, summed over threads) is the steadier figure
+    when other processes compete for the cores; with one thread it is the RTF of an idle machine.
+    """
+    base = results[0]
+    lines = ["| variant | median s | RTF | CPU RTF | speed vs fp32 | max abs diff vs fp32 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        diff = float((r.audio - base.audio).abs().max())
+        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.seconds / r.audio_seconds:.3f} | "
+                     f"{r.cpu_seconds / r.audio_seconds:.3f} | {base.seconds / r.seconds:.2f}x | {diff:.3g} |")
+    return "\n".join(lines)
+
+
+def machine_description(device: torch.device) -> str:
+    """CPU model and logical cores (from /proc/cpuinfo where present), torch version, threads, device."""
+    cpu, cores = platform.processor() or platform.machine(), 0
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                cores += 1
+    text = f"cpu: {cpu}, {cores or '?'} logical cores; torch {torch.__version__}; threads {torch.get_num_threads()}"
+    loadavg = Path("/proc/loadavg")
+    if loadavg.exists():  # other processes on the machine skew every figure
+        text += f"; load average {' '.join(loadavg.read_text().split()[:3])}"
+    if device.type == "cuda":
+        text += f"; device {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio length to synthesise")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="so-vits config.json (default: configs_template/config_template.json)")
+    parser.add_argument("--speakers", type=int, default=1, help="n_speakers of the random model")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of {','.join(VARIANTS)}; fp32 always runs (the baseline)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.seconds <= 0:
+        parser.error("--repeats must be >= 1 and --seconds > 0")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    """Parse flags, run the three variants, print the machine line and the table; returns the results."""
+    args = parse_args(argv)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = load_config(args.config, args.speakers)
+    model = build_model(cfg)
+    inputs = make_inputs(cfg, args.seconds)
+    frames = inputs[0].size(2)
+    audio_seconds = frames * cfg.hop_length / cfg.sampling_rate
+    results = run_variants(model, inputs, args.repeats, device, audio_seconds, args.variants)
+    print(machine_description(device))
+    print(f"{frames} frames = {audio_seconds:.3f} s audio; median of {args.repeats} after 1 warm-up, round-robin")
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
