@@ -135,6 +135,8 @@ def test_case(fx, predictor, name: str) -> None:
 
 def test_missing_checkpoint_names_the_file(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # Without pretrain/fcpe.pt the bundled torchfcpe weights are used; take those away too.
+    monkeypatch.setattr("modules.F0Predictor.fcpe.bundled.bundled_weights_path", lambda: None)
     with pytest.raises(FileNotFoundError, match=r"'fcpe' needs pretrain.fcpe\.pt"):
         get_f0_predictor("fcpe", device="cpu")
 

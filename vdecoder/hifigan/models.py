@@ -59,10 +59,10 @@ class SampleSineGen(nn.Module):
         initial = _rand((f0.size(0), self.dim), f0, generator)
         initial[:, 0] = 0
         rad[:, 0, :] = rad[:, 0, :] + initial
-        wrapped = torch.cumsum(rad, dim=1) % 1
-        shift = torch.zeros_like(rad)
-        shift[:, 1:, :] = ((wrapped[:, 1:, :] - wrapped[:, :-1, :]) < 0) * -1.0
-        sines = torch.sin(torch.cumsum(rad + shift, dim=1) * 2 * math.pi) * SINE_AMP
+        wrapped = torch.cumsum(rad, dim=1).remainder_(1)
+        # Subtracting the wrap mask gives the same bits as adding a -1/0 shift tensor, without one.
+        rad[:, 1:, :] -= (wrapped[:, 1:, :] < wrapped[:, :-1, :]).to(rad.dtype)
+        sines = torch.cumsum(rad, dim=1).mul_(2 * math.pi).sin_().mul_(SINE_AMP)
         uv = (f0 > 0).to(f0.dtype).unsqueeze(-1)
         return sines, uv
 

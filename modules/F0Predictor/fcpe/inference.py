@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from modules.audio_resample import resample
 from modules.checkpoint import (
@@ -97,20 +97,24 @@ def load_fcpe(
     return model.eval().to(device), config
 
 
-class FCPEInfer:
-    """FCPE pitch estimator: audio -> F0 per mel frame.
+class FCPERunner:
+    """Mel front end, salience network and decoding of any FCPE model: audio -> F0 per mel frame.
+
+    Shared by the 4.1 checkpoint (:class:`FCPEInfer`) and torchfcpe's bundled model
+    (``modules.F0Predictor.fcpe.bundled``), whose front ends and decoders are the same.
 
     Args:
-        model_path: 4.1 ``{'config': ..., 'model': ...}`` checkpoint.
+        model: salience network mel [B, n, num_mels] -> [B, n, out_dims], with a ``cent_table``
+            [out_dims] buffer; already on ``device`` and in eval mode.
+        config: mel settings (and network sizes) of ``model``.
         device: torch device for the network and front end.
     """
 
-    def __init__(
-        self, model_path: str | os.PathLike = DEFAULT_PATH, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, model: nn.Module, config: FCPEConfig, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.model, self.config = load_fcpe(model_path, self.device)
-        c = self.config
+        self.model = model
+        self.config = config
+        c = config
         # The vocoder-style mel: (win - hop) // 2 reflect padding, not centred, magnitude eps 1e-9.
         self.stft = VocoderMel(
             c.sampling_rate, c.num_mels, c.n_fft, c.win_size, c.hop_size, c.fmin, c.fmax, 1e-5
@@ -146,3 +150,21 @@ class FCPEInfer:
     def __call__(self, audio: Tensor, sr: int, threshold: float = 0.05) -> Tensor:
         """F0 [1, n, 1] (float32 Hz, 0 = unvoiced) of mono audio [N] at ``sr``."""
         return self.decode(self.salience(self.wav2mel(audio[None], sr)), threshold)
+
+
+class FCPEInfer(FCPERunner):
+    """FCPE pitch estimator on a 4.1 ``{'config': ..., 'model': ...}`` checkpoint.
+
+    Args:
+        model_path: the checkpoint.
+        device: torch device for the network and front end.
+
+    Raises:
+        CheckpointNotFoundError, CheckpointError: as :func:`load_fcpe`.
+    """
+
+    def __init__(
+        self, model_path: str | os.PathLike = DEFAULT_PATH, device: torch.device | str = "cpu"
+    ) -> None:
+        model, config = load_fcpe(model_path, device)
+        super().__init__(model, config, device)

@@ -67,8 +67,9 @@ def load_rmvpe(model_path: str | os.PathLike = DEFAULT_PATH, device: torch.devic
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(
             f"F0 predictor 'rmvpe' needs {path} (relative to the working directory {os.getcwd()}): "
-            "the RMVPE pitch-model weights, from rmvpe.zip (rename model.pt -> rmvpe.pt); or use "
-            "--f0_predictor pm/dio/harvest (no download)"
+            "the RMVPE pitch-model weights, from rmvpe.zip (rename model.pt -> rmvpe.pt). Or use "
+            "--f0_predictor fcpe, which works offline (the FCPE weights bundled with the torchfcpe "
+            "package: pip install --no-deps torchfcpe==0.0.4), or pm/dio/harvest (no weights at all)"
         )
     ckpt = safe_torch_load(path, map_location="cpu")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
