@@ -275,19 +275,12 @@ class DiscriminatorP(nn.Module):
         self.conv_post = norm(conv(1024, 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        fmap = []
         b, c, t = x.shape
         if t % self.period:
             n_pad = self.period - (t % self.period)
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
-        x = x.view(b, c, t // self.period, self.period)
-        for layer in self.convs:
-            x = F.leaky_relu(layer(x), 0.1)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x.view(b, c, t // self.period, self.period))
 
 
 class DiscriminatorS(nn.Module):
@@ -303,13 +296,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm(conv(1024, 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        fmap = []
-        for layer in self.convs:
-            x = F.leaky_relu(layer(x), 0.1)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -333,6 +320,17 @@ class MultiPeriodDiscriminator(nn.Module):
             fmap_rs.append(fmap_r)
             fmap_gs.append(fmap_g)
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+
+
+def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Convs with leaky ReLU 0.1, then ``conv_post``: (flattened score [B, N], every conv output)."""
+    fmap = []
+    for layer in convs:
+        x = F.leaky_relu(layer(x), 0.1)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
 
 
 def _identity(module: nn.Module) -> nn.Module:
