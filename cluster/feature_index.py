@@ -1,0 +1,283 @@
+"""Feature-retrieval index: training (`train_index.py`), 4.1's `feature_and_index.pkl`, and lookup.
+
+The file is a pickle of `{speaker_id: faiss index}` (formats.md §10). faiss pickles an index as its
+class plus the state `{'this': faiss.serialize_index(index) bytes}`. We read it with a restricted
+unpickler: the only global it resolves is a faiss `Index*` class name, and it resolves that to an
+inert placeholder that just keeps the bytes; we then hand the bytes to `faiss.deserialize_index`.
+Nothing named by the file is ever called. faiss (and scikit-learn, for large speakers) are
+imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import re
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files
+from modules.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from modules.hparams import write_atomic
+
+__all__ = [
+    "INDEX_FILE_NAME",
+    "IndexFileError",
+    "UnsafeIndexFileError",
+    "load_index_file",
+    "n_ivf_lists",
+    "retrieve_features",
+    "save_index_file",
+    "search_index",
+    "train_index",
+    "train_speaker_index",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+INDEX_FILE_NAME = "feature_and_index.pkl"
+REDUCE_ABOVE = 200_000  # 4.1 replaces larger speakers by 10 000 MiniBatchKMeans centres
+REDUCED_CENTRES = 10_000
+ADD_BATCH = 8192
+MIN_DISTANCE = 1e-8  # quirk 57: an exact match (distance 0) would get an infinite weight
+# faiss loads one of several SWIG builds; the pickle names whichever was loaded when it was written.
+_FAISS_MODULE = re.compile(r"faiss(\.swigfaiss(_\w+)?)?")
+_FAISS_INDEX_CLASS = re.compile(r"Index\w*")
+
+
+class IndexFileError(CheckpointError):
+    """A feature-index file is missing, damaged or not in the 4.1 layout."""
+
+
+class UnsafeIndexFileError(UnsafeCheckpointError, IndexFileError):
+    """The pickle names something other than a faiss index; refused, nothing was executed."""
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+def n_ivf_lists(n_rows: int) -> int:
+    """Inverted-list count 4.1 uses for `n_rows` vectors: min(⌊16·√N⌋, ⌊N/39⌋)."""
+    return min(int(16 * np.sqrt(n_rows)), n_rows // 39)
+
+
+def _reduce_rows(rows: np.ndarray, n_centres: int) -> np.ndarray:
+    """4.1 replaces a very large speaker by MiniBatchKMeans centres; on failure it keeps the rows."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    print(f"Trying doing kmeans {rows.shape[0]} shape to {n_centres // 1000}k centers.")
+    try:
+        km = MiniBatchKMeans(n_clusters=n_centres, verbose=True, batch_size=256 * (os.cpu_count() or 1),
+                             init="random", compute_labels=False)
+        return np.ascontiguousarray(km.fit(rows).cluster_centers_, dtype=np.float32)
+    except Exception:  # same fallback as 4.1: report and index the raw rows
+        traceback.print_exc()
+        return rows
+
+
+def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.ndarray | None = None,
+                        reduce_above: int = REDUCE_ABOVE, n_centres: int = REDUCED_CENTRES) -> Any:
+    """Build one speaker's `IVF<n>,Flat` index (L2, nprobe 1) as 4.1's `train_index` does.
+
+    Args:
+        rows: unit rows `[N, C]` float32 (unstretched, in file order).
+        speaker: name used in error messages.
+        permutation: row order to add them in; default `np.random.shuffle` on NumPy's global RNG
+            (4.1 leaves it unseeded; a recorded permutation reproduces an index byte for byte).
+        reduce_above / n_centres: rows above which the speaker is replaced by k-means centres.
+    Returns:
+        `faiss.IndexIVFFlat` holding all (possibly reduced) rows, ids 0..ntotal-1.
+    Raises:
+        UnitFileError: too few rows for one inverted list (N < 39).
+    """
+    import faiss
+
+    if permutation is None:
+        rows = np.array(rows, dtype=np.float32, order="C")  # a copy: the shuffle must not touch the caller's rows
+        np.random.shuffle(rows)
+    else:
+        perm = np.asarray(permutation)
+        if sorted(perm.tolist()) != list(range(len(rows))):
+            raise ValueError(f"permutation is not a permutation of {len(rows)} rows")
+        rows = np.ascontiguousarray(np.asarray(rows)[perm], dtype=np.float32)
+    if rows.shape[0] > reduce_above:
+        rows = _reduce_rows(rows, n_centres)
+    n_rows, dim = rows.shape
+    n_ivf = n_ivf_lists(n_rows)
+    if n_ivf < 1:
+        who = f"Speaker '{speaker}'" if speaker else "This speaker"
+        raise UnitFileError(f"{who} has only {n_rows} unit frames; a feature index needs at least 39 "
+                            "(under a second of audio). Add more data for this speaker.")
+    index = faiss.index_factory(dim, f"IVF{n_ivf},Flat")
+    faiss.extract_index_ivf(index).nprobe = 1
+    index.train(rows)
+    for start in range(0, n_rows, ADD_BATCH):
+        index.add(rows[start:start + ADD_BATCH])
+    return index
+
+
+def train_index(root_dir: PathLike, spk: Mapping[str, int]) -> dict[int, Any]:
+    """Index every speaker of the config's `spk` map (name -> id), in map order.
+
+    Files are the speaker folder's names containing `.wav.soft.pt`, sorted. Returns `{id: index}`.
+    Raises:
+        UnitFileError: a speaker folder without unit files (or too few frames).
+    """
+    result: dict[int, Any] = {}
+    for name, sid in spk.items():
+        print(f"now, index {name} feature...")
+        files = speaker_unit_files(Path(root_dir) / name, ".wav.soft.pt")
+        if not files:
+            raise UnitFileError(f"{Path(root_dir) / name} has no .wav.soft.pt files. "
+                                "You need to run preprocess_hubert_f0.py!")
+        rows = load_unit_rows(files)
+        print("The feature index is constructing.")
+        result[int(sid)] = train_speaker_index(rows, speaker=name)
+        print("Successfully build index")
+    return result
+
+
+def save_index_file(indexes: Mapping[int, Any], path: PathLike) -> None:
+    """Write `{speaker_id: faiss index}` as 4.1 does (pickle protocol 4, faiss's own pickling)."""
+    data = {int(k): v for k, v in indexes.items()}
+    write_atomic(path, lambda f: pickle.dump(data, f, protocol=4))
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------
+class _PickledIndex:
+    """Stand-in for a pickled faiss index: keeps the serialised bytes, runs nothing."""
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+        self.blob: bytes | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, dict) and set(state) == {"this"} and isinstance(state["this"], (bytes, bytearray))):
+            raise pickle.UnpicklingError(f"unexpected state for {self.qualname}: not faiss-serialised bytes")
+        self.blob = bytes(state["this"])
+
+
+def _placeholder_class(qualname: str) -> type:
+    # NEWOBJ calls cls.__new__(cls) without __init__, so the name travels on the class itself.
+    return type("PickledFaissIndex", (_PickledIndex,), {
+        "__new__": lambda cls, *args: _new_placeholder(cls, qualname, args)})
+
+
+def _new_placeholder(cls: type, qualname: str, args: tuple) -> _PickledIndex:
+    if args:
+        raise pickle.UnpicklingError(f"{qualname} pickled with constructor arguments (not faiss's format)")
+    obj = object.__new__(cls)
+    _PickledIndex.__init__(obj, qualname)
+    return obj
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if _FAISS_MODULE.fullmatch(module) and _FAISS_INDEX_CLASS.fullmatch(name):
+            return _placeholder_class(f"{module}.{name}")
+        raise UnsafeIndexFileError(
+            f"refused to load: the file would import {module}.{name}, which a faiss feature index "
+            "never needs. Nothing from the file was executed.")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeIndexFileError("refused to load: the file uses persistent ids (not a faiss index pickle)")
+
+
+def _deserialize(obj: _PickledIndex, path: str) -> Any:
+    import faiss
+
+    if obj.blob is None:
+        raise IndexFileError(f"{path}: {obj.qualname} entry has no serialised data")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(obj.blob, dtype=np.uint8))
+    except Exception as err:  # faiss raises RuntimeError with its C++ message
+        raise IndexFileError(f"{path}: damaged faiss index data ({str(err).strip()[:200]})") from None
+    expected = obj.qualname.rsplit(".", 1)[-1]
+    if type(index).__name__ != expected:
+        logger.warning("%s: pickle names %s but the data is a %s", path, expected, type(index).__name__)
+    return index
+
+
+def load_index_file(path: PathLike) -> dict[int, Any]:
+    """Read a 4.1 `feature_and_index.pkl` safely.
+
+    Returns:
+        `{speaker_id: faiss index}`.
+    Raises:
+        CheckpointNotFoundError: no such file.
+        UnsafeIndexFileError: the pickle names anything but a faiss index class (not executed).
+        IndexFileError: damaged, or not a dict of speaker id -> faiss index.
+    """
+    name = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"feature index {name} not found; train it with python train_index.py")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = _IndexUnpickler(io.BytesIO(raw)).load()
+    except UnsafeIndexFileError as err:
+        raise UnsafeIndexFileError(f"{name}: {err}") from None
+    except Exception as err:  # truncated or not a pickle at all
+        raise IndexFileError(f"{name} is not a readable feature index ({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(data, dict) or not data:
+        raise IndexFileError(f"{name}: expected a dict of speaker id -> faiss index, got {type(data).__name__}")
+    out: dict[int, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, int) or isinstance(key, bool) or not isinstance(value, _PickledIndex):
+            raise IndexFileError(f"{name}: entry {key!r} is not speaker id -> faiss index")
+        out[key] = _deserialize(value, name)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# lookup
+# ------------------------------------------------------------------------------------------------
+def search_index(index: Any, units: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k nearest stored vectors of every frame (squared L2, the index's own nprobe).
+
+    Args:
+        units: `[T, C]`.
+    Returns:
+        (distances float32 `[T, k]`, ids int64 `[T, k]` with -1 where fewer than k were found,
+        vectors float32 `[T, k, C]`, undefined where the id is -1). The vectors come from the probed lists, so the
+        whole index never has to be reconstructed.
+    """
+    query = np.ascontiguousarray(units, dtype=np.float32)
+    if query.ndim != 2 or query.shape[1] != index.d:
+        raise ValueError(f"units have shape {tuple(query.shape)} but the index holds {index.d}-dim vectors "
+                         "(index built with another speech encoder?)")
+    return index.search_and_reconstruct(query, k)
+
+
+def retrieve_features(index: Any, units: np.ndarray, k: int = 8) -> np.ndarray:
+    """Retrieved features for `-fr`: the inverse-squared-distance mean of each frame's k neighbours.
+
+    4.1 weights neighbour j by `(1/d_j)² / Σ(1/d)²` with d the squared L2 distance. Quirk-57 fix:
+    d is clamped to >= 1e-8 (an exact match no longer gives NaN, it dominates instead), and missing
+    neighbours (id -1, fewer than k vectors in the probed list) get weight 0. A frame with no
+    neighbour at all keeps its input value.
+
+    Args:
+        units: `[T, C]`.
+    Returns:
+        float32 `[T, C]`.
+    """
+    query = np.ascontiguousarray(units, dtype=np.float32)
+    dist, ids, vecs = search_index(index, query, k)
+    w = (1.0 / np.maximum(dist.astype(np.float64), MIN_DISTANCE)) ** 2
+    w[ids < 0] = 0.0
+    total = w.sum(axis=1, keepdims=True)
+    found = total[:, 0] > 0
+    w = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+    # faiss fills the vectors of missing neighbours with garbage (NaN): zero weight is not enough
+    vecs = np.where((ids >= 0)[..., None], vecs, 0.0)
+    out = np.einsum("tk,tkc->tc", w, vecs).astype(np.float32)
+    out[~found] = query[~found]
+    return out

@@ -1,0 +1,229 @@
+"""Per-speaker k-means of content units, saved as 4.1's `kmeans_10000.pt` (formats.md §9).
+
+CPU: scikit-learn `KMeans` full batch with library defaults, as 4.1's `train_cluster.py` runs it
+(optionally `MiniBatchKMeans(batch_size=4096, max_iter=80)`, 4.1's other CPU branch). GPU (`--gpu`):
+`torch_kmeans`, our PyTorch k-means, which also runs on CPU. scikit-learn is imported only here, and
+only when the CPU path runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cluster.units import UnitFileError, list_speakers, load_unit_rows, speaker_unit_files
+from modules.hparams import write_atomic
+
+__all__ = [
+    "KMEANS_FILE_NAME",
+    "N_CLUSTERS",
+    "TooFewFramesError",
+    "centres_entry",
+    "check_enough_frames",
+    "nearest_centre",
+    "torch_kmeans",
+    "train_cluster",
+    "train_speaker_kmeans",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+N_CLUSTERS = 10000
+# 4.1 names the file after its hard-coded cluster count; inference's -cm default points at it.
+KMEANS_FILE_NAME = "kmeans_10000.pt"
+GPU_N_THREADS = 4  # what 4.1 writes as `_n_threads` for the GPU path (no effect on results)
+_CHUNK_ELEMENTS = 1 << 24  # rows x centres per distance block: bounds memory to ~64 MB of float32
+
+
+class TooFewFramesError(ValueError):
+    """A speaker has fewer unit frames than clusters asked for."""
+
+
+def check_enough_frames(speaker: str, n_frames: int, n_clusters: int) -> None:
+    """Raise TooFewFramesError unless there is at least one frame per cluster."""
+    if n_frames < n_clusters:
+        # ~50 unit frames per second of audio (hop 320 at 16 kHz).
+        seconds = n_clusters / 50
+        raise TooFewFramesError(
+            f"Speaker '{speaker}' has only {n_frames} unit frames; k-means with {n_clusters} clusters needs "
+            f"at least {n_clusters} (≈{seconds:.0f} s). Use feature retrieval or more data.")
+
+
+def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centre (Euclidean) of every row.
+
+    Args:
+        x: `[N, C]`; centres: `[K, C]` (same dtype/device).
+    Returns:
+        int64 `[N]`.
+    """
+    c_sq = (centres * centres).sum(dim=1)  # [K]; ||x||² is the same for every centre of a row
+    step = max(1, _CHUNK_ELEMENTS // max(1, centres.shape[0]))
+    out = [torch.argmin(c_sq[None, :] - 2.0 * (x[i:i + step] @ centres.T), dim=1)
+           for i in range(0, x.shape[0], step)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Squared distances `[M, N]` from candidate centres `[M, C]` to rows `[N, C]`."""
+    d = x_sq[None, :] + (cand * cand).sum(dim=1)[:, None] - 2.0 * (cand @ x.T)
+    return d.clamp_min_(0.0)
+
+
+def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ seeding.
+
+    Each new centre is the best (lowest total squared distance) of 2 + ln k candidates drawn with
+    probability ∝ squared distance to the centres chosen so far; the extra candidates make a single
+    seeding far less likely to put two centres in one true cluster.
+    """
+    n = x.shape[0]
+    trials = 2 + int(np.log(k))
+    x_sq = (x * x).sum(dim=1)
+    first = int(torch.randint(n, (1,), generator=gen, device=x.device).item())
+    centres = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    centres[0] = x[first]
+    d2 = _sq_dist(x, x_sq, centres[:1])[0]
+    for j in range(1, k):
+        total = d2.sum()
+        if float(total) <= 0.0:  # fewer distinct rows than clusters: duplicate centres are unavoidable
+            picks = torch.randint(n, (trials,), generator=gen, device=x.device)
+        else:
+            picks = torch.multinomial(d2 / total, trials, replacement=True, generator=gen)
+        cand_d2 = torch.minimum(d2[None, :], _sq_dist(x, x_sq, x[picks]))  # [trials, N]
+        best = int(torch.argmin(cand_d2.sum(dim=1)).item())
+        centres[j] = x[picks[best]]
+        d2 = cand_d2[best]
+    return centres
+
+
+def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: float = 1e-2,
+                 batch_size: int = 32768, init_sample: int | None = None, seed: int | None = None,
+                 verbose: bool = False) -> torch.Tensor:
+    """PyTorch k-means (4.1's `--gpu` path, pipeline.md §6.1); runs on whatever device `x` is on.
+
+    Greedy k-means++ seeding on a random sample of the rows, then Lloyd updates. When all rows fit in one
+    batch every update moves a centre to the mean of its rows (plain Lloyd); otherwise each update
+    uses a random mini-batch and moves a centre by the per-cluster rate `0.9 / count + 0.1`, where
+    `count` is 1 plus the rows that centre has received so far. Stops after `max_iter` updates or
+    when the summed squared centre shift is <= `tol`. Clusters that receive no rows keep their centre.
+
+    Args:
+        x: rows `[N, C]` float32, N >= n_clusters.
+        batch_size: rows per update.
+        init_sample: rows used for seeding (default min(N, max(8 * n_clusters, 4096))).
+        seed: seeds the sampling (None: nondeterministic).
+    Returns:
+        centres `[n_clusters, C]` float32 on x's device.
+    """
+    n, dim = x.shape
+    if n < n_clusters:
+        raise TooFewFramesError(f"{n} rows cannot make {n_clusters} clusters")
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    x = x.float()
+    m = min(n, init_sample or max(8 * n_clusters, 4096))
+    sample = x if m == n else x[torch.randperm(n, generator=gen, device=x.device)[:m]]
+    centres = _kmeanspp(sample, n_clusters, gen)
+    counts = torch.ones(n_clusters, dtype=x.dtype, device=x.device)
+    full = batch_size >= n
+    for it in range(max_iter):
+        batch = x if full else x[torch.randint(n, (batch_size,), generator=gen, device=x.device)]
+        labels = nearest_centre(batch, centres)
+        sums = torch.zeros_like(centres).index_add_(0, labels, batch)
+        hits = torch.bincount(labels, minlength=n_clusters).to(x.dtype)
+        seen = hits > 0
+        means = sums[seen] / hits[seen, None]
+        rate = torch.ones_like(counts) if full else 0.9 / counts + 0.1
+        counts += hits
+        new = centres.clone()
+        new[seen] = centres[seen] + rate[seen, None] * (means - centres[seen])
+        shift = float(((new - centres) ** 2).sum())
+        centres = new
+        if verbose:
+            logger.info("k-means iteration %d: centre shift² %.4g", it, shift)
+        if shift <= tol:
+            break
+    return centres
+
+
+def centres_entry(centres: np.ndarray, n_threads: int) -> dict[str, Any]:
+    """One speaker's value in `kmeans_10000.pt`: the three attributes 4.1 keeps from a fitted KMeans."""
+    centres = np.ascontiguousarray(centres, dtype=np.float32)
+    return {"n_features_in_": int(centres.shape[1]), "_n_threads": int(n_threads), "cluster_centers_": centres}
+
+
+def train_speaker_kmeans(rows: np.ndarray, n_clusters: int = N_CLUSTERS, use_gpu: bool = False,
+                         minibatch: bool = False, seed: int | None = None, device: str | None = None,
+                         verbose: bool = False) -> dict[str, Any]:
+    """k-means of one speaker's unit rows `[N, C]`; returns its `kmeans_10000.pt` entry.
+
+    CPU path: `sklearn.cluster.KMeans(n_clusters)` with library defaults (or 4.1's
+    `MiniBatchKMeans(batch_size=4096, max_iter=80)` with `minibatch`); `seed` becomes `random_state`
+    (None: NumPy's global RNG, as 4.1). GPU path: `torch_kmeans` on `device` (default cuda if available).
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if use_gpu:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        centres = torch_kmeans(torch.from_numpy(rows).to(dev), n_clusters, seed=seed, verbose=verbose)
+        return centres_entry(centres.cpu().numpy(), GPU_N_THREADS)
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if minibatch:
+        model = MiniBatchKMeans(n_clusters=n_clusters, verbose=verbose, batch_size=4096, max_iter=80,
+                                random_state=seed)
+    else:
+        model = KMeans(n_clusters=n_clusters, verbose=verbose, random_state=seed)
+    model.fit(rows)
+    return centres_entry(model.cluster_centers_, model._n_threads)
+
+
+def train_cluster(dataset: PathLike = "./dataset/44k", output: PathLike = "logs/44k",
+                  n_clusters: int = N_CLUSTERS, use_gpu: bool = False, minibatch: bool = False,
+                  seed: int | None = None, device: str | None = None,
+                  progress: Callable[[list[Path]], Any] | None = None) -> Path:
+    """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt`.
+
+    Every speaker's frame count is checked before any clustering starts, so a too-small speaker
+    fails fast. The file is written atomically (a failed run leaves an older file untouched).
+
+    Args:
+        progress: wraps each speaker's file list (e.g. `tqdm.tqdm`) for a progress bar.
+    Returns:
+        path of the written file.
+    Raises:
+        FileNotFoundError: no dataset folder or no speaker in it.
+        UnitFileError: a speaker without `*.soft.pt` files, or an unreadable unit file.
+        TooFewFramesError: a speaker with fewer frames than `n_clusters`.
+    """
+    speakers = list_speakers(dataset)
+    if not speakers:
+        raise FileNotFoundError(f"no speaker folders in {dataset}")
+    files_of: dict[str, list[Path]] = {}
+    for spk in speakers:  # first pass: fail fast, before hours of clustering, on any unusable speaker
+        files = speaker_unit_files(Path(dataset) / spk, ".soft.pt")
+        if not files:
+            raise UnitFileError(f"{Path(dataset) / spk} has no *.soft.pt files; run preprocess_hubert_f0.py first")
+        check_enough_frames(spk, load_unit_rows(files).shape[0], n_clusters)
+        files_of[spk] = files
+    result: dict[str, dict[str, Any]] = {}
+    for spk, files in files_of.items():  # one speaker's rows in memory at a time
+        print(f"train kmeans for {spk}...")
+        rows = load_unit_rows(progress(files) if progress else files)
+        print(f"{len(files)} {rows.nbytes / 1024 ** 2} MB , shape: {rows.shape} {rows.dtype}")
+        start = time.time()
+        result[spk] = train_speaker_kmeans(rows, n_clusters, use_gpu=use_gpu, minibatch=minibatch,
+                                           seed=seed, device=device)
+        print(f"{time.time() - start} s")
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / KMEANS_FILE_NAME
+    write_atomic(path, lambda f: torch.save(result, f))
+    print("end")
+    return path
