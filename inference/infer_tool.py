@@ -1,0 +1,342 @@
+"""`Svc`: a loaded So-VITS model that converts audio pieces and whole songs (pipeline.md §7).
+
+Load once, convert many times::
+
+    svc = Svc("logs/44k/G_30400.pth", "configs/config.json")          # device: cuda if available
+    audio = svc.slice_inference("raw/song.wav", "nyaru", tran=0, slice_db=-40)   # float32 [N] at 44.1 kHz
+    svc.convert_file("raw/song.wav", "results/out.flac", "nyaru", InferOptions(tran=0))  # streamed
+
+`infer` converts one padded piece (4.1's `Svc.infer`); `slice_inference` / `iter_slice_inference` /
+`convert_file` run the whole-song loop of inference/slice_loop.py, reading and writing slice by
+slice so memory stays bounded by the longest slice.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Mapping
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+import utils
+from inference.feature_mix import UnitMixer, load_unit_mixer
+from inference.model_loader import check_encoder_width, infer_speech_encoder, load_sovits, resolve_device
+from inference.options import F0FilterException, InferOptions, SvcError, fill_a_to_b, pad_array
+from inference.slice_loop import iter_song
+from inference.slicer import AudioSource, FileSource, rms_frames
+from modules.audio_resample import resample
+from modules.F0Predictor import get_f0_predictor
+from modules.hparams import load_config
+from modules.mel_processing import volume_extract
+from vencoder import get_speech_encoder
+
+if TYPE_CHECKING:
+    from modules.enhancer import Enhancer
+
+__all__ = ["F0FilterException", "InferOptions", "SEED", "Svc", "SvcError", "change_rms", "fill_a_to_b",
+           "format_wav", "pad_array"]
+
+logger = logging.getLogger(__name__)
+PathLike = str | os.PathLike
+ENHANCER_PATH = os.path.join("nsf_hifigan", "model")
+SEED = 52468  # 4.1 seeds every conversion with this
+_COPY_BLOCK = 1 << 20  # samples per block when converting inputs to WAV
+UNAVAILABLE_DIFFUSION = ("shallow diffusion is not available in this rebuild yet (it arrives with the diffusion "
+                         "model); converting with So-VITS only")
+
+
+def format_wav(audio_path: PathLike) -> str:
+    """A non-.wav input is decoded (mono, native rate) and written as `<stem>.wav` next to it, 16-bit
+    PCM, overwriting (4.1 behaviour); returns the path of the WAV to convert. Streams in blocks."""
+    path = Path(audio_path)
+    if path.suffix == ".wav":
+        return str(path)
+    target = path.with_suffix(".wav")
+    with FileSource(path) as src, sf.SoundFile(target, "w", src.sample_rate, 1, format="WAV",
+                                               subtype="PCM_16") as out:
+        for start in range(0, src.n_samples, _COPY_BLOCK):
+            out.write(src.read(start, min(start + _COPY_BLOCK, src.n_samples)))
+    return str(target)
+
+
+def change_rms(data1: np.ndarray, sr1: int, data2: torch.Tensor, sr2: int, rate: float) -> torch.Tensor:
+    """Impose the loudness envelope of `data1` on `data2` (pipeline.md §7.10); returns a new tensor.
+
+    data1: input float32 [N1] at sr1; data2: output [N2] at sr2; rate 1 keeps data2's envelope, 0
+    fully takes data1's. Envelopes: RMS over 1 s frames, hop 0.5 s, linearly stretched to N2.
+    """
+    rms1 = rms_frames(data1, sr1 // 2 * 2, sr1 // 2)
+    rms2 = rms_frames(data2.detach().float().cpu().numpy(), sr2 // 2 * 2, sr2 // 2)
+    size = data2.shape[0]
+    env1 = F.interpolate(torch.from_numpy(rms1)[None, None].to(data2.device), size=size, mode="linear")[0, 0]
+    env2 = F.interpolate(torch.from_numpy(rms2)[None, None].to(data2.device), size=size, mode="linear")[0, 0]
+    env2 = torch.clamp(env2, min=1e-6)
+    return data2 * (torch.pow(env1, torch.tensor(1 - rate)) * torch.pow(env2, torch.tensor(rate - 1)))
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text
+
+
+class Svc:
+    """A So-VITS model ready for conversion (4.1's constructor arguments).
+
+    Args:
+        net_g_path: G_*.pth (full or compressed). config_path: its config.json.
+        device: torch device string; None = CUDA if available, else CPU.
+        cluster_model_path: k-means `.pt` or retrieval `.pkl`; loaded when the file exists.
+        nsf_hifigan_enhance: load the NSF-HiFiGAN enhancer from `<pretrain_dir>/nsf_hifigan/model`.
+        diffusion_model_path / diffusion_config_path / shallow_diffusion / only_diffusion: accepted;
+            shallow diffusion is not available yet and conversion falls back to So-VITS (`diffusion_used`).
+        spk_mix_enable: prepare the speaker table for dynamic mixing.
+        feature_retrieval: the cluster file is expected to be a retrieval index (content decides).
+        pretrain_dir: folder of the speech-encoder and enhancer files.
+        unit_mixer: use this mixer instead of loading `cluster_model_path` (tests, web UI).
+    Raises:
+        ConfigError, CheckpointError, FileNotFoundError (missing files, incl. pretrain/), ModelConfigMismatch.
+    """
+
+    def __init__(self, net_g_path: PathLike, config_path: PathLike, device: str | torch.device | None = None,
+                 cluster_model_path: PathLike = "logs/44k/kmeans_10000.pt", nsf_hifigan_enhance: bool = False,
+                 diffusion_model_path: PathLike = "logs/44k/diffusion/model_0.pt",
+                 diffusion_config_path: PathLike = "configs/diffusion.yaml", shallow_diffusion: bool = False,
+                 only_diffusion: bool = False, spk_mix_enable: bool = False, feature_retrieval: bool = False,
+                 pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None) -> None:
+        self.dev = resolve_device(device)
+        self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
+        self.hps_ms = load_config(config_path, missing_as_none=True)
+        loaded = load_sovits(net_g_path, self.hps_ms, config_path, self.dev)  # validates the config first
+        self.net_g_ms, self.dtype = loaded.net_g, loaded.dtype
+        data = self.hps_ms.get("data") or {}
+        self.target_sample = int(data.get("sampling_rate") or 44100)
+        self.hop_size = int(data.get("hop_length") or 512)
+        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"  # 4.0 configs: legacy mode
+        self.spk2id: dict[str, int] = dict(self.hps_ms.spk.to_dict())
+        self.vol_embedding = bool(self.hps_ms.model.vol_embedding)
+        self.diffusion_used = False  # set once shallow diffusion exists in this rebuild
+        if shallow_diffusion or only_diffusion:
+            if os.path.isfile(diffusion_model_path) and os.path.isfile(diffusion_config_path):
+                logger.warning(UNAVAILABLE_DIFFUSION)
+            else:
+                logger.info("No diffusion model or config found. Shallow diffusion mode will False")
+        self.has_f0_decoder = loaded.has_f0_decoder and self.net_g_ms.use_automatic_f0_prediction
+        self.speech_encoder = infer_speech_encoder(self.hps_ms, loaded.units_width, self.config_path)
+        self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
+        check_encoder_width(self.speech_encoder, self.hubert_model.dim, loaded.units_width, self.config_path)
+        self.cluster_model_path = os.fspath(cluster_model_path) if cluster_model_path else ""
+        self.unit_mixer = unit_mixer
+        if unit_mixer is None and self.cluster_model_path and os.path.isfile(self.cluster_model_path):
+            self.unit_mixer = load_unit_mixer(self.cluster_model_path, feature_retrieval)
+        self.enhancer: Enhancer | None = None
+        if nsf_hifigan_enhance:
+            self.enhancer = self._load_enhancer(os.path.join(os.fspath(pretrain_dir), ENHANCER_PATH))
+        self.spk_mix_enable = False
+        if spk_mix_enable and len(self.spk2id) > 1:
+            self.enable_spk_mix()
+        self._f0_predictor = None
+        self._f0_key: tuple[str, float] | None = None
+
+    def enable_spk_mix(self) -> None:
+        """Freeze the speaker-embedding table so per-frame mixing weights can be used."""
+        self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.dev)
+        self.spk_mix_enable = True
+
+    def _load_enhancer(self, path: str) -> "Enhancer":
+        from modules.enhancer import Enhancer
+
+        if not os.path.isfile(path) and os.path.isfile(path + ".ckpt"):
+            raise FileNotFoundError(f"{path} not found but {path}.ckpt is there: the 2024.02 NSF-HiFiGAN release "
+                                    f"ships model.ckpt; rename it to {path} (keep config.json next to it)")
+        return Enhancer("nsf-hifigan", path, device=self.dev)
+
+    # -- speakers ---------------------------------------------------------------------------------
+    def speaker_id(self, speaker: str | int) -> int:
+        """Config id of a speaker name (or a valid integer id)."""
+        if isinstance(speaker, int) and not isinstance(speaker, bool):
+            if 0 <= speaker < len(self.spk2id):  # quirk 45: 4.1 also let id == count through
+                return speaker
+        elif speaker in self.spk2id:
+            return int(self.spk2id[speaker])
+        raise SvcError(f"The name you entered is not in the speaker list! Speaker {speaker!r} is not in "
+                       f"{self.config_path} spk (available: {', '.join(self.spk2id)})")
+
+    def check_cluster(self, ratio: float) -> None:
+        """Fail early when `ratio` asks for clustering / retrieval without a loaded file (quirk 46)."""
+        if ratio != 0 and self.unit_mixer is None:
+            path = self.cluster_model_path or "logs/44k/kmeans_10000.pt"
+            how = "python train_index.py -c configs/config.json" if path.endswith(".pkl") \
+                else "python cluster/train_cluster.py"
+            raise SvcError(f"cluster ratio {ratio} given but {path} not found; train it ({how}) or set -cr 0")
+
+    # -- one piece --------------------------------------------------------------------------------
+    def get_unit_f0(self, wav: np.ndarray, tran: float, cluster_infer_ratio: float, speaker: str | int,
+                    f0_filter: bool, f0_predictor: str, cr_threshold: float = 0.05
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Units and F0 of a 44.1 kHz piece [L]: (c [1, C, T], f0 [1, T] Hz shifted by `tran`, uv [1, T])."""
+        key = (f0_predictor, float(cr_threshold))
+        if self._f0_key != key:
+            self._f0_predictor = get_f0_predictor(f0_predictor, hop_length=self.hop_size,
+                                                  sampling_rate=self.target_sample, device=str(self.dev),
+                                                  threshold=cr_threshold)
+            self._f0_key = key
+        f0, uv = self._f0_predictor.compute_f0_uv(wav)
+        if f0_filter and np.sum(f0) == 0:
+            raise F0FilterException("No voice detected")
+        f0 = torch.FloatTensor(np.asarray(f0, dtype=np.float32)).to(self.dev) * 2 ** (tran / 12)
+        uv = torch.FloatTensor(np.asarray(uv, dtype=np.float32)).to(self.dev)
+        wav16k = resample(torch.from_numpy(wav).to(self.dev)[None], self.target_sample, 16000)[0]
+        c = self.hubert_model.encoder(wav16k)
+        c = utils.repeat_expand_2d(c.squeeze(0), f0.shape[0], self.unit_interpolate_mode)
+        if cluster_infer_ratio != 0:
+            self.check_cluster(cluster_infer_ratio)
+            sid = self.speaker_id(speaker)
+            name = speaker if isinstance(speaker, str) else next(n for n, i in self.spk2id.items() if i == sid)
+            retrieval = self.unit_mixer.kind == "index"
+            if retrieval:
+                logger.info("starting feature retrieval...")
+            mixed = self.unit_mixer.mix(c.T.float().cpu().numpy(), name, sid, float(cluster_infer_ratio))
+            if retrieval:
+                logger.info("end feature retrieval...")
+            c = torch.from_numpy(np.ascontiguousarray(np.asarray(mixed, dtype=np.float32).T)).to(self.dev)
+        return c.unsqueeze(0), f0.unsqueeze(0), uv.unsqueeze(0)
+
+    def _convert(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
+                 frame: int = 0) -> tuple[torch.Tensor, int]:
+        """Convert a 44.1 kHz piece [L]: (audio float32 [N] on CPU, frames T)."""
+        mixing = isinstance(speaker, torch.Tensor)
+        ratio = 0.0 if mixing else opts.cluster_infer_ratio
+        if not mixing:
+            sid = torch.LongTensor([[self.speaker_id(speaker)]]).to(self.dev)
+        c, f0, uv = self.get_unit_f0(wav, opts.tran, ratio, None if mixing else speaker, opts.f0_filter,
+                                     opts.f0_predictor, opts.cr_threshold)
+        n_frames = f0.size(1)
+        if mixing:
+            sid = speaker[:, frame:frame + n_frames].transpose(0, 1)
+            if sid.shape[0] < n_frames:  # frame budget ran short (non-44.1 kHz input): hold the last mix
+                sid = torch.cat([sid, sid[-1:].expand(n_frames - sid.shape[0], -1)]) if len(sid) \
+                    else speaker[:, -1:].T.expand(n_frames, -1)
+            sid = sid.to(self.dev)
+        c, f0, uv = c.to(self.dtype), f0.to(self.dtype), uv.to(self.dtype)
+        start = time.time()
+        with torch.no_grad():
+            vol = None
+            if self.vol_embedding:
+                vol = volume_extract(torch.from_numpy(wav).to(self.dev)[None], self.hop_size)[None].to(self.dtype)
+            predict = opts.auto_predict_f0 and self.has_f0_decoder
+            audio, f0 = self.net_g_ms.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
+                                            noice_scale=opts.noice_scale, vol=vol)
+            audio = audio[0, 0].float()
+            if self.enhancer is not None:
+                # The vocoder's noise comes from the global RNG, which 4.1 had just seeded inside
+                # infer; seed a private copy of it so results repeat without touching the caller's.
+                cuda = [self.dev.index or 0] if self.dev.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    torch.manual_seed(SEED)
+                    audio, _ = self.enhancer.enhance(audio[None], self.target_sample, f0[:, :, None].float(),
+                                                     self.hop_size, adaptive_key=opts.enhancer_adaptive_key)
+            if opts.loudness_envelope_adjustment != 1:
+                audio = change_rms(wav, self.target_sample, audio, self.target_sample,
+                                   opts.loudness_envelope_adjustment)
+        logger.info("vits use time:%s", time.time() - start)
+        return audio.cpu(), n_frames
+
+    def read_piece(self, raw_path: PathLike | BinaryIO) -> np.ndarray:
+        """First channel of a WAV (path or file object) resampled to the model rate: float32 [L]."""
+        data, sr = sf.read(raw_path, dtype="float32", always_2d=True)
+        wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
+        return resample(wav[None], int(sr), self.target_sample)[0].numpy()
+
+    def pcm16_piece(self, samples: np.ndarray, sr: int) -> np.ndarray:
+        """4.1 hands each padded slice over as 16-bit WAV: quantise, then resample to the model rate."""
+        buffer = io.BytesIO()
+        sf.write(buffer, np.asarray(samples, dtype=np.float64), sr, format="WAV", subtype="PCM_16")
+        buffer.seek(0)
+        return self.read_piece(buffer)
+
+    def infer(self, speaker: str | int | torch.Tensor, tran: float, raw_path: PathLike | BinaryIO,
+              cluster_infer_ratio: float = 0, auto_predict_f0: bool = False, noice_scale: float = 0.4,
+              f0_filter: bool = False, f0_predictor: str = "pm", enhancer_adaptive_key: float = 0,
+              cr_threshold: float = 0.05, k_step: int = 100, frame: int = 0, spk_mix: bool = False,
+              second_encoding: bool = False, loudness_envelope_adjustment: float = 1
+              ) -> tuple[torch.Tensor, int, int]:
+        """4.1's `Svc.infer` on a WAV: (audio float32 [N] at 44.1 kHz, N, frames T).
+
+        `speaker` is a name, an id, or with `spk_mix` the mixing weights [n_spk, frames] of the song
+        (columns `frame:frame + T` are used).
+        """
+        opts = InferOptions(tran=tran, cluster_infer_ratio=cluster_infer_ratio, auto_predict_f0=auto_predict_f0,
+                            noice_scale=noice_scale, f0_filter=f0_filter, f0_predictor=f0_predictor,
+                            enhancer_adaptive_key=enhancer_adaptive_key, cr_threshold=cr_threshold, k_step=k_step,
+                            second_encoding=second_encoding, loudness_envelope_adjustment=loudness_envelope_adjustment)
+        if spk_mix and not isinstance(speaker, torch.Tensor):
+            raise SvcError("spk_mix needs the mixing weights tensor as `speaker`")
+        audio, n_frames = self.convert_piece(self.read_piece(raw_path), speaker, opts, frame)
+        return audio, audio.shape[-1], n_frames
+
+    def convert_piece(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
+                      frame: int = 0) -> tuple[torch.Tensor, int]:
+        """`_convert` with out-of-memory turned into advice (quirks.md E)."""
+        try:
+            return self._convert(wav, speaker, opts, frame)
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err):
+                raise
+            seconds = len(wav) / self.target_sample
+            where = "GPU memory" if self.dev.type == "cuda" else "memory"
+            cpu = ", or --device cpu" if self.dev.type == "cuda" else ""
+            raise SvcError(f"Out of {where} on a {seconds:.1f} s slice — use -cl 30 (forced slicing), "
+                           f"raise -sd to -30 (more silence cuts){cpu}") from err
+
+    # -- whole songs ------------------------------------------------------------------------------
+    def iter_slice_inference(self, audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
+                             spk: str | int | Mapping[int, list], opts: InferOptions,
+                             progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+        """Convert a whole song slice by slice, yielding float32 blocks at 44.1 kHz (see slice_loop)."""
+        return iter_song(self, audio, spk, opts, progress)
+
+    def slice_inference(self, raw_audio_path: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
+                        spk: str | int | Mapping[int, list], tran: float, slice_db: float = -40,
+                        cluster_infer_ratio: float = 0, auto_predict_f0: bool = False, noice_scale: float = 0.4,
+                        pad_seconds: float = 0.5, clip_seconds: float = 0, lg_num: float = 0,
+                        lgr_num: float = 0.75, f0_predictor: str = "pm", enhancer_adaptive_key: float = 0,
+                        cr_threshold: float = 0.05, k_step: int = 100, use_spk_mix: bool = False,
+                        second_encoding: bool = False, loudness_envelope_adjustment: float = 1) -> np.ndarray:
+        """4.1's `slice_inference`: the converted song as one float32 array [N] at 44.1 kHz."""
+        opts = InferOptions(tran=tran, slice_db=slice_db, cluster_infer_ratio=cluster_infer_ratio,
+                            auto_predict_f0=auto_predict_f0, noice_scale=noice_scale, pad_seconds=pad_seconds,
+                            clip_seconds=clip_seconds, lg_num=lg_num, lgr_num=lgr_num, f0_predictor=f0_predictor,
+                            enhancer_adaptive_key=enhancer_adaptive_key, cr_threshold=cr_threshold, k_step=k_step,
+                            use_spk_mix=use_spk_mix, second_encoding=second_encoding,
+                            loudness_envelope_adjustment=loudness_envelope_adjustment)
+        blocks = list(self.iter_slice_inference(raw_audio_path, spk, opts))
+        return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+    def convert_file(self, audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int], out_path: PathLike,
+                     spk: str | int | Mapping[int, list], opts: InferOptions, wav_format: str = "flac",
+                     progress: Callable[[int, int], None] | None = None) -> int:
+        """Convert and stream into `out_path` (written to a temporary name, renamed when complete).
+
+        Returns the number of samples written. Audio is clipped to [-1, 1] (4.1 let libsndfile wrap).
+        """
+        out_path = os.fspath(out_path)
+        tmp = f"{out_path}.part"
+        written = 0
+        try:
+            with sf.SoundFile(tmp, "w", samplerate=self.target_sample, channels=1, format=wav_format.upper()) as f:
+                for block in self.iter_slice_inference(audio, spk, opts, progress):
+                    f.write(np.clip(block, -1.0, 1.0))
+                    written += len(block)
+            os.replace(tmp, out_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return written
+

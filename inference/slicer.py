@@ -1,0 +1,306 @@
+"""Silence slicer of 4.1 inference (pipeline.md §7.3) and random-access audio sources.
+
+Two ways in:
+
+* the 4.1 interface — ``Slicer(sr, ...).slice(samples)`` and ``cut(path)`` return the chunk dict
+  ``{"0": {"slice": bool, "split_time": "start,end"}, ...}`` ("slice" true = silence), and
+  ``chunks2audio(path, chunks)`` returns the non-empty chunks as arrays;
+* the streaming interface used by the converter — ``open_audio`` gives an ``AudioSource`` that reads
+  any sample range on demand, and ``slice_source`` finds the chunks while reading the file block by
+  block, so a long song never has to sit in memory as a whole.
+
+Both compute the same frame RMS as librosa's ``feature.rms`` (centred frames, zero padding) and the
+same silence tags, so they give identical boundaries.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import soundfile as sf
+
+from modules.audio_io import AudioReadError
+
+__all__ = [
+    "ArraySource", "AudioSource", "Chunk", "FileSource", "Slicer", "chunks2audio", "cut", "open_audio",
+    "rms_frames", "slice_source",
+]
+
+PathLike = str | os.PathLike
+# Frames of RMS computed per batch by the streaming slicer (256 windows of 3528 samples at 44.1 kHz
+# = 3.6 MB of squares).
+_RMS_BATCH_FRAMES = 256
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One slicer chunk: samples [start, end) of the source; `silent` = the 4.1 "slice" flag."""
+
+    start: int
+    end: int
+    silent: bool
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+# ------------------------------------------------------------------------------------------------
+# audio sources
+# ------------------------------------------------------------------------------------------------
+class AudioSource:
+    """Mono float32 audio readable by sample range (channels averaged, as 4.1's loaders do)."""
+
+    sample_rate: int
+    n_samples: int
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end) as float32 [end - start]; positions outside the signal read as 0."""
+        lo, hi = max(start, 0), min(end, self.n_samples)
+        out = np.zeros(max(end - start, 0), dtype=np.float32)
+        if hi > lo:
+            out[lo - start:hi - start] = self._read(lo, hi)
+        return out
+
+    def _read(self, start: int, end: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the underlying file (no-op for arrays)."""
+
+    def __enter__(self) -> "AudioSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArraySource(AudioSource):
+    """An in-memory signal: [N] mono or [N, channels] (averaged in float32)."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int) -> None:
+        data = np.asarray(samples, dtype=np.float32)
+        if data.ndim == 2:
+            data = data.mean(axis=1, dtype=np.float32)
+        if data.ndim != 1:
+            raise ValueError(f"audio must be [N] or [N, channels], got shape {data.shape}")
+        self.samples = data
+        self.sample_rate = int(sample_rate)
+        self.n_samples = int(data.shape[0])
+
+    def _read(self, start: int, end: int) -> np.ndarray:
+        return self.samples[start:end]
+
+
+class FileSource(AudioSource):
+    """A sound file opened once and read by seeking (libsndfile: WAV, FLAC, OGG, MP3, ...)."""
+
+    def __init__(self, path: PathLike | BinaryIO) -> None:
+        if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+            raise FileNotFoundError(f"audio file {os.fspath(path)} not found")
+        self.path = path
+        try:
+            self._file = sf.SoundFile(path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<audio>"
+            raise AudioReadError(name, f"not a readable audio file ({err})") from None
+        self.sample_rate = int(self._file.samplerate)
+        self.n_samples = int(self._file.frames)
+
+    def _read(self, start: int, end: int) -> np.ndarray:
+        self._file.seek(start)
+        data = self._file.read(end - start, dtype="float32", always_2d=True)
+        # Float32 channel mean, like librosa.to_mono and 4.1's torch.mean over channels.
+        return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def open_audio(audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]) -> AudioSource:
+    """A path or file object, an existing source, or (samples, sample_rate) -> AudioSource."""
+    if isinstance(audio, AudioSource):
+        return audio
+    if isinstance(audio, tuple):
+        return ArraySource(audio[0], audio[1])
+    return FileSource(audio)
+
+
+# ------------------------------------------------------------------------------------------------
+# RMS and silence tags
+# ------------------------------------------------------------------------------------------------
+def _frame_power(padded: np.ndarray, n_frames: int, frame_length: int, hop_length: int) -> np.ndarray:
+    # Windows as rows [frames, frame_length] with contiguous samples, squared and averaged along
+    # the row: the summation order librosa's framed mean gets, so the values agree bit for bit.
+    view = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length][:n_frames]
+    return np.sqrt(np.mean(np.square(view, dtype=np.float32), axis=1))
+
+
+def rms_frames(samples: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
+    """librosa ``feature.rms(y, frame_length, hop_length)`` (centred, zero padded): float32 [frames].
+
+    frames = 1 + (N + 2 * (frame_length // 2) - frame_length) // hop_length.
+    """
+    y = np.asarray(samples, dtype=np.float32)
+    half = frame_length // 2
+    padded = np.pad(y, (half, half))
+    n_frames = 1 + (padded.shape[0] - frame_length) // hop_length
+    return _frame_power(padded, n_frames, frame_length, hop_length).astype(np.float32)
+
+
+def _rms_stream(source: AudioSource, frame_length: int, hop_length: int) -> np.ndarray:
+    """`rms_frames` of the whole source, reading at most one batch of frames at a time."""
+    half = frame_length // 2
+    n_frames = 1 + (source.n_samples + 2 * half - frame_length) // hop_length
+    out = np.empty(max(n_frames, 0), dtype=np.float32)
+    for first in range(0, n_frames, _RMS_BATCH_FRAMES):
+        count = min(_RMS_BATCH_FRAMES, n_frames - first)
+        start = first * hop_length - half
+        block = source.read(start, start + (count - 1) * hop_length + frame_length)
+        out[first:first + count] = _frame_power(block, count, frame_length, hop_length)
+    return out
+
+
+class Slicer:
+    """4.1's silence slicer; lengths in milliseconds, threshold in dB (RMS below it is silence).
+
+    Raises:
+        ValueError: unless min_length >= min_interval >= hop_size and max_sil_kept >= hop_size.
+    """
+
+    def __init__(self, sr: int, threshold: float = -40.0, min_length: int = 5000, min_interval: int = 300,
+                 hop_size: int = 20, max_sil_kept: int = 5000) -> None:
+        if not min_length >= min_interval >= hop_size:
+            raise ValueError("The following condition must be satisfied: min_length >= min_interval >= hop_size")
+        if not max_sil_kept >= hop_size:
+            raise ValueError("The following condition must be satisfied: max_sil_kept >= hop_size")
+        interval_samples = sr * min_interval / 1000
+        self.threshold = 10 ** (threshold / 20.0)
+        self.hop_size = round(sr * hop_size / 1000)
+        self.win_size = min(round(interval_samples), 4 * self.hop_size)
+        self.min_length = round(sr * min_length / 1000 / self.hop_size)
+        self.min_interval = round(interval_samples / self.hop_size)
+        self.max_sil_kept = round(sr * max_sil_kept / 1000 / self.hop_size)
+
+    def silence_tags(self, rms: np.ndarray) -> list[tuple[int, int]]:
+        """(first, last) frame of every silence to cut, from the frame RMS [frames]."""
+        tags: list[tuple[int, int]] = []
+        run_start: int | None = None
+        clip_start = 0
+        keep = self.max_sil_kept
+
+        def argmin(lo: int, hi: int) -> int:  # inclusive range, first index on ties
+            return int(np.argmin(rms[lo:hi + 1])) + lo
+
+        for i, value in enumerate(rms):
+            if value < self.threshold:
+                if run_start is None:
+                    run_start = i
+                continue
+            if run_start is None:
+                continue
+            s = run_start
+            run_start = None
+            leading = s == 0 and i > keep
+            long_enough = i - s >= self.min_interval and i - clip_start >= self.min_length
+            if not leading and not long_enough:
+                continue
+            if i - s <= keep:
+                pos = argmin(s, i)
+                tags.append((0, pos) if s == 0 else (pos, pos))
+                clip_start = pos
+            elif i - s <= 2 * keep:
+                pos = argmin(i - keep, s + keep)
+                left, right = argmin(s, s + keep), argmin(i - keep, i)
+                if s == 0:
+                    tags.append((0, right))
+                    clip_start = right
+                else:
+                    tags.append((min(left, pos), max(right, pos)))
+                    clip_start = max(right, pos)
+            else:
+                left, right = argmin(s, s + keep), argmin(i - keep, i)
+                tags.append((0, right) if s == 0 else (left, right))
+                clip_start = right
+        total = len(rms)
+        if run_start is not None and total - run_start >= self.min_interval:
+            pos = argmin(run_start, min(total, run_start + keep))
+            tags.append((pos, total + 1))
+        return tags
+
+    def chunks(self, rms: np.ndarray, n_samples: int) -> list[Chunk]:
+        """All chunks in 4.1 order, including the empty ones (start == end) that 4.1 lists too."""
+        if n_samples <= self.min_length:  # 4.1 compares samples with frames (quirk 58): kept
+            return [Chunk(0, n_samples, False)]
+        tags = self.silence_tags(rms)
+        if not tags:
+            return [Chunk(0, n_samples, False)]
+        hop = self.hop_size
+        out: list[Chunk] = []
+        if tags[0][0]:
+            out.append(Chunk(0, min(n_samples, tags[0][0] * hop), False))
+        for k, (first, last) in enumerate(tags):
+            if k:
+                out.append(Chunk(tags[k - 1][1] * hop, min(n_samples, first * hop), False))
+            out.append(Chunk(first * hop, min(n_samples, last * hop), True))
+        if tags[-1][1] * hop < n_samples:
+            out.append(Chunk(tags[-1][1] * hop, n_samples, False))
+        return out
+
+    def slice(self, waveform: np.ndarray) -> dict[str, dict[str, object]]:
+        """4.1 chunk dict of a [N] (or [channels, N], averaged) signal."""
+        samples = np.asarray(waveform, dtype=np.float32)
+        if samples.ndim > 1:
+            samples = samples.mean(axis=0, dtype=np.float32)
+        n = samples.shape[0]
+        if n <= self.min_length:
+            return _as_dict([Chunk(0, n, False)])
+        rms = rms_frames(samples, self.win_size, self.hop_size)
+        return _as_dict(self.chunks(rms, n))
+
+
+def _as_dict(chunks: list[Chunk]) -> dict[str, dict[str, object]]:
+    return {str(i): {"slice": c.silent, "split_time": f"{c.start},{c.end}"} for i, c in enumerate(chunks)}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4.1 functions and the streaming slicer
+# ------------------------------------------------------------------------------------------------
+def slice_source(source: AudioSource, db_thresh: float = -40, min_len: int = 5000) -> list[Chunk]:
+    """Non-empty chunks of a source, found while reading it in batches (what `cut` + `chunks2audio`
+    keep). Memory: one batch of RMS windows plus the frame RMS vector (~86 floats per second)."""
+    slicer = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len)
+    if source.n_samples <= slicer.min_length:
+        chunks = [Chunk(0, source.n_samples, False)]
+    else:
+        chunks = slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples)
+    return [c for c in chunks if c.start != c.end]
+
+
+def cut(audio_path: PathLike, db_thresh: float = -30, min_len: int = 5000) -> dict[str, dict[str, object]]:
+    """4.1's `cut`: the chunk dict of a file read at its native rate (channels averaged)."""
+    with FileSource(audio_path) as source:
+        slicer = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len)
+        if source.n_samples <= slicer.min_length:
+            return _as_dict([Chunk(0, source.n_samples, False)])
+        rms = _rms_stream(source, slicer.win_size, slicer.hop_size)
+        return _as_dict(slicer.chunks(rms, source.n_samples))
+
+
+def iter_chunk_audio(source: AudioSource, chunks: list[Chunk]) -> Iterator[tuple[bool, np.ndarray]]:
+    """(silent, samples) per chunk, each read only when needed."""
+    for chunk in chunks:
+        yield chunk.silent, source.read(chunk.start, chunk.end)
+
+
+def chunks2audio(audio_path: PathLike, chunks: dict[str, dict[str, object]]) -> tuple[list[tuple[bool, np.ndarray]], int]:
+    """4.1's `chunks2audio`: (list of (silent, float32 samples), sample rate), empty chunks dropped."""
+    parsed = []
+    for value in chunks.values():
+        start, end = str(value["split_time"]).split(",")
+        if start != end:
+            parsed.append(Chunk(int(start), int(end), bool(value["slice"])))
+    with FileSource(audio_path) as source:
+        return list(iter_chunk_audio(source, parsed)), source.sample_rate

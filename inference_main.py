@@ -1,0 +1,183 @@
+"""Tutorial step 3.1: convert songs in raw/ to the target voices, written to results/.
+
+    python inference_main.py -m logs/44k/G_30400.pth -c configs/config.json -n song.wav -t 0 -s speaker
+
+Every input (-n) is converted for every speaker (-s); -t gives one transposition per input (the first
+value repeats for inputs without one). Output: results/{name}_{key}_{speaker}[_{ratio}]_{mode}_{f0p}.{format}.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+F0_PREDICTORS = ["crepe", "pm", "dio", "harvest", "rmvpe", "fcpe"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    # main settings
+    add("-m", "--model_path", type=str, default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
+    add("-c", "--config_path", type=str, default="logs/44k/config.json", help="config.json of the model")
+    add("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = slice at silences only")
+    add("-n", "--clean_names", type=str, nargs="+", default=["君の知らない物語-src.wav"],
+        help="input file names inside raw/ (.wav added when there is no extension)")
+    add("-t", "--trans", type=int, nargs="+", default=[0], help="transposition in semitones, one per input")
+    add("-s", "--spk_list", type=str, nargs="+", default=["buyizi"], help="target speaker names (config spk)")
+    # optional settings
+    add("-a", "--auto_predict_f0", action="store_true", default=False,
+        help="predict F0 with the model (speech only; -t then has no effect)")
+    add("-cm", "--cluster_model_path", type=str, default="",
+        help="k-means model or feature index; empty = logs/44k/kmeans_10000.pt (feature_and_index.pkl with -fr)")
+    add("-cr", "--cluster_infer_ratio", type=float, default=0,
+        help="share of clustering / feature retrieval, 0-1; 0 = off")
+    add("-lg", "--linear_gradient", type=float, default=0, help="cross-fade length (s) between forced slices")
+    add("-f0p", "--f0_predictor", type=str, default="pm", help="F0 predictor: " + ", ".join(F0_PREDICTORS))
+    add("-eh", "--enhance", action="store_true", default=False,
+        help="NSF-HiFiGAN enhancer post-pass (needs pretrain/nsf_hifigan/)")
+    add("-shd", "--shallow_diffusion", action="store_true", default=False,
+        help="shallow diffusion after So-VITS (not available in this rebuild yet: So-VITS only)")
+    add("-usm", "--use_spk_mix", action="store_true", default=False, help="dynamic speaker mix from spkmix.py")
+    add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
+        help="1 = keep the output's loudness envelope, 0 = impose the input's")
+    add("-fr", "--feature_retrieval", action="store_true", default=False,
+        help="use -cm/-cr as feature retrieval instead of clustering")
+    # shallow diffusion settings
+    add("-dm", "--diffusion_model_path", type=str, default="logs/44k/diffusion/model_0.pt", help="diffusion model")
+    add("-dc", "--diffusion_config_path", type=str, default="logs/44k/diffusion/config.yaml", help="diffusion config")
+    add("-ks", "--k_step", type=int, default=100, help="shallow-diffusion steps")
+    add("-se", "--second_encoding", action="store_true", default=False,
+        help="re-encode the So-VITS output before diffusion")
+    add("-od", "--only_diffusion", action="store_true", default=False, help="diffusion-only conversion")
+    # rarely changed
+    add("-sd", "--slice_db", type=int, default=-40, help="silence threshold of the slicer (dB)")
+    add("-d", "--device", type=str, default=None, help="torch device (default: cuda if available, else cpu)")
+    add("-ns", "--noice_scale", type=float, default=0.4, help="noise scale of the prior sampling")
+    add("-p", "--pad_seconds", type=float, default=0.5, help="silence padded around each slice, then removed")
+    add("-wf", "--wav_format", type=str, default="flac", help="output format (flac, wav, ogg, ...)")
+    add("-lgr", "--linear_gradient_retain", type=float, default=0.75,
+        help="fraction of the -lg overlap that is cross-faded (0 < x <= 1)")
+    add("-eak", "--enhancer_adaptive_key", type=int, default=0, help="shift the enhancer's range up (semitones)")
+    add("-ft", "--f0_filter_threshold", type=float, default=0.05,
+        help="F0 confidence threshold of crepe, rmvpe and fcpe (0-1)")
+    return p
+
+
+def result_name(clean_name: str, tran: int, spk: str, args: argparse.Namespace, mode: str) -> str:
+    """4.1's output name: {name}_{key}_{spk}{_ratio}_{mode}_{f0p}.{format}."""
+    key = "auto" if args.auto_predict_f0 else f"{tran}key"
+    cluster = "" if args.cluster_infer_ratio == 0 else f"_{args.cluster_infer_ratio}"
+    return f"{clean_name}_{key}_{spk}{cluster}_{mode}_{args.f0_predictor}.{args.wav_format}"
+
+
+def resolve_input(clean_name: str) -> Path:
+    """raw/<name> (+.wav without extension); other formats are converted to raw/<stem>.wav as 4.1 does."""
+    from inference.infer_tool import format_wav
+
+    path = f"raw/{clean_name}"
+    if "." not in path:
+        path += ".wav"
+    if not os.path.isfile(path):
+        present = sorted(p.name for p in Path("raw").iterdir() if p.is_file() and p.name != "README.md") \
+            if os.path.isdir("raw") else []
+        listing = f" (raw/ has: {', '.join(present[:10])})" if present else " (raw/ is empty)"
+        raise FileNotFoundError(f"{path} not found: inputs are read from raw/; put the file there or fix -n{listing}")
+    return Path(format_wav(path))
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    import soundfile as sf
+
+    if args.f0_predictor not in F0_PREDICTORS:
+        return f"unknown F0 predictor {args.f0_predictor!r}; choose one of {', '.join(F0_PREDICTORS)}"
+    if args.wav_format.upper() not in sf.available_formats():
+        return f"unknown output format {args.wav_format!r}; e.g. flac, wav, ogg"
+    if not 0 <= args.cluster_infer_ratio <= 1:
+        return f"-cr must be between 0 and 1, got {args.cluster_infer_ratio}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log = logging.getLogger("inference_main")
+    problem = _check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+
+    from inference.infer_tool import InferOptions, Svc, SvcError, fill_a_to_b
+    from inference.model_loader import ModelConfigMismatch
+    from inference.speaker_mix import SpkMixError, validate_spk_mix_map
+    from modules.audio_io import AudioReadError
+    from modules.checkpoint import CheckpointError
+    from modules.hparams import ConfigError
+    from vdecoder.nsf_hifigan.models import VocoderLoadError
+
+    user_errors = (SvcError, ModelConfigMismatch, SpkMixError, ConfigError, CheckpointError,
+                   VocoderLoadError, AudioReadError, FileNotFoundError, NotImplementedError)
+
+    cluster_path = args.cluster_model_path
+    if args.cluster_infer_ratio != 0:
+        if not cluster_path:
+            cluster_path = "logs/44k/feature_and_index.pkl" if args.feature_retrieval else "logs/44k/kmeans_10000.pt"
+    else:
+        cluster_path = ""
+    trans = list(args.trans)
+    fill_a_to_b(trans, args.clean_names)
+    if args.shallow_diffusion or args.only_diffusion or args.second_encoding:
+        log.warning("Note: shallow diffusion (-shd/-od/-se) is not available in this rebuild yet; "
+                    "the conversion runs with So-VITS only and files are named _sovits_")
+    try:
+        inputs = [resolve_input(name) for name in args.clean_names]
+        spk_mix_map = None
+        if args.use_spk_mix:
+            try:
+                import spkmix
+            except SyntaxError as err:
+                raise SpkMixError(f"spkmix.py line {err.lineno}: {err.msg} (see the format at the top of the file)")
+            spk_mix_map = getattr(spkmix, "spk_mix_map", None)
+            if not isinstance(spk_mix_map, dict):
+                raise SpkMixError("spkmix.py must define spk_mix_map = {speaker_id: [[t0, t1, v0, v1], ...]}")
+            if len(spk_mix_map) <= 1:
+                args.use_spk_mix = False  # 4.1: a one-entry map silently turns mixing off
+        log.info("Using F0 predictor: %s", args.f0_predictor)
+        svc = Svc(args.model_path, args.config_path, args.device, cluster_path, args.enhance,
+                  args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
+                  args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
+        speakers: list = list(args.spk_list)
+        if args.use_spk_mix and len(svc.spk2id) > 1:
+            speakers = [validate_spk_mix_map(spk_mix_map, svc.spk2id)]
+        else:
+            args.use_spk_mix = False
+            for spk in speakers:
+                svc.speaker_id(spk)
+        svc.check_cluster(args.cluster_infer_ratio)
+        os.makedirs("raw", exist_ok=True)
+        os.makedirs("results", exist_ok=True)
+        for clean_name, path, tran in zip(args.clean_names, inputs, trans):
+            opts = InferOptions(
+                tran=tran, slice_db=args.slice_db, cluster_infer_ratio=args.cluster_infer_ratio,
+                auto_predict_f0=args.auto_predict_f0, noice_scale=args.noice_scale, pad_seconds=args.pad_seconds,
+                clip_seconds=args.clip, lg_num=args.linear_gradient, lgr_num=args.linear_gradient_retain,
+                f0_predictor=args.f0_predictor, enhancer_adaptive_key=args.enhancer_adaptive_key,
+                cr_threshold=args.f0_filter_threshold, k_step=args.k_step, use_spk_mix=args.use_spk_mix,
+                second_encoding=args.second_encoding, loudness_envelope_adjustment=args.loudness_envelope_adjustment)
+            for spk in speakers:
+                name = "spk_mix" if args.use_spk_mix else spk
+                out = Path("results") / result_name(clean_name, tran, name, args, "sovits")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                log.info("converting %s -> %s", path, out)
+                svc.convert_file(path, out, spk, opts, args.wav_format)
+                log.info("saved %s", out)
+    except user_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
