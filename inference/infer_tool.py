@@ -332,6 +332,9 @@ class Svc:
         try:
             with sf.SoundFile(tmp, "w", samplerate=self.target_sample, channels=1, format=wav_format.upper()) as f:
                 for block in self.iter_slice_inference(audio, spk, opts, progress):
+                    if not np.isfinite(block).all():
+                        raise SvcError(f"the model produced NaN/inf audio; {self.net_g_path} looks broken "
+                                       "(did its training diverge?); nothing was written")
                     f.write(np.clip(block, -1.0, 1.0))
                     written += len(block)
             os.replace(tmp, out_path)
