@@ -158,6 +158,9 @@ class FeatureExtractor:
             wav16 = torch.from_numpy(resample_audio(wav, s.sampling_rate, ENCODER_RATE)).to(self.device)
             with torch.inference_mode():
                 units = self.encoder.encoder(wav16).float().cpu()
+            if not torch.isfinite(units).all():
+                raise ValueError(f"speech encoder {s.speech_encoder} gave NaN/inf units; its checkpoint in "
+                                 f"{s.pretrain_dir}/ looks broken")
             write_atomic(targets["soft"], lambda f: torch.save(units, f))
         if todo["f0"]:
             f0, uv = self.f0.compute_f0_uv(wav)

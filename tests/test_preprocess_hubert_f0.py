@@ -169,3 +169,23 @@ def test_unreadable_clip_is_reported_and_skipped(prepared, monkeypatch, caplog) 
     finally:
         bad.unlink()
     assert "1 failed" in caplog.text and "broken.wav" in caplog.text
+
+
+def test_encoder_giving_nan_is_reported(prepared, tmp_path, monkeypatch, caplog) -> None:
+    project = tmp_path / "p"
+    shutil.copytree(prepared / "configs", project / "configs")
+    clip = _clips(prepared)[0]
+    (project / "dataset" / "44k" / "kal").mkdir(parents=True)
+    shutil.copy(clip, project / "dataset" / "44k" / "kal" / clip.name)
+    from vencoder.fairseq_ckpt import load_fairseq_checkpoint
+
+    ckpt = load_fairseq_checkpoint(VENCODER_FIXTURES / "contentvec_reduced.pt")
+    ckpt["model"] = {k: v.clone() for k, v in ckpt["model"].items()}
+    ckpt["model"]["encoder.layer_norm.weight"].fill_(float("nan"))  # a broken download
+    (project / "pretrain").mkdir()
+    torch.save({"cfg": ckpt["cfg"], "model": ckpt["model"]}, project / "pretrain" / "checkpoint_best_legacy_500.pt")
+    monkeypatch.chdir(project)
+    with caplog.at_level("INFO"):
+        assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 0
+    assert "gave NaN/inf units" in caplog.text and "1 failed" in caplog.text
+    assert not (project / "dataset" / "44k" / "kal" / f"{clip.name}.soft.pt").exists()
