@@ -66,7 +66,7 @@ def _warn_out_of_range(y: torch.Tensor) -> None:
     # Skipped for accelerator tensors, where reading the values back would stall every step.
     if y.device.type != "cpu":
         return
-    y_min, y_max = float(torch.min(y)), float(torch.max(y))
+    y_min, y_max = float(torch.min(y.detach())), float(torch.max(y.detach()))
     if y_min < -1.0:
         logger.warning("min value is %s", y_min)
     if y_max > 1.0:

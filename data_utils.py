@@ -1,0 +1,372 @@
+"""Training data of so-vits-svc 4.1: `TextAudioSpeakerLoader` (one clip per item) and `TextAudioCollate`.
+
+Each line of a file list names a clip `X.wav` (44.1 kHz mono 16-bit PCM, written by resample.py)
+whose features preprocess_hubert_f0.py put next to it (formats.md §2). An item is
+`(c [C, T], f0 [T], spec [1025, T], audio [1, T*hop], speaker id [1], uv [T], volume [T] | None)`.
+Loading, augmentation, cropping and collation follow pipeline.md §5.1-§5.3.
+
+Differences to 4.1 (all about data that would otherwise train silently on garbage or crash late):
+a list that names a speaker missing from `spk`, unit files of another width than `model.ssl_dim`,
+a float or non-44.1 kHz WAV, and an empty list stop with one clear `DatasetError` when the dataset is
+built; a clip with a missing feature file, or whose files disagree in length, is reported by path
+and skipped (4.1 asserted or cropped it). A missing or mis-shaped `X.spec.pt` is recomputed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.utils.data
+
+import utils
+from modules.checkpoint import CheckpointError, safe_torch_load
+from modules.hparams import HParams, write_atomic
+from modules.mel_processing import spectrogram_torch
+from modules.npy_io import load_f0, load_npy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DatasetError", "Item", "TextAudioCollate", "TextAudioSpeakerLoader", "read_filelist",
+           "spec_path", "speaker_of"]
+
+# (c, f0, spec, audio, speaker id, uv, volume) as 4.1 returns it.
+Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+             Optional[torch.Tensor]]
+
+# 4.1's hard-coded crop (quirk A.10): clips over 800 frames train on a random 790-frame window.
+CROP_ABOVE = 800
+CROP_TO = 790
+# Frames by which units (stretched to the F0 length) and the spectrogram may disagree (4.1's assert).
+MAX_FRAME_GAP = 3
+# How many unit files are opened up front to compare their width with model.ssl_dim.
+UNIT_PROBES = 4
+# Units come at 50 per second; a file far off that rate belongs to another clip or encoder.
+UNITS_PER_SECOND = 50.0
+LIST_PROBLEMS = 20
+# Clips longer than this are worth a warning: loading them costs memory although only 790 frames train.
+LONG_CLIP_SECONDS = 20
+
+
+class DatasetError(ValueError):
+    """The file lists, the config and the files on disk do not fit together (message says how to fix)."""
+
+
+def read_filelist(path: str | os.PathLike) -> list[str]:
+    """Clip paths of a file list: field 0 of each `|`-separated line, blank lines ignored (UTF-8).
+
+    Raises:
+        DatasetError: the list is missing, not UTF-8, or names no clip.
+    """
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise DatasetError(f"file list {name} not found; run python preprocess_flist_config.py first")
+    try:
+        with open(name, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise DatasetError(f"{name} is not UTF-8 (written by an older tool?); re-run "
+                           "python preprocess_flist_config.py") from None
+    paths = [line.strip().split("|")[0] for line in lines if line.strip()]
+    if not paths:
+        raise DatasetError(f"{name} lists no clips. Put clips in dataset_raw/<speaker>/, run resample.py "
+                           "and preprocess_flist_config.py again (a speaker needs at least 3 clips: "
+                           "the first 2 go to the validation list).")
+    return paths
+
+
+def speaker_of(path: str) -> str:
+    """Speaker of a list entry: its parent folder name (either slash style)."""
+    parts = path.replace("\\", "/").split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def spec_path(wav_path: str) -> str:
+    """`X.wav` -> `X.spec.pt`; only the final suffix is replaced (quirk 53)."""
+    return (wav_path[: -len(".wav")] if wav_path.endswith(".wav") else wav_path) + ".spec.pt"
+
+
+def _feature_paths(wav: str, with_volume: bool) -> dict[str, str]:
+    paths = {"units": f"{wav}.soft.pt", "f0": f"{wav}.f0.npy"}
+    if with_volume:
+        paths["volume"] = f"{wav}.vol.npy"
+    return paths
+
+
+class TextAudioSpeakerLoader(torch.utils.data.Dataset):
+    """Clips of a file list with their features, shuffled once like 4.1 (seed 1234, same order every epoch).
+
+    Args:
+        audiopaths: file list (e.g. `filelists/train.txt`).
+        hparams: the So-VITS config (`data`, `train.vol_aug`, `model.vol_embedding`, `model.ssl_dim`, `spk`).
+        all_in_mem: load every clip once up front (steps 1-5 of pipeline.md §5.1) and keep it in RAM.
+        vol_aug: allow volume augmentation (train set); it also needs `train.vol_aug` and volumes.
+    Raises:
+        DatasetError: see the module docstring.
+    """
+
+    def __init__(self, audiopaths: str | os.PathLike, hparams: HParams, all_in_mem: bool = False,
+                 vol_aug: bool = True) -> None:
+        data = hparams.data
+        self.list_path = os.fspath(audiopaths)
+        self.max_wav_value = float(data.max_wav_value)
+        self.sampling_rate = int(data.sampling_rate)
+        self.filter_length = int(data.filter_length)
+        self.hop_length = int(data.hop_length)
+        self.win_length = int(data.win_length)
+        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "nearest"
+        self.spk_map: dict[str, int] = {str(k): int(v) for k, v in hparams.spk.items()}
+        self.ssl_dim = int(hparams.model.ssl_dim)
+        self.speech_encoder = hparams.model.get("speech_encoder") or "vec768l12"
+        self.vol_emb = bool(hparams.model.get("vol_embedding", False))
+        self.vol_aug = bool(hparams.train.get("vol_aug", False)) and vol_aug
+        paths = [p.replace("\\", "/") for p in read_filelist(self.list_path)]
+        # Same permutation as 4.1's random.seed(1234); random.shuffle(...), without touching the global RNG.
+        random.Random(1234).shuffle(paths)
+        self.audiopaths = self._usable(paths)
+        self.all_in_mem = all_in_mem
+        self.cache: list[Item | None] = []
+        if all_in_mem:
+            self.cache = [self.get_audio(p) for p in self.audiopaths]
+
+    # -- checks when the dataset is built ------------------------------------------------------
+    def _usable(self, paths: list[str]) -> list[str]:
+        """Stop on config/list mismatches, drop (and report) clips with missing files."""
+        strangers: dict[str, list[str]] = {}
+        not_pcm: list[str] = []
+        long_clips: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        usable: list[str] = []
+        for path in paths:
+            speaker = speaker_of(path)
+            if speaker not in self.spk_map:
+                strangers.setdefault(speaker, []).append(path)
+                continue
+            if not os.path.isfile(path):
+                skipped.append((path, "the clip itself is missing"))
+                continue
+            problem, seconds = self._wav_problem(path)
+            if problem:
+                not_pcm.append(problem)
+                continue
+            if seconds > LONG_CLIP_SECONDS:
+                long_clips.append(path)
+            missing = [p for p in _feature_paths(path, self.vol_emb).values() if not os.path.isfile(p)]
+            if missing:
+                skipped.append((path, f"missing {', '.join(missing)} (run python preprocess_hubert_f0.py)"))
+                continue
+            usable.append(path)
+        if strangers:
+            known = ", ".join(self.spk_map) or "none"
+            lines = [f"Speaker '{s}' ({len(p)} clips, e.g. {p[0]}) is not in the config's spk (available: {known})"
+                     for s, p in strangers.items()]
+            raise DatasetError("\n".join(lines) + f"\n{self.list_path} and the config come from different "
+                               "runs; re-run python preprocess_flist_config.py or fix spk in config.json.")
+        if not_pcm:
+            more = f"\n... and {len(not_pcm) - LIST_PROBLEMS} more" if len(not_pcm) > LIST_PROBLEMS else ""
+            raise DatasetError("\n".join(not_pcm[:LIST_PROBLEMS]) + more)
+        for path, why in skipped[:LIST_PROBLEMS]:
+            logger.warning("skipping %s: %s", path, why)
+        if len(skipped) > LIST_PROBLEMS:
+            logger.warning("... %d more clips of %s skipped", len(skipped) - LIST_PROBLEMS, self.list_path)
+        if long_clips:
+            logger.warning("%d clips of %s are longer than %d s (e.g. %s): training uses a random %d-frame "
+                           "window of each, but loading them costs memory and time; consider splitting them",
+                           len(long_clips), self.list_path, LONG_CLIP_SECONDS, long_clips[0], CROP_TO)
+        if not usable:
+            raise DatasetError(f"none of the {len(paths)} clips in {self.list_path} can be used "
+                               f"(first problem: {skipped[0][0]}: {skipped[0][1]})")
+        self._check_unit_width(usable)
+        return usable
+
+    def _wav_problem(self, path: str) -> tuple[str, float]:
+        """('', duration in s) for a 16-bit PCM mono WAV at the model rate, else (message, 0) (quirk 22)."""
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            return f"{path} is not a readable WAV file ({err}); run python resample.py", 0.0
+        return self._format_problem(path, info), float(info.duration)
+
+    def _format_problem(self, path: str, info: Any) -> str:
+        if info.subtype in ("FLOAT", "DOUBLE"):
+            bits = 32 if info.subtype == "FLOAT" else 64
+            return (f"{path} is {bits}-bit float; so-vits-svc expects 16-bit PCM from resample.py "
+                    "— run python resample.py")
+        if info.subtype != "PCM_16":
+            return f"{path} is {info.subtype}, not 16-bit PCM; run python resample.py"
+        if info.samplerate != self.sampling_rate:
+            return (f"{path} has sample rate {info.samplerate} Hz but data.sampling_rate is "
+                    f"{self.sampling_rate}; run python resample.py")
+        if info.channels != 1:
+            return f"{path} has {info.channels} channels, expected mono; run python resample.py"
+        return ""
+
+    def _check_unit_width(self, usable: list[str]) -> None:
+        """Units from another encoder make every step fail later; test a few files now."""
+        step = max(1, len(usable) // UNIT_PROBES)
+        for path in usable[::step][:UNIT_PROBES]:
+            width = self._units(path).shape[0]
+            if width != self.ssl_dim:
+                raise DatasetError(self._width_message(path, width))
+
+    def _width_message(self, path: str, width: int) -> str:
+        from vencoder import ENCODER_DIMS  # only the name table; no encoder is loaded
+
+        fits = [n for n, d in ENCODER_DIMS.items() if d == width and not n.endswith("-onnx")]
+        hint = f" (made by e.g. {', '.join(fits)})" if fits else ""
+        return (f"{path}.soft.pt has {width} channels{hint} but the config expects {self.ssl_dim} "
+                f"(model.ssl_dim, speech_encoder {self.speech_encoder}). Delete old features or re-run "
+                "python preprocess_hubert_f0.py --overwrite, or fix speech_encoder/ssl_dim in the config.")
+
+    # -- loading one clip ------------------------------------------------------------------------
+    def _units(self, path: str) -> torch.Tensor:
+        units = safe_torch_load(f"{path}.soft.pt")
+        if not isinstance(units, torch.Tensor) or units.dim() not in (2, 3):
+            raise ValueError(f"{path}.soft.pt does not hold a [1, C, Tu] tensor")
+        return units[0] if units.dim() == 3 else units
+
+    def _spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
+        """[1, L] -> [n_fft // 2 + 1, L // hop]."""
+        return spectrogram_torch(audio, self.filter_length, self.sampling_rate, self.hop_length,
+                                 self.win_length)[0]
+
+    def _load_spec(self, path: str, audio: torch.Tensor) -> torch.Tensor:
+        target = spec_path(path)
+        bins = self.filter_length // 2 + 1
+        spec = safe_torch_load(target) if os.path.isfile(target) else None
+        if isinstance(spec, torch.Tensor) and spec.dim() == 3 and spec.shape[0] == 1:
+            spec = spec[0]
+        if isinstance(spec, torch.Tensor) and spec.dim() == 2 and spec.shape[0] == bins:
+            return spec.float()
+        if spec is not None:
+            logger.warning("%s is not a [%d, T] spectrogram; recomputing it", target, bins)
+        spec = self._spectrogram(audio)
+        write_atomic(target, lambda f: torch.save(spec, f))
+        return spec
+
+    def _read(self, path: str) -> Item:
+        """Steps 1-5 of pipeline.md §5.1; raises ValueError (with the path) for inconsistent files."""
+        pcm, rate = sf.read(path, dtype="int16", always_2d=True)
+        if rate != self.sampling_rate:
+            raise ValueError(f"sample rate {rate} Hz, expected {self.sampling_rate}")
+        audio = torch.from_numpy(pcm[:, 0].astype(np.float32) / self.max_wav_value).unsqueeze(0)
+        spec = self._load_spec(path, audio)
+        speaker = torch.LongTensor([self.spk_map[speaker_of(path)]])
+        f0_np, uv_np = load_f0(f"{path}.f0.npy")
+        if not np.isfinite(f0_np).all():
+            raise ValueError(f"{path}.f0.npy contains NaN or infinite values")
+        f0 = torch.FloatTensor(f0_np)
+        uv = torch.FloatTensor(uv_np)
+        units = self._units(path)
+        if units.shape[0] != self.ssl_dim:
+            raise ValueError(self._width_message(path, units.shape[0]))
+        seconds = audio.shape[1] / self.sampling_rate
+        if not 0.5 * seconds * UNITS_PER_SECOND - 2 <= units.shape[1] <= 1.5 * seconds * UNITS_PER_SECOND + 2:
+            raise ValueError(f"{path}.soft.pt has {units.shape[1]} unit frames for a {seconds:.2f} s clip "
+                             "(stale file from another clip?)")
+        c = utils.repeat_expand_2d(units.float(), f0.shape[0], mode=self.unit_interpolate_mode)
+        volume = None
+        if self.vol_emb:
+            volume = torch.from_numpy(np.asarray(load_npy(f"{path}.vol.npy"), dtype=np.float32)).reshape(-1)
+        frames = spec.shape[-1]
+        lmin = min(c.shape[-1], frames)
+        gaps = {"f0/units": c.shape[-1] - frames,
+                "audio": (audio.shape[1] - lmin * self.hop_length) / self.hop_length}
+        if volume is not None:
+            gaps["volume"] = volume.shape[0] - c.shape[-1]
+        bad = {k: v for k, v in gaps.items() if abs(v) >= MAX_FRAME_GAP}
+        if volume is not None and volume.shape[0] < lmin:
+            bad["volume"] = volume.shape[0] - lmin
+        if bad or lmin == 0:
+            detail = ", ".join(f"{k} off by {v:g} frames" for k, v in bad.items()) or "no frames"
+            raise ValueError(f"features disagree with the {frames}-frame spectrogram ({detail}); delete its "
+                             "feature files and re-run python preprocess_hubert_f0.py")
+        spec, c, f0, uv = spec[:, :lmin], c[:, :lmin], f0[:lmin], uv[:lmin]
+        audio = audio[:, :lmin * self.hop_length]
+        if volume is not None:
+            volume = volume[:lmin]
+        return c, f0, spec, audio, speaker, uv, volume
+
+    def get_audio(self, filename: str) -> Item | None:
+        """Load one clip; None (with a warning naming the file) when its files are unusable."""
+        try:
+            return self._read(filename)
+        except (ValueError, OSError, CheckpointError, sf.LibsndfileError) as err:
+            logger.warning("skipping %s: %s", filename, err)
+            return None
+
+    def random_slice(self, c: torch.Tensor, f0: torch.Tensor, spec: torch.Tensor, audio_norm: torch.Tensor,
+                     spk: torch.Tensor, uv: torch.Tensor, volume: torch.Tensor | None) -> Item:
+        """Volume augmentation and the 790-frame crop (pipeline.md §5.2); uses Python's global RNG,
+        which torch seeds per DataLoader worker."""
+        # 4.1 draws the coin first, whether or not augmentation is on; kept for the same random stream.
+        if random.choice([True, False]) and self.vol_aug and volume is not None:
+            max_amp = float(torch.max(torch.abs(audio_norm))) + 1e-5
+            max_shift = min(1.0, float(np.log10(1 / max_amp)))
+            scale = 10 ** random.uniform(-1, max_shift)
+            audio_norm = audio_norm * scale
+            volume = volume * scale
+            spec = self._spectrogram(audio_norm)
+        if spec.shape[1] > CROP_ABOVE:
+            start = random.randint(0, spec.shape[1] - CROP_ABOVE)
+            end = start + CROP_TO
+            spec, c, f0, uv = spec[:, start:end], c[:, start:end], f0[start:end], uv[start:end]
+            audio_norm = audio_norm[:, start * self.hop_length:end * self.hop_length]
+            if volume is not None:
+                volume = volume[start:end]
+        return c, f0, spec, audio_norm, spk, uv, volume
+
+    def __getitem__(self, index: int) -> Item | None:
+        item = self.cache[index] if self.all_in_mem else self.get_audio(self.audiopaths[index])
+        return None if item is None else self.random_slice(*item)
+
+    def __len__(self) -> int:
+        return len(self.audiopaths)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+              torch.Tensor, Optional[torch.Tensor]]
+
+
+class TextAudioCollate:
+    """Zero-padded batch sorted by frame count, longest first (pipeline.md §5.3).
+
+    Returns `(c [B, C, T], f0 [B, T], spec [B, F, T], audio [B, 1, L], speaker ids [B, 1],
+    lengths [B], uv [B, T], volume [B, T] or None)`; volume is None when any item lacks it.
+    Items that failed to load (None) are dropped; an all-None batch gives None.
+    """
+
+    def __call__(self, batch: Sequence[Item | None]) -> Batch | None:
+        items = [b for b in batch if b is not None]
+        if not items:
+            return None
+        lengths = torch.LongTensor([x[0].shape[1] for x in items])
+        _, order = torch.sort(lengths, dim=0, descending=True)
+        n, t_max = len(items), int(lengths.max())
+        l_max = max(x[3].shape[1] for x in items)
+        c_padded = torch.zeros(n, items[0][0].shape[0], t_max)
+        f0_padded = torch.zeros(n, t_max)
+        spec_padded = torch.zeros(n, items[0][2].shape[0], t_max)
+        wav_padded = torch.zeros(n, 1, l_max)
+        spkids = torch.zeros(n, 1, dtype=torch.long)
+        uv_padded = torch.zeros(n, t_max)
+        with_volume = all(x[6] is not None for x in items)
+        volume_padded = torch.zeros(n, t_max) if with_volume else None
+        sorted_lengths = torch.zeros(n, dtype=torch.long)
+        for i, j in enumerate(order.tolist()):
+            c, f0, spec, wav, spk, uv, volume = items[j]
+            t = c.shape[1]
+            sorted_lengths[i] = t
+            c_padded[i, :, :t] = c
+            f0_padded[i, :t] = f0
+            spec_padded[i, :, :spec.shape[1]] = spec
+            wav_padded[i, :, :wav.shape[1]] = wav
+            spkids[i, 0] = spk.reshape(-1)[0]
+            uv_padded[i, :t] = uv
+            if volume_padded is not None and volume is not None:
+                volume_padded[i, :volume.shape[0]] = volume
+        return c_padded, f0_padded, spec_padded, wav_padded, spkids, sorted_lengths, uv_padded, volume_padded

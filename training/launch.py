@@ -1,0 +1,286 @@
+"""Starting `train.py`: config and run folder, devices and processes, logging, stop signals.
+
+* Devices: every visible GPU gets one process (spawned as 4.1 does, or started by `torchrun`, whose
+  RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* variables are honoured); NCCL joins them, gloo on the CPU.
+  Training on the CPU is allowed (4.1 refused) with a one-line notice; `--nprocs N` runs N CPU
+  processes joined by gloo. A single process runs in place, without a process group.
+* Stopping: the first SIGINT (Ctrl+C) or SIGTERM asks every process to stop after its current step;
+  rank 0 then saves `G_<step>.pth`/`D_<step>.pth` atomically and the run exits with 128 + signal
+  number. A second signal more than a second later aborts at once (the last saved files stay intact).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from data_utils import DatasetError
+from modules.checkpoint import CheckpointError
+from modules.hparams import ConfigError, HParams, load_config, validate_sovits_config, write_atomic
+from training.loop import RunContext, Trainer, TrainingError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StopFlag", "TrainOptions", "run_training"]
+
+SOURCE_DIR = Path(__file__).resolve().parents[1]
+CONSOLE_FORMAT = "%(levelname)s:%(name)s:%(message)s"
+FILE_FORMAT = "%(asctime)s\t%(name)s\t%(levelname)s\t%(message)s"
+# Errors whose message already says what to do: printed without a traceback.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingError)
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass
+class TrainOptions:
+    """What `train.py` was asked to do (see `train.py --help`)."""
+
+    config: str = "./configs/config.json"
+    model: str = "44k"
+    device: str = "auto"
+    nprocs: int | None = None
+    num_workers: int | None = None
+
+
+class StopFlag:
+    """Signal handlers that turn SIGINT/SIGTERM into a polite stop request (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.at = 0.0
+        self._previous: dict[int, object] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is not None and time.monotonic() - self.at > 1.0:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum, self.at = signum, time.monotonic()
+            logging.getLogger(__name__).warning(
+                "%s received: stopping after this step and saving a checkpoint (repeat to abort at once)",
+                signal.Signals(signum).name)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum is not None else 0
+
+
+@contextmanager
+def _run_logging(model_dir: str, rank: int) -> Iterator[None]:
+    """4.1's console (`LEVEL:name:message`) and `train.log` handlers on the root logger, for this run."""
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter(CONSOLE_FORMAT if rank == 0 else f"[rank {rank}] {CONSOLE_FORMAT}"))
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    handlers.append(console)
+    if rank == 0:
+        log_file = logging.FileHandler(os.path.join(model_dir, "train.log"), encoding="utf-8")
+        log_file.setFormatter(logging.Formatter(FILE_FORMAT))
+        handlers.append(log_file)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(old_level)
+
+
+def _check_git_hash(model_dir: str, run_log: logging.Logger) -> None:
+    """Record the source revision in `githash` (4.1); warn when a resumed run's code changed."""
+    if not (SOURCE_DIR / ".git").exists():
+        run_log.warning("%s is not a git repository, therefore hash value comparison will be ignored.", SOURCE_DIR)
+        return
+    try:
+        current = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_DIR, capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return
+    path = os.path.join(model_dir, "githash")
+    if os.path.exists(path):
+        saved = Path(path).read_text().strip()
+        if saved != current:
+            run_log.warning("git hash values are different. %s(saved) != %s(current)", saved[:8], current[:8])
+    else:
+        write_atomic(path, lambda f: f.write(current.encode()))
+
+
+def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: HParams, model_dir: str,
+            num_workers: int, threads: int | None, parent_stops: bool) -> int:
+    """Body of every training process; returns its exit status (0, 1 or 128 + signal)."""
+    stop = StopFlag()
+    stop.install()
+    try:
+        with _run_logging(model_dir, rank):
+            run_log = logging.getLogger(os.path.basename(os.path.normpath(model_dir)))
+            try:
+                if threads:
+                    torch.set_num_threads(threads)
+                device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
+                if device.type == "cuda":
+                    torch.cuda.set_device(device)
+                    torch.backends.cudnn.benchmark = True
+                if world_size > 1:
+                    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                            world_size=world_size, rank=rank)
+                if rank == 0:
+                    run_log.info("config: %s", json.dumps(hps.to_dict(), ensure_ascii=False))
+                    if device.type == "cpu":
+                        run_log.info("Training on the CPU (no CUDA GPU, or --device cpu): it works, but slowly.")
+                    _check_git_hash(model_dir, run_log)
+                    if world_size > 1:
+                        run_log.info("%d processes on %s (%s)", world_size, device_type, dist.get_backend())
+                torch.manual_seed(int(hps.train.seed))
+                # Crops and volume augmentation draw from Python's RNG (in the main process when no
+                # loader workers run; torch seeds each worker's own).
+                random.seed(int(hps.train.seed))
+                ctx = RunContext(rank, world_size, device, num_workers, stop)
+                trainer = Trainer(hps, model_dir, ctx)
+                stopped = trainer.fit()
+                if stopped and not parent_stops:
+                    return stop.exit_code()
+                return 0
+            except USER_ERRORS as err:
+                if rank == 0 or not isinstance(err, (ConfigError, DatasetError)):
+                    run_log.error("%s", err)
+                return 1
+            finally:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+    finally:
+        stop.restore()
+
+
+def _spawned(rank: int, world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
+             threads: int | None) -> None:
+    code = _worker(rank, world_size, rank, device_type, hps, model_dir, num_workers, threads, True)
+    if code:
+        sys.exit(code)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _spawn(world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
+           threads: int | None) -> int:
+    """One process per rank (4.1's torch.multiprocessing spawn); signals are passed on to them."""
+    port = str(hps.train.port).strip()  # 4.1 needed a JSON string; an integer works too (quirk 62)
+    if not _port_free(int(port)):
+        raise TrainingError(f"train.port {port} is in use (another training running?); set another "
+                            "port in the config")
+    os.environ["MASTER_ADDR"] = "localhost"
+    os.environ["MASTER_PORT"] = port
+    ctx = mp.start_processes(_spawned, args=(world_size, device_type, hps, model_dir, num_workers, threads),
+                             nprocs=world_size, join=False, start_method="spawn")
+    stop = StopFlag()
+
+    def forward(signum: int, frame: object) -> None:
+        # Ctrl+C already reached the children through the terminal; they ignore a repeat within a second.
+        for process in ctx.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+        stop._handle(signum, frame)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not ctx.join(timeout=1.0):
+            pass
+    except mp.ProcessExitedException as err:
+        if err.signal_name:  # killed from outside (e.g. by the kernel's out-of-memory killer)
+            print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return stop.exit_code()
+
+
+def _device_plan(options: TrainOptions) -> tuple[str, int]:
+    """(device type, number of processes) for this machine and the options."""
+    cuda = torch.cuda.is_available()
+    if options.device == "cuda" and not cuda:
+        raise TrainingError("--device cuda: training needs an NVIDIA GPU with CUDA (none found)")
+    device_type = "cuda" if (cuda and options.device != "cpu") else "cpu"
+    if device_type == "cuda":
+        count = torch.cuda.device_count()
+        nprocs = options.nprocs or count
+        if nprocs > count:
+            raise TrainingError(f"--nprocs {nprocs} but only {count} GPU(s) are visible")
+    else:
+        nprocs = options.nprocs or 1
+    return device_type, nprocs
+
+
+def _default_workers(options: TrainOptions) -> int:
+    if options.num_workers is not None:
+        return max(0, options.num_workers)
+    cpus = os.cpu_count() or 1
+    return 5 if cpus > 4 else cpus  # 4.1's rule
+
+
+def run_training(options: TrainOptions) -> int:
+    """Train as `python train.py -c <config> -m <model>`; returns the process exit status.
+
+    Copies the config to `logs/<model>/config.json`, then trains until `train.epochs` (0), a stop
+    signal (128 + signal number, after saving) or an error with advice (1).
+    """
+    model_dir = os.path.join("logs", options.model)
+    try:
+        hps = load_config(options.config)
+        validate_sovits_config(hps, options.config, for_training=True)
+        device_type, nprocs = _device_plan(options)
+    except USER_ERRORS as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    os.makedirs(model_dir, exist_ok=True)
+    raw = Path(options.config).read_bytes()
+    write_atomic(os.path.join(model_dir, "config.json"), lambda f: f.write(raw))
+    workers = _default_workers(options)
+    if all(v in os.environ for v in TORCHRUN_VARS):
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ["LOCAL_RANK"])
+        threads = max(1, (os.cpu_count() or 1) // world) if device_type == "cpu" and world > 1 else None
+        return _worker(rank, world, local, device_type, hps, model_dir, workers, threads, False)
+    if nprocs == 1:
+        return _worker(0, 1, 0, device_type, hps, model_dir, workers, None, False)
+    threads = max(1, (os.cpu_count() or 1) // nprocs) if device_type == "cpu" else None
+    try:
+        return _spawn(nprocs, device_type, hps, model_dir, workers, threads)
+    except TrainingError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1

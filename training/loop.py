@@ -1,0 +1,386 @@
+"""The So-VITS GAN training loop of one process (pipeline.md §5.4-§5.7).
+
+`Trainer` builds the data loaders, `SynthesizerTrn` + `MultiPeriodDiscriminator`, their AdamW
+optimisers and schedules, restores the newest checkpoint (training/resume.py) and runs the epochs.
+Rank 0 logs, evaluates and saves; with several processes every model is wrapped in DDP and each
+process trains on its own share of the (fixed-order) list.
+
+Behaviour beyond 4.1: a stop request (SIGINT/SIGTERM, see training/launch.py) ends the run after the
+current step with a checkpoint of that step; the end of the last epoch also saves one, so no finished
+step is ever lost; a DataLoader worker crash or running out of memory ends with advice instead of a
+bare traceback.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data_utils import DatasetError, TextAudioCollate, TextAudioSpeakerLoader, read_filelist
+from models import MultiPeriodDiscriminator, SynthesizerTrn
+from modules.checkpoint import clean_checkpoints, save_checkpoint
+from modules.commons import slice_segments
+from modules.hparams import HParams
+from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
+from training.resume import ResumeState, build_scheduler, restore
+from training.summary import Summary, plot_data_to_numpy, plot_spectrogram_to_numpy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunContext", "Trainer", "TrainingError"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says what to change."""
+
+
+@dataclass
+class RunContext:
+    """Where this process sits: rank among `world_size`, its device, loader workers and stop flag."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    num_workers: int
+    stop_requested: Callable[[], bool]
+
+
+def _quiet_worker(_: int) -> None:
+    # Ctrl+C reaches every process of the terminal's group; the main process handles it and stops
+    # the workers itself, so a worker must not die on it mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Trainer:
+    """One process of `train.py`: call `fit()`; it returns True when stopped early on request."""
+
+    def __init__(self, hps: HParams, model_dir: str, ctx: RunContext) -> None:
+        self.hps = hps
+        self.model_dir = model_dir
+        self.ctx = ctx
+        self.device = ctx.device
+        self.is_main = ctx.rank == 0
+        self.log = logging.getLogger(os.path.basename(os.path.normpath(model_dir)))
+        train = hps.train
+        self.segment_frames = int(train.segment_size) // int(hps.data.hop_length)
+        self.amp_dtype = self._amp_dtype()
+        self._build_data()
+        self._build_models()
+        self.global_step = self.state.global_step
+        self.last_saved_step = self.state.global_step - 1 if not self.state.fresh else -1
+        self.summary = Summary(model_dir) if self.is_main else None
+        self.summary_eval = Summary(os.path.join(model_dir, "eval")) if self.is_main else None
+        self._rate_mark = (time.perf_counter(), self.global_step)
+
+    # -- construction -------------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        train = self.hps.train
+        if not train.fp16_run:
+            return None
+        if self.device.type != "cuda":
+            self.log.info("fp16_run is ignored on the CPU; training in float32")
+            return None
+        if train.get("half_type") == "bf16":
+            if not torch.cuda.is_bf16_supported():
+                raise TrainingError("train.half_type is bf16 but this GPU has no bfloat16 support; "
+                                    'set "half_type": "fp16" in the config')
+            return torch.bfloat16
+        return torch.float16
+
+    def _build_data(self) -> None:
+        hps, ctx = self.hps, self.ctx
+        all_in_mem = bool(hps.train.all_in_mem)
+        workers = 0 if all_in_mem else ctx.num_workers
+        self.train_set = TextAudioSpeakerLoader(hps.data.training_files, hps, all_in_mem=all_in_mem)
+        # Quirk 39 fixed: each process trains on its own share of the list (4.1 gave every GPU the
+        # same batches); the order stays 4.1's fixed shuffle, so epochs get N times shorter.
+        sampler = (DistributedSampler(self.train_set, ctx.world_size, ctx.rank, shuffle=False)
+                   if ctx.world_size > 1 else None)
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=int(hps.train.batch_size), shuffle=False, sampler=sampler,
+            num_workers=workers, pin_memory=self.device.type == "cuda", collate_fn=TextAudioCollate(),
+            worker_init_fn=_quiet_worker if workers else None, persistent_workers=workers > 0)
+        self.eval_loader: DataLoader | None = None
+        if self.is_main:
+            try:
+                read_filelist(hps.data.validation_files)
+            except DatasetError as err:  # no validation clips only means no evaluation audio
+                self.log.warning("no evaluation: %s", err)
+                return
+            eval_set = TextAudioSpeakerLoader(hps.data.validation_files, hps, all_in_mem=all_in_mem, vol_aug=False)
+            self.eval_loader = DataLoader(eval_set, batch_size=1, shuffle=False, num_workers=0,
+                                          collate_fn=TextAudioCollate())
+
+    def _build_models(self) -> None:
+        hps, device = self.hps, self.device
+        train, model = hps.train, hps.model.to_dict()
+        net_g = SynthesizerTrn(int(hps.data.filter_length) // 2 + 1, self.segment_frames, **model).to(device)
+        net_d = MultiPeriodDiscriminator(bool(model.get("use_spectral_norm", False))).to(device)
+        betas = tuple(float(b) for b in train.betas)
+        self.optim_g = torch.optim.AdamW(net_g.parameters(), float(train.learning_rate), betas=betas,
+                                         eps=float(train.eps))
+        self.optim_d = torch.optim.AdamW(net_d.parameters(), float(train.learning_rate), betas=betas,
+                                         eps=float(train.eps))
+        self.state: ResumeState = restore(self.model_dir, net_g, net_d, self.optim_g, self.optim_d,
+                                          int(model["ssl_dim"]), model.get("speech_encoder") or "vec768l12")
+        if self.ctx.world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            net_g = DistributedDataParallel(net_g, device_ids=ids)
+            net_d = DistributedDataParallel(net_d, device_ids=ids)
+        self.net_g, self.net_d = net_g, net_d
+        self.sched_g = build_scheduler(self.optim_g, float(train.lr_decay), self.state.epoch)
+        self.sched_d = build_scheduler(self.optim_d, float(train.lr_decay), self.state.epoch)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.auto_f0 = bool(model.get("use_automatic_f0_prediction", True))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _autocast(self, enabled: bool = True) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
+
+    def _mel(self, spec: torch.Tensor) -> torch.Tensor:
+        d = self.hps.data
+        return spec_to_mel_torch(spec, d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax)
+
+    def _audio_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        d = self.hps.data
+        return mel_spectrogram_torch(audio.float(), d.filter_length, d.n_mel_channels, d.sampling_rate,
+                                     d.hop_length, d.win_length, d.mel_fmin, d.mel_fmax)
+
+    def _grad_norm(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """Total L2 norm of the (unscaled) gradients; 4.1 logs it and never clips."""
+        self.scaler.unscale_(optimizer)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+
+    def _sync_flags(self, no_batch: bool) -> tuple[bool, bool]:
+        """(stop, skip) agreed by all processes, so none waits forever in a collective."""
+        stop = self.ctx.stop_requested()
+        if self.ctx.world_size == 1:
+            return stop, no_batch
+        flags = torch.tensor([float(stop), float(no_batch)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        values = flags.tolist()
+        return values[0] > 0, values[1] > 0
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self, batch: tuple, log: bool) -> dict[str, Any]:
+        """Discriminator then generator update on one collated batch (pipeline.md §5.4).
+
+        Returns loss tensors (and, when `log`, gradient norms and tensors for the images).
+        """
+        c, f0, spec, y, g, lengths, uv, volume = (
+            None if x is None else x.to(self.device, non_blocking=True) for x in batch)
+        hop, seg = int(self.hps.data.hop_length), int(self.hps.train.segment_size)
+        with self._autocast():
+            (y_hat, ids_slice, z_mask, (_z, z_p, m_p, logs_p, _m_q, logs_q),
+             pred_lf0, norm_lf0, lf0) = self.net_g(c, f0, uv, spec, g=g, c_lengths=lengths,
+                                                   spec_lengths=lengths, vol=volume)
+            y = slice_segments(y, ids_slice * hop, seg)
+            y_d_r, y_d_g, _, _ = self.net_d(y, y_hat.detach())
+        # The mel is linear per frame, so slicing the spectrogram first gives 4.1's slice of the mel.
+        y_mel = self._mel(slice_segments(spec, ids_slice, self.segment_frames))
+        y_hat_mel = self._audio_mel(y_hat.squeeze(1))
+        loss_disc, _, _ = discriminator_loss(y_d_r, y_d_g)
+        self.optim_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_disc).backward()
+        grad_norm_d = self._grad_norm(self.optim_d) if log else None
+        self.scaler.step(self.optim_d)
+
+        # The generator pass needs gradients through D, not of D's weights (4.1 computed and then
+        # discarded them, and all-reduced them under DDP): the bare module with frozen weights is
+        # cheaper and gives the generator exactly the same gradients.
+        disc = _unwrap(self.net_d)
+        disc.requires_grad_(False)
+        try:
+            with self._autocast():
+                y_d_r, y_d_g, fmap_r, fmap_g = disc(y, y_hat)
+        finally:
+            disc.requires_grad_(True)
+        train = self.hps.train
+        loss_mel = F.l1_loss(y_mel, y_hat_mel) * float(train.c_mel)
+        loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(train.c_kl)
+        loss_fm = feature_loss(fmap_r, fmap_g)
+        loss_gen, _ = generator_loss(y_d_g)
+        loss_lf0 = (F.mse_loss(pred_lf0.float(), lf0.float()) if self.auto_f0
+                    else torch.zeros((), device=self.device))
+        loss_gen_all = loss_gen + loss_fm + loss_mel + loss_kl + loss_lf0
+        self.optim_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_gen_all).backward()
+        grad_norm_g = self._grad_norm(self.optim_g) if log else None
+        self.scaler.step(self.optim_g)
+        self.scaler.update()
+        losses = {"d": loss_disc, "g": loss_gen, "fm": loss_fm, "mel": loss_mel, "kl": loss_kl, "lf0": loss_lf0,
+                  "g_total": loss_gen_all}
+        out: dict[str, Any] = {k: v.detach() for k, v in losses.items()}
+        if log:
+            out.update(grad_norm_d=grad_norm_d, grad_norm_g=grad_norm_g, plot_y_mel=y_mel[0],
+                       plot_y_hat_mel=y_hat_mel[0], plot_mel=self._mel(spec[:1, :, :int(lengths[0])])[0])
+            if self.auto_f0:
+                out.update(plot_lf0=lf0[0, 0], plot_pred_lf0=pred_lf0[0, 0], plot_norm_lf0=norm_lf0[0, 0])
+        return out
+
+    # -- logging, evaluation, checkpoints ----------------------------------------------------
+    def _report(self, epoch: int, batch_idx: int, n_batches: int, out: dict[str, Any]) -> None:
+        lr = self.optim_g.param_groups[0]["lr"]
+        losses = [float(out[k]) for k in ("d", "g", "fm", "mel", "kl")]
+        now, mark_step = time.perf_counter(), self._rate_mark[1]
+        done = self.global_step - mark_step
+        rate = f"{done / (now - self._rate_mark[0]):.3g} steps/s" if done > 0 else "- steps/s"
+        self._rate_mark = (now, self.global_step)
+        self.log.info("Train Epoch: %d [%.0f%%]", epoch, 100.0 * batch_idx / max(n_batches, 1))
+        self.log.info("Losses: %s, step: %d, lr: %s, reference_loss: %s, %s", losses, self.global_step, lr,
+                      sum(losses), rate)
+        scalars = {"loss/g/total": float(out["g_total"]), "loss/d/total": losses[0], "learning_rate": lr,
+                   "grad_norm_d": float(out["grad_norm_d"]), "grad_norm_g": float(out["grad_norm_g"]),
+                   "loss/g/fm": losses[2], "loss/g/mel": losses[3], "loss/g/kl": losses[4],
+                   "loss/g/lf0": float(out["lf0"])}
+
+        def cpu(key: str) -> Any:
+            return out[f"plot_{key}"].detach().float().cpu().numpy()
+
+        images = {"slice/mel_org": plot_spectrogram_to_numpy(cpu("y_mel")),
+                  "slice/mel_gen": plot_spectrogram_to_numpy(cpu("y_hat_mel")),
+                  "all/mel": plot_spectrogram_to_numpy(cpu("mel"))}
+        if self.auto_f0:
+            images["all/lf0"] = plot_data_to_numpy(cpu("lf0"), cpu("pred_lf0"))
+            images["all/norm_lf0"] = plot_data_to_numpy(cpu("lf0"), cpu("norm_lf0"))
+        if self.summary is not None:
+            self.summary.write(self.global_step, scalars=scalars, images=images)
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval` (pipeline.md §5.7)."""
+        if self.eval_loader is None or self.summary_eval is None:
+            return
+        gen = _unwrap(self.net_g)
+        gen.eval()
+        audios: dict[str, torch.Tensor] = {}
+        images: dict[str, Any] = {}
+        try:
+            for i, batch in enumerate(self.eval_loader):
+                if batch is None:
+                    continue
+                c, f0, spec, y, g, _, uv, volume = (None if x is None else x[:1].to(self.device) for x in batch)
+                y_hat, _ = gen.infer(c, f0, uv, g=g, vol=volume)
+                audios[f"gen/audio_{i}"] = y_hat[0]
+                audios[f"gt/audio_{i}"] = y[0]
+                images = {"gen/mel": self._audio_mel(y_hat.squeeze(1))[0],
+                          "gt/mel": self._mel(spec)[0]}
+        finally:
+            gen.train()
+        rendered = {k: plot_spectrogram_to_numpy(v.float().cpu().numpy()) for k, v in images.items()}
+        self.summary_eval.write(self.global_step, images=rendered, audios=audios,
+                                audio_sampling_rate=int(self.hps.data.sampling_rate))
+
+    def save(self, epoch: int, step: int) -> None:
+        """G_<step>.pth and D_<step>.pth (atomic), then keep_ckpts cleanup; rank 0 only."""
+        if not self.is_main:
+            return
+        lr0 = float(self.hps.train.learning_rate)
+        save_checkpoint(self.net_g, self.optim_g, lr0, epoch, os.path.join(self.model_dir, f"G_{step}.pth"))
+        save_checkpoint(self.net_d, self.optim_d, lr0, epoch, os.path.join(self.model_dir, f"D_{step}.pth"))
+        keep = int(self.hps.train.get("keep_ckpts", 0) or 0)
+        for path in clean_checkpoints(self.model_dir, keep):
+            self.log.info(".. Free up space by deleting ckpt %s", path)
+        self.last_saved_step = step
+
+    def _save_latest(self, epoch: int) -> None:
+        last = self.global_step - 1
+        if last >= self.state.global_step and last != self.last_saved_step:
+            self.save(epoch, last)
+
+    # -- epochs ------------------------------------------------------------------------------
+    def _batches(self) -> Any:
+        iterator = iter(self.train_loader)
+        while True:
+            try:
+                yield next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if "DataLoader worker" in str(err):
+                    raise TrainingError(
+                        f"A data-loader worker died ({str(err).splitlines()[0]}), most likely out of memory. "
+                        "Lower train.batch_size, set train.all_in_mem to false, or use fewer workers "
+                        "(train.py --num_workers 1).") from None
+                raise
+
+    def _out_of_memory(self) -> TrainingError:
+        t = self.hps.train
+        return TrainingError(
+            f"Out of memory on {self.device} at step {self.global_step}. Lower train.batch_size (now "
+            f"{t.batch_size}) or train.segment_size (now {t.segment_size}) in the config, or split very "
+            "long clips (over 20 s) before resample.py; fp16_run true also saves GPU memory.")
+
+    def train_epoch(self, epoch: int) -> bool:
+        """One pass over this process's share of the list; True when a stop was requested."""
+        train = self.hps.train
+        n_batches = len(self.train_loader)
+        for batch_idx, batch in enumerate(self._batches()):
+            stop, skip = self._sync_flags(batch is None)
+            if stop:
+                return True
+            if skip:
+                self.log.warning("step %d: no usable clip in this batch; skipped", self.global_step)
+                continue
+            report = self.is_main and self.global_step % int(train.log_interval) == 0
+            try:
+                out = self.train_step(batch, report)
+            except torch.OutOfMemoryError:
+                raise self._out_of_memory() from None
+            if report:
+                self._report(epoch, batch_idx, n_batches, out)
+            if self.is_main and self.global_step % int(train.eval_interval) == 0:
+                self.evaluate()
+                self.save(epoch, self.global_step)
+            self.global_step += 1
+        return False
+
+    def fit(self) -> bool:
+        """Run the remaining epochs; True when stopped early (a checkpoint of the last step is saved)."""
+        train = self.hps.train
+        warmup = int(train.get("warmup_epochs", 0) or 0)
+        epoch = self.state.epoch
+        started = time.perf_counter()
+        try:
+            for epoch in range(self.state.epoch, int(train.epochs) + 1):
+                if epoch <= warmup:
+                    for optimizer in (self.optim_g, self.optim_d):
+                        for group in optimizer.param_groups:
+                            group["lr"] = float(train.learning_rate) / warmup * epoch
+                if self.train_epoch(epoch):
+                    self._save_latest(epoch)
+                    if self.is_main:
+                        self.log.info("Stopped after step %d; checkpoint saved in %s. Run the same command "
+                                      "to resume.", self.global_step - 1, self.model_dir)
+                    return True
+                if self.is_main:
+                    now = time.perf_counter()
+                    self.log.info("====> Epoch: %d, cost %.2f s", epoch, now - started)
+                    started = now
+                self.sched_g.step()
+                self.sched_d.step()
+            self._save_latest(epoch)
+            return False
+        finally:
+            for summary in (self.summary, self.summary_eval):
+                if summary is not None:
+                    summary.close()

@@ -1,0 +1,101 @@
+"""TensorBoard output of rank 0 with 4.1's tag names (pipeline.md §5.6-§5.7) and its figure renders.
+
+`logs/44k/` receives the training scalars and images, `logs/44k/eval/` the evaluation audio and
+mel images, so `tensorboard --logdir=./logs/44k` shows what it showed for 4.1. TensorBoard and
+matplotlib are imported only when a writer or figure is made; without them training goes on with
+one warning and no event files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Summary", "plot_data_to_numpy", "plot_spectrogram_to_numpy"]
+
+# 4.1 renders every image as a 10 x 2 inch matplotlib figure at the default 100 dpi.
+FIGURE_SIZE = (10, 2)
+
+
+class Summary:
+    """One `SummaryWriter` for `folder`; a silent no-op when TensorBoard is not installed."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            logger.warning("TensorBoard logging is off (%s); pip install -r requirements.txt to get it", err)
+            return
+        os.makedirs(folder, exist_ok=True)
+        self.writer = SummaryWriter(log_dir=folder)
+
+    def write(self, step: int, scalars: Mapping[str, float] | None = None,
+              images: Mapping[str, np.ndarray | None] | None = None,
+              audios: Mapping[str, torch.Tensor] | None = None, audio_sampling_rate: int = 44100) -> None:
+        """Scalars, HWC uint8 images and audio ([1, N] or [N] in [-1, 1]) at `step` (4.1's summarize)."""
+        if self.writer is None:
+            return
+        for tag, value in (scalars or {}).items():
+            self.writer.add_scalar(tag, value, step)
+        for tag, image in (images or {}).items():
+            if image is not None:
+                self.writer.add_image(tag, image, step, dataformats="HWC")
+        for tag, audio in (audios or {}).items():
+            samples = audio.detach().float().cpu().reshape(1, -1).clamp(-1.0, 1.0)
+            self.writer.add_audio(tag, samples, step, sample_rate=audio_sampling_rate)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _figure() -> Any:
+    """A 10 x 2 in Agg figure, built without pyplot so no global backend state is touched."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=FIGURE_SIZE)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _to_rgb(fig: Any) -> np.ndarray:
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def plot_spectrogram_to_numpy(spectrogram: np.ndarray) -> np.ndarray | None:
+    """[channels, frames] -> HWC uint8 image (lower origin, colour bar); None without matplotlib."""
+    fig = _figure()
+    if fig is None:
+        return None
+    ax = fig.add_subplot()
+    im = ax.imshow(spectrogram, aspect="auto", origin="lower", interpolation="none")
+    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("Frames")
+    ax.set_ylabel("Channels")
+    return _to_rgb(fig)
+
+
+def plot_data_to_numpy(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Two curves over frames (e.g. lf0 and pred_lf0) -> HWC uint8 image; None without matplotlib."""
+    fig = _figure()
+    if fig is None:
+        return None
+    ax = fig.add_subplot()
+    ax.plot(x)
+    ax.plot(y)
+    return _to_rgb(fig)
