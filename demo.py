@@ -11,9 +11,10 @@ real scripts in it, one after the other, exactly as a user types them:
 4. ``train.py -c configs/config.json -m 44k``   a small model on the CPU
 5. ``inference_main.py``           converts a song from raw/ into results/
 
-No pretrained ContentVec is shipped (it is a 200 MB download), so the demo writes a small
-random-weight encoder in the real fairseq file format to ``pretrain/checkpoint_best_legacy_500.pt``,
-and the model is trained for only a few dozen steps: the result shows every stage working end to
+When the toolkit's own ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) is present it is used.
+Otherwise — no ContentVec ships with the toolkit, it is a 200 MB download — the demo announces it and
+writes a deterministic stand-in: a small random-weight encoder in the real fairseq file format. The
+model is trained for only a few dozen steps either way: the result shows every stage working end to
 end, not a finished voice. With the real ``pretrain/`` files and a longer training the same commands
 are the tutorial's.
 """
@@ -70,7 +71,25 @@ def run(step: str, args: list[str], cwd: Path) -> None:
     print(f"=== {step} done in {time.monotonic() - started:.1f} s", flush=True)
 
 
-def prepare_project(data: Path, work: Path) -> None:
+def install_encoder(work: Path) -> int:
+    """Real ContentVec from the toolkit's pretrain/ when there, else the announced stand-in; returns its width."""
+    target = work / "pretrain" / "checkpoint_best_legacy_500.pt"
+    real = ROOT / "pretrain" / "checkpoint_best_legacy_500.pt"
+    if real.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(real, target)
+        print(f"Using the ContentVec weights in {real}.")
+        return 768
+    print("NOTE: pretrain/checkpoint_best_legacy_500.pt (ContentVec, the vec768l12 speech encoder) is not\n"
+          "      installed, so this demo uses a deterministic stand-in encoder with random weights: the\n"
+          "      pipeline runs end to end, but the converted voice is not meaningful. For real conversions\n"
+          "      put the ContentVec checkpoint (checkpoint_best_legacy_500.pt) into pretrain/ — see\n"
+          "      pretrain/README.md — and train for much longer.")
+    write_demo_encoder(target)
+    return ENCODER_DIM
+
+
+def prepare_project(data: Path, work: Path) -> int:
     if work.exists():
         shutil.rmtree(work)
     for speaker in SPEAKERS:
@@ -82,13 +101,13 @@ def prepare_project(data: Path, work: Path) -> None:
             shutil.copy(clip, work / "dataset_raw" / speaker / clip.name)
     (work / "raw").mkdir()
     shutil.copy(data / "source" / SOURCE, work / "raw" / SOURCE)
-    write_demo_encoder(work / "pretrain" / "checkpoint_best_legacy_500.pt")
+    return install_encoder(work)
 
 
-def shrink_config(config_path: Path, steps: int) -> None:
+def shrink_config(config_path: Path, steps: int, ssl_dim: int) -> None:
     """Small model, short schedule: edit the generated config as a user would."""
     cfg = json.loads(config_path.read_text(encoding="utf-8"))
-    cfg["model"].update(DEMO_MODEL, ssl_dim=ENCODER_DIM)
+    cfg["model"].update(DEMO_MODEL, ssl_dim=ssl_dim)
     batches_per_epoch = max(1, (len(SPEAKERS) * (CLIPS_PER_SPEAKER - 2)) // 4)
     cfg["train"].update(batch_size=4, epochs=max(1, steps // batches_per_epoch), eval_interval=steps,
                         log_interval=10, keep_ckpts=2)
@@ -104,19 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.workdir.resolve()
     sys.path.insert(0, str(ROOT))
-    prepare_project(args.data.resolve(), work)
+    ssl_dim = prepare_project(args.data.resolve(), work)
     run("2.4.1 resample", ["resample.py"], work)
     run("2.4.2 file lists and config", ["preprocess_flist_config.py", "--speech_encoder", "vec768l12",
                                         "--tiny", "--seed", "1"], work)
-    shrink_config(work / "configs" / "config.json", args.steps)
+    shrink_config(work / "configs" / "config.json", args.steps, ssl_dim)
     run("2.4.3 features", ["preprocess_hubert_f0.py", "--f0_predictor", "fcpe", "--device", "cpu"], work)
     run("2.5.1 training", ["train.py", "-c", "configs/config.json", "-m", "44k"], work)
     checkpoint = max((work / "logs" / "44k").glob("G_*.pth"), key=lambda p: int(p.stem[2:]))
     run("3.1 conversion", ["inference_main.py", "-m", str(checkpoint.relative_to(work)), "-c",
-                           "configs/config.json", "-n", SOURCE, "-t", "0", "-s", SPEAKERS[0],
+                           "configs/config.json", "-n", SOURCE, "-t", "0", "-s", *SPEAKERS,
                            "-f0p", "fcpe", "-d", "cpu"], work)
     results = sorted((work / "results").iterdir())
-    print("\nDemo finished. Converted audio:")
+    print("\nDemo finished. Converted audio (one file per speaker):")
     for path in results:
         print(f"  {path}")
     return 0 if results else 1
