@@ -1,0 +1,249 @@
+"""Seconds per So-VITS training step (generator + discriminator, forward + backward + AdamW) and peak memory.
+
+The step timed is the real one, ``training.loop.Trainer.train_step(batch, log=False)``: the Trainer
+is built by its own ``__init__`` (models, AdamW optimisers, schedules, GradScaler, autocast choice)
+with only the data loaders left out, because the batch is synthetic. Random weights (a fresh run
+folder, so ``restore`` starts from scratch), batch 2 of T = 60 frames collated by the real
+``TextAudioCollate``: units ~ N(0, 1) [ssl_dim, T], a sung F0 glide with unvoiced gaps, audio =
+seeded noise [1, T * hop] and its spectrogram from ``spectrogram_torch`` [n_fft / 2 + 1, T].
+
+Each config runs in its own child process so that its peak resident memory (``VmHWM`` of
+/proc/self/status) is not raised by the config before it; on CUDA the figure is
+``torch.cuda.max_memory_allocated``.
+
+Run from the repository root::
+
+    .venv/bin/python bench/train_step.py --configs tiny,default --repeats 5 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"default": ROOT / "configs_template" / "config_template.json",
+           "tiny": ROOT / "configs_template" / "config_tiny_template.json"}
+BATCH = 2
+FRAMES = 60
+SEED = 1234
+RESULT_TAG = "TRAIN_STEP_RESULT "
+
+
+@dataclass
+class StepResult:
+    """One config: median wall / process-CPU seconds per step, peak memory (MiB) and what it ran."""
+
+    config: str
+    device: str
+    threads: int
+    repeats: int
+    seconds: float
+    cpu_seconds: float
+    peak_mib: float
+    peak_kind: str
+    parameters_g: int
+    parameters_d: int
+    segment_frames: int
+    loss_g_total: float
+    loss_d: float
+
+
+def _ensure_path() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def resolve_config(name: str) -> Path:
+    """`tiny` / `default` -> the template in configs_template/; anything else is a path to a config.json."""
+    return CONFIGS[name] if name in CONFIGS else Path(name)
+
+
+def make_batch(hps: Any, batch: int = BATCH, frames: int = FRAMES, seed: int = SEED) -> tuple:
+    """A collated batch as the training loader gives it, from seeded random data.
+
+    Returns TextAudioCollate's tuple: (c [B, ssl_dim, T], f0 [B, T], spec [B, n_fft/2+1, T],
+    audio [B, 1, T*hop], speaker ids [B, 1], lengths [B], uv [B, T], volume [B, T] or None).
+    """
+    from data_utils import TextAudioCollate
+    from modules.mel_processing import spectrogram_torch
+
+    data, model = hps.data, hps.model
+    hop, sr = int(data.hop_length), int(data.sampling_rate)
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(frames, dtype=torch.float32) * hop / sr
+    # 220 -> 440 Hz glide with vibrato; every 15th frame opens a 3-frame unvoiced gap.
+    semitones = 12.0 * torch.linspace(0.0, 1.0, frames) + 0.3 * torch.sin(2 * math.pi * 5.5 * t)
+    uv = ((torch.arange(frames) % 15) >= 3).float()
+    f0 = 220.0 * torch.pow(2.0, semitones / 12.0) * uv
+    items = []
+    for i in range(batch):
+        audio = (0.1 * torch.randn(1, frames * hop, generator=gen)).clamp(-1.0, 1.0)
+        spec = spectrogram_torch(audio, int(data.filter_length), sr, hop, int(data.win_length))[0]
+        c = torch.randn(int(model.ssl_dim), frames, generator=gen)
+        volume = audio.reshape(frames, hop).pow(2).mean(1).sqrt() if model.get("vol_embedding") else None
+        speaker = torch.LongTensor([i % max(int(model.n_speakers), 1)])
+        items.append((c, f0.clone(), spec, audio, speaker, uv.clone(), volume))
+    return TextAudioCollate()(items)
+
+
+def _vm_kib(field: str) -> int | None:
+    """A `Vm*` line of /proc/self/status in KiB, or None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int = 1) -> StepResult:
+    """Build a Trainer for `config` (no data loaders), time `warmup` + `repeats` real train steps.
+
+    Peak memory on CPU is VmHWM after the steps minus VmRSS before the Trainer was built (so run
+    this in a fresh process for a clean figure); on CUDA it is max_memory_allocated over the steps.
+    """
+    _ensure_path()
+    from modules.hparams import load_config
+    from training.loop import RunContext, Trainer
+
+    class _NoDataTrainer(Trainer):
+        """The real Trainer minus its data loaders: the bench hands it a synthetic batch."""
+
+        def _build_data(self) -> None:
+            self.train_loader = None
+            self.eval_loader = None
+
+    path = resolve_config(config)
+    hps = load_config(path)
+    device = torch.device(device_name)
+    batch = make_batch(hps)
+    rss_before = _vm_kib("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(int(hps.train.seed))
+    with tempfile.TemporaryDirectory() as model_dir:
+        # rank 1 of 1: is_main only decides about TensorBoard writers, evaluation and checkpoints, none
+        # of which a step touches; train_step itself does not look at the rank.
+        ctx = RunContext(rank=1, world_size=1, device=device, num_workers=0, stop_requested=lambda: False)
+        trainer = _NoDataTrainer(hps, model_dir, ctx)
+        wall: list[float] = []
+        cpu: list[float] = []
+        out: dict[str, Any] = {}
+        for i in range(warmup + repeats):
+            _sync(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            out = trainer.train_step(batch, log=False)
+            _sync(device)
+            if i >= warmup:
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - cpu_start)
+        if device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+        else:
+            hwm = _vm_kib("VmHWM")
+            peak = (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else float("nan")
+            kind = "RSS peak - RSS before"
+        n_g = sum(p.numel() for p in trainer.net_g.parameters())
+        n_d = sum(p.numel() for p in trainer.net_d.parameters())
+        return StepResult(config, str(device), torch.get_num_threads(), repeats, statistics.median(wall),
+                          statistics.median(cpu), peak, kind, n_g, n_d, trainer.segment_frames,
+                          float(out["g_total"]), float(out["d"]))
+
+
+def run_in_child(config: str, repeats: int, device: str, threads: int | None) -> StepResult:
+    """`run_config` in a fresh Python process (clean peak-memory baseline); raises on failure."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", config, "--repeats", str(repeats),
+           "--device", device]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"train-step bench of {config} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return StepResult(**json.loads(lines[-1][len(RESULT_TAG):]))
+
+
+def format_table(results: Sequence[StepResult]) -> str:
+    """Markdown table: config, device, threads, median s/step, CPU s/step, peak MiB, parameter counts."""
+    lines = ["| config | device | threads | median s/step | CPU s/step | peak MiB | G params | D params |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.config} | {r.device} | {r.threads} | {r.seconds:.3f} | {r.cpu_seconds:.3f} | "
+                     f"{r.peak_mib:.0f} | {r.parameters_g / 1e6:.2f} M | {r.parameters_d / 1e6:.2f} M |")
+    return "\n".join(lines)
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not available on this platform
+        return "?"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="tiny,default",
+                        help="comma-separated: tiny, default (configs_template/) or paths to config.json files")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per config (after 1 warm-up step)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N, or auto (cuda when available, else cpu)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one config, JSON out
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available to this torch")
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    missing = [c for c in args.configs if not resolve_config(c).is_file()]
+    if missing:
+        parser.error(f"config not found: {', '.join(missing)} (use tiny, default or a path)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[StepResult]:
+    """Parse flags, time every config in its own process, print the machine line and the table."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child is not None:
+        result = run_config(args.child, args.repeats, args.device)
+        print(RESULT_TAG + json.dumps(asdict(result)), flush=True)
+        return [result]
+    _ensure_path()
+    from bench.synth_infer import machine_description
+
+    device = torch.device(args.device)
+    print(machine_description(device))
+    load_start = _load_average()
+    results = [run_in_child(c, args.repeats, args.device, args.threads) for c in args.configs]
+    print(f"batch {BATCH} x {FRAMES} frames, segment {results[0].segment_frames} frames; "
+          f"median of {args.repeats} steps after 1 warm-up; load average {load_start} at the start, "
+          f"{_load_average()} at the end")
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Smoke run of bench/train_step.py on a micro config, plus its synthetic batch."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench import train_step
+from modules.hparams import HParams, load_config
+from modules.mel_processing import spectrogram_torch
+
+# The template's train/data sections with a very small generator and a 4-frame segment, so a
+# step (the discriminator keeps its fixed 4.1 size) takes a fraction of a second.
+MICRO_MODEL = {
+    "inter_channels": 8, "hidden_channels": 8, "filter_channels": 16, "n_heads": 2, "n_layers": 1,
+    "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
+    "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 1,
+    "n_layers_trans_flow": 1, "n_flow_layer": 1, "use_spectral_norm": False, "gin_channels": 8,
+    "ssl_dim": 16, "n_speakers": 4, "vocoder_name": "nsf-hifigan", "speech_encoder": "vec768l12",
+    "speaker_embedding": False, "vol_embedding": True, "use_depthwise_conv": False,
+    "flow_share_parameter": False, "use_automatic_f0_prediction": True, "use_transformer_flow": False,
+}
+
+
+class SmallDiscriminator(nn.Module):
+    """Stand-in for the fixed-size 4.1 MultiPeriodDiscriminator (47 M values, tens of seconds a step
+    on a loaded 2-core CPU) with its interface: (y, y_hat) -> (d_real, d_fake, fmaps_real, fmaps_fake)."""
+
+    def __init__(self, use_spectral_norm: bool = False) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv1d(1, 4, 15, stride=4), nn.Conv1d(4, 1, 5, stride=4)])
+
+    def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fmaps = []
+        for conv in self.convs:
+            x = conv(x)
+            fmaps.append(x)
+        return x.flatten(1), fmaps
+
+    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> tuple[list, list, list, list]:
+        (r, fr), (g, fg) = self._one(y), self._one(y_hat)
+        return [r], [g], [fr], [fg]
+
+
+@pytest.fixture()
+def small_d(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.loop
+
+    monkeypatch.setattr(training.loop, "MultiPeriodDiscriminator", SmallDiscriminator)
+
+
+@pytest.fixture(scope="module")
+def micro_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = json.loads(train_step.CONFIGS["default"].read_text())
+    raw["model"] = copy.deepcopy(MICRO_MODEL)
+    raw["train"]["segment_size"] = 2048
+    path = tmp_path_factory.mktemp("cfg") / "config.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_batch_is_a_collated_training_batch(micro_config: Path) -> None:
+    hps = load_config(micro_config)
+    c, f0, spec, audio, g, lengths, uv, volume = train_step.make_batch(hps)
+    b, t = train_step.BATCH, train_step.FRAMES
+    assert c.shape == (b, 16, t) and f0.shape == uv.shape == volume.shape == (b, t)
+    assert spec.shape == (b, 1025, t) and audio.shape == (b, 1, t * 512)
+    assert lengths.tolist() == [t] * b and g.tolist() == [[0], [1]]
+    # The spectrogram is the real one of the audio it is paired with.
+    expect = spectrogram_torch(audio[1], 2048, 44100, 512, 2048)
+    assert torch.allclose(spec[1:2], expect, atol=1e-6)
+    assert bool((f0[uv == 0] == 0).all()) and 0.7 < float(uv.mean()) < 0.9
+    assert 210 < float(f0[uv > 0].min()) and float(f0.max()) < 460
+    # vol_embedding true: the volume is each frame's RMS.
+    rms = audio[0, 0].reshape(t, 512).pow(2).mean(1).sqrt()
+    assert torch.allclose(volume[0], rms)
+    no_vol = HParams({**hps.to_dict(), "model": {**MICRO_MODEL, "vol_embedding": False}})
+    assert train_step.make_batch(no_vol)[7] is None
+
+
+def test_run_config_steps_the_real_trainer(micro_config: Path, small_d: None) -> None:
+    result = train_step.run_config(str(micro_config), repeats=1, warmup=0)
+    from models import SynthesizerTrn
+
+    n_d = sum(p.numel() for p in SmallDiscriminator().parameters())
+    n_g = sum(p.numel() for p in SynthesizerTrn(1025, 4, **MICRO_MODEL).parameters())
+    assert (result.parameters_g, result.parameters_d, result.segment_frames) == (n_g, n_d, 4)
+    assert result.repeats == 1 and result.device == "cpu"
+    assert 0 < result.cpu_seconds and 0 < result.seconds < 30
+    # Mel L1 alone is c_mel (45) x a few units on random weights: a real generator loss was computed.
+    assert math.isfinite(result.loss_g_total) and result.loss_g_total > 10
+    assert math.isfinite(result.loss_d) and result.loss_d > 0
+    assert result.peak_kind.startswith("RSS") and math.isfinite(result.peak_mib)
+
+
+def test_main(micro_config: Path, small_d: None, capsys: pytest.CaptureFixture[str],
+              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The child process would build the full-size discriminator: run the child's work in process.
+    def in_process(config: str, repeats: int, device: str, threads: int | None) -> train_step.StepResult:
+        return train_step.run_config(config, repeats, device)
+
+    monkeypatch.setattr(train_step, "run_in_child", in_process)
+    results = train_step.main(["--configs", str(micro_config), "--repeats", "1", "--threads", "1"])
+    assert len(results) == 1 and results[0].threads == 1 and results[0].config == str(micro_config)
+    out = capsys.readouterr().out
+    assert "torch " + torch.__version__ in out and "load average" in out
+    assert out.count("\n| ") == 2  # header + one config
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--configs", "no_such_config.json"])
+    assert train_step.resolve_config("tiny") == train_step.CONFIGS["tiny"]
+
+
+def test_child_prints_a_parseable_result(micro_config: Path, small_d: None,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    train_step.main(["--child", str(micro_config), "--repeats", "1"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(train_step.RESULT_TAG)]
+    assert len(line) == 1
+    parsed = train_step.StepResult(**json.loads(line[0][len(train_step.RESULT_TAG):]))
+    assert parsed.config == str(micro_config) and parsed.seconds > 0
