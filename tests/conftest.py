@@ -65,3 +65,25 @@ def zeroed_rng() -> Iterator[list[tuple[str, list[int]]]]:
         yield calls
     finally:
         torch.rand, torch.randn, torch.rand_like, torch.randn_like = saved  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Run a module's tiny models on one thread: a second OpenMP thread only waits on 2 busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_close_f32(actual: torch.Tensor, ref: np.ndarray, tol: float = 1e-4) -> None:
+    """Same shape, float32, and max |actual - ref| <= tol (the vencoder README's criterion)."""
+    a = actual.detach().cpu().numpy()
+    assert a.shape == ref.shape and a.dtype == np.float32
+    assert np.abs(a - ref).max() <= tol

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VENCODER_FIXTURES
+from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
 from modules.checkpoint import CheckpointError, UnsafeCheckpointError
 from utils import repeat_expand_2d
 from vencoder import ENCODER_DIMS, get_speech_encoder, speech_encoder_names
@@ -31,14 +31,11 @@ pytestmark = pytest.mark.skipif(not CONTENTVEC.exists(), reason="fixtures/vencod
 
 
 def _npz(name: str) -> dict[str, np.ndarray]:
-    with np.load(VENCODER_FIXTURES / name) as z:
-        return {k: z[k] for k in z.files}
+    return load_npz(VENCODER_FIXTURES / name)
 
 
 def _close(actual: torch.Tensor, ref: np.ndarray) -> None:
-    a = actual.detach().cpu().numpy()
-    assert a.shape == ref.shape and a.dtype == np.float32
-    assert np.abs(a - ref).max() <= TOL
+    assert_close_f32(actual, ref, TOL)
 
 
 def _pretrain(tmp_path, **files: os.PathLike) -> str:
@@ -51,13 +48,8 @@ def _pretrain(tmp_path, **files: os.PathLike) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The reduced models are tiny; on a busy 2-core machine OpenMP's second thread only adds waiting
-    # (measured: 3.5 s vs 0.035 s per forward), so this module runs single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_thread) -> None:
+    """Tiny models: one thread (see conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")

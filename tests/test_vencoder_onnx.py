@@ -17,7 +17,7 @@ from torch import nn
 pytest.importorskip("onnx")  # torch.onnx.export writes through it
 pytest.importorskip("onnxruntime")
 
-from conftest import VENCODER_FIXTURES  # noqa: E402
+from conftest import VENCODER_FIXTURES, load_npz  # noqa: E402
 from modules.checkpoint import CheckpointError  # noqa: E402
 from vencoder import _ENCODERS, ENCODER_DIMS, get_speech_encoder  # noqa: E402
 from vencoder.encoder import PretrainNotFoundError, SpeechEncoder  # noqa: E402
@@ -43,8 +43,7 @@ VARIANTS: dict[str, tuple[str, int | None, bool]] = {
 
 
 def _npz(name: str) -> dict[str, np.ndarray]:
-    with np.load(VENCODER_FIXTURES / name) as z:
-        return {k: z[k] for k in z.files}
+    return load_npz(VENCODER_FIXTURES / name)
 
 
 class _Exported(nn.Module):
@@ -78,12 +77,8 @@ _SPEECH_AXES = {"source": {2: "samples"}, "embed": {1: "frames"}}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models: extra intra-op threads only add contention on a busy 2-core test machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_thread) -> None:
+    """Tiny models: one thread (see conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")

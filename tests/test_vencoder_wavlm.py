@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VENCODER_FIXTURES
+from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
 from modules.checkpoint import CheckpointError
 from vencoder import get_speech_encoder
 from vencoder.encoder import PretrainNotFoundError
@@ -23,23 +23,17 @@ pytestmark = pytest.mark.skipif(not WAVLM.exists(), reason="fixtures/vencoder no
 
 
 def _close(actual: torch.Tensor, ref: np.ndarray) -> None:
-    a = actual.detach().cpu().numpy()
-    assert a.shape == ref.shape and a.dtype == np.float32
-    assert np.abs(a - ref).max() <= TOL
+    assert_close_f32(actual, ref, TOL)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: a second OpenMP thread only waits on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_thread) -> None:
+    """Tiny models: one thread (see conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")
 def ref() -> dict[str, np.ndarray]:
-    with np.load(VENCODER_FIXTURES / "wavlm_reduced_ref.npz") as z:
-        return {k: z[k] for k in z.files}
+    return load_npz(VENCODER_FIXTURES / "wavlm_reduced_ref.npz")
 
 
 @pytest.fixture(scope="module")
