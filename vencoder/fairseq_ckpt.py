@@ -178,6 +178,8 @@ def load_fairseq_checkpoint(path: PathLike) -> dict[str, Any]:
     """
     name = os.fspath(path)
     try:
+        # weights_only=False only hands unpickling to RestrictedUnpickler, which refuses every global
+        # outside its allow-list before anything is called.
         ckpt = torch.load(name, map_location="cpu", weights_only=False, mmap=_is_zip(name),
                           pickle_module=restricted_pickle_module)
     except _RefusedGlobal as err:
