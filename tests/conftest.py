@@ -87,3 +87,11 @@ def assert_close_f32(actual: torch.Tensor, ref: np.ndarray, tol: float = 1e-4) -
     a = actual.detach().cpu().numpy()
     assert a.shape == ref.shape and a.dtype == np.float32
     assert np.abs(a - ref).max() <= tol
+
+
+def f0_case_names(prefix: str) -> list[str]:
+    """Names of the f0/ fixture cases whose predictor name starts with ``prefix`` (none if absent)."""
+    path = FIXTURES / "f0" / "f0_cases.json"
+    if not path.exists():
+        return []
+    return [name for name in json.loads(path.read_text())["cases"] if name.startswith(prefix)]

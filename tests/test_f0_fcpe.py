@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, f0_case_names
 from modules.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
 from modules.F0Predictor.fcpe.inference import FCPEConfig, load_fcpe
@@ -102,14 +102,7 @@ def test_raw_f0(fx, predictor, case: str) -> None:
     np.testing.assert_allclose(full.numpy(), ref, rtol=0, atol=F0_ATOL)
 
 
-def _fcpe_cases() -> list[str]:
-    path = FOLDER / "f0_cases.json"
-    if not path.exists():
-        return []
-    return [name for name in json.loads(path.read_text())["cases"] if name.startswith("fcpe")]
-
-
-@pytest.mark.parametrize("name", _fcpe_cases())
+@pytest.mark.parametrize("name", f0_case_names("fcpe"))
 def test_case(fx, predictor, name: str) -> None:
     meta, a = fx
     case = meta["cases"][name]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, f0_case_names
 from modules.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
 from modules.F0Predictor.rmvpe.decode import local_average
@@ -154,14 +154,7 @@ def test_decode_recorded_salience(fx, predictor, case: str) -> None:
     np.testing.assert_allclose(f0.numpy(), ref, rtol=0, atol=DECODE_ATOL)
 
 
-def _rmvpe_cases() -> list[str]:
-    path = FOLDER / "f0_cases.json"
-    if not path.exists():
-        return []
-    return [name for name in json.loads(path.read_text())["cases"] if name.startswith("rmvpe")]
-
-
-@pytest.mark.parametrize("name", _rmvpe_cases())
+@pytest.mark.parametrize("name", f0_case_names("rmvpe"))
 def test_case(fx, predictor, name: str) -> None:
     meta, a = fx
     case = meta["cases"][name]
