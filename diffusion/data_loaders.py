@@ -1,0 +1,347 @@
+"""Training and validation data of `train_diff.py` (pipeline.md §8.2).
+
+Each file-list line names a clip `X.wav` whose `preprocess_hubert_f0.py --use_diff` features lie next
+to it (formats.md §2): units `X.wav.soft.pt` [1, C, Tu], `X.wav.f0.npy` (f0, uv), volumes
+`X.wav.vol.npy` / `X.wav.aug_vol.npy` [T], mels `X.wav.mel.npy` [T, M] and `X.wav.aug_mel.npy`
+(object array [mel [T, M], keyshift]). An item is a dict:
+
+    mel [L, M], f0 [L, 1] Hz, volume [L, 1], units [L, C], spk_id [1] long, aug_shift [1, 1] semitones,
+    name (path without `.wav`), name_ext (the list entry)
+
+with L = ⌊duration / (hop / sr)⌋ frames from a random start (training) or the whole clip
+(validation). Half of the training items use the key- and volume-shifted copy (aug_mel, aug_vol,
+f0·2^(k/12), aug_shift = k).
+
+Differences to 4.1: with `cache_all_data: false` the shifted items read `aug_mel` (quirk 40: 4.1 read
+the plain mel); training clips shorter than `duration + 0.1` s are left out of the list (4.1 replaced
+them by the next clip, and looped forever when all were short — now a clear error); missing feature
+files, units of the wrong width and feature files of different lengths stop with a message that says
+what to run; validation uses every clip of its list, whatever its length.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import utils
+from data_utils import DatasetError, read_filelist, speaker_of
+from modules.checkpoint import CheckpointError, safe_torch_load
+from modules.hparams import HParams
+from modules.npy_io import load_f0, load_npy
+
+logger = logging.getLogger("diffusion")
+
+__all__ = ["AudioDataset", "DatasetError", "FEATURE_SUFFIXES", "get_data_loaders"]
+
+# Files `preprocess_hubert_f0.py --use_diff` writes next to every clip.
+FEATURE_SUFFIXES = (".soft.pt", ".f0.npy", ".vol.npy", ".aug_vol.npy", ".mel.npy", ".aug_mel.npy")
+PREP_HINT = "run python preprocess_hubert_f0.py --use_diff"
+# Frame streams of one clip may disagree by a frame or two (4.1 never checked); more means stale files.
+MAX_FRAME_GAP = 3
+# Unit files opened up front in non-cached mode to compare their width with the config.
+UNIT_PROBES = 4
+LIST_PROBLEMS = 8
+
+
+def _clip_seconds(path: str) -> float:
+    try:
+        return float(sf.info(path).duration)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise DatasetError(f"{path} is not a readable WAV file ({err}); run python resample.py") from None
+
+
+def _as_frames(array: Any, path: str, what: str) -> np.ndarray:
+    data = np.asarray(array, dtype=np.float32)
+    if data.ndim != 1 and not (data.ndim == 2 and 1 in data.shape):
+        raise DatasetError(f"{path}: {what} should be a [T] array, found shape {data.shape}; {PREP_HINT}")
+    return data.reshape(-1)
+
+
+class AudioDataset(Dataset):
+    """Clips of one file list with their diffusion features.
+
+    Args:
+        filelist: file list (e.g. `filelists/train.txt`).
+        waveform_sec: training crop in seconds (`data.duration`); clips shorter than this + 0.1 s are
+            left out unless `whole_audio`.
+        hop_size, sample_rate: frame hop (`data.block_size`) and rate (`data.sampling_rate`).
+        spk: speaker map of the config; ids are used only when `n_spk > 1` (missing speaker -> 0).
+        n_spk: `model.n_spk`.
+        load_all_data: keep mels, units and volumes in memory (`train.cache_all_data`).
+        whole_audio: items are whole clips (validation), no crop.
+        device: where cached tensors live (`train.cache_device`).
+        fp16: cache mels and units as float16 (`train.cache_fp16`).
+        use_aug: draw the key/volume-shifted copy for half of the items (training).
+        unit_interpolate_mode: how units are stretched to frames (pipeline.md §3.7).
+        n_units: expected unit width (`data.encoder_out_channels`); None skips the check.
+        n_mels: expected mel bins (vocoder dimension); None skips the check.
+    Raises:
+        DatasetError: list or files unusable; the message names the file and what to run.
+    """
+
+    def __init__(self, filelist: str, waveform_sec: float, hop_size: int, sample_rate: int,
+                 spk: dict[str, int], n_spk: int = 1, load_all_data: bool = True, whole_audio: bool = False,
+                 device: str | torch.device = "cpu", fp16: bool = False, use_aug: bool = False,
+                 unit_interpolate_mode: str = "nearest", n_units: int | None = None,
+                 n_mels: int | None = None) -> None:
+        super().__init__()
+        self.filelist = str(filelist)
+        self.waveform_sec = float(waveform_sec)
+        self.hop_size = int(hop_size)
+        self.sample_rate = int(sample_rate)
+        self.whole_audio = whole_audio
+        self.use_aug = use_aug
+        self.load_all_data = load_all_data
+        self.device = torch.device(device)
+        self.fp16 = fp16
+        self.unit_interpolate_mode = unit_interpolate_mode
+        self.n_units = n_units
+        self.n_mels = n_mels
+        what = "all the data" if load_all_data else "the f0, volume data"
+        logger.info("Load %s filelists: %s", what, self.filelist)
+        paths = [p.replace("\\", "/") for p in read_filelist(self.filelist)]
+        seconds = {p: self._seconds(p) for p in paths}
+        self.paths = paths if whole_audio else self._long_enough(paths, seconds)
+        self._check_files(self.paths)
+        self.spk_ids = self._speaker_ids(self.paths, spk, n_spk)
+        if not load_all_data:
+            self._probe_units(self.paths)
+        self.buffers = [self._load(p, seconds[p], self.spk_ids[p]) for p in self.paths]
+
+    # -- checks when the set is built ------------------------------------------------------------
+    def _seconds(self, path: str) -> float:
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path} (listed in {self.filelist}) not found; re-run python "
+                               "preprocess_flist_config.py if the dataset changed")
+        return _clip_seconds(path)
+
+    def _long_enough(self, paths: list[str], seconds: dict[str, float]) -> list[str]:
+        need = self.waveform_sec + 0.1
+        kept = [p for p in paths if seconds[p] >= need]
+        if not kept:
+            longest = max(paths, key=lambda p: seconds[p])
+            raise DatasetError(
+                f"No training clip is longer than data.duration + 0.1 = {need:g} s (the longest, {longest}, "
+                f"is {seconds[longest]:.2f} s); lower data.duration in diffusion.yaml")
+        if len(kept) < len(paths):
+            logger.warning(" [!] %d of %d clips in %s are shorter than data.duration + 0.1 = %g s and are "
+                           "not used for training", len(paths) - len(kept), len(paths), self.filelist, need)
+        return kept
+
+    def _check_files(self, paths: list[str]) -> None:
+        missing = [(p, [p + s for s in FEATURE_SUFFIXES if not os.path.isfile(p + s)]) for p in paths]
+        missing = [(p, files) for p, files in missing if files]
+        if not missing:
+            return
+        lines = [f"{p}: missing {', '.join(os.path.basename(f) for f in files)}" for p, files in missing]
+        more = f"\n... and {len(lines) - LIST_PROBLEMS} more" if len(lines) > LIST_PROBLEMS else ""
+        raise DatasetError(f"{len(missing)} clips of {self.filelist} lack diffusion features:\n"
+                           + "\n".join(lines[:LIST_PROBLEMS]) + more
+                           + f"\nThe diffusion model trains on these files: {PREP_HINT}")
+
+    def _speaker_ids(self, paths: list[str], spk: dict[str, int], n_spk: int) -> dict[str, int]:
+        if n_spk <= 1:
+            return {p: 0 for p in paths}
+        ids, strangers = {}, set()
+        for path in paths:
+            name = speaker_of(path)
+            if name not in spk:
+                strangers.add(name)
+            sid = int(spk.get(name, 0))
+            if not 0 <= sid < n_spk:
+                raise DatasetError(f"spk[{name!r}] = {sid} is outside 0..{n_spk - 1} (model.n_spk) in "
+                                   "diffusion.yaml; fix the speaker map or model.n_spk")
+            ids[path] = sid
+        if strangers:
+            logger.warning(" [!] speakers %s of %s are not in spk of diffusion.yaml; they train as speaker 0",
+                           ", ".join(sorted(strangers)), self.filelist)
+        return ids
+
+    def _probe_units(self, paths: list[str]) -> None:
+        step = max(1, len(paths) // UNIT_PROBES)
+        for path in paths[::step][:UNIT_PROBES]:
+            self._units(path)
+
+    # -- reading one clip -----------------------------------------------------------------------
+    def _units(self, path: str) -> torch.Tensor:
+        """`X.wav.soft.pt` -> [C, Tu] float32, width checked against `n_units`."""
+        file = path + ".soft.pt"
+        try:
+            units = safe_torch_load(file)
+        except CheckpointError as err:
+            raise DatasetError(f"{err}; delete it and {PREP_HINT}") from None
+        if not isinstance(units, torch.Tensor) or units.dim() not in (2, 3):
+            raise DatasetError(f"{file} does not hold a [1, C, Tu] tensor; delete it and {PREP_HINT}")
+        units = (units[0] if units.dim() == 3 else units).float()
+        if self.n_units is not None and units.shape[0] != self.n_units:
+            raise DatasetError(
+                f"{file} has {units.shape[0]} channels but data.encoder_out_channels in diffusion.yaml is "
+                f"{self.n_units}. Delete old features and {PREP_HINT} (made by another encoder?), or fix "
+                "the config.")
+        return units
+
+    def _stretched_units(self, path: str, frames: int) -> torch.Tensor:
+        """Units stretched to the F0 frame count: [frames, C]."""
+        units = self._units(path)
+        return utils.repeat_expand_2d(units, frames, self.unit_interpolate_mode).transpose(0, 1)
+
+    def _mel_array(self, path: str, suffix: str) -> np.ndarray:
+        file = path + suffix
+        try:
+            data = load_npy(file)
+            if suffix == ".aug_mel.npy":
+                if data.dtype != object or len(data) != 2:
+                    raise ValueError("expected an object array [mel, keyshift]")
+                data = data[0]
+            mel = np.asarray(data, dtype=np.float32)
+        except (ValueError, OSError, CheckpointError) as err:
+            raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+        if mel.ndim != 2 or (self.n_mels is not None and mel.shape[1] != self.n_mels):
+            want = f"[T, {self.n_mels}]" if self.n_mels else "[T, M]"
+            raise DatasetError(f"{file} has shape {mel.shape}, expected {want}; delete it and {PREP_HINT}")
+        return mel
+
+    def _keyshift(self, path: str) -> tuple[float, int]:
+        """(keyshift in semitones, frames) of `X.wav.aug_mel.npy`."""
+        file = path + ".aug_mel.npy"
+        try:
+            data = load_npy(file)
+            if data.dtype != object or len(data) != 2:
+                raise ValueError("expected an object array [mel, keyshift]")
+            return float(data[1]), int(np.shape(data[0])[0])
+        except (ValueError, TypeError, OSError, IndexError, CheckpointError) as err:
+            raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+
+    def _plain(self, path: str, suffix: str, what: str) -> np.ndarray:
+        try:
+            return _as_frames(load_npy(path + suffix), path + suffix, what)
+        except (ValueError, OSError, CheckpointError) as err:
+            raise DatasetError(f"{path + suffix} is unreadable ({err}); delete it and {PREP_HINT}") from None
+
+    def _load(self, path: str, seconds: float, spk_id: int) -> dict[str, Any]:
+        """Everything of one clip that stays in memory (all of it with `load_all_data`)."""
+        try:
+            f0_np, _uv = load_f0(path + ".f0.npy")
+        except (ValueError, OSError, CheckpointError) as err:
+            raise DatasetError(f"{path}.f0.npy is unreadable ({err}); delete it and {PREP_HINT}") from None
+        volume = self._plain(path, ".vol.npy", "volume")
+        aug_vol = self._plain(path, ".aug_vol.npy", "aug volume")
+        keyshift, aug_frames = self._keyshift(path)
+        lengths = {"f0": len(f0_np), "vol.npy": len(volume), "aug_vol.npy": len(aug_vol),
+                   "aug_mel.npy": aug_frames}
+        buf: dict[str, Any] = {"duration": seconds, "keyshift": keyshift}
+        if self.load_all_data:
+            mel, aug_mel = self._mel_array(path, ".mel.npy"), self._mel_array(path, ".aug_mel.npy")
+            lengths["mel.npy"] = len(mel)
+            units = self._stretched_units(path, len(f0_np))
+            cache_dtype = torch.float16 if self.fp16 else torch.float32
+            buf.update(mel=torch.from_numpy(mel).to(self.device, cache_dtype),
+                       aug_mel=torch.from_numpy(aug_mel).to(self.device, cache_dtype),
+                       units=units.to(self.device, cache_dtype))
+        else:
+            lengths["mel.npy"] = int(np.load(path + ".mel.npy", mmap_mode="r").shape[0])
+        frames = min(lengths.values())
+        gaps = {k: v - lengths["f0"] for k, v in lengths.items() if abs(v - lengths["f0"]) >= MAX_FRAME_GAP}
+        if gaps or frames == 0:
+            detail = ", ".join(f"{k} has {lengths[k]} frames" for k in gaps) or "no frames"
+            raise DatasetError(f"{path}: feature files disagree with its {lengths['f0']}-frame f0 ({detail}); "
+                               f"delete its feature files and {PREP_HINT}")
+
+        def column(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(x, dtype=np.float32)).unsqueeze(-1).to(self.device)
+
+        buf.update(frames=frames, f0=column(f0_np), volume=column(volume), aug_vol=column(aug_vol),
+                   spk_id=torch.LongTensor([spk_id]).to(self.device))
+        return buf
+
+    # -- items ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get_data(self.paths[index], self.buffers[index])
+
+    def get_data(self, name_ext: str, buf: dict[str, Any]) -> dict[str, Any]:
+        """One item (see the module docstring); uses Python's `random` like 4.1 (seeded per worker)."""
+        frame_seconds = self.hop_size / self.sample_rate
+        if self.whole_audio:
+            start, length = 0, int(buf["frames"])
+        else:
+            idx_from = random.uniform(0, buf["duration"] - self.waveform_sec - 0.1)
+            start, length = int(idx_from / frame_seconds), int(self.waveform_sec / frame_seconds)
+        aug = random.choice([True, False]) and self.use_aug
+        end = start + length
+        mel = buf.get("aug_mel" if aug else "mel")
+        if mel is not None:
+            mel = mel[start:end]
+        elif aug:  # quirk 40 fixed: the shifted item needs the shifted mel
+            mel = torch.from_numpy(self._mel_array(name_ext, ".aug_mel.npy")[start:end])
+        else:
+            mel = torch.from_numpy(np.array(np.load(name_ext + ".mel.npy", mmap_mode="r")[start:end],
+                                            dtype=np.float32))
+        shift = float(buf["keyshift"]) if aug else 0.0
+        f0 = 2 ** (shift / 12) * buf["f0"][start:end]
+        units = buf.get("units")
+        if units is None:
+            units = self._stretched_units(name_ext, int(buf["f0"].shape[0]))
+        volume = buf["aug_vol" if aug else "volume"][start:end]
+        return dict(mel=mel, f0=f0, volume=volume, units=units[start:end], spk_id=buf["spk_id"],
+                    aug_shift=torch.tensor([[shift]], dtype=torch.float32),
+                    name=os.path.splitext(name_ext)[0], name_ext=name_ext)
+
+
+def _cache_device(args: HParams) -> str:
+    wanted = str(args.train.get("cache_device", "cpu") or "cpu")
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(" [!] train.cache_device is %s but CUDA is not available; caching on the CPU", wanted)
+        return "cpu"
+    return wanted
+
+
+def get_data_loaders(args: HParams, whole_audio: bool = False, num_workers: int | None = None,
+                     n_mels: int | None = None) -> tuple[DataLoader, DataLoader | None]:
+    """(training loader, validation loader or None) for a diffusion config (4.1's `get_data_loaders`).
+
+    Args:
+        args: the diffusion config.
+        whole_audio: train on whole clips, batch size 1 (4.1's option; `train_diff.py` uses False).
+        num_workers: overrides `train.num_workers`; loaders always run in-process when the cache lives
+            on a GPU.
+        n_mels: mel bins the model predicts (vocoder dimension), checked against the files.
+    Returns:
+        The training loader (shuffled batches of `train.batch_size` dicts of stacked tensors) and the
+        validation loader (one whole clip per batch), None when `data.validation_files` is missing or
+        empty (a warning says so; training then logs no validation).
+    """
+    data, train = args.data, args.train
+    cache_device = _cache_device(args)
+    cached = bool(train.get("cache_all_data", True))
+    workers = int(train.get("num_workers", 0) if num_workers is None else num_workers)
+    if cache_device != "cpu":
+        workers = 0
+    pin = cache_device == "cpu" and torch.cuda.is_available()
+    common = dict(hop_size=int(data.block_size), sample_rate=int(data.sampling_rate),
+                  spk={str(k): int(v) for k, v in (args.get("spk") or {}).items()},
+                  n_spk=int(args.model.get("n_spk", 1) or 1), load_all_data=cached,
+                  unit_interpolate_mode=str(data.get("unit_interpolate_mode") or "nearest"),
+                  n_units=int(data.encoder_out_channels), n_mels=n_mels, waveform_sec=float(data.duration))
+    train_set = AudioDataset(str(data.training_files), whole_audio=whole_audio, device=cache_device,
+                             fp16=bool(train.get("cache_fp16", False)), use_aug=True, **common)
+    loader_train = DataLoader(train_set, batch_size=1 if whole_audio else int(train.batch_size), shuffle=True,
+                              num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
+    try:
+        read_filelist(str(data.validation_files))
+    except DatasetError as err:
+        logger.warning(" [!] no validation: %s", err)
+        return loader_train, None
+    valid_set = AudioDataset(str(data.validation_files), whole_audio=True, device=cache_device, fp16=False,
+                             use_aug=False, **common)
+    loader_valid = DataLoader(valid_set, batch_size=1, shuffle=False, num_workers=0, pin_memory=pin)
+    return loader_train, loader_valid

@@ -1,0 +1,253 @@
+"""The experiment folder of `train_diff.py` (`env.expdir`, formats.md §6.5).
+
+Holds what 4.1's diffusion `Saver` wrote, in the same places: `config.yaml` (the loaded config, keys
+sorted, as `yaml.dump` writes it), `log_info.txt` (every console line of the run, appended),
+TensorBoard events under `logs/`, and `model_<step>.pt` = `{'global_step': int, 'model': state_dict}`
+(+ `'optimizer'` when `train.save_opt`). Also the resume rule (newest `model_<N>.pt`) and the
+retention rule (drop the previous validation checkpoint unless it is a "force save").
+
+Differences to 4.1: checkpoints are written atomically; loading is weights-only and reports missing,
+unexpected and mis-shaped keys instead of ignoring them; only `model_<digits>.pt` directly in the
+experiment folder can be resumed (4.1's recursive search let any other `*.pt` count as step 0 and then
+failed on a missing `model_0.pt`); the optimizer state is restored only when it fits the model.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from modules.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
+from modules.hparams import HParams, save_config, write_atomic
+from training.summary import Summary, plot_spectrogram_to_numpy
+
+logger = logging.getLogger("diffusion")
+
+__all__ = ["ResumeState", "Saver", "find_resume_checkpoint", "load_model", "retention_victims", "run_logging"]
+
+_MODEL_NAME = re.compile(r"^model_(\d+)\.pt$")
+# 4.1 draws the |pred - gt| panel of the validation figure shifted to this floor (log-mel minimum).
+SPEC_VMIN = -14.0
+
+
+@contextmanager
+def run_logging(expdir: str) -> Iterator[None]:
+    """Console lines (bare messages, as 4.1 printed them) and `log_info.txt` for one run."""
+    os.makedirs(expdir, exist_ok=True)
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log_file = logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(message)s"))
+    handlers = [console, log_file]
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(old_level)
+
+
+# ------------------------------------------------------------------------------------------------
+# resume
+# ------------------------------------------------------------------------------------------------
+def find_resume_checkpoint(expdir: str) -> str | None:
+    """Path of `model_<N>.pt` with the largest N directly in `expdir`, or None.
+
+    4.1 listed every `*.pt` under `expdir` recursively and counted any name whose suffix after
+    `model_` is not all digits as step 0; those files are named in a warning and never loaded.
+    """
+    if not os.path.isdir(expdir):
+        return None
+    best: tuple[int, str] | None = None
+    others: list[str] = []
+    for folder, _dirs, files in os.walk(expdir):
+        for name in files:
+            if not name.endswith(".pt") or name.startswith("."):
+                continue
+            match = _MODEL_NAME.match(name)
+            if match and folder == expdir:
+                step = int(match.group(1))
+                if best is None or step > best[0]:
+                    best = (step, name)
+            else:
+                others.append(os.path.join(folder, name))
+    if others and best is None:
+        logger.warning(" [!] not resuming from %s: only model_<step>.pt files in %s are checkpoints",
+                       ", ".join(sorted(others)[:5]), expdir)
+    return None if best is None else os.path.join(expdir, best[1])
+
+
+@dataclass
+class ResumeState:
+    """What `load_model` restored: the step to continue from and how the weights fitted."""
+
+    global_step: int = 0
+    path: str | None = None
+    report: LoadReport | None = None
+    optimizer_restored: bool = False
+
+
+def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+               device: torch.device | str = "cpu") -> ResumeState:
+    """Restore the newest checkpoint of `expdir` into `model` (and `optimizer`), 4.1's `load_model`.
+
+    Weights load non-strictly (`modules.checkpoint.load_model_state`: a missing, unexpected or
+    mis-shaped key is reported, the model keeps its own value); the step is the stored
+    `global_step`. The optimizer state is restored when the file has one and every model tensor
+    came from the file (otherwise its moments would belong to other shapes).
+
+    Raises:
+        CheckpointError: the newest file is unreadable or is not a diffusion checkpoint.
+    """
+    path = find_resume_checkpoint(expdir)
+    if path is None:
+        return ResumeState()
+    logger.info(" [*] restoring model from %s", path)
+    ckpt = safe_torch_load(path, map_location=device)
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
+        found = list(ckpt)[:6] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a diffusion checkpoint: expected a dict with 'model' (a state "
+                              f"dict) and 'global_step', found {found}. Move it out of {expdir}.")
+    step = ckpt.get("global_step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: 'global_step' must be a non-negative integer, got {step!r}")
+    report = load_model_state(model, ckpt["model"], source=path)
+    model.float()  # a half-precision file must not turn training into fp16 weights
+    state = ResumeState(global_step=step, path=path, report=report)
+    saved_opt = ckpt.get("optimizer")
+    if optimizer is not None and saved_opt is not None:
+        if report.missing or report.mismatched:
+            logger.warning(" [!] %s: optimizer state not restored (the weights did not all fit); "
+                           "starting with fresh optimizer moments", path)
+        else:
+            try:
+                optimizer.load_state_dict(saved_opt)
+                state.optimizer_restored = True
+            except (ValueError, KeyError, RuntimeError) as err:
+                logger.warning(" [!] %s: optimizer state does not fit (%s); starting with fresh optimizer "
+                               "moments", path, err)
+    return state
+
+
+def retention_victims(expdir: str, step: int, interval_val: int, interval_force_save: int) -> list[str]:
+    """Checkpoints to delete after `model_<step>.pt` was saved (formats.md §6.5).
+
+    4.1 deletes `model_<step - interval_val>.pt` unless that step is a multiple of
+    `interval_force_save`. Extra saves in between (end of training, Ctrl+C) follow the same rule:
+    every `model_<k>.pt` with `step - interval_val <= k < step` and k not a force-save step goes.
+    Step 0 is a multiple of anything, so a pretrained `model_0.pt` always stays.
+    """
+    if not os.path.isdir(expdir) or interval_val <= 0:
+        return []
+    victims = []
+    for name in sorted(os.listdir(expdir)):
+        match = _MODEL_NAME.match(name)
+        if not match:
+            continue
+        k = int(match.group(1))
+        protected = interval_force_save > 0 and k % interval_force_save == 0
+        if step - interval_val <= k < step and not protected:
+            victims.append(os.path.join(expdir, name))
+    return victims
+
+
+# ------------------------------------------------------------------------------------------------
+# the experiment folder
+# ------------------------------------------------------------------------------------------------
+class Saver:
+    """Experiment folder writer (4.1's diffusion `Saver`): config copy, logs, TensorBoard, checkpoints.
+
+    Args:
+        args: the diffusion config; `env.expdir`, `data.sampling_rate` and the `train.interval_*`
+            fields are read.
+        initial_global_step: step restored from the checkpoint (0 for a fresh run).
+    """
+
+    def __init__(self, args: HParams, initial_global_step: int = 0) -> None:
+        self.expdir = str(args.env.expdir)
+        self.sample_rate = int(args.data.sampling_rate)
+        self.global_step = int(initial_global_step)
+        self.init_time = time.time()
+        self.last_time = self.init_time
+        os.makedirs(self.expdir, exist_ok=True)
+        save_config(args, os.path.join(self.expdir, "config.yaml"))
+        self.summary = Summary(os.path.join(self.expdir, "logs"))
+
+    # -- console and TensorBoard ------------------------------------------------------------------
+    def log_info(self, msg: str | Mapping[str, Any]) -> None:
+        """One console + `log_info.txt` line (a mapping gives `key: value` lines, ints with separators)."""
+        if isinstance(msg, Mapping):
+            msg = "\n".join(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}: {v}"
+                            for k, v in msg.items())
+        logger.info("%s", msg)
+
+    def log_value(self, values: Mapping[str, float]) -> None:
+        """Scalars at the current step (`train/loss`, `train/lr`, `validation/loss`)."""
+        self.summary.write(self.global_step, scalars=values)
+
+    def log_spec(self, name: str, spec: torch.Tensor, spec_out: torch.Tensor) -> None:
+        """Figure of |pred - gt| + SPEC_VMIN, gt and pred side by side; mels [1, T, M]."""
+        both = torch.cat([(spec_out - spec).abs() + SPEC_VMIN, spec, spec_out], -1)[0]
+        image = plot_spectrogram_to_numpy(both.detach().float().cpu().numpy().T)
+        self.summary.write(self.global_step, images={name: image})
+
+    def log_audio(self, audios: Mapping[str, torch.Tensor]) -> None:
+        """Audio clips ([1, N] or [N], in [-1, 1]) at the data sample rate."""
+        self.summary.write(self.global_step, audios=audios, audio_sampling_rate=self.sample_rate)
+
+    def global_step_increment(self) -> None:
+        self.global_step += 1
+
+    def get_interval_time(self) -> float:
+        """Seconds since the previous call (or the start)."""
+        now = time.time()
+        interval, self.last_time = now - self.last_time, now
+        return interval
+
+    def get_total_time(self) -> str:
+        """Run time as `h:mm:ss.s`."""
+        return str(datetime.timedelta(seconds=time.time() - self.init_time))[:-5]
+
+    def close(self) -> None:
+        self.summary.close()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def model_path(self, step: int) -> str:
+        return os.path.join(self.expdir, f"model_{step}.pt")
+
+    def save_model(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int) -> str:
+        """Write `model_<step>.pt` atomically; returns its path."""
+        payload: dict[str, Any] = {"global_step": int(step), "model": model.state_dict()}
+        if optimizer is not None:
+            payload["optimizer"] = optimizer.state_dict()
+        path = self.model_path(step)
+        write_atomic(path, lambda f: torch.save(payload, f))
+        logger.info(" [*] model checkpoint saved: %s", path)
+        return path
+
+    def apply_retention(self, step: int, interval_val: int, interval_force_save: int) -> list[str]:
+        """Delete the checkpoints `retention_victims` names; returns their paths."""
+        deleted = []
+        for path in retention_victims(self.expdir, step, interval_val, interval_force_save):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            logger.info(" [*] model checkpoint deleted: %s", path)
+            deleted.append(path)
+        return deleted

@@ -1,0 +1,34 @@
+"""Tutorial step 5 (optional): train the shallow-diffusion model, `python train_diff.py -c configs/diffusion.yaml`.
+
+Trains Unit2Mel on the `preprocess_hubert_f0.py --use_diff` features into `env.expdir`
+(`logs/44k/diffusion`), resuming from the newest `model_<N>.pt` there when run again with the same
+command (put a pretrained `model_0.pt` there first to fine-tune). Ctrl+C saves the last finished step.
+The work happens in `diffusion/solver.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from diffusion.solver import run_training
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the shallow-diffusion model (Unit2Mel).")
+    parser.add_argument("-c", "--config", type=str, required=True, help="path to the config file")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="data-loader worker processes (default: train.num_workers of the config)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_training(args.config, num_workers=args.num_workers)
+    except KeyboardInterrupt:
+        print("Interrupted; the newest saved checkpoint is kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
