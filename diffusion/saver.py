@@ -28,6 +28,7 @@ from torch import nn
 
 from modules.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
 from modules.hparams import HParams, save_config, write_atomic
+from modules.run_log import attached_handlers
 from training.summary import Summary, plot_spectrogram_to_numpy
 
 logger = logging.getLogger("diffusion")
@@ -43,23 +44,13 @@ SPEC_VMIN = -14.0
 def run_logging(expdir: str) -> Iterator[None]:
     """Console lines (bare messages, as 4.1 printed them) and `log_info.txt` for one run."""
     os.makedirs(expdir, exist_ok=True)
-    root = logging.getLogger()
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
     log_file = logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")
     log_file.setFormatter(logging.Formatter("%(message)s"))
     handlers = [console, log_file]
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    for handler in handlers:
-        root.addHandler(handler)
-    try:
+    with attached_handlers(handlers):
         yield
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
-        root.setLevel(old_level)
 
 
 # ------------------------------------------------------------------------------------------------

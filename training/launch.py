@@ -30,6 +30,7 @@ import torch.multiprocessing as mp
 
 from data_utils import DatasetError
 from modules.checkpoint import CheckpointError
+from modules.run_log import attached_handlers
 from modules.hparams import ConfigError, HParams, load_config, validate_sovits_config, write_atomic
 from training.loop import RunContext, Trainer, TrainingError
 
@@ -92,7 +93,6 @@ class StopFlag:
 @contextmanager
 def _run_logging(model_dir: str, rank: int) -> Iterator[None]:
     """4.1's console (`LEVEL:name:message`) and `train.log` handlers on the root logger, for this run."""
-    root = logging.getLogger()
     handlers: list[logging.Handler] = []
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT if rank == 0 else f"[rank {rank}] {CONSOLE_FORMAT}"))
@@ -102,17 +102,8 @@ def _run_logging(model_dir: str, rank: int) -> Iterator[None]:
         log_file = logging.FileHandler(os.path.join(model_dir, "train.log"), encoding="utf-8")
         log_file.setFormatter(logging.Formatter(FILE_FORMAT))
         handlers.append(log_file)
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    for handler in handlers:
-        root.addHandler(handler)
-    try:
+    with attached_handlers(handlers):
         yield
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
-        root.setLevel(old_level)
 
 
 def _check_git_hash(model_dir: str, run_log: logging.Logger) -> None:
