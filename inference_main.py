@@ -3,7 +3,9 @@
     python inference_main.py -m logs/44k/G_30400.pth -c configs/config.json -n song.wav -t 0 -s speaker
 
 Every input (-n) is converted for every speaker (-s); -t gives one transposition per input (the first
-value repeats for inputs without one). Output: results/{name}_{key}_{speaker}[_{ratio}]_{mode}_{f0p}.{format}.
+value repeats for inputs without one). Output: results/{name}_{key}_{speaker}[_{ratio}]_{mode}_{f0p}.{format}
+with mode sovits, sovdiff (-shd: shallow diffusion after So-VITS) or diff (-od: diffusion only, the -m
+checkpoint is not loaded), named by what actually ran.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-eh", "--enhance", action="store_true", default=False,
         help="NSF-HiFiGAN enhancer post-pass (needs pretrain/nsf_hifigan/)")
     add("-shd", "--shallow_diffusion", action="store_true", default=False,
-        help="shallow diffusion after So-VITS (not available in this rebuild yet: So-VITS only)")
+        help="refine the So-VITS output with shallow diffusion (-dm/-dc; -eh is then ignored)")
     add("-usm", "--use_spk_mix", action="store_true", default=False, help="dynamic speaker mix from spkmix.py")
     add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
         help="1 = keep the output's loudness envelope, 0 = impose the input's")
@@ -48,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     # shallow diffusion settings
     add("-dm", "--diffusion_model_path", type=str, default="logs/44k/diffusion/model_0.pt", help="diffusion model")
     add("-dc", "--diffusion_config_path", type=str, default="logs/44k/diffusion/config.yaml", help="diffusion config")
-    add("-ks", "--k_step", type=int, default=100, help="shallow-diffusion steps")
+    add("-ks", "--k_step", type=int, default=100, help="shallow-diffusion steps (at most the model's k_step_max)")
     add("-se", "--second_encoding", action="store_true", default=False,
-        help="re-encode the So-VITS output before diffusion")
-    add("-od", "--only_diffusion", action="store_true", default=False, help="diffusion-only conversion")
+        help="re-encode the So-VITS output with the speech encoder before shallow diffusion")
+    add("-od", "--only_diffusion", action="store_true", default=False,
+        help="diffusion-only conversion; -m/-c are not read (speakers and encoder come from -dc)")
     # rarely changed
     add("-sd", "--slice_db", type=int, default=-40, help="silence threshold of the slicer (dB)")
     add("-d", "--device", type=str, default=None, help="torch device (default: cuda if available, else cpu)")
@@ -128,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         cluster_path = ""
     trans = list(args.trans)
     fill_a_to_b(trans, args.clean_names)
-    if args.shallow_diffusion or args.only_diffusion or args.second_encoding:
-        log.warning("Note: shallow diffusion (-shd/-od/-se) is not available in this rebuild yet; "
-                    "the conversion runs with So-VITS only and files are named _sovits_")
     try:
         inputs = [resolve_input(name) for name in args.clean_names]
         spk_mix_map = None
@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             for spk in speakers:
                 svc.speaker_id(spk)
         svc.check_cluster(args.cluster_infer_ratio)
+        svc.check_k_step(args.k_step)
+        mode = svc.output_mode
+        if (args.shallow_diffusion or args.only_diffusion) and mode == "sovits":
+            log.warning("diffusion did not run: converting with So-VITS only, files are named _sovits_")  # quirk 48
         os.makedirs("raw", exist_ok=True)
         os.makedirs("results", exist_ok=True)
         for clean_name, path, tran in zip(args.clean_names, inputs, trans):
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 second_encoding=args.second_encoding, loudness_envelope_adjustment=args.loudness_envelope_adjustment)
             for spk in speakers:
                 name = "spk_mix" if args.use_spk_mix else spk
-                out = Path("results") / result_name(clean_name, tran, name, args, "sovits")
+                out = Path("results") / result_name(clean_name, tran, name, args, mode)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 log.info("converting %s -> %s", path, out)
                 svc.convert_file(path, out, spk, opts, args.wav_format)

@@ -8,7 +8,8 @@ Load once, convert many times::
 
 `infer` converts one padded piece (4.1's `Svc.infer`); `slice_inference` / `iter_slice_inference` /
 `convert_file` run the whole-song loop of inference/slice_loop.py, reading and writing slice by
-slice so memory stays bounded by the longest slice.
+slice so memory stays bounded by the longest slice. Shallow diffusion (`shallow_diffusion=True`) and
+diffusion-only conversion (`only_diffusion=True`, no So-VITS model needed) live in inference/shallow.py.
 """
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ import torch.nn.functional as F
 
 import utils
 from inference.feature_mix import UnitMixer, load_unit_mixer
-from inference.model_loader import check_encoder_width, infer_speech_encoder, load_sovits, resolve_device
-from inference.options import F0FilterException, InferOptions, SvcError, fill_a_to_b, pad_array
+from inference.model_loader import (ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits,
+                                    resolve_device)
+from inference.options import SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b, pad_array, seeded
+from inference.shallow import DiffusionSide, load_diffusion
 from inference.slice_loop import iter_song
 from inference.slicer import AudioSource, FileSource, rms_frames
 from modules.audio_resample import resample
@@ -45,10 +48,7 @@ __all__ = ["F0FilterException", "InferOptions", "SEED", "Svc", "SvcError", "chan
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 ENHANCER_PATH = os.path.join("nsf_hifigan", "model")
-SEED = 52468  # 4.1 seeds every conversion with this
 _COPY_BLOCK = 1 << 20  # samples per block when converting inputs to WAV
-UNAVAILABLE_DIFFUSION = ("shallow diffusion is not available in this rebuild yet (it arrives with the diffusion "
-                         "model); converting with So-VITS only")
 
 
 def format_wav(audio_path: PathLike) -> str:
@@ -90,18 +90,25 @@ class Svc:
     """A So-VITS model ready for conversion (4.1's constructor arguments).
 
     Args:
-        net_g_path: G_*.pth (full or compressed). config_path: its config.json.
+        net_g_path: G_*.pth (full or compressed). config_path: its config.json. Neither is read when
+            diffusion-only conversion runs (then rate, hop, speakers and encoder come from the
+            diffusion config, as in 4.1).
         device: torch device string; None = CUDA if available, else CPU.
         cluster_model_path: k-means `.pt` or retrieval `.pkl`; loaded when the file exists.
-        nsf_hifigan_enhance: load the NSF-HiFiGAN enhancer from `<pretrain_dir>/nsf_hifigan/model`.
-        diffusion_model_path / diffusion_config_path / shallow_diffusion / only_diffusion: accepted;
-            shallow diffusion is not available yet and conversion falls back to So-VITS (`diffusion_used`).
+        nsf_hifigan_enhance: load the NSF-HiFiGAN enhancer from `<pretrain_dir>/nsf_hifigan/model`
+            (ignored with shallow diffusion, as in 4.1).
+        diffusion_model_path / diffusion_config_path: diffusion checkpoint and its YAML config.
+        shallow_diffusion: refine the So-VITS output with the diffusion model (`-shd`).
+        only_diffusion: diffusion from noise, no So-VITS (`-od`). When the diffusion model file is
+            missing both modes fall back to So-VITS with 4.1's "No diffusion model..." line; see
+            `output_mode` for what actually runs.
         spk_mix_enable: prepare the speaker table for dynamic mixing.
         feature_retrieval: the cluster file is expected to be a retrieval index (content decides).
         pretrain_dir: folder of the speech-encoder and enhancer files.
         unit_mixer: use this mixer instead of loading `cluster_model_path` (tests, web UI).
     Raises:
-        ConfigError, CheckpointError, FileNotFoundError (missing files, incl. pretrain/), ModelConfigMismatch.
+        ConfigError, CheckpointError, FileNotFoundError (missing files, incl. pretrain/), ModelConfigMismatch,
+        VocoderLoadError (diffusion vocoder), SvcError (missing diffusion config, shallow-only model with -od).
     """
 
     def __init__(self, net_g_path: PathLike, config_path: PathLike, device: str | torch.device | None = None,
@@ -112,31 +119,34 @@ class Svc:
                  pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None) -> None:
         self.dev = resolve_device(device)
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
-        self.hps_ms = load_config(config_path, missing_as_none=True)
-        loaded = load_sovits(net_g_path, self.hps_ms, config_path, self.dev)  # validates the config first
-        self.net_g_ms, self.dtype = loaded.net_g, loaded.dtype
-        data = self.hps_ms.get("data") or {}
-        self.target_sample = int(data.get("sampling_rate") or 44100)
-        self.hop_size = int(data.get("hop_length") or 512)
-        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"  # 4.0 configs: legacy mode
-        self.spk2id: dict[str, int] = dict(self.hps_ms.spk.to_dict())
-        self.vol_embedding = bool(self.hps_ms.model.vol_embedding)
-        self.diffusion_used = False  # set once shallow diffusion exists in this rebuild
+        self.diffusion: DiffusionSide | None = None
         if shallow_diffusion or only_diffusion:
-            if os.path.isfile(diffusion_model_path) and os.path.isfile(diffusion_config_path):
-                logger.warning(UNAVAILABLE_DIFFUSION)
-            else:
-                logger.info("No diffusion model or config found. Shallow diffusion mode will False")
-        self.has_f0_decoder = loaded.has_f0_decoder and self.net_g_ms.use_automatic_f0_prediction
-        self.speech_encoder = infer_speech_encoder(self.hps_ms, loaded.units_width, self.config_path)
+            self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev)
+        self.only_diffusion = bool(only_diffusion) and self.diffusion is not None
+        self.shallow_diffusion = bool(shallow_diffusion) and self.diffusion is not None and not self.only_diffusion
+        self.hps_ms = None
+        self.net_g_ms = None
+        if self.only_diffusion:
+            units_width = self._init_from_diffusion(self.diffusion)
+        else:
+            units_width = self._init_sovits()
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
-        check_encoder_width(self.speech_encoder, self.hubert_model.dim, loaded.units_width, self.config_path)
+        if self.only_diffusion and self.hubert_model.dim != units_width:
+            raise ModelConfigMismatch(
+                f"diffusion model {self.diffusion.model_path} takes {units_width}-dim units but data.encoder "
+                f"'{self.speech_encoder}' gives {self.hubert_model.dim}; set data.encoder in "
+                f"{self.diffusion.config_path} to the encoder it was trained with")
+        check_encoder_width(self.speech_encoder, self.hubert_model.dim, units_width, self.spk_map_path)
+        if self.shallow_diffusion:
+            self._check_shallow_fit(self.diffusion, units_width)
         self.cluster_model_path = os.fspath(cluster_model_path) if cluster_model_path else ""
         self.unit_mixer = unit_mixer
         if unit_mixer is None and self.cluster_model_path and os.path.isfile(self.cluster_model_path):
             self.unit_mixer = load_unit_mixer(self.cluster_model_path, feature_retrieval)
         self.enhancer: Enhancer | None = None
-        if nsf_hifigan_enhance:
+        if nsf_hifigan_enhance and self.diffusion is not None and shallow_diffusion:
+            logger.info("-eh/--enhance is ignored with shallow diffusion")
+        elif nsf_hifigan_enhance:
             self.enhancer = self._load_enhancer(os.path.join(os.fspath(pretrain_dir), ENHANCER_PATH))
         self.spk_mix_enable = False
         if spk_mix_enable and len(self.spk2id) > 1:
@@ -144,9 +154,68 @@ class Svc:
         self._f0_predictor = None
         self._f0_key: tuple[str, float] | None = None
 
+    def _init_sovits(self) -> int:
+        """Load config.json + the So-VITS checkpoint; returns the model's unit width."""
+        self.hps_ms = load_config(self.config_path, missing_as_none=True)
+        loaded = load_sovits(self.net_g_path, self.hps_ms, self.config_path, self.dev)  # validates the config
+        self.net_g_ms, self.dtype = loaded.net_g, loaded.dtype
+        data = self.hps_ms.get("data") or {}
+        self.target_sample = int(data.get("sampling_rate") or 44100)
+        self.hop_size = int(data.get("hop_length") or 512)
+        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"  # 4.0 configs: legacy mode
+        self.spk2id: dict[str, int] = dict(self.hps_ms.spk.to_dict())
+        self.spk_map_path = self.config_path
+        self.vol_embedding = bool(self.hps_ms.model.vol_embedding)
+        self.has_f0_decoder = loaded.has_f0_decoder and self.net_g_ms.use_automatic_f0_prediction
+        self.speech_encoder = infer_speech_encoder(self.hps_ms, loaded.units_width, self.config_path)
+        return loaded.units_width
+
+    def _init_from_diffusion(self, side: DiffusionSide) -> int:
+        """-od: rate, hop, speakers, encoder and unit mode come from the diffusion config (4.1)."""
+        side.check_full()
+        self.dtype = torch.float32
+        self.target_sample, self.hop_size = side.sample_rate, side.hop_size
+        self.unit_interpolate_mode = side.unit_interpolate_mode
+        self.spk2id = dict(side.spk2id)
+        self.spk_map_path = side.config_path
+        self.vol_embedding = False  # the diffusion side measures the loudness of the input itself
+        self.has_f0_decoder = False
+        self.speech_encoder = side.encoder
+        return side.units_width
+
+    def _check_shallow_fit(self, side: DiffusionSide, units_width: int) -> None:
+        """Shallow diffusion reuses the So-VITS units and frames: widths, rate and hop must agree."""
+        if side.units_width != units_width:
+            raise ModelConfigMismatch(
+                f"diffusion model {side.model_path} takes {side.units_width}-dim units but the So-VITS speech "
+                f"encoder '{self.speech_encoder}' gives {units_width}; shallow diffusion needs a diffusion model "
+                f"trained with the same encoder (data.encoder in {side.config_path})")
+        if (side.sample_rate, side.hop_size) != (self.target_sample, self.hop_size):
+            raise ModelConfigMismatch(
+                f"{side.config_path} has sampling_rate {side.sample_rate} / block_size {side.hop_size} but "
+                f"{self.config_path} has {self.target_sample} / {self.hop_size}; they must agree")
+
+    @property
+    def diffusion_used(self) -> bool:
+        """Whether conversion runs the diffusion model (shallow or diffusion-only)."""
+        return self.shallow_diffusion or self.only_diffusion
+
+    @property
+    def output_mode(self) -> str:
+        """What runs, as 4.1's result names say it: 'diff' (-od), 'sovdiff' (-shd) or 'sovits'."""
+        return "diff" if self.only_diffusion else "sovdiff" if self.shallow_diffusion else "sovits"
+
+    def check_k_step(self, k_step: int) -> None:
+        """Fail before any audio work when -ks does not fit the shallow-diffusion model."""
+        if self.shallow_diffusion:
+            self.diffusion.check_shallow(k_step)
+
     def enable_spk_mix(self) -> None:
-        """Freeze the speaker-embedding table so per-frame mixing weights can be used."""
-        self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.dev)
+        """Freeze the speaker-embedding tables so per-frame mixing weights can be used."""
+        if self.net_g_ms is not None:
+            self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.dev)
+        if self.diffusion is not None:
+            self.diffusion.enable_spk_mix(self.spk2id)
         self.spk_mix_enable = True
 
     def _load_enhancer(self, path: str) -> "Enhancer":
@@ -166,7 +235,7 @@ class Svc:
         elif speaker in self.spk2id:
             return int(self.spk2id[speaker])
         raise SvcError(f"The name you entered is not in the speaker list! Speaker {speaker!r} is not in "
-                       f"{self.config_path} spk (available: {', '.join(self.spk2id)})")
+                       f"{self.spk_map_path} spk (available: {', '.join(self.spk2id)})")
 
     def check_cluster(self, ratio: float) -> None:
         """Fail early when `ratio` asks for clustering / retrieval without a loaded file (quirk 46)."""
@@ -192,9 +261,7 @@ class Svc:
             raise F0FilterException("No voice detected")
         f0 = torch.FloatTensor(np.asarray(f0, dtype=np.float32)).to(self.dev) * 2 ** (tran / 12)
         uv = torch.FloatTensor(np.asarray(uv, dtype=np.float32)).to(self.dev)
-        wav16k = resample(torch.from_numpy(wav).to(self.dev)[None], self.target_sample, 16000)[0]
-        c = self.hubert_model.encoder(wav16k)
-        c = utils.repeat_expand_2d(c.squeeze(0), f0.shape[0], self.unit_interpolate_mode)
+        c = self.encode_units(torch.from_numpy(wav), f0.shape[0])
         if cluster_infer_ratio != 0:
             self.check_cluster(cluster_infer_ratio)
             sid = self.speaker_id(speaker)
@@ -207,6 +274,12 @@ class Svc:
                 logger.info("end feature retrieval...")
             c = torch.from_numpy(np.ascontiguousarray(np.asarray(mixed, dtype=np.float32).T)).to(self.dev)
         return c.unsqueeze(0), f0.unsqueeze(0), uv.unsqueeze(0)
+
+    def encode_units(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Speech-encoder units of a piece [L] at the model rate, stretched to n_frames: [C, T]."""
+        wav16k = resample(wav.float().to(self.dev)[None], self.target_sample, 16000)[0]
+        c = self.hubert_model.encoder(wav16k)
+        return utils.repeat_expand_2d(c.squeeze(0), n_frames, self.unit_interpolate_mode)
 
     def _convert(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                  frame: int = 0) -> tuple[torch.Tensor, int]:
@@ -230,16 +303,21 @@ class Svc:
             vol = None
             if self.vol_embedding:
                 vol = volume_extract(torch.from_numpy(wav).to(self.dev)[None], self.hop_size)[None].to(self.dtype)
-            predict = opts.auto_predict_f0 and self.has_f0_decoder
-            audio, f0 = self.net_g_ms.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
-                                            noice_scale=opts.noice_scale, vol=vol)
-            audio = audio[0, 0].float()
+            if self.only_diffusion:
+                audio = torch.from_numpy(wav).to(self.dev)  # 4.1: no So-VITS pass, the input goes on
+            else:
+                predict = opts.auto_predict_f0 and self.has_f0_decoder
+                audio, f0 = self.net_g_ms.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
+                                                noice_scale=opts.noice_scale, vol=vol)
+                audio = audio[0, 0].float()
+            if self.diffusion_used:
+                if self.shallow_diffusion and opts.second_encoding:
+                    # Units of the So-VITS output describe the voice the diffusion refines (4.1 -se).
+                    c = self.encode_units(audio, n_frames)[None]
+                spk = self.diffusion.speaker_input(sid if mixing else speaker, self.spk2id)
+                audio = self.diffusion.render(c, f0, vol, audio, spk, opts.k_step, shallow=self.shallow_diffusion)
             if self.enhancer is not None:
-                # The vocoder's noise comes from the global RNG, which 4.1 had just seeded inside
-                # infer; seed a private copy of it so results repeat without touching the caller's.
-                cuda = [self.dev.index or 0] if self.dev.type == "cuda" else []
-                with torch.random.fork_rng(devices=cuda):
-                    torch.manual_seed(SEED)
+                with seeded(self.dev):  # the vocoder's source noise: see options.seeded
                     audio, _ = self.enhancer.enhance(audio[None], self.target_sample, f0[:, :, None].float(),
                                                      self.hop_size, adaptive_key=opts.enhancer_adaptive_key)
             if opts.loudness_envelope_adjustment != 1:
@@ -278,6 +356,7 @@ class Svc:
                             second_encoding=second_encoding, loudness_envelope_adjustment=loudness_envelope_adjustment)
         if spk_mix and not isinstance(speaker, torch.Tensor):
             raise SvcError("spk_mix needs the mixing weights tensor as `speaker`")
+        self.check_k_step(k_step)
         audio, n_frames = self.convert_piece(self.read_piece(raw_path), speaker, opts, frame)
         return audio, audio.shape[-1], n_frames
 
@@ -299,7 +378,11 @@ class Svc:
     def iter_slice_inference(self, audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
                              spk: str | int | Mapping[int, list], opts: InferOptions,
                              progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
-        """Convert a whole song slice by slice, yielding float32 blocks at 44.1 kHz (see slice_loop)."""
+        """Convert a whole song slice by slice, yielding float32 blocks at 44.1 kHz (see slice_loop).
+
+        Option errors that need no audio (-ks beyond the diffusion model) are raised here, at once.
+        """
+        self.check_k_step(opts.k_step)
         return iter_song(self, audio, spk, opts, progress)
 
     def slice_inference(self, raw_audio_path: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
@@ -333,7 +416,9 @@ class Svc:
             with sf.SoundFile(tmp, "w", samplerate=self.target_sample, channels=1, format=wav_format.upper()) as f:
                 for block in self.iter_slice_inference(audio, spk, opts, progress):
                     if not np.isfinite(block).all():
-                        raise SvcError(f"the model produced NaN/inf audio; {self.net_g_path} looks broken "
+                        models = " or ".join(([] if self.only_diffusion else [self.net_g_path])
+                                             + ([self.diffusion.model_path] if self.diffusion_used else []))
+                        raise SvcError(f"the model produced NaN/inf audio; {models} looks broken "
                                        "(did its training diverge?); nothing was written")
                     f.write(np.clip(block, -1.0, 1.0))
                     written += len(block)

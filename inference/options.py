@@ -1,10 +1,16 @@
 """Options and small helpers shared by the converter (`Svc`) and the song loop."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-import numpy as np
+from typing import Iterator
 
-__all__ = ["F0FilterException", "InferOptions", "SvcError", "fill_a_to_b", "pad_array"]
+import numpy as np
+import torch
+
+__all__ = ["F0FilterException", "InferOptions", "SEED", "SvcError", "fill_a_to_b", "pad_array", "seeded"]
+
+SEED = 52468  # 4.1 seeds every conversion with this
 
 
 class SvcError(RuntimeError):
@@ -50,3 +56,16 @@ def pad_array(arr: np.ndarray, target_length: int) -> np.ndarray:
     if missing <= 0:
         return arr
     return np.pad(arr, (missing // 2, missing - missing // 2))
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device) -> Iterator[None]:
+    """Run the block on a private copy of the global RNG seeded with `SEED`.
+
+    The vocoders' source noise and the diffusion samplers draw from the global RNG, which 4.1 had
+    just seeded inside the So-VITS call; forking it makes every conversion repeat exactly without
+    touching the caller's RNG stream.
+    """
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(SEED)
+        yield

@@ -1,0 +1,189 @@
+"""The diffusion side of `Svc`: shallow diffusion (-shd) and diffusion-only conversion (-od).
+
+pipeline.md §7.1 step 3 (loading), §7.5 step 8 (one piece) and §8.3 (sampling). With shallow
+diffusion the So-VITS audio is analysed into a vocoder mel, `k_step` steps of noise are added and
+the diffusion model walks back to a cleaner mel, which NSF-HiFiGAN turns into the final audio.
+Diffusion-only conversion starts from pure noise instead and never touches So-VITS.
+
+Randomness: every piece draws its noise from the global RNG seeded with `SEED` inside
+`options.seeded` (a forked RNG), so results repeat without disturbing the caller's RNG state.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from inference.options import SvcError, seeded
+from modules.mel_processing import volume_extract
+
+if TYPE_CHECKING:
+    from diffusion.unit2mel import Unit2Mel
+    from diffusion.vocoder import Vocoder
+    from modules.hparams import HParams
+
+__all__ = ["DiffusionSide", "NO_DIFFUSION", "load_diffusion"]
+
+logger = logging.getLogger(__name__)
+PathLike = str | os.PathLike
+NO_DIFFUSION = "No diffusion model or config found. Shallow diffusion mode will False"
+
+
+class DiffusionSide:
+    """A loaded Unit2Mel + vocoder and the settings `Svc` takes from the diffusion config.
+
+    Args:
+        model: Unit2Mel in eval mode. vocoder: its NSF-HiFiGAN. args: the diffusion config.
+        model_path / config_path: where they came from (for messages).
+    Attributes:
+        sample_rate, hop_size, encoder, unit_interpolate_mode, spk2id: `data.*` and `spk` of the config
+            (they drive -od conversion, where the So-VITS config is not read).
+        method, speedup: `infer.method` / `infer.speedup`.
+        use_tqdm: show the sampler's `sample time step` bar (4.1 does).
+    """
+
+    def __init__(self, model: "Unit2Mel", vocoder: "Vocoder", args: "HParams", model_path: str,
+                 config_path: str) -> None:
+        self.model, self.vocoder, self.args = model, vocoder, args
+        self.model_path, self.config_path = model_path, config_path
+        data = args.get("data") or {}
+        infer = args.get("infer") or {}
+        self.sample_rate = int(data.get("sampling_rate") or 44100)
+        self.hop_size = int(data.get("block_size") or 512)
+        self.encoder = str(data.get("encoder") or "vec768l12")
+        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"
+        # Absent keys take the template's values; an explicit null method means the plain DDPM loop.
+        self.method = infer.get("method", "dpm-solver++")
+        self.speedup = int(infer.get("speedup", 10))
+        spk = args.get("spk")
+        self.spk2id: dict[str, int] = {str(k): int(v) for k, v in (spk.items() if spk else [])}
+        self.n_spk = int(model.n_spk)
+        self.units_width = int(model.input_channel)
+        self.use_tqdm = True
+        self._mix_map: Tensor | None = None  # [S_caller, n_spk] caller speaker id -> diffusion speaker id
+        self._warned: set[str] = set()
+        if self.n_spk > 1:
+            bad = {n: i for n, i in self.spk2id.items() if not 0 <= i < self.n_spk}
+            if bad:
+                raise SvcError(f"{config_path}: speaker ids {bad} are outside 0..{self.n_spk - 1} "
+                               f"(model.n_spk = {self.n_spk})")
+
+    @property
+    def k_step_max(self) -> int:
+        """Deepest step the model was trained for (timesteps for a full model)."""
+        return int(self.model.k_step_max)
+
+    def _check(self, k_step: int, shallow: bool) -> None:
+        from diffusion.diffusion import DiffusionStepError
+
+        try:
+            self.model.decoder.check_k_step(int(k_step), shallow=shallow)
+        except DiffusionStepError as err:
+            raise SvcError(f"{err} [diffusion model {self.model_path}]") from err
+
+    def check_shallow(self, k_step: int) -> None:
+        """Raise SvcError (4.1's text plus the numbers) when -ks exceeds the model's k_step_max."""
+        self._check(k_step, shallow=True)
+
+    def check_full(self) -> None:
+        """Raise SvcError when the model is shallow-only (k_step_max < timesteps) and -od asks for more."""
+        self._check(0, shallow=False)
+
+    # -- speakers ---------------------------------------------------------------------------------
+    def _id_of_name(self, name: str) -> int:
+        if name in self.spk2id:
+            return self.spk2id[name]
+        if self.n_spk > 1 and name not in self._warned:
+            self._warned.add(name)
+            logger.warning("speaker %r is not in the spk map of %s; the diffusion model uses its speaker 0",
+                           name, self.config_path)
+        return 0
+
+    def enable_spk_mix(self, spk2id: dict[str, int]) -> None:
+        """Prepare per-frame mixing for weights over the caller's speakers `spk2id` (name -> row).
+
+        The caller's speaker ids (So-VITS config) may differ from the diffusion config's; rows are
+        mapped through the names (missing -> diffusion speaker 0).
+        """
+        if self.n_spk <= 1:
+            return
+        self.model.init_spkmix(self.n_spk)
+        table = torch.zeros(max(int(i) for i in spk2id.values()) + 1, self.n_spk)
+        for name, row in spk2id.items():
+            table[int(row), self._id_of_name(name)] = 1.0
+        self._mix_map = table
+
+    def speaker_input(self, speaker: str | int | Tensor, spk2id: dict[str, int]) -> Tensor:
+        """`spk_id` for Unit2Mel: [[id]] (long) for a name / caller id, or for mix weights [T, S_caller]
+        the weights over the diffusion speakers [T, n_spk]."""
+        device = self.model.unit_embed.weight.device
+        if isinstance(speaker, Tensor):
+            if self.n_spk <= 1:
+                return torch.zeros(1, 1, dtype=torch.long, device=device)
+            if self._mix_map is None:
+                raise SvcError("per-frame speaker mixing needs enable_spk_mix() first")
+            return speaker.float().to(device) @ self._mix_map.to(device)
+        if isinstance(speaker, int) and not isinstance(speaker, bool):
+            names = [n for n, i in spk2id.items() if int(i) == speaker]
+            sid = self._id_of_name(names[0]) if names else 0
+        else:
+            sid = self._id_of_name(str(speaker))
+        return torch.tensor([[sid]], dtype=torch.long, device=device)
+
+    # -- one piece --------------------------------------------------------------------------------
+    def render(self, units: Tensor, f0: Tensor, volume: Tensor | None, audio: Tensor, speaker: Tensor,
+               k_step: int, shallow: bool) -> Tensor:
+        """Diffusion + vocoder for one piece.
+
+        Args:
+            units: [1, C, T] content units. f0: [1, T] Hz (the F0 So-VITS actually used).
+            volume: [1, T] loudness, or None to measure it on `audio`.
+            audio: [N] at the model rate: the So-VITS output (shallow) or the input piece (-od).
+            speaker: from `speaker_input`. k_step: shallow depth (ignored for full diffusion).
+            shallow: start from the vocoder mel of `audio` (True) or from pure noise (False).
+        Returns:
+            audio float32 [T * hop] at the vocoder rate.
+        """
+        device = self.model.unit_embed.weight.device
+        audio = audio.float().to(device)
+        gt_spec = self.vocoder.extract(audio[None], self.sample_rate) if shallow else None  # [1, T, M]
+        if volume is None:
+            volume = volume_extract(audio[None], self.hop_size)[None]
+        units = units.float().to(device).transpose(1, 2)  # [1, T, C]
+        f0 = f0.float().to(device)[:, :, None]  # [1, T, 1]
+        volume = volume.float().to(device)[:, :, None]  # [1, T, 1]
+        with seeded(device):
+            mel = self.model(units, f0, volume, spk_id=speaker, gt_spec=gt_spec, infer=True,
+                             infer_speedup=self.speedup, method=self.method, k_step=int(k_step),
+                             use_tqdm=self.use_tqdm)
+            out = self.vocoder.infer(mel, f0)
+        return out.reshape(-1).float()
+
+
+def load_diffusion(model_path: PathLike, config_path: PathLike, device: torch.device) -> DiffusionSide | None:
+    """Load the diffusion model, its config and vocoder, or return None (with 4.1's line) when the
+    model file is missing.
+
+    Raises:
+        SvcError: the config is missing (quirk 43: 4.1 checked the model path twice instead).
+        VocoderNotFoundError / VocoderLoadError: pretrain/nsf_hifigan (vocoder.ckpt) missing or unfit.
+        ConfigError / CheckpointError: unreadable config, model file not matching its config.
+    """
+    model_path, config_path = os.fspath(model_path), os.fspath(config_path)
+    if not os.path.isfile(model_path):
+        logger.warning("%s (%s not found)", NO_DIFFUSION, model_path)
+        return None
+    if not os.path.isfile(config_path):
+        raise SvcError(f"diffusion config {config_path} not found (use -dc)")
+    from diffusion.unit2mel import load_model_vocoder
+
+    logger.info(" [Loading] %s", model_path)
+    model, vocoder, args = load_model_vocoder(model_path, device, config_path)
+    logger.info("| Load HifiGAN: %s", args.vocoder.ckpt)
+    logger.info("Removing weight norm...")
+    side = DiffusionSide(model, vocoder, args, model_path, config_path)
+    logger.info("Loaded diffusion model, sampler is %s, speedup: %s ", side.method, side.speedup)
+    return side
