@@ -162,3 +162,4 @@ from modules.checkpoint import (  # noqa: E402
 )
 from modules.hparams import ConfigError, HParams, get_hparams_from_file, load_config, save_config  # noqa: E402
 from modules.mel_processing import VolumeExtractor as Volume_Extractor  # noqa: E402
+from modules.model_files import mix_model  # noqa: E402

@@ -9,7 +9,8 @@ Semantics of 4.1 (formats.md §6.2), kept on purpose:
   is applied here explicitly).
 
 Unlike 4.1, a checkpoint that does not fit the config is an error with the reason (quirk 34), never a
-silent fresh start; a missing D next to a G (a pretrained base without discriminator) is a warning.
+silent fresh start; so is a compress_model.py release file (inference-only, no enc_q); a missing D next
+to a G (a pretrained base without discriminator) is a warning.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from modules.checkpoint import (
     load_model_state,
     read_checkpoint,
 )
+from modules.model_files import ReleaseCheckpointError, is_release_state, resume_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def _load(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     """
     logger.info("Loading %s", path)
     ckpt = read_checkpoint(path)
+    if is_release_state(ckpt["model"]) and not is_release_state(name for name, _ in model.named_parameters()):
+        raise ReleaseCheckpointError(resume_refusal(path))  # enc_q would restart from random weights
     if ssl_dim is not None:
         _check_encoder(path, ckpt["model"], ssl_dim, speech_encoder)
     with_optimizer = ckpt["optimizer"] is not None

@@ -1,0 +1,60 @@
+"""Strip training-only data from a So-VITS checkpoint: a release file about a third of the size.
+
+    python compress_model.py -c configs/config.json -i logs/44k/G_30400.pth [-o out.pth] [-hf]
+
+The release keeps every weight inference uses (enc_q, the posterior encoder, is dropped) and a fresh
+optimizer state; inference_main.py and 4.1 load it like the full file, training cannot resume from it.
+Default output: `<input stem>_release[_half]<ext>` next to the input. A release given again is refused
+(nothing to strip), except a float32 release with -hf, which gives its fp16 copy (`*_release_half`).
+Exit status 2 on refusal: missing files, a config that does not fit the model, output = input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", type=str, default="configs/config.json",
+                        help="config.json the model was trained with (builds the optimizer skeleton)")
+    parser.add_argument("-i", "--input", type=str, default=None, help="full checkpoint G_<step>.pth")
+    parser.add_argument("-o", "--output", type=str, default=None,
+                        help="output path (default: <input stem>_release[_half]<ext> next to the input)")
+    parser.add_argument("-hf", "--half", action="store_true", default=False, help="store weights as float16")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run compress_model.py with `argv` (default: sys.argv[1:]); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if not args.input:
+        print("compress_model.py: give the checkpoint to compress with -i/--input (e.g. logs/44k/G_30400.pth)",
+              file=sys.stderr)
+        return 2
+
+    from models import SynthesizerTrn
+    from modules.checkpoint import CheckpointError
+    from modules.hparams import ConfigError
+    from modules.model_files import compress_model, generator_args, load_model_config
+
+    try:
+        if not os.path.isfile(args.input):
+            raise CheckpointError(f"input checkpoint {args.input} not found")
+        hps = load_model_config(args.config)
+        positional, model = generator_args(hps)
+        net_g = SynthesizerTrn(*positional, **model)
+        result = compress_model(args.input, net_g, hps, args.config, args.output, args.half)
+    except (CheckpointError, ConfigError) as err:
+        print(f"compress_model.py: {err}", file=sys.stderr)
+        return 2
+    dtype = str(result.dtype).replace("torch.", "")
+    print(f"wrote {result.output}: {result.kept} {dtype} tensors ({result.removed} enc_q tensors removed), "
+          f"{result.output_bytes / 2**20:.2f} MiB = {100 * result.output_bytes / result.input_bytes:.0f}% "
+          f"of {os.path.basename(args.input)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
