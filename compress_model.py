@@ -34,17 +34,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from models import SynthesizerTrn
+    from models import build_synthesizer
     from modules.checkpoint import CheckpointError
     from modules.hparams import ConfigError
-    from modules.model_files import compress_model, generator_args, load_model_config
+    from modules.model_files import compress_model, load_model_config
 
     try:
         if not os.path.isfile(args.input):
             raise CheckpointError(f"input checkpoint {args.input} not found")
         hps = load_model_config(args.config)
-        positional, model = generator_args(hps)
-        net_g = SynthesizerTrn(*positional, **model)
+        net_g = build_synthesizer(hps)
         result = compress_model(args.input, net_g, hps, args.config, args.output, args.half)
     except (CheckpointError, ConfigError) as err:
         print(f"compress_model.py: {err}", file=sys.stderr)

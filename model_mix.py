@@ -35,15 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from modules.checkpoint import CheckpointError
     from modules.hparams import ConfigError
-    from modules.model_files import generator_args, load_model_config, mix_model, mix_weights
+    from modules.model_files import load_model_config, mix_model, mix_weights
 
     try:
         net_g = None
         if args.config:
-            from models import SynthesizerTrn
+            from models import build_synthesizer
 
-            positional, model = generator_args(load_model_config(args.config))
-            net_g = SynthesizerTrn(*positional, **model)
+            net_g = build_synthesizer(load_model_config(args.config))
         output = mix_model(args.input, rates, args.mode, args.output, net_g=net_g, config_path=args.config or "")
     except (CheckpointError, ConfigError) as err:
         print(f"model_mix.py: {err}", file=sys.stderr)

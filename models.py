@@ -104,6 +104,17 @@ class F0Decoder(nn.Module):
         return self.proj(x) * x_mask
 
 
+def build_synthesizer(hps: "utils.HParams") -> "SynthesizerTrn":
+    """The generator a config describes, built as 4.1 builds it: ``SynthesizerTrn(filter_length // 2 + 1,
+    segment_size // hop_length, **hps.model)``; missing data/train sizes take the template values
+    (2048, 10240, 512), so inference-only configs build too. Weights are freshly initialised."""
+    data, train = hps.get("data"), hps.get("train")
+    filter_length = (data.get("filter_length") if data is not None else None) or 2048
+    hop = (data.get("hop_length") if data is not None else None) or 512
+    segment = (train.get("segment_size") if train is not None else None) or 10240
+    return SynthesizerTrn(int(filter_length) // 2 + 1, int(segment) // int(hop), **hps.model.to_dict())
+
+
 class SynthesizerTrn(nn.Module):
     """So-VITS generator. Built as ``SynthesizerTrn(filter_length // 2 + 1, segment_size // hop, **hps.model)``."""
 

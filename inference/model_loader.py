@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models import SynthesizerTrn
+from models import SynthesizerTrn, build_synthesizer
 from modules.checkpoint import load_model_state, read_checkpoint
 from modules.hparams import HParams
 from vencoder import ENCODER_DIMS
@@ -141,12 +141,7 @@ def load_sovits(model_path: PathLike, hps: HParams, config_path: PathLike, devic
     ckpt = read_checkpoint(model_path)
     state = dict(ckpt["model"])
     width = _check_checkpoint(state, hps, model_path, config_path)
-    data = hps.get("data")
-    filter_length = data.get("filter_length") if data is not None else None
-    hop = data.get("hop_length") if data is not None else None
-    segment = hps.get("train").get("segment_size") if hps.get("train") is not None else None
-    net_g = SynthesizerTrn((filter_length or 2048) // 2 + 1, (segment or 10240) // (hop or 512),
-                           **hps.model.to_dict())
+    net_g = build_synthesizer(hps)
     report = load_model_state(net_g, state, source=model_path)
     if report.mismatched:
         shapes = "; ".join(f"{k} file {list(a)} vs config {list(b)}" for k, a, b in report.mismatched[:6])

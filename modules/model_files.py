@@ -9,7 +9,7 @@
   percent/100 (convex) or percent/100 (linear); the other entries come from the first file.
 
 The network itself is built by the caller (`models` sits above `modules/`): pass a fresh
-`SynthesizerTrn(*generator_args(hps))` where a config has to be checked or an optimizer built.
+`models.build_synthesizer(hps)` where a config has to be checked or an optimizer built.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ __all__ = [
     "compress_model",
     "default_release_path",
     "fresh_optimizer_state",
-    "generator_args",
     "is_release_state",
     "load_model_config",
     "mix_model",
@@ -78,16 +77,6 @@ class CompressResult:
 # ------------------------------------------------------------------------------------------------
 # shared helpers
 # ------------------------------------------------------------------------------------------------
-def generator_args(hps: HParams) -> tuple[tuple[int, int], dict[str, Any]]:
-    """Positional and keyword arguments of `SynthesizerTrn` for a config, as 4.1 builds it:
-    `(filter_length // 2 + 1, segment_size // hop_length), model section`."""
-    data, train = hps.get("data"), hps.get("train")
-    filter_length = (data.get("filter_length") if data is not None else None) or 2048
-    hop = (data.get("hop_length") if data is not None else None) or 512
-    segment = (train.get("segment_size") if train is not None else None) or 10240
-    return (int(filter_length) // 2 + 1, int(segment) // int(hop)), hps.model.to_dict()
-
-
 def load_model_config(config_path: PathLike) -> HParams:
     """Read a So-VITS config.json and check the fields that building the model needs.
 

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_utils import DatasetError, TextAudioCollate, TextAudioSpeakerLoader, read_filelist
-from models import MultiPeriodDiscriminator, SynthesizerTrn
+from models import MultiPeriodDiscriminator, build_synthesizer
 from modules.checkpoint import clean_checkpoints, save_checkpoint
 from modules.commons import slice_segments
 from modules.hparams import HParams
@@ -130,7 +130,7 @@ class Trainer:
     def _build_models(self) -> None:
         hps, device = self.hps, self.device
         train, model = hps.train, hps.model.to_dict()
-        net_g = SynthesizerTrn(int(hps.data.filter_length) // 2 + 1, self.segment_frames, **model).to(device)
+        net_g = build_synthesizer(hps).to(device)
         net_d = MultiPeriodDiscriminator(bool(model.get("use_spectral_norm", False))).to(device)
         betas = tuple(float(b) for b in train.betas)
         self.optim_g = torch.optim.AdamW(net_g.parameters(), float(train.learning_rate), betas=betas,
