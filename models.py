@@ -208,7 +208,7 @@ class SynthesizerTrn(nn.Module):
             g = g.unsqueeze(0)
         return self.emb_g(g).transpose(1, 2)
 
-    def _frame_input(self, c: Tensor, uv: Tensor, x_mask: Tensor, vol: Tensor | None) -> Tensor:
+    def frame_input(self, c: Tensor, uv: Tensor, x_mask: Tensor, vol: Tensor | None) -> Tensor:
         """pre(c) * mask + emb_uv(uv) (+ emb_vol(vol)): [B, H, T]."""
         x = self.pre(c) * x_mask + self.emb_uv(uv.long()).transpose(1, 2)
         if vol is not None and self.vol_embedding:
@@ -226,7 +226,7 @@ class SynthesizerTrn(nn.Module):
         """
         g = self.emb_g(g).transpose(1, 2)
         x_mask = commons.sequence_mask(c_lengths, c.size(2)).unsqueeze(1).to(c.dtype)
-        x = self._frame_input(c, uv, x_mask, vol)
+        x = self.frame_input(c, uv, x_mask, vol)
         if self.use_automatic_f0_prediction:
             lf0 = f0_to_lf0(f0)
             norm_lf0 = utils.normalize_f0(lf0, x_mask, uv)
@@ -255,7 +255,7 @@ class SynthesizerTrn(nn.Module):
         generator.manual_seed(seed)
         x_mask = torch.ones(c.size(0), 1, c.size(2), dtype=c.dtype, device=c.device)
         g = self.speaker_condition(g)
-        x = self._frame_input(c, uv, x_mask, vol)
+        x = self.frame_input(c, uv, x_mask, vol)
         if self.use_automatic_f0_prediction and predict_f0:
             norm_lf0 = utils.normalize_f0(f0_to_lf0(f0), x_mask, uv, random_scale=False)
             f0 = lf0_to_f0(self.f0_decoder(x, norm_lf0, x_mask, spk_emb=g))

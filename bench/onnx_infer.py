@@ -1,0 +1,170 @@
+"""Real-time factor of the exported ONNX graph in onnxruntime vs PyTorch, on the CPU.
+
+The model is ``SynthesizerTrn`` at the sizes of ``configs_template/config_template.json`` (``--tiny``:
+a micro model for smoke tests) with seeded random weights and one speaker, weight norm folded. It is
+exported with ``onnxexport.export_onnx`` exactly as ``onnx_export.py`` does (opset 16, 200 trace
+frames, real source randomness) to a temporary folder. Three paths synthesise the same fixed
+inputs (bench/synth_infer.py's ``make_inputs``: seeded units, a sung glide, 90 % voiced):
+
+1. ``PyTorch infer``: ``SynthesizerTrn.infer`` (per-sample sine source), the toolkit's own path;
+2. ``PyTorch export variant``: ``SynthesizerTrnOnnx`` (frame-rate source), what the graph computes;
+3. ``onnxruntime``: the exported graph, ``CPUExecutionProvider``, intra-op threads = torch's threads.
+
+Prior noise: N(0, 1) x 0.35 fed to the graph and the export variant; ``infer`` draws its own.
+
+Run from the repository root::
+
+    .venv/bin/python bench/onnx_infer.py --seconds 10 --repeats 3 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE_SCALE = 0.35
+NOISE_SEED = 4321
+PATHS = ("PyTorch infer", "PyTorch export variant", "onnxruntime")
+# A few-thousand-parameter generator with every block of the real one: for smoke tests only.
+TINY_MODEL = {
+    "inter_channels": 8, "hidden_channels": 8, "filter_channels": 16, "n_heads": 2, "n_layers": 1,
+    "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
+    "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 1,
+    "n_layers_trans_flow": 1, "n_flow_layer": 1, "use_spectral_norm": False, "gin_channels": 8,
+    "ssl_dim": 16, "n_speakers": 1, "vocoder_name": "nsf-hifigan", "speech_encoder": "vec768l12",
+    "speaker_embedding": False, "vol_embedding": False, "use_depthwise_conv": False,
+    "flow_share_parameter": False, "use_automatic_f0_prediction": True, "use_transformer_flow": False,
+    "sampling_rate": 44100,
+}
+
+
+@dataclass
+class Result:
+    """One path: median wall and process-CPU seconds per call, its audio [1, 1, N], audio seconds."""
+
+    name: str
+    seconds: float
+    cpu_seconds: float
+    audio: np.ndarray
+    audio_seconds: float
+
+
+def _timed(call: Callable[[], np.ndarray]) -> tuple[float, float, np.ndarray]:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    audio = call()
+    return time.perf_counter() - start, time.process_time() - cpu_start, audio
+
+
+def run_paths(calls: dict[str, Callable[[], np.ndarray]], repeats: int, audio_seconds: float) -> list[Result]:
+    """One warm-up per path, then ``repeats`` timed calls taken round-robin; medians."""
+    audio = {name: call() for name, call in calls.items()}
+    wall: dict[str, list[float]] = {n: [] for n in calls}
+    cpu: dict[str, list[float]] = {n: [] for n in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            seconds, cpu_seconds, _ = _timed(call)
+            wall[name].append(seconds)
+            cpu[name].append(cpu_seconds)
+    return [Result(n, statistics.median(wall[n]), statistics.median(cpu[n]), audio[n], audio_seconds)
+            for n in calls]
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """Markdown table: path, median s, RTF, CPU RTF, speed vs each PyTorch path, audio RMS."""
+    base, variant = results[0], results[1]
+    lines = ["| path | median s | RTF | CPU RTF | speed vs PyTorch infer | speed vs export variant | audio RMS |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        rms = float(np.sqrt(np.mean(np.square(r.audio, dtype=np.float64))))
+        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.seconds / r.audio_seconds:.3f} | "
+                     f"{r.cpu_seconds / r.audio_seconds:.3f} | {base.seconds / r.seconds:.2f}x | "
+                     f"{variant.seconds / r.seconds:.2f}x | {rms:.4f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio length to synthesise")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per path (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads and onnxruntime intra-op threads (default: torch's)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="so-vits config.json (default: configs_template/config_template.json)")
+    parser.add_argument("--tiny", action="store_true", help="micro model instead of the config's sizes (smoke test)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.seconds <= 0:
+        parser.error("--repeats must be >= 1 and --seconds > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    """Build, export, time the three paths; print machine line, export time and table; returns the results."""
+    args = parse_args(argv)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import onnxruntime as ort
+
+    from bench.synth_infer import BenchConfig, build_model, load_config, machine_description, make_inputs
+    from onnxexport.model_onnx import SynthesizerTrnOnnx, export_onnx
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    cfg = BenchConfig(1025, 20, dict(TINY_MODEL), 44100, 512) if args.tiny else load_config(args.config, 1)
+    net = build_model(cfg)
+    net.remove_weight_norm()
+    model = SynthesizerTrnOnnx(net).eval()
+    c, f0, uv, g = make_inputs(cfg, args.seconds)
+    frames = c.size(2)
+    audio_seconds = frames * cfg.hop_length / cfg.sampling_rate
+    noise = NOISE_SCALE * torch.randn(1, net.inter_channels, frames,
+                                      generator=torch.Generator().manual_seed(NOISE_SEED))
+    graph_inputs = (c.transpose(1, 2).contiguous(), f0, torch.arange(1, frames + 1).unsqueeze(0), uv, noise,
+                    torch.LongTensor([0]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench_SoVits.onnx")
+        start = time.perf_counter()
+        export_onnx(model, path)
+        export_seconds = time.perf_counter() - start
+        size_mib = os.path.getsize(path) / 2 ** 20
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feeds = {n: x.numpy() for n, x in zip(names, graph_inputs)}
+
+    def torch_infer() -> np.ndarray:
+        with torch.inference_mode():
+            return net.infer(c, f0, uv, g=g, noice_scale=NOISE_SCALE)[0].numpy()
+
+    def torch_variant() -> np.ndarray:
+        with torch.inference_mode():
+            return model(*graph_inputs).numpy()
+
+    def onnxruntime() -> np.ndarray:
+        return session.run(["audio"], feeds)[0]
+
+    results = run_paths(dict(zip(PATHS, (torch_infer, torch_variant, onnxruntime))), args.repeats, audio_seconds)
+    print(machine_description(torch.device("cpu")) + f"; onnxruntime {ort.__version__} ({threads} intra-op threads)")
+    print(f"model: {'--tiny' if args.tiny else args.config or 'config_template.json'} sizes, "
+          f"{sum(p.numel() for p in net.parameters()):,} parameters; export {export_seconds:.1f} s, "
+          f"graph {size_mib:.1f} MiB")
+    print(f"{frames} frames = {audio_seconds:.3f} s audio; median of {args.repeats} after 1 warm-up, round-robin")
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

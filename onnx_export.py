@@ -1,0 +1,42 @@
+"""Export `checkpoints/<name>/model.pth` + `config.json` to ONNX for MoeVoiceStudio.
+
+Writes `checkpoints/<name>/<name>_SoVits.onnx` (also reachable as `checkpoints/<name>/model.onnx`,
+the old exporter's name) and the MoeVS descriptor `checkpoints/<name>.json`; runs on the CPU (cli.md §10).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--model_name", type=str, default="TransformerFlow",
+                        help="model folder name under checkpoints/ (holding model.pth and config.json)")
+    parser.add_argument("--checkpoints_dir", type=str, default="checkpoints",
+                        help="folder that holds the model folders and receives <name>.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run onnx_export.py with `argv` (default: sys.argv[1:]); returns the exit code."""
+    args = build_parser().parse_args(argv)
+
+    from modules.checkpoint import CheckpointError
+    from modules.hparams import ConfigError
+    from onnxexport import export_folder
+
+    try:
+        result = export_folder(args.model_name, args.checkpoints_dir)
+    except (FileNotFoundError, ConfigError, CheckpointError, ValueError) as err:
+        print(f"onnx_export.py: {err}", file=sys.stderr)
+        return 1
+    speaker = "per-frame speaker mix (sid [T, n_speakers])" if result.speaker_mix else "speaker id (sid [1])"
+    print(f"wrote {result.onnx_path} ({speaker}{', vol input' if result.vol_embedding else ''})")
+    print(f"linked {result.legacy_path}")
+    print(f"wrote {result.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

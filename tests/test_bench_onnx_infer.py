@@ -1,0 +1,35 @@
+"""Smoke run of bench/onnx_infer.py on its micro model."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench import onnx_infer
+
+
+def test_main_smoke(capsys: pytest.CaptureFixture[str], single_thread: None) -> None:
+    results = onnx_infer.main(["--tiny", "--seconds", "0.4", "--repeats", "1", "--threads", "1"])
+    frames = math.floor(0.4 * 44100 / 512)
+    assert [r.name for r in results] == list(onnx_infer.PATHS)
+    for r in results:
+        assert r.audio.shape == (1, 1, frames * 512) and r.audio.dtype == np.float32
+        assert r.seconds > 0 and r.cpu_seconds > 0 and r.audio_seconds == pytest.approx(frames * 512 / 44100)
+    infer, variant, ort_audio = (r.audio for r in results)
+    assert float(np.abs(variant).max()) > 1e-3  # real signal, not silence
+    # Same prior noise; only the source's random phases and noise differ between the three.
+    assert 0 < float(np.abs(ort_audio - variant).max()) < 0.2
+    assert float(np.abs(infer - variant).max()) < 0.2
+    out = capsys.readouterr().out
+    assert "torch " + torch.__version__ in out and "onnxruntime" in out and "threads 1" in out
+    assert out.count("\n| ") == 4  # header + 3 paths
+    assert f"{frames} frames" in out and "--tiny sizes" in out
+
+
+def test_flag_errors() -> None:
+    with pytest.raises(SystemExit):
+        onnx_infer.parse_args(["--repeats", "0"])
+    with pytest.raises(SystemExit):
+        onnx_infer.parse_args(["--seconds", "-1"])
