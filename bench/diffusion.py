@@ -193,13 +193,16 @@ def bench_end_to_end(model: torch.nn.Module, vocoder: torch.nn.Module, mel_fn: A
     return rows, mel, out
 
 
-def format_samplers(rows: Sequence[Row]) -> str:
-    """Markdown: sampler, k_step / speedup, network calls, median s, s per call, RTF, CPU RTF."""
-    lines = ["| sampler | k_step / speedup | network calls | median s | s per call | RTF | CPU RTF |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+def format_samplers(rows: Sequence[Row], stages: Sequence[Row] = ()) -> str:
+    """Markdown: sampler, k_step / speedup, network calls, median s, s per call, RTF, CPU RTF, and the
+    end-to-end RTF of a conversion with that sampler (input mel + sampler + vocoder, from `stages`)."""
+    fixed = sum(r.seconds for r in stages if r.name in ("vocoder mel of the input", "NSF-HiFiGAN vocoder"))
+    lines = ["| sampler | k_step / speedup | network calls | median s | s per call | RTF | CPU RTF | end-to-end RTF |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        e2e = f"{(r.seconds + fixed) / r.audio_seconds:.3f}" if stages and r.setting != "-" else "-"
         lines.append(f"| {r.name} | {r.setting} | {r.calls} | {r.seconds:.3f} | {r.seconds / max(r.calls, 1):.3f} | "
-                     f"{r.seconds / r.audio_seconds:.3f} | {r.cpu_seconds / r.audio_seconds:.3f} |")
+                     f"{r.seconds / r.audio_seconds:.3f} | {r.cpu_seconds / r.audio_seconds:.3f} | {e2e} |")
     return "\n".join(lines)
 
 
@@ -263,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
     print(machine_description(device))
     print(f"{size} sizes, {frames} frames = {report.audio_seconds:.3f} s audio; "
           f"median of {args.repeats} after 1 warm-up")
-    print(format_samplers(report.samplers))
+    print(format_samplers(report.samplers, report.stages))
     print()
     print(format_stages(report.stages))
     return report

@@ -29,6 +29,11 @@ def test_main_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "torch " + torch.__version__ in out and "threads 1" in out and "tiny sizes" in out
     assert out.count("\n| ") == 1 + 7 + 1 + 4  # header + 7 sampler rows, header + 4 stage rows
+    ddim = next(line for line in out.splitlines() if line.startswith("| ddim |"))
+    e2e = float(ddim.rstrip(" |").rsplit("|", 1)[1])
+    fixed = report.stages[0].seconds + report.stages[2].seconds
+    ddim_row = next(r for r in report.samplers if r.name == "ddim")
+    assert e2e == pytest.approx((ddim_row.seconds + fixed) / report.audio_seconds, abs=1e-3)
 
 
 def test_sampler_subset_and_flags() -> None:
