@@ -32,7 +32,9 @@ def hann_window(win_size: int, dtype: torch.dtype, device: torch.device | str) -
     window = _WINDOW_CACHE.get(key)
     if window is None:
         # Built in float32 and then cast, as 4.1 did, so float64 callers see the same window values.
-        window = torch.hann_window(win_size).to(dtype=dtype, device=device)
+        # Outside inference mode: a cached inference tensor would break later autograd use (training).
+        with torch.inference_mode(False):
+            window = torch.hann_window(win_size).to(dtype=dtype, device=device)
         _WINDOW_CACHE[key] = window
     return window
 
@@ -56,7 +58,8 @@ def mel_filterbank(
         import librosa  # heavy import, needed only when a filterbank is first built
 
         fb = librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax, htk=htk)
-        basis = torch.from_numpy(np.ascontiguousarray(fb)).to(dtype=dtype, device=device)
+        with torch.inference_mode(False):  # cached for autograd users too (see hann_window)
+            basis = torch.from_numpy(np.ascontiguousarray(fb)).to(dtype=dtype, device=device)
         _MEL_CACHE[key] = basis
     return basis
 

@@ -115,3 +115,16 @@ def test_filterbank_cache_is_keyed_by_all_parameters(mel_arrays: dict[str, np.nd
     # And a vocoder mel with another n_fft at the same fmax gets its own filterbank.
     assert mp.mel_filterbank(44100, 1024, 128, 40, 16000).shape == (128, 513)
     _assert_linear(mp.mel_filterbank(44100, 2048, 128, 40, 16000), mel_arrays["nv_mel_basis_128"])
+
+
+def test_caches_filled_in_inference_mode_serve_autograd() -> None:
+    """A window or filterbank first built under inference_mode (conversion, benches) must not break a
+    later training step that backpropagates through the mel."""
+    mp._WINDOW_CACHE.clear()
+    mp._MEL_CACHE.clear()
+    with torch.inference_mode():
+        mp.mel_spectrogram_torch(torch.zeros(1, 4096), 1024, 80, 22050, 256, 1024, 0, None)
+    y = torch.randn(1, 4096, requires_grad=True)
+    mel = mp.mel_spectrogram_torch(y, 1024, 80, 22050, 256, 1024, 0, None)
+    mel.sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
