@@ -1,27 +1,37 @@
 """Offline end-to-end demo: the whole tutorial on the bundled voices, on CPU, in a few minutes.
 
-    python demo.py [--data ../shared/data] [--workdir demo_run] [--steps 60]
+    python demo.py [--data ../shared/data] [--workdir demo_run] [--steps 60] [--diff-steps 300]
+                   [--no-diffusion]
 
 It lays out a fresh project folder (``demo_run/`` by default) the way the tutorial does and runs the
 real scripts in it, one after the other, exactly as a user types them:
 
 1. ``resample.py``                 dataset_raw/<speaker>/*.wav -> dataset/44k/
-2. ``preprocess_flist_config.py``  file lists + configs/config.json (``--tiny``)
-3. ``preprocess_hubert_f0.py``     units, F0 (fcpe, offline weights), spectrograms
-4. ``train.py -c configs/config.json -m 44k``   a small model on the CPU
-5. ``inference_main.py``           converts a song from raw/ into results/
+2. ``preprocess_flist_config.py``  file lists, configs/config.json (``--tiny``), configs/diffusion.yaml
+3. ``preprocess_hubert_f0.py --use_diff``  units, F0 (fcpe, offline weights), spectrograms, volumes
+   and the vocoder mels shallow diffusion trains on
+4. ``train.py -c configs/config.json -m 44k``   a small So-VITS model on the CPU
+5. ``train_diff.py -c configs/diffusion.yaml``  a small shallow-diffusion model into logs/44k/diffusion/
+6. ``inference_main.py``           converts a song from raw/ into results/ for each speaker: once with
+   So-VITS alone (``_sovits_``), once refined by shallow diffusion (``-shd``, ``_sovdiff_``)
+7. ``compress_model.py``           the inference-only release file (logs/44k/release.pth), which the
+   ``-shd`` pass converts with
 
-When the toolkit's own ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) is present it is used.
-Otherwise — no ContentVec ships with the toolkit, it is a 200 MB download — the demo announces it and
-writes a deterministic stand-in: a small random-weight encoder in the real fairseq file format. The
-model is trained for only a few dozen steps either way: the result shows every stage working end to
-end, not a finished voice. With the real ``pretrain/`` files and a longer training the same commands
-are the tutorial's.
+``--no-diffusion`` leaves out the diffusion parts (no ``--use_diff``, steps 5 and the ``-shd`` pass).
+
+When the toolkit's own ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) and
+``pretrain/nsf_hifigan/`` (NSF-HiFiGAN vocoder: ``model`` + ``config.json``) are present they are used.
+Otherwise — neither ships with the toolkit, both are downloads — the demo announces it and writes
+deterministic stand-ins: small random-weight networks in the real file formats. The models are small
+and trained only briefly either way (60 So-VITS steps of 2 short crops, 300 diffusion steps): the
+result shows every stage working end to end, not a finished voice. With the real ``pretrain/`` files
+and a longer training the same commands are the tutorial's.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -37,7 +47,27 @@ SOURCE = "ked_src01.wav"
 # A small model so that CPU training gets somewhere in a couple of minutes (4.1 config keys).
 DEMO_MODEL = {"inter_channels": 64, "hidden_channels": 64, "filter_channels": 128, "n_heads": 2,
               "n_layers": 3, "upsample_initial_channel": 128, "gin_channels": 64}
+# Batches of 2 crops of 10 frames: the 47 M-parameter discriminator (fixed by 4.1) dominates a CPU step,
+# and its cost follows batch x segment, so this keeps a step near 3 s on 2 cores.
+DEMO_TRAIN = {"batch_size": 2, "segment_size": 5120}
 ENCODER_DIM = 64
+
+# Stand-in NSF-HiFiGAN: the public 44.1 kHz release's STFT settings and layout, a much narrower network.
+DEMO_VOCODER = {
+    "resblock": "1", "num_gpus": 1, "batch_size": 16, "learning_rate": 0.0002, "adam_b1": 0.8, "adam_b2": 0.99,
+    "lr_decay": 0.999, "seed": 1234, "upsample_rates": [8, 8, 2, 2, 2], "upsample_kernel_sizes": [16, 16, 4, 4, 4],
+    "upsample_initial_channel": 32, "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "discriminator_periods": [3, 5, 7, 11, 17, 23, 37],
+    "segment_size": 16384, "num_mels": 128, "num_freq": 1025, "n_fft": 2048, "hop_size": 512, "win_size": 2048,
+    "sampling_rate": 44100, "fmin": 40, "fmax": 16000, "fmax_for_loss": None, "num_workers": 4,
+    "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1},
+}
+# A small diffusion model (diffusion.yaml `model` keys); the template's is 20 x 512 channels.
+DEMO_DIFFUSION = {"n_layers": 4, "n_chans": 64, "n_hidden": 64}
+DIFF_BATCH = 4
+DIFF_DURATION = 1.0  # seconds per training crop; every demo clip is longer than this + 0.1 s
+RELEASE = "logs/44k/release.pth"  # tutorial 5.1 output name
+SHALLOW_K_STEP = 50  # -ks: the demo model trains all 1000 steps (k_step_max 0), so any k <= 1000 works
 
 
 def write_demo_encoder(path: Path) -> None:
@@ -59,6 +89,24 @@ def write_demo_encoder(path: Path) -> None:
                 param.fill_(1.0 if name.endswith(("weight", "weight_g")) else 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"cfg": {"model": cfg}, "model": model.state_dict()}, path)
+
+
+def write_demo_vocoder(folder: Path) -> None:
+    """A random-weight NSF-HiFiGAN in the release layout: `model` ({'generator': state_dict}) + `config.json`.
+
+    The network is the project's own builder with its default initialisation and weight norm
+    (weight_g / weight_v keys, as released); it is read back with the loader the scripts use.
+    """
+    import torch
+
+    from vdecoder.nsf_hifigan.models import build_generator, load_model
+
+    torch.manual_seed(0)
+    generator = build_generator(DEMO_VOCODER)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(DEMO_VOCODER, indent=2), encoding="utf-8")
+    torch.save({"generator": generator.state_dict()}, folder / "model")
+    load_model(folder / "model", device="cpu")  # fails loudly here rather than in a later step
 
 
 def run(step: str, args: list[str], cwd: Path) -> None:
@@ -89,7 +137,25 @@ def install_encoder(work: Path) -> int:
     return ENCODER_DIM
 
 
-def prepare_project(data: Path, work: Path) -> int:
+def install_vocoder(work: Path) -> None:
+    """Real NSF-HiFiGAN from the toolkit's pretrain/nsf_hifigan/ when there, else the announced stand-in."""
+    target = work / "pretrain" / "nsf_hifigan"
+    real = ROOT / "pretrain" / "nsf_hifigan"
+    if (real / "model").is_file() and (real / "config.json").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("model", "config.json"):
+            shutil.copy(real / name, target / name)
+        print(f"Using the NSF-HiFiGAN vocoder in {real}.")
+        return
+    print("NOTE: pretrain/nsf_hifigan/ (model + config.json, the NSF-HiFiGAN vocoder that shallow diffusion\n"
+          "      uses for its mels and its audio) is not installed, so this demo uses a deterministic\n"
+          "      stand-in vocoder with random weights in the release layout: the diffusion steps run end to\n"
+          "      end, but their audio is noise-like. For real use put the release's `model` and\n"
+          "      `config.json` into pretrain/nsf_hifigan/ — see pretrain/README.md.")
+    write_demo_vocoder(target)
+
+
+def prepare_project(data: Path, work: Path, diffusion: bool) -> int:
     if work.exists():
         shutil.rmtree(work)
     for speaker in SPEAKERS:
@@ -101,17 +167,42 @@ def prepare_project(data: Path, work: Path) -> int:
             shutil.copy(clip, work / "dataset_raw" / speaker / clip.name)
     (work / "raw").mkdir()
     shutil.copy(data / "source" / SOURCE, work / "raw" / SOURCE)
-    return install_encoder(work)
+    ssl_dim = install_encoder(work)
+    if diffusion:
+        install_vocoder(work)
+    return ssl_dim
 
 
 def shrink_config(config_path: Path, steps: int, ssl_dim: int) -> None:
     """Small model, short schedule: edit the generated config as a user would."""
     cfg = json.loads(config_path.read_text(encoding="utf-8"))
     cfg["model"].update(DEMO_MODEL, ssl_dim=ssl_dim)
-    batches_per_epoch = max(1, (len(SPEAKERS) * (CLIPS_PER_SPEAKER - 2)) // 4)
-    cfg["train"].update(batch_size=4, epochs=max(1, steps // batches_per_epoch), eval_interval=steps,
+    batches_per_epoch = max(1, (len(SPEAKERS) * (CLIPS_PER_SPEAKER - 2)) // DEMO_TRAIN["batch_size"])
+    cfg["train"].update(DEMO_TRAIN, epochs=max(1, steps // batches_per_epoch), eval_interval=steps,
                         log_interval=10, keep_ckpts=2)
     config_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+
+
+def shrink_diffusion_config(config_path: Path, train_list: Path, steps: int, ssl_dim: int) -> int:
+    """Small diffusion model on the CPU, about `steps` training steps; returns the exact step count.
+
+    train_diff.py runs `train.epochs` whole epochs of ceil(clips / batch_size) batches, so the epochs
+    are rounded up to cover `steps`; validation and the checkpoint come once, at the last step.
+    """
+    from modules.hparams import load_config, save_config
+
+    cfg = load_config(config_path).to_dict()
+    cfg["model"].update(DEMO_DIFFUSION)
+    cfg["data"].update(duration=DIFF_DURATION, encoder_out_channels=ssl_dim)
+    clips = [line for line in train_list.read_text(encoding="utf-8").splitlines() if line.strip()]
+    batches_per_epoch = max(1, math.ceil(len(clips) / DIFF_BATCH))
+    epochs = max(1, math.ceil(steps / batches_per_epoch))
+    total = epochs * batches_per_epoch
+    cfg["device"] = "cpu"
+    cfg["train"].update(batch_size=DIFF_BATCH, num_workers=0, epochs=epochs, interval_val=total,
+                        interval_log=min(10, total))
+    save_config(cfg, config_path)  # sorted block YAML, as 4.1 writes it
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,23 +210,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
                         help="folder with voices/<speaker>/*.wav and source/*.wav")
     parser.add_argument("--workdir", type=Path, default=ROOT / "demo_run", help="project folder to create")
-    parser.add_argument("--steps", type=int, default=60, help="training steps (about)")
+    parser.add_argument("--steps", type=int, default=60, help="So-VITS training steps (about)")
+    parser.add_argument("--diff-steps", type=int, default=300, help="diffusion training steps (about)")
+    parser.add_argument("--no-diffusion", action="store_true", help="skip the shallow-diffusion steps")
     args = parser.parse_args(argv)
+    diffusion = not args.no_diffusion
     work = args.workdir.resolve()
     sys.path.insert(0, str(ROOT))
-    ssl_dim = prepare_project(args.data.resolve(), work)
+    ssl_dim = prepare_project(args.data.resolve(), work, diffusion)
     run("2.4.1 resample", ["resample.py"], work)
     run("2.4.2 file lists and config", ["preprocess_flist_config.py", "--speech_encoder", "vec768l12",
                                         "--tiny", "--seed", "1"], work)
     shrink_config(work / "configs" / "config.json", args.steps, ssl_dim)
-    run("2.4.3 features", ["preprocess_hubert_f0.py", "--f0_predictor", "fcpe", "--device", "cpu"], work)
+    if diffusion:
+        shrink_diffusion_config(work / "configs" / "diffusion.yaml", work / "filelists" / "train.txt",
+                                args.diff_steps, ssl_dim)
+    run("2.4.3 features", ["preprocess_hubert_f0.py", "--f0_predictor", "fcpe", "--device", "cpu",
+                           *(["--use_diff"] if diffusion else [])], work)
     run("2.5.1 training", ["train.py", "-c", "configs/config.json", "-m", "44k"], work)
+    if diffusion:
+        run("2.5.2 diffusion training", ["train_diff.py", "-c", "configs/diffusion.yaml"], work)
     checkpoint = max((work / "logs" / "44k").glob("G_*.pth"), key=lambda p: int(p.stem[2:]))
-    run("3.1 conversion", ["inference_main.py", "-m", str(checkpoint.relative_to(work)), "-c",
-                           "configs/config.json", "-n", SOURCE, "-t", "0", "-s", *SPEAKERS,
-                           "-f0p", "fcpe", "-d", "cpu"], work)
+    options = ["-c", "configs/config.json", "-n", SOURCE, "-t", "0", "-s", *SPEAKERS, "-f0p", "fcpe", "-d", "cpu"]
+    run("3.1 conversion", ["inference_main.py", "-m", str(checkpoint.relative_to(work)), *options], work)
+    # The inference-only release file (tutorial 5.1) serves the second pass.
+    run("5.1 release file", ["compress_model.py", "-c", "configs/config.json", "-i",
+                             str(checkpoint.relative_to(work)), "-o", RELEASE], work)
+    if diffusion:
+        expdir = work / "logs" / "44k" / "diffusion"
+        model = max(expdir.glob("model_*.pt"), key=lambda p: int(p.stem[len("model_"):]))
+        run("3.1 shallow diffusion", ["inference_main.py", "-m", RELEASE, *options, "-shd",
+                                      "-dm", str(model.relative_to(work)), "-dc", "logs/44k/diffusion/config.yaml",
+                                      "-ks", str(SHALLOW_K_STEP)], work)
     results = sorted((work / "results").iterdir())
-    print("\nDemo finished. Converted audio (one file per speaker):")
+    print("\nDemo finished. Converted audio (one file per speaker and mode):")
     for path in results:
         print(f"  {path}")
     return 0 if results else 1
