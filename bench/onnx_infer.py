@@ -35,18 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOISE_SCALE = 0.35
 NOISE_SEED = 4321
 PATHS = ("PyTorch infer", "PyTorch export variant", "onnxruntime")
-# A few-thousand-parameter generator with every block of the real one: for smoke tests only.
-TINY_MODEL = {
-    "inter_channels": 8, "hidden_channels": 8, "filter_channels": 16, "n_heads": 2, "n_layers": 1,
-    "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3],
-    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
-    "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 1,
-    "n_layers_trans_flow": 1, "n_flow_layer": 1, "use_spectral_norm": False, "gin_channels": 8,
-    "ssl_dim": 16, "n_speakers": 1, "vocoder_name": "nsf-hifigan", "speech_encoder": "vec768l12",
-    "speaker_embedding": False, "vol_embedding": False, "use_depthwise_conv": False,
-    "flow_share_parameter": False, "use_automatic_f0_prediction": True, "use_transformer_flow": False,
-    "sampling_rate": 44100,
-}
 
 
 @dataclass
@@ -115,13 +103,16 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         sys.path.insert(0, str(ROOT))
     import onnxruntime as ort
 
-    from bench.synth_infer import BenchConfig, build_model, load_config, machine_description, make_inputs
+    from bench.synth_infer import TINY_MODEL, BenchConfig, build_model, load_config, machine_description, make_inputs
     from onnxexport.model_onnx import SynthesizerTrnOnnx, export_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    cfg = BenchConfig(1025, 20, dict(TINY_MODEL), 44100, 512) if args.tiny else load_config(args.config, 1)
+    if args.tiny:
+        cfg = BenchConfig(1025, 20, {**TINY_MODEL, "sampling_rate": 44100}, 44100, 512)
+    else:
+        cfg = load_config(args.config, 1)
     net = build_model(cfg)
     net.remove_weight_norm()
     model = SynthesizerTrnOnnx(net).eval()

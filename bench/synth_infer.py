@@ -33,6 +33,17 @@ DEFAULT_CONFIG = ROOT / "configs_template" / "config_template.json"
 FALLBACK_MANIFEST = ROOT.parent / "shared" / "fixtures" / "sovits41" / "manifests" / "synthesizer_default.json"
 WEIGHT_SEED = 1234
 INPUT_SEED = 20240
+# A generator of a few thousand values with every block of the real one, for smoke runs of the benches.
+TINY_MODEL = {
+    "inter_channels": 8, "hidden_channels": 8, "filter_channels": 16, "n_heads": 2, "n_layers": 1,
+    "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
+    "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 1,
+    "n_layers_trans_flow": 1, "n_flow_layer": 1, "use_spectral_norm": False, "gin_channels": 8,
+    "ssl_dim": 16, "n_speakers": 1, "vocoder_name": "nsf-hifigan", "speech_encoder": "vec768l12",
+    "speaker_embedding": False, "vol_embedding": False, "use_depthwise_conv": False,
+    "flow_share_parameter": False, "use_automatic_f0_prediction": True, "use_transformer_flow": False,
+}
 INFER_SEED = 52468
 # Trained flows are far from the identity; the zero-initialised coupling outputs get this std.
 FLOW_POST_STD = 0.02

@@ -11,16 +11,9 @@ import torch
 from bench import synth_infer
 from conftest import FIXTURES
 
-TINY_MODEL = {
-    "inter_channels": 8, "hidden_channels": 8, "filter_channels": 16, "n_heads": 2, "n_layers": 1,
-    "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3],
-    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
-    "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 3,
-    "n_layers_trans_flow": 3, "n_flow_layer": 2, "use_spectral_norm": False, "gin_channels": 8,
-    "ssl_dim": 16, "n_speakers": 200, "vocoder_name": "nsf-hifigan", "speech_encoder": "vec768l12",
-    "speaker_embedding": False, "vol_embedding": False, "use_depthwise_conv": False,
-    "flow_share_parameter": False, "use_automatic_f0_prediction": True, "use_transformer_flow": False,
-}
+# Deeper posterior encoder and flow than the benches' smoke model, and many speakers.
+TINY_MODEL = {**synth_infer.TINY_MODEL, "n_layers_q": 3, "n_layers_trans_flow": 3, "n_flow_layer": 2,
+              "n_speakers": 200}
 
 
 @pytest.fixture()

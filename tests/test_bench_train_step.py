@@ -11,21 +11,13 @@ import torch
 from torch import nn
 
 from bench import train_step
+from bench.synth_infer import TINY_MODEL
 from modules.hparams import HParams, load_config
 from modules.mel_processing import spectrogram_torch
 
 # The template's train/data sections with a very small generator and a 4-frame segment, so a
 # step (the discriminator keeps its fixed 4.1 size) takes a fraction of a second.
-MICRO_MODEL = {
-    "inter_channels": 8, "hidden_channels": 8, "filter_channels": 16, "n_heads": 2, "n_layers": 1,
-    "kernel_size": 3, "p_dropout": 0.1, "resblock": "1", "resblock_kernel_sizes": [3],
-    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_rates": [8, 8, 2, 2, 2],
-    "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 4, 4, 4], "n_layers_q": 1,
-    "n_layers_trans_flow": 1, "n_flow_layer": 1, "use_spectral_norm": False, "gin_channels": 8,
-    "ssl_dim": 16, "n_speakers": 4, "vocoder_name": "nsf-hifigan", "speech_encoder": "vec768l12",
-    "speaker_embedding": False, "vol_embedding": True, "use_depthwise_conv": False,
-    "flow_share_parameter": False, "use_automatic_f0_prediction": True, "use_transformer_flow": False,
-}
+MICRO_MODEL = {**TINY_MODEL, "n_speakers": 4, "vol_embedding": True}
 
 
 class SmallDiscriminator(nn.Module):
