@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from models import build_synthesizer
-    from modules.checkpoint import CheckpointError
-    from modules.hparams import ConfigError
-    from modules.model_files import compress_model, load_model_config
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
+    from export.model_files import compress_model, load_model_config
 
     try:
         if not os.path.isfile(args.input):

@@ -23,16 +23,16 @@ import soundfile as sf
 import torch
 import torch.utils.data
 
-import utils
-from modules.checkpoint import CheckpointError, safe_torch_load
-from modules.hparams import HParams, write_atomic
+from modules import f0 as f0_math
+from core.checkpoint import CheckpointError, safe_torch_load
+from core.atomic import write_atomic
+from core.config import HParams
 from modules.mel_processing import spectrogram_torch
-from modules.npy_io import load_f0, load_npy
+from core.features import DatasetError, feature_path, load_f0, load_npy, read_filelist, spec_path, speaker_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "Item", "TextAudioCollate", "TextAudioSpeakerLoader", "read_filelist",
-           "spec_path", "speaker_of"]
+__all__ = ["Item", "TextAudioCollate", "TextAudioSpeakerLoader"]
 
 # (c, f0, spec, audio, speaker id, uv, volume) as 4.1 returns it.
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
@@ -50,51 +50,6 @@ UNITS_PER_SECOND = 50.0
 LIST_PROBLEMS = 20
 # Clips longer than this are worth a warning: loading them costs memory although only 790 frames train.
 LONG_CLIP_SECONDS = 20
-
-
-class DatasetError(ValueError):
-    """The file lists, the config and the files on disk do not fit together (message says how to fix)."""
-
-
-def read_filelist(path: str | os.PathLike) -> list[str]:
-    """Clip paths of a file list: field 0 of each `|`-separated line, blank lines ignored (UTF-8).
-
-    Raises:
-        DatasetError: the list is missing, not UTF-8, or names no clip.
-    """
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise DatasetError(f"file list {name} not found; run python preprocess_flist_config.py first")
-    try:
-        with open(name, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise DatasetError(f"{name} is not UTF-8 (written by an older tool?); re-run "
-                           "python preprocess_flist_config.py") from None
-    paths = [line.strip().split("|")[0] for line in lines if line.strip()]
-    if not paths:
-        raise DatasetError(f"{name} lists no clips. Put clips in dataset_raw/<speaker>/, run resample.py "
-                           "and preprocess_flist_config.py again (a speaker needs at least 3 clips: "
-                           "the first 2 go to the validation list).")
-    return paths
-
-
-def speaker_of(path: str) -> str:
-    """Speaker of a list entry: its parent folder name (either slash style)."""
-    parts = path.replace("\\", "/").split("/")
-    return parts[-2] if len(parts) >= 2 else ""
-
-
-def spec_path(wav_path: str) -> str:
-    """`X.wav` -> `X.spec.pt`; only the final suffix is replaced (quirk 53)."""
-    return (wav_path[: -len(".wav")] if wav_path.endswith(".wav") else wav_path) + ".spec.pt"
-
-
-def _feature_paths(wav: str, with_volume: bool) -> dict[str, str]:
-    paths = {"units": f"{wav}.soft.pt", "f0": f"{wav}.f0.npy"}
-    if with_volume:
-        paths["volume"] = f"{wav}.vol.npy"
-    return paths
 
 
 class TextAudioSpeakerLoader(torch.utils.data.Dataset):
@@ -155,7 +110,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
                 continue
             if seconds > LONG_CLIP_SECONDS:
                 long_clips.append(path)
-            missing = [p for p in _feature_paths(path, self.vol_emb).values() if not os.path.isfile(p)]
+            missing = [p for p in (feature_path(path, k) for k in ("units", "f0", "volume") if k != "volume" or self.vol_emb) if not os.path.isfile(p)]
             if missing:
                 skipped.append((path, f"missing {', '.join(missing)} (run python preprocess_hubert_f0.py)"))
                 continue
@@ -268,7 +223,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         if not 0.5 * seconds * UNITS_PER_SECOND - 2 <= units.shape[1] <= 1.5 * seconds * UNITS_PER_SECOND + 2:
             raise ValueError(f"{path}.soft.pt has {units.shape[1]} unit frames for a {seconds:.2f} s clip "
                              "(stale file from another clip?)")
-        c = utils.repeat_expand_2d(units.float(), f0.shape[0], mode=self.unit_interpolate_mode)
+        c = f0_math.repeat_expand_2d(units.float(), f0.shape[0], mode=self.unit_interpolate_mode)
         volume = None
         if self.vol_emb:
             volume = torch.from_numpy(np.asarray(load_npy(f"{path}.vol.npy"), dtype=np.float32)).reshape(-1)

@@ -189,7 +189,7 @@ def shrink_diffusion_config(config_path: Path, train_list: Path, steps: int, ssl
     train_diff.py runs `train.epochs` whole epochs of ceil(clips / batch_size) batches, so the epochs
     are rounded up to cover `steps`; validation and the checkpoint come once, at the last step.
     """
-    from modules.hparams import load_config, save_config
+    from core.config import load_config, save_config
 
     cfg = load_config(config_path).to_dict()
     cfg["model"].update(DEMO_DIFFUSION)

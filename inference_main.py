@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from inference.model_loader import ModelConfigMismatch
     from inference.speaker_mix import SpkMixError, validate_spk_mix_map
     from modules.audio_io import AudioReadError
-    from modules.checkpoint import CheckpointError
-    from modules.hparams import ConfigError
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
     from vdecoder.nsf_hifigan.models import VocoderLoadError
 
     user_errors = (SvcError, ModelConfigMismatch, SpkMixError, ConfigError, CheckpointError,

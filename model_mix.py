@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rates = args.rate if args.rate is not None else [100.0] * len(args.input)
 
-    from modules.checkpoint import CheckpointError
-    from modules.hparams import ConfigError
-    from modules.model_files import load_model_config, mix_model, mix_weights
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
+    from export.model_files import load_model_config, mix_model, mix_weights
 
     try:
         net_g = None

@@ -6,17 +6,20 @@ Attribute names are the state-dict contract with so-vits-svc 4.1 checkpoints
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import utils
 from modules import attentions, commons
+from modules import f0 as f0_math
 from modules.commons import WNConv1d, WNConv2d, get_padding
 from modules.modules import WN, residual_coupling_block, transformer_coupling_block
 from vdecoder.hifigan.models import Generator
+
+if TYPE_CHECKING:
+    from core.config import HParams
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class F0Decoder(nn.Module):
         return self.proj(x) * x_mask
 
 
-def build_synthesizer(hps: "utils.HParams") -> "SynthesizerTrn":
+def build_synthesizer(hps: "HParams") -> "SynthesizerTrn":
     """The generator a config describes, built as 4.1 builds it: ``SynthesizerTrn(filter_length // 2 + 1,
     segment_size // hop_length, **hps.model)``; missing data/train sizes take the template values
     (2048, 10240, 512), so inference-only configs build too. Weights are freshly initialised."""
@@ -229,11 +232,11 @@ class SynthesizerTrn(nn.Module):
         x = self.frame_input(c, uv, x_mask, vol)
         if self.use_automatic_f0_prediction:
             lf0 = f0_to_lf0(f0)
-            norm_lf0 = utils.normalize_f0(lf0, x_mask, uv)
+            norm_lf0 = f0_math.normalize_f0(lf0, x_mask, uv)
             pred_lf0 = self.f0_decoder(x, norm_lf0, x_mask, spk_emb=g)
         else:
             lf0 = norm_lf0 = pred_lf0 = 0
-        _, m_p, logs_p, _ = self.enc_p(x, x_mask, f0=utils.f0_to_coarse(f0))
+        _, m_p, logs_p, _ = self.enc_p(x, x_mask, f0=f0_math.f0_to_coarse(f0))
         z, m_q, logs_q, spec_mask = self.enc_q(spec, spec_lengths, g=g)
         z_p = self.flow(z, spec_mask, g=g)
         z_slice, pitch_slice, ids_slice = commons.rand_slice_segments_with_pitch(
@@ -257,9 +260,9 @@ class SynthesizerTrn(nn.Module):
         g = self.speaker_condition(g)
         x = self.frame_input(c, uv, x_mask, vol)
         if self.use_automatic_f0_prediction and predict_f0:
-            norm_lf0 = utils.normalize_f0(f0_to_lf0(f0), x_mask, uv, random_scale=False)
+            norm_lf0 = f0_math.normalize_f0(f0_to_lf0(f0), x_mask, uv, random_scale=False)
             f0 = lf0_to_f0(self.f0_decoder(x, norm_lf0, x_mask, spk_emb=g))
-        z_p, _, _, c_mask = self.enc_p(x, x_mask, f0=utils.f0_to_coarse(f0), noise_scale=noice_scale,
+        z_p, _, _, c_mask = self.enc_p(x, x_mask, f0=f0_math.f0_to_coarse(f0), noise_scale=noice_scale,
                                        generator=generator)
         z = self.flow(z_p, c_mask, g=g, reverse=True)
         o = self.dec(z * c_mask, f0, g=g, generator=generator)

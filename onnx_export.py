@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run onnx_export.py with `argv` (default: sys.argv[1:]); returns the exit code."""
     args = build_parser().parse_args(argv)
 
-    from modules.checkpoint import CheckpointError
-    from modules.hparams import ConfigError
-    from onnxexport import export_folder
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
+    from export.onnx import export_folder
 
     try:
         result = export_folder(args.model_name, args.checkpoints_dir)

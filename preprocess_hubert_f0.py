@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     log = logging.getLogger("preprocess_hubert_f0")
 
-    from modules.checkpoint import CheckpointError
-    from modules.hparams import ConfigError, load_config
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError, load_config
     from prep.features import extract_features, settings_from_config
 
     try:

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.feature_index import INDEX_FILE_NAME, save_index_file, train_index
     from cluster.units import UnitFileError
-    from modules.hparams import ConfigError, load_config
+    from core.config import ConfigError, load_config
 
     try:
         hps = load_config(args.config)

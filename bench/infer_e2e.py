@@ -106,7 +106,7 @@ def build_project(workdir: Path, config: Path) -> tuple[Path, Path]:
     """
     from bench.preprocess import install_encoder
     from bench.synth_infer import build_model, load_config
-    from modules.checkpoint import save_checkpoint
+    from core.checkpoint import save_checkpoint
 
     raw = json.loads(config.read_text())
     raw["model"]["n_speakers"] = 1

@@ -2,7 +2,7 @@
 
 The model is ``SynthesizerTrn`` at the sizes of ``configs_template/config_template.json`` (``--tiny``:
 a micro model for smoke tests) with seeded random weights and one speaker, weight norm folded. It is
-exported with ``onnxexport.export_onnx`` exactly as ``onnx_export.py`` does (opset 16, 200 trace
+exported with ``export.onnx.export_onnx`` exactly as ``onnx_export.py`` does (opset 16, 200 trace
 frames, real source randomness) to a temporary folder. Three paths synthesise the same fixed
 inputs (bench/synth_infer.py's ``make_inputs``: seeded units, a sung glide, 90 % voiced):
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     import onnxruntime as ort
 
     from bench.synth_infer import TINY_MODEL, BenchConfig, build_model, load_config, machine_description, make_inputs
-    from onnxexport.model_onnx import SynthesizerTrnOnnx, export_onnx
+    from export.model_onnx import SynthesizerTrnOnnx, export_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -121,7 +121,7 @@ def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int 
     this in a fresh process for a clean figure); on CUDA it is max_memory_allocated over the steps.
     """
     _ensure_path()
-    from modules.hparams import load_config
+    from core.config import load_config
     from training.loop import RunContext, Trainer
 
     class _NoDataTrainer(Trainer):

@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 
-from modules.checkpoint import CheckpointError, CheckpointNotFoundError, safe_torch_load
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, safe_torch_load
 
 __all__ = [
     "ClusterFileError",

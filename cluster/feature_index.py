@@ -21,8 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files
-from modules.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
-from modules.hparams import write_atomic
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from core.atomic import write_atomic
 
 __all__ = [
     "INDEX_FILE_NAME",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cluster.units import UnitFileError, list_speakers, load_unit_rows, speaker_unit_files
-from modules.hparams import write_atomic
+from core.atomic import write_atomic
 
 __all__ = [
     "KMEANS_FILE_NAME",

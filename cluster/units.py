@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from modules.checkpoint import safe_torch_load
+from core.checkpoint import safe_torch_load
 
 __all__ = ["UnitFileError", "list_speakers", "load_unit_rows", "speaker_unit_files"]
 

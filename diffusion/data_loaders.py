@@ -30,11 +30,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import utils
-from data_utils import DatasetError, read_filelist, speaker_of
-from modules.checkpoint import CheckpointError, safe_torch_load
-from modules.hparams import HParams
-from modules.npy_io import load_f0, load_npy
+from modules import f0 as f0_math
+from core.features import DatasetError, read_filelist, speaker_of
+from core.checkpoint import CheckpointError, safe_torch_load
+from core.config import HParams
+from core.features import load_f0, load_npy
 
 logger = logging.getLogger("diffusion")
 
@@ -190,7 +190,7 @@ class AudioDataset(Dataset):
     def _stretched_units(self, path: str, frames: int) -> torch.Tensor:
         """Units stretched to the F0 frame count: [frames, C]."""
         units = self._units(path)
-        return utils.repeat_expand_2d(units, frames, self.unit_interpolate_mode).transpose(0, 1)
+        return f0_math.repeat_expand_2d(units, frames, self.unit_interpolate_mode).transpose(0, 1)
 
     def _mel_array(self, path: str, suffix: str) -> np.ndarray:
         file = path + suffix

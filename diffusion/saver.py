@@ -26,10 +26,11 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from modules.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
-from modules.hparams import HParams, save_config, write_atomic
-from modules.run_log import attached_handlers
-from training.summary import Summary, plot_spectrogram_to_numpy
+from core.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
+from core.atomic import write_atomic
+from core.config import HParams, save_config
+from core.runlog import attached_handlers
+from core.runlog import Summary, plot_spectrogram_to_numpy
 
 logger = logging.getLogger("diffusion")
 

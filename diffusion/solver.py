@@ -33,8 +33,8 @@ from diffusion.saver import ResumeState, Saver, load_model, run_logging
 from diffusion.unit2mel import Unit2Mel
 from diffusion.vocoder import VOCODERS, Vocoder
 from modules.audio_io import read_audio_mono, resample_audio
-from modules.checkpoint import CheckpointError
-from modules.hparams import ConfigError, HParams, load_config
+from core.checkpoint import CheckpointError
+from core.config import ConfigError, HParams, load_config
 from training.launch import StopFlag
 from vdecoder.nsf_hifigan.models import VocoderLoadError
 

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from diffusion.diffusion import GaussianDiffusion, NoiseFn, effective_k_step_max
 from diffusion.wavenet import WaveNet
-from modules.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
-from modules.hparams import ConfigError, ConfigNotFoundError, HParams, load_config
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
+from core.config import ConfigError, ConfigNotFoundError, HParams, load_config
 
 if TYPE_CHECKING:
     from diffusion.vocoder import Vocoder

@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-import utils
+from modules import f0 as f0_math
 from inference.feature_mix import UnitMixer, load_unit_mixer
 from inference.model_loader import (ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits,
                                     resolve_device)
@@ -35,12 +35,12 @@ from inference.slice_loop import iter_song
 from inference.slicer import AudioSource, FileSource, rms_frames
 from modules.audio_resample import resample
 from modules.F0Predictor import get_f0_predictor
-from modules.hparams import load_config
+from core.config import load_config
 from modules.mel_processing import volume_extract
 from vencoder import get_speech_encoder
 
 if TYPE_CHECKING:
-    from modules.enhancer import Enhancer
+    from inference.enhancer import Enhancer
 
 __all__ = ["F0FilterException", "InferOptions", "SEED", "Svc", "SvcError", "change_rms", "fill_a_to_b",
            "format_wav", "pad_array"]
@@ -219,7 +219,7 @@ class Svc:
         self.spk_mix_enable = True
 
     def _load_enhancer(self, path: str) -> "Enhancer":
-        from modules.enhancer import Enhancer
+        from inference.enhancer import Enhancer
 
         if not os.path.isfile(path) and os.path.isfile(path + ".ckpt"):
             raise FileNotFoundError(f"{path} not found but {path}.ckpt is there: the 2024.02 NSF-HiFiGAN release "
@@ -279,7 +279,7 @@ class Svc:
         """Speech-encoder units of a piece [L] at the model rate, stretched to n_frames: [C, T]."""
         wav16k = resample(wav.float().to(self.dev)[None], self.target_sample, 16000)[0]
         c = self.hubert_model.encoder(wav16k)
-        return utils.repeat_expand_2d(c.squeeze(0), n_frames, self.unit_interpolate_mode)
+        return f0_math.repeat_expand_2d(c.squeeze(0), n_frames, self.unit_interpolate_mode)
 
     def _convert(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                  frame: int = 0) -> tuple[torch.Tensor, int]:

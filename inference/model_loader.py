@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from models import SynthesizerTrn, build_synthesizer
-from modules.checkpoint import load_model_state, read_checkpoint
-from modules.hparams import HParams
+from core.checkpoint import load_model_state, read_checkpoint
+from core.config import HParams
 from vencoder import ENCODER_DIMS
 
 __all__ = ["LoadedModel", "ModelConfigMismatch", "check_encoder_width", "infer_speech_encoder", "load_sovits",

@@ -23,7 +23,7 @@ from modules.mel_processing import volume_extract
 if TYPE_CHECKING:
     from diffusion.unit2mel import Unit2Mel
     from diffusion.vocoder import Vocoder
-    from modules.hparams import HParams
+    from core.config import HParams
 
 __all__ = ["DiffusionSide", "NO_DIFFUSION", "load_diffusion"]
 

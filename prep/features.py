@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
-from modules.checkpoint import CheckpointError, safe_torch_load
-from modules.hparams import HParams, write_atomic
+from core.checkpoint import CheckpointError, safe_torch_load
+from core.atomic import write_atomic
+from core.config import HParams
 from modules.mel_processing import spectrogram_torch, volume_extract
-from modules.npy_io import save_f0, save_npy, save_object_npy
+from core.features import feature_path, save_f0, save_npy, save_object_npy
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +89,6 @@ def list_clips(in_dir: str | os.PathLike) -> list[Path]:
     return clips
 
 
-def spec_path_of(wav: Path) -> Path:
-    """``X.wav`` -> ``X.spec.pt`` (only the final suffix is replaced; quirk 53)."""
-    return wav.with_name(wav.name[: -len(".wav")] + ".spec.pt") if wav.name.endswith(".wav") else Path(str(wav) + ".spec.pt")
-
-
 class FeatureExtractor:
     """Loads the encoder, F0 predictor (and vocoder mel) once; ``process(clip)`` writes one clip's files."""
 
@@ -134,11 +130,9 @@ class FeatureExtractor:
     def process(self, clip: Path) -> bool:
         """Write the missing feature files of one clip; returns True when anything was computed."""
         s = self.s
-        targets = {
-            "soft": Path(f"{clip}.soft.pt"), "f0": Path(f"{clip}.f0.npy"), "spec": spec_path_of(clip),
-            "vol": Path(f"{clip}.vol.npy"), "mel": Path(f"{clip}.mel.npy"),
-            "aug_mel": Path(f"{clip}.aug_mel.npy"), "aug_vol": Path(f"{clip}.aug_vol.npy"),
-        }
+        targets = {name: Path(feature_path(clip, kind)) for name, kind in (
+            ("soft", "units"), ("f0", "f0"), ("spec", "spec"), ("vol", "volume"), ("mel", "mel"),
+            ("aug_mel", "aug_mel"), ("aug_vol", "aug_vol"))}
         want_vol = s.vol_embedding or s.use_diff
         todo = {
             "soft": not self._units_ok(targets["soft"]),

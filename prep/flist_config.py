@@ -23,16 +23,15 @@ from typing import Any
 
 import soundfile as sf
 
-from modules.hparams import ConfigError, dump_config, load_config
-from prep import write_bytes_atomic
+from core.atomic import write_bytes_atomic
+from core.config import ConfigError, dump_config, load_config
+from core.features import DatasetError, list_speakers
 from vencoder import ENCODER_DIMS  # output width per `--speech_encoder` name (formats.md §4.3)
 
 __all__ = [
-    "DatasetError",
     "FlistConfigResult",
     "assign_speaker_ids",
     "clip_duration",
-    "list_speakers",
     "patch_diffusion_config",
     "patch_sovits_config",
     "preprocess_flist_config",
@@ -49,10 +48,6 @@ VAL_CLIPS_PER_SPEAKER = 2
 TINY_FILTER_CHANNELS = 512
 # Characters that break the one-path-per-line list format (the reader splits on "|").
 _LIST_BREAKERS = ("|", "\n", "\r")
-
-
-class DatasetError(ValueError):
-    """The dataset folder cannot be turned into file lists (message names the files and the fix)."""
 
 
 @dataclass
@@ -73,20 +68,6 @@ def risky_characters(name: str) -> list[str]:
     """Characters of `name` outside ASCII, in order of appearance (what can trip up encodings, tools
     and other OSes; hyphens and spaces are fine and not reported, unlike 4.1's warning)."""
     return list(dict.fromkeys(c for c in name if ord(c) > 127))
-
-
-def list_speakers(source_dir: PathLike) -> list[str]:
-    """Speaker folders of the dataset: non-hidden sub-directories, sorted by name (quirks 37, 51, 52).
-
-    Raises:
-        DatasetError: `source_dir` is missing.
-    """
-    if not os.path.isdir(source_dir):
-        raise DatasetError(f"dataset folder {os.fspath(source_dir)} not found: run python resample.py first")
-    return sorted(
-        name for name in os.listdir(source_dir)
-        if not name.startswith(".") and os.path.isdir(os.path.join(source_dir, name))
-    )
 
 
 def clip_duration(path: PathLike, sampling_rate: int = 44100) -> float:

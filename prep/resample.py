@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
-from prep import write_bytes_atomic
+from core.atomic import write_bytes_atomic
 
 __all__ = [
     "ClipJob",

@@ -12,7 +12,7 @@ from torch import nn
 
 from bench import train_step
 from bench.synth_infer import TINY_MODEL
-from modules.hparams import HParams, load_config
+from core.config import HParams, load_config
 from modules.mel_processing import spectrogram_torch
 
 # The template's train/data sections with a very small generator and a 4-frame segment, so a

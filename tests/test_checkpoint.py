@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conftest import FIXTURES
-from modules.checkpoint import (
+from core.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
     UnsafeCheckpointError,
@@ -147,7 +147,7 @@ def test_release_files_load_quietly(name, dtype, fmt, caplog):
     rel = fmt["release_checkpoint_compress_model"]
     assert len(full) - len(release["model"]) == rel["removed_key_count_here"]
     model = module_from_state_dict(full, fill=0.5)
-    with caplog.at_level(logging.DEBUG, logger="modules.checkpoint"):
+    with caplog.at_level(logging.DEBUG, logger="core.checkpoint"):
         _, _, lr, it = load_checkpoint(SYNTH / "base_vec768" / name, model, adamw(model))
     assert (lr, it) == (rel["learning_rate"], rel["iteration"])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -178,7 +178,7 @@ def test_lenient_load_reports_missing_extra_and_mis_shaped(caplog):
     sd["extra.weight"] = torch.ones(1)  # unexpected
     target = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    with caplog.at_level(logging.WARNING, logger="modules.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="core.checkpoint"):
         report = load_model_state(target, sd, "x.pth")
     assert report.mismatched == [("0.weight", (5, 3), (4, 3))]
     assert report.missing == ["1.bias"] and report.unexpected == ["extra.weight"]

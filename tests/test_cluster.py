@@ -19,7 +19,7 @@ import cluster
 from cluster import ClusterFileError, ClusterModel, load_cluster_or_index
 from cluster.kmeans import TooFewFramesError, torch_kmeans, train_cluster
 from cluster.units import load_unit_rows, speaker_unit_files
-from modules.checkpoint import UnsafeCheckpointError
+from core.checkpoint import UnsafeCheckpointError
 
 FOLDER = FIXTURES / "cluster"
 ATOL = 1e-4  # fixtures README default for features

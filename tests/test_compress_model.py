@@ -14,9 +14,9 @@ from torch import nn
 import compress_model
 from conftest import DATA, FIXTURES, VENCODER_FIXTURES, load_fixture, zeroed_rng
 from inference.model_loader import load_sovits
-from modules.checkpoint import safe_torch_load
-from modules.hparams import load_config
-from modules.model_files import ReleaseCheckpointError, default_release_path
+from core.checkpoint import safe_torch_load
+from core.config import load_config
+from export.model_files import ReleaseCheckpointError, default_release_path
 from training.resume import restore
 
 BASE = FIXTURES / "synth" / "base_vec768"
@@ -144,7 +144,7 @@ def test_svc_loads_release_files(made: Path, tmp_path) -> None:
     """Svc end to end (48-dim tiny ContentVec): the release converts exactly like the full file."""
     from inference.infer_tool import InferOptions, Svc
     from models import SynthesizerTrn
-    from modules.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+    from core.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 
     import soundfile as sf
 

@@ -15,10 +15,11 @@ import soundfile as sf
 import torch
 
 from conftest import ROOT, VENCODER_FIXTURES
-from data_utils import DatasetError, TextAudioCollate, TextAudioSpeakerLoader, spec_path
-from modules.hparams import HParams
+from core.features import DatasetError, spec_path
+from data_utils import TextAudioCollate, TextAudioSpeakerLoader
+from core.config import HParams
 from modules.mel_processing import spectrogram_torch
-from modules.npy_io import save_f0, save_npy
+from core.features import save_f0, save_npy
 
 HOP = 512
 

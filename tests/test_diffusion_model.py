@@ -20,8 +20,8 @@ from diffusion.diffusion import DiffusionStepError, GaussianDiffusion
 from diffusion.samplers import SAMPLERS, get_sampler
 from diffusion.unit2mel import Unit2Mel, load_diffusion_model
 from diffusion.wavenet import WaveNet
-from modules.checkpoint import CheckpointError, CheckpointNotFoundError
-from modules.hparams import ConfigNotFoundError
+from core.checkpoint import CheckpointError, CheckpointNotFoundError
+from core.config import ConfigNotFoundError
 
 DIR = FIXTURES / "diffusion"
 SHALLOW_TOL = 1e-4  # README: shallow cases abs 1e-4

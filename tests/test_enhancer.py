@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, load_fixture
-from modules.enhancer import Enhancer
+from inference.enhancer import Enhancer
 from conftest import zeroed_rng
 
 MODEL = FIXTURES / "nsf_hifigan" / "model_dir" / "model"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, f0_case_names
-from modules.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
 from modules.F0Predictor.fcpe.inference import FCPEConfig, load_fcpe
 from modules.F0Predictor.FCPEF0Predictor import FCPEF0Predictor

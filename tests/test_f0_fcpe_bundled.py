@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from modules.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
 from modules.F0Predictor.fcpe import bundled
 from modules.F0Predictor.fcpe.bundled import BundledFCPEInfer, bundled_config

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, f0_case_names
-from modules.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
 from modules.F0Predictor.rmvpe.decode import local_average
 from modules.F0Predictor.rmvpe.inference import RMVPE, load_rmvpe, rmvpe_mel

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import FIXTURES, ROOT
-from modules.hparams import (
-    SOVITS_FIELDS,
+from core.atomic import write_atomic
+from core.config import (
     ConfigError,
     ConfigNotFoundError,
     HParams,
@@ -20,9 +20,8 @@ from modules.hparams import (
     get_hparams_from_file,
     load_config,
     save_config,
-    validate_sovits_config,
-    write_atomic,
 )
+from core.schema import SOVITS_FIELDS, validate_sovits_config
 
 TEMPLATES = ROOT / "configs_template"
 MANIFESTS = FIXTURES / "manifests"

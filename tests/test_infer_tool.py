@@ -24,7 +24,7 @@ from inference.model_loader import ModelConfigMismatch
 from inference.slice_loop import mix_frame_budget
 from inference.slicer import FileSource, slice_source
 from inference.speaker_mix import SpkMixError, build_mix_weights, validate_spk_mix_map
-from modules.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from core.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from vencoder.encoder import PretrainNotFoundError
 
 SYNTH = FIXTURES / "synth" / "base_vec768"
@@ -265,7 +265,7 @@ def test_loudness_envelope_adjustment(svc: Svc, ws: Path) -> None:
 
 
 def test_enhancer_is_the_vocoder_pass_over_the_sovits_output(svc: Svc, ws: Path, spy: list) -> None:
-    from modules.enhancer import Enhancer
+    from inference.enhancer import Enhancer
 
     wav = _short(ws)
     plain, _ = svc.convert_piece(wav, "speaker1", InferOptions())

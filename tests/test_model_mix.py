@@ -14,9 +14,9 @@ import model_mix
 import utils
 from conftest import FIXTURES, load_fixture, zeroed_rng
 from inference.model_loader import load_sovits
-from modules.checkpoint import safe_torch_load
-from modules.hparams import load_config
-from modules.model_files import ModelFileError, mix_weights
+from core.checkpoint import safe_torch_load
+from core.config import load_config
+from export.model_files import ModelFileError, mix_weights
 
 BASE = FIXTURES / "synth" / "base_vec768"
 AUDIO_TOL = 1e-4

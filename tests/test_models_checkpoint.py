@@ -9,7 +9,7 @@ import torch
 
 from conftest import FIXTURES, zeroed_rng
 from models import SynthesizerTrn
-from modules.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
+from core.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
 
 BASE = FIXTURES / "synth" / "base_vec768"
 

@@ -23,8 +23,8 @@ import torch
 
 import onnx_export
 from conftest import FIXTURES, load_fixture, zeroed_rng
-from onnxexport import export_folder, load_model
-from onnxexport.model_onnx import OPSET, SynthesizerTrnOnnx, frame_source_decoder
+from export.onnx import export_folder, load_model
+from export.model_onnx import OPSET, SynthesizerTrnOnnx, frame_source_decoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

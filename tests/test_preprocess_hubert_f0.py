@@ -20,8 +20,8 @@ import preprocess_flist_config
 import preprocess_hubert_f0
 import resample
 from conftest import DATA, FIXTURES, ROOT, VENCODER_FIXTURES
-from modules.checkpoint import safe_torch_load
-from modules.npy_io import load_f0, load_npy
+from core.checkpoint import safe_torch_load
+from core.features import load_f0, load_npy
 
 SPEAKERS = {"kal": ["kal_01.wav", "kal_02.wav", "kal_03.wav"], "slt": ["slt_01.wav", "slt_02.wav", "slt_03.wav"],
             "lj": ["stereo48k_slt.wav", "こんにちは_テスト.wav"]}

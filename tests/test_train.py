@@ -29,8 +29,8 @@ import train
 from conftest import DATA, FIXTURES, ROOT, VENCODER_FIXTURES
 from data_utils import TextAudioSpeakerLoader
 from models import MultiPeriodDiscriminator, SynthesizerTrn
-from modules.checkpoint import load_model_state, read_checkpoint, safe_torch_load
-from modules.hparams import load_config
+from core.checkpoint import load_model_state, read_checkpoint, safe_torch_load
+from core.config import load_config
 from training.loop import RunContext, Trainer, TrainingError
 from training.resume import build_scheduler, restore
 

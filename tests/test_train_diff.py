@@ -25,10 +25,10 @@ from diffusion.solver import DiffusionTrainer, learning_rate_at, select_amp_dtyp
 from diffusion.unit2mel import Unit2Mel
 from diffusion.vocoder import Vocoder
 from modules.audio_io import write_wav_int16
-from modules.checkpoint import safe_torch_load
-from modules.hparams import load_config
+from core.checkpoint import safe_torch_load
+from core.config import load_config
 from modules.mel_processing import volume_extract
-from modules.npy_io import load_npy, save_f0, save_npy, save_object_npy
+from core.features import load_npy, save_f0, save_npy, save_object_npy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
-from modules.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError
 from vencoder import get_speech_encoder
 from vencoder.dphubert import DPHubertEncoder, DPHubertModel, dphubert_to_model_keys, load_dphubert
 from vencoder.encoder import PretrainNotFoundError

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
-from modules.checkpoint import CheckpointError, UnsafeCheckpointError
+from core.checkpoint import CheckpointError, UnsafeCheckpointError
 from utils import repeat_expand_2d
 from vencoder import ENCODER_DIMS, get_speech_encoder, speech_encoder_names
 from vencoder.encoder import PretrainNotFoundError

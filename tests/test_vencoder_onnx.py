@@ -18,7 +18,7 @@ pytest.importorskip("onnx")  # torch.onnx.export writes through it
 pytest.importorskip("onnxruntime")
 
 from conftest import VENCODER_FIXTURES, load_npz  # noqa: E402
-from modules.checkpoint import CheckpointError  # noqa: E402
+from core.checkpoint import CheckpointError  # noqa: E402
 from vencoder import _ENCODERS, ENCODER_DIMS, get_speech_encoder  # noqa: E402
 from vencoder.encoder import PretrainNotFoundError, SpeechEncoder  # noqa: E402
 from vencoder.hubert import FairseqHubertEncoder, HubertModel, load_hubert_checkpoint  # noqa: E402

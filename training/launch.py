@@ -28,15 +28,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data_utils import DatasetError
-from modules.checkpoint import CheckpointError
-from modules.run_log import attached_handlers
-from modules.hparams import ConfigError, HParams, load_config, validate_sovits_config, write_atomic
+from core.features import DatasetError
+from core.checkpoint import CheckpointError
+from core.runlog import StopFlag, attached_handlers
+from core.atomic import write_atomic
+from core.config import ConfigError, HParams, load_config
+from core.schema import validate_sovits_config
 from training.loop import RunContext, Trainer, TrainingError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StopFlag", "TrainOptions", "run_training"]
+__all__ = ["TrainOptions", "run_training"]
 
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 CONSOLE_FORMAT = "%(levelname)s:%(name)s:%(message)s"
@@ -55,39 +57,6 @@ class TrainOptions:
     device: str = "auto"
     nprocs: int | None = None
     num_workers: int | None = None
-
-
-class StopFlag:
-    """Signal handlers that turn SIGINT/SIGTERM into a polite stop request (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.at = 0.0
-        self._previous: dict[int, object] = {}
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.signum is not None and time.monotonic() - self.at > 1.0:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum, self.at = signum, time.monotonic()
-            logging.getLogger(__name__).warning(
-                "%s received: stopping after this step and saving a checkpoint (repeat to abort at once)",
-                signal.Signals(signum).name)
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._previous.clear()
-
-    def exit_code(self) -> int:
-        return 128 + self.signum if self.signum is not None else 0
 
 
 @contextmanager
@@ -205,7 +174,7 @@ def _spawn(world_size: int, device_type: str, hps: HParams, model_dir: str, num_
         for process in ctx.processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
-        stop._handle(signum, frame)
+        stop.handle(signum, frame)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

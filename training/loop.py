@@ -27,15 +27,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data_utils import DatasetError, TextAudioCollate, TextAudioSpeakerLoader, read_filelist
+from core.features import DatasetError, read_filelist
+from data_utils import TextAudioCollate, TextAudioSpeakerLoader
 from models import MultiPeriodDiscriminator, build_synthesizer
-from modules.checkpoint import clean_checkpoints, save_checkpoint
+from core.checkpoint import clean_checkpoints, save_checkpoint, unwrap_model
 from modules.commons import slice_segments
-from modules.hparams import HParams
+from core.config import HParams
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 from training.resume import ResumeState, build_scheduler, restore
-from training.summary import Summary, plot_data_to_numpy, plot_spectrogram_to_numpy
+from core.runlog import Summary, plot_data_to_numpy, plot_spectrogram_to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +62,6 @@ def _quiet_worker(_: int) -> None:
     # Ctrl+C reaches every process of the terminal's group; the main process handles it and stops
     # the workers itself, so a worker must not die on it mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 class Trainer:
@@ -207,7 +204,7 @@ class Trainer:
         # The generator pass needs gradients through D, not of D's weights (4.1 computed and then
         # discarded them, and all-reduced them under DDP): the bare module with frozen weights is
         # cheaper and gives the generator exactly the same gradients.
-        disc = _unwrap(self.net_d)
+        disc = unwrap_model(self.net_d)
         disc.requires_grad_(False)
         try:
             with self._autocast():
@@ -270,7 +267,7 @@ class Trainer:
         """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval` (pipeline.md §5.7)."""
         if self.eval_loader is None or self.summary_eval is None:
             return
-        gen = _unwrap(self.net_g)
+        gen = unwrap_model(self.net_g)
         gen.eval()
         audios: dict[str, torch.Tensor] = {}
         images: dict[str, Any] = {}

@@ -22,16 +22,18 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ExponentialLR
 
-from modules.checkpoint import (
+from core.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
-    _check_optimizer,  # the strict optimizer check of load_checkpoint, reused for its messages
+    ReleaseCheckpointError,
+    check_optimizer,
     checkpoint_step,
+    is_release_state,
     latest_checkpoint_path,
     load_model_state,
     read_checkpoint,
+    resume_refusal,
 )
-from modules.model_files import ReleaseCheckpointError, is_release_state, resume_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def _load(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
         _check_encoder(path, ckpt["model"], ssl_dim, speech_encoder)
     with_optimizer = ckpt["optimizer"] is not None
     if with_optimizer:
-        _check_optimizer(optimizer, ckpt["optimizer"], path, model)
+        check_optimizer(optimizer, ckpt["optimizer"], path, model)
     report = load_model_state(model, ckpt["model"], source=path)
     for key, saved, wanted in report.mismatched:
         logger.warning("%s: skipped %s (checkpoint %s, model %s); it keeps its fresh initial values",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
 from vencoder.encoder import SpeechEncoder, require_pretrain
 from vencoder.hubert import ConvFeatureExtractor, WeightNormConv1d
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from modules.checkpoint import CheckpointNotFoundError
+from core.checkpoint import CheckpointNotFoundError
 
 __all__ = ["PretrainNotFoundError", "SpeechEncoder", "require_pretrain", "resolve_device"]
 

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from modules.checkpoint import CheckpointError, UnsafeCheckpointError
+from core.checkpoint import CheckpointError, UnsafeCheckpointError
 
 __all__ = ["RestrictedUnpickler", "StandIn", "load_fairseq_checkpoint", "restricted_pickle_module", "to_plain"]
 

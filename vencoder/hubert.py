@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.checkpoint import CheckpointError, load_state_dict_strict
+from core.checkpoint import CheckpointError, load_state_dict_strict
 from vencoder.encoder import SpeechEncoder, require_pretrain
 from vencoder.fairseq_ckpt import load_fairseq_checkpoint
 

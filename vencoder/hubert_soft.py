@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from modules.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
 from vencoder.encoder import SpeechEncoder, require_pretrain
 from vencoder.hubert import HubertConfig, HubertModel
 

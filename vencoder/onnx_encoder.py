@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from modules.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError
 from vencoder.encoder import SpeechEncoder, require_pretrain
 
 __all__ = ["OnnxSpeechEncoder", "onnx_providers"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
 from vencoder.encoder import SpeechEncoder, require_pretrain
 from vencoder.fairseq_ckpt import load_fairseq_checkpoint
 from vencoder.hubert import HubertConfig, HubertModel, SelfAttention

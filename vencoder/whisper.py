@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
 from modules.mel_processing import mel_filterbank, stft_magnitude
 from vencoder.encoder import SpeechEncoder, require_pretrain
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from modules.hparams import HParams, load_config
+from core.config import HParams, load_config
 from modules.mel_processing import VocoderMel
 from vdecoder.hifigan.models import Generator
 

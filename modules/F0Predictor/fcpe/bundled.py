@@ -18,12 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from modules.checkpoint import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    load_state_dict_strict,
-    safe_torch_load,
-)
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
 from modules.F0Predictor.fcpe.inference import DEFAULT_PATH, FCPEConfig, FCPERunner
 from modules.F0Predictor.fcpe.model import ConformerConvModule, WNLinear
 

@@ -9,12 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from modules.audio_resample import resample
-from modules.checkpoint import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    load_state_dict_strict,
-    safe_torch_load,
-)
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
 from modules.F0Predictor.fcpe.model import FCPE
 from modules.F0Predictor.rmvpe.decode import cents_to_hz, local_average
 from modules.mel_processing import VocoderMel

@@ -8,12 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modules.audio_resample import resample
-from modules.checkpoint import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    load_state_dict_strict,
-    safe_torch_load,
-)
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
 from modules.F0Predictor.rmvpe.decode import cents_to_hz, local_average
 from modules.F0Predictor.rmvpe.model import E2E0, N_CLASS, N_MELS
 from modules.mel_processing import dynamic_range_compression, mel_filterbank, stft_magnitude

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from models import SynthesizerTrn, build_synthesizer
-from modules.checkpoint import CheckpointError, load_model_state, read_checkpoint
-from modules.hparams import HParams, load_config, validate_sovits_config, write_atomic
-from onnxexport.model_onnx import TRACE_FRAMES, SynthesizerTrnOnnx, export_onnx
+from core.checkpoint import CheckpointError, load_model_state, read_checkpoint
+from core.atomic import write_atomic
+from core.config import HParams, load_config
+from core.schema import validate_sovits_config
+from export.model_onnx import TRACE_FRAMES, SynthesizerTrnOnnx, export_onnx
 
 __all__ = ["ExportResult", "SynthesizerTrnOnnx", "export_folder", "export_onnx", "load_model", "moevs_config"]
 

@@ -1,22 +1,81 @@
-"""TensorBoard output of rank 0 with 4.1's tag names (pipeline.md §5.6-§5.7) and its figure renders.
+"""What a training run reports and how it stops: log handlers for the run, TensorBoard output with
+4.1's tag names and figure renders, and the SIGINT/SIGTERM stop flag.
 
-`logs/44k/` receives the training scalars and images, `logs/44k/eval/` the evaluation audio and
-mel images, so `tensorboard --logdir=./logs/44k` shows what it showed for 4.1. TensorBoard and
-matplotlib are imported only when a writer or figure is made; without them training goes on with
-one warning and no event files.
-"""
+TensorBoard and matplotlib are imported only when a writer or figure is made; without them training
+goes on with one warning and no event files."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+import signal
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Summary", "plot_data_to_numpy", "plot_spectrogram_to_numpy"]
+__all__ = ["StopFlag", "Summary", "attached_handlers", "plot_data_to_numpy", "plot_spectrogram_to_numpy"]
+
+
+@contextmanager
+def attached_handlers(handlers: Sequence[logging.Handler], level: int = logging.INFO) -> Iterator[None]:
+    """Add `handlers` to the root logger (at `level`) and remove and close them afterwards.
+
+    Scripts call this inside `main`, so importing a module never configures logging.
+    """
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(level)
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(old_level)
+
+
+class StopFlag:
+    """Signal handlers that turn SIGINT/SIGTERM into a polite stop request.
+
+    The first signal asks the run to stop after its current step (the trainer then saves); a second
+    one more than a second later aborts at once with KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.at = 0.0
+        self._previous: dict[int, object] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if self.signum is not None and time.monotonic() - self.at > 1.0:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum, self.at = signum, time.monotonic()
+            logging.getLogger(__name__).warning(
+                "%s received: stopping after this step and saving a checkpoint (repeat to abort at once)",
+                signal.Signals(signum).name)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self.handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum is not None else 0
+
 
 # 4.1 renders every image as a 10 x 2 inch matplotlib figure at the default 100 dpi.
 FIGURE_SIZE = (10, 2)

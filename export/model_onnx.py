@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import utils
+from modules import f0 as f0_math
 from models import SynthesizerTrn
 from vdecoder.hifigan.models import Generator, SourceModuleHnNSF
 
@@ -97,7 +97,7 @@ class SynthesizerTrnOnnx(nn.Module):
         x = self.net.frame_input(units, uv, x_mask, vol)
         # enc_p's own modules; only the prior sample differs: its noise is a graph input.
         enc_p = self.net.enc_p
-        x = x + enc_p.f0_emb(utils.f0_to_coarse(f0)).transpose(1, 2)
+        x = x + enc_p.f0_emb(f0_math.f0_to_coarse(f0)).transpose(1, 2)
         stats = enc_p.proj(enc_p.enc_(x * x_mask, x_mask)) * x_mask
         m_p, logs_p = torch.split(stats, enc_p.out_channels, dim=1)
         z_p = (m_p + noise * torch.exp(logs_p)) * x_mask

@@ -22,8 +22,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from modules.checkpoint import CheckpointError, read_checkpoint, to_legacy_weight_norm
-from modules.hparams import ConfigError, HParams, load_config, validate_sovits_config, write_atomic
+from core.checkpoint import (
+    POSTERIOR_ENCODER,
+    CheckpointError,
+    ReleaseCheckpointError,
+    first_float_dtype,
+    is_release_state,
+    read_checkpoint,
+    to_legacy_weight_norm,
+)
+from core.atomic import write_atomic
+from core.config import ConfigError, HParams, load_config
+from core.schema import validate_sovits_config
 
 __all__ = [
     "CompressResult",
@@ -33,20 +43,17 @@ __all__ = [
     "compress_model",
     "default_release_path",
     "fresh_optimizer_state",
-    "is_release_state",
     "load_model_config",
     "mix_model",
     "mix_states",
     "mix_weights",
     "release_state",
-    "resume_refusal",
     "structure_differences",
 ]
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-POSTERIOR_ENCODER = "enc_q"  # every state-dict key containing this is training-only
 RELEASE_LEARNING_RATE = 0.0001  # 4.1 writes this constant, whatever the config says
 MIX_MODES = {0: "convex", 1: "linear"}
 # Which config field decides a tensor's shape, for mismatch hints.
@@ -56,10 +63,6 @@ _SHAPE_HINTS = (("pre.", "model.ssl_dim"), ("emb_g.", "model.n_speakers / model.
 
 class ModelFileError(CheckpointError):
     """A model tool refused its inputs; the message names the files and what differs."""
-
-
-class ReleaseCheckpointError(ModelFileError):
-    """An inference-only release file was given where a full training checkpoint is needed."""
 
 
 @dataclass
@@ -86,27 +89,6 @@ def load_model_config(config_path: PathLike) -> HParams:
     hps = load_config(config_path)
     validate_sovits_config(hps, config_path, for_training=False)
     return hps
-
-
-def is_release_state(keys: Iterable[str]) -> bool:
-    """True for a `model` dict (or key names) without any enc_q entry (a compress_model.py release)."""
-    return not any(POSTERIOR_ENCODER in key for key in keys)
-
-
-def resume_refusal(path: PathLike) -> str:
-    """Message for an attempt to train from a release file (used by training/resume.py)."""
-    folder = os.path.dirname(os.fspath(path)) or "."
-    return (f"{path} is an inference-only release file (made by compress_model.py: no enc_q.* weights, "
-            "no optimizer moments); training cannot resume from it. Put the full checkpoint it was "
-            f"made from (the G_<step>.pth written by train.py) in {folder}, or move "
-            f"{os.path.basename(os.fspath(path))} out of {folder} to train from scratch.")
-
-
-def _first_float_dtype(state: Mapping[str, Any]) -> torch.dtype | None:
-    for value in state.values():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.dtype
-    return None
 
 
 def _alias_key(t: torch.Tensor) -> tuple:
@@ -255,7 +237,7 @@ def compress_model(input_path: PathLike, net_g: nn.Module, hps: HParams, config_
     output = os.fspath(output_path) if output_path else default_release_path(input_path, half)
     ckpt = read_checkpoint(input_path)
     state = ckpt["model"]
-    dtype = _first_float_dtype(state) or torch.float32
+    dtype = first_float_dtype(state) or torch.float32
     _require_generator(state, input_path)
     if is_release_state(state) and not (half and dtype == torch.float32):
         already = "an fp16 release" if dtype == torch.float16 else "a release"

@@ -1,7 +1,7 @@
-"""Checkpoint I/O in the so-vits-svc 4.1 layout: safe loading, atomic saving, reported partial loads.
+"""The one weight-file path: safe loading, atomic saving, reported partial loads, release files.
 
 G/D files hold `{'model': state_dict, 'iteration': epoch, 'optimizer': AdamW state, 'learning_rate':
-initial lr}` (formats.md §6.1). Every file is read with `torch.load(weights_only=True)`: a file that
+initial lr}`. Every file is read with `torch.load(weights_only=True)`: a file that
 would need arbitrary Python objects is refused, never executed. Weight-normalised layers are stored
 under the legacy names `weight_g` / `weight_v`, whatever weight-norm API the model uses.
 """
@@ -20,10 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from modules.hparams import write_atomic
+from core.atomic import write_atomic
+from core.pickle_guard import numpy_torch_safe_globals
 
 __all__ = [
     "CheckpointError",
+    "POSTERIOR_ENCODER",
+    "ReleaseCheckpointError",
+    "check_optimizer",
+    "first_float_dtype",
+    "is_release_state",
+    "is_zip",
+    "unwrap_model",
     "CheckpointNotFoundError",
     "LoadReport",
     "UnsafeCheckpointError",
@@ -34,6 +42,7 @@ __all__ = [
     "load_model_state",
     "load_state_dict_strict",
     "read_checkpoint",
+    "resume_refusal",
     "safe_torch_load",
     "save_checkpoint",
     "to_legacy_weight_norm",
@@ -57,17 +66,31 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No such checkpoint file (also catchable as FileNotFoundError)."""
 
 
+class ReleaseCheckpointError(CheckpointError):
+    """An inference-only release file was given where a full training checkpoint is needed."""
+
+
+POSTERIOR_ENCODER = "enc_q"  # every generator key containing this is training-only
+
+
+def is_release_state(keys: Any) -> bool:
+    """True for a generator `model` dict (or key names) without any enc_q entry: a compress_model.py
+    release file, which inference loads and training cannot resume from."""
+    return not any(POSTERIOR_ENCODER in key for key in keys)
+
+
+def resume_refusal(path: PathLike) -> str:
+    """Message for an attempt to train from a release file."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    return (f"{path} is an inference-only release file (made by compress_model.py: no enc_q.* weights, "
+            "no optimizer moments); training cannot resume from it. Put the full checkpoint it was "
+            f"made from (the G_<step>.pth written by train.py) in {folder}, or move "
+            f"{os.path.basename(os.fspath(path))} out of {folder} to train from scratch.")
+
+
 # ------------------------------------------------------------------------------------------------
 # reading
 # ------------------------------------------------------------------------------------------------
-def _numpy_safe_globals() -> list[Any]:
-    reconstruct = np._core.multiarray._reconstruct
-    dtype_classes = [type(np.dtype(c)) for c in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")]
-    # Files written under NumPy 1.x name the reconstructor numpy.core.multiarray._reconstruct.
-    return [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
-            *dtype_classes]
-
-
 def _pickle_globals(path: PathLike, limit: int = 5) -> list[str]:
     """Names of globals a raw pickle would import, found by reading opcodes only (nothing runs)."""
     found: list[str] = []
@@ -105,7 +128,7 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
     if not os.path.isfile(path):
         what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "not found"
         raise CheckpointNotFoundError(f"checkpoint {name} {what}")
-    extra = _numpy_safe_globals() if allow_numpy else []
+    extra = numpy_torch_safe_globals() if allow_numpy else []
     try:
         with torch.serialization.safe_globals(extra):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -114,7 +137,7 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
         unsafe: list[str] = []
         if "GLOBAL" in detail:
             unsafe = re.findall(r"GLOBAL ([\w.]+)", detail)[:1] or ["?"]
-        elif not _is_zip(path):
+        elif not is_zip(path):
             unsafe = _pickle_globals(path)
         if unsafe:
             raise UnsafeCheckpointError(
@@ -126,11 +149,11 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
     except EOFError:
         raise CheckpointError(f"{name} is empty or truncated (not a complete torch checkpoint)") from None
     except Exception as err:  # zip reader, legacy-format and pickle errors all mean "bad file" here
-        kind = "corrupt or truncated" if _is_zip(path) else "not a torch checkpoint"
+        kind = "corrupt or truncated" if is_zip(path) else "not a torch checkpoint"
         raise CheckpointError(f"{name} is {kind} ({type(err).__name__}: {str(err)[:200]})") from None
 
 
-def _is_zip(path: PathLike) -> bool:
+def is_zip(path: PathLike) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
 
@@ -182,7 +205,7 @@ def to_legacy_weight_norm(state_dict: Mapping[str, Any]) -> "OrderedDict[str, An
     return OrderedDict((names[k], v) for k, v in state_dict.items())
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     # DistributedDataParallel / DataParallel keep the real network in `.module`.
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, nn.Module) else model
@@ -259,7 +282,7 @@ def _match(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> tupl
     return matched, report
 
 
-def _first_float_dtype(state_dict: Mapping[str, Any]) -> torch.dtype | None:
+def first_float_dtype(state_dict: Mapping[str, Any]) -> torch.dtype | None:
     for value in state_dict.values():
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             return value.dtype
@@ -273,8 +296,8 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: st
     Logs one summary line: WARNING for mis-shaped or missing keys, DEBUG when only `enc_q.*` is
     missing (release files), INFO for unused extras only.
     """
-    target = _unwrap(model)
-    dtype = _first_float_dtype(state_dict)
+    target = unwrap_model(model)
+    dtype = first_float_dtype(state_dict)
     if dtype is not None:
         target.to(dtype)
     matched, report = _match(target, state_dict, source)
@@ -293,16 +316,16 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: st
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Any], source: str = "state dict") -> None:
     """Load every tensor or nothing: one CheckpointError lists missing, unexpected and mis-shaped keys."""
-    target = _unwrap(model)
+    target = unwrap_model(model)
     matched, report = _match(target, state_dict, source)
     if not report.complete:
         raise CheckpointError(report.summary(max_keys=20) + "; nothing was loaded")
     target.load_state_dict(matched)
 
 
-def _check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], path: str,
+def check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], path: str,
                      model: nn.Module) -> None:
-    """Fail early, with the numbers, where torch would fail late or cryptically (quirk 34)."""
+    """Fail early, with the numbers, where torch would fail late or cryptically."""
     advice = "Use the pretrained base that matches the config, or delete it to train from scratch."
     groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
     if not isinstance(groups, list) or not isinstance(saved.get("state"), Mapping):
@@ -315,7 +338,7 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any],
             f"{sum(theirs)} (model built from a different config?). {advice}")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ids = [i for g in groups for i in g["params"]]
-    names = {id(p): n for n, p in _unwrap(model).named_parameters()}
+    names = {id(p): n for n, p in unwrap_model(model).named_parameters()}
     for position, saved_id in enumerate(ids):
         moments = saved["state"].get(saved_id, {})
         avg = moments.get("exp_avg") if isinstance(moments, Mapping) else None
@@ -329,7 +352,7 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any],
 def load_checkpoint(checkpoint_path: PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     skip_optimizer: bool = False) -> tuple[nn.Module, torch.optim.Optimizer | None, float, int]:
-    """Load a G/D checkpoint with 4.1 semantics (formats.md §6.2).
+    """Load a G/D checkpoint as 4.1's `utils.load_checkpoint` does.
 
     The model is cast to the file's dtype and loaded leniently (see load_model_state); the optimizer
     state is loaded strictly when an optimizer is given, `skip_optimizer` is False and the file's
@@ -342,7 +365,7 @@ def load_checkpoint(checkpoint_path: PathLike, model: nn.Module,
     ckpt = read_checkpoint(path)
     use_optimizer = optimizer is not None and not skip_optimizer and ckpt["optimizer"] is not None
     if use_optimizer:
-        _check_optimizer(optimizer, ckpt["optimizer"], path, model)
+        check_optimizer(optimizer, ckpt["optimizer"], path, model)
     load_model_state(model, ckpt["model"], source=path)
     if use_optimizer:
         try:
@@ -364,7 +387,7 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
     `model` state keys lose any DDP `module.` prefix and use legacy `weight_g`/`weight_v` names.
     """
     logger.info("Saving model and optimizer state at iteration %s to %s", iteration, checkpoint_path)
-    state = to_legacy_weight_norm(_strip_module_prefix(_unwrap(model).state_dict()))
+    state = to_legacy_weight_norm(_strip_module_prefix(unwrap_model(model).state_dict()))
     payload = {
         "model": state,
         "iteration": int(iteration),
@@ -401,7 +424,7 @@ def checkpoint_step(path: PathLike) -> int:
 
 def latest_checkpoint_path(dir_path: PathLike, regex: str = "G_*.pth") -> str:
     """Path of the checkpoint with the largest step among files named like `regex` (a glob with one
-    `*` that must be all digits: `G_800.pth` counts, `G_800_copy2.pth` does not — quirk 32 fix)."""
+    `*` that must be all digits: `G_800.pth` counts, `G_800_copy2.pth` does not, unlike 4.1's sort)."""
     found = _steps(dir_path, regex) if os.path.isdir(dir_path) else []
     if not found:
         raise CheckpointNotFoundError(f"no checkpoint named {regex.replace('*', '<step>')} in {dir_path}")
@@ -411,7 +434,7 @@ def latest_checkpoint_path(dir_path: PathLike, regex: str = "G_*.pth") -> str:
 def clean_checkpoints(path_to_models: PathLike = "logs/44k/", n_ckpts_to_keep: int = 3) -> list[str]:
     """Delete all but the newest `n_ckpts_to_keep` (by step) G_<step>.pth and D_<step>.pth files.
 
-    Only names matching `^[GD]_\\d+\\.pth$` are touched and step 0 is always kept (quirk 33 fix);
+    Only names matching `^[GD]_\\d+\\.pth$` are touched and step 0 (a pretrained base) is always kept;
     `n_ckpts_to_keep <= 0` keeps everything. Returns the deleted paths.
     """
     if n_ckpts_to_keep <= 0:
