@@ -274,19 +274,23 @@ class SynthesizerTrn(nn.Module):
 
 
 class DiscriminatorP(nn.Module):
-    """Period discriminator: audio folded to [B, 1, T/p, p], 2-D convs with (5, 1) kernels."""
+    """Period discriminator: audio folded to [B, 1, T/p, p], 2-D convs with (5, 1) kernels.
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False) -> None:
+    ``width`` scales 4.1's channels (32, 128, 512, 1024, 1024); 1.0 gives 4.1's layers and state dict.
+    """
+
+    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False,
+                 width: float = 1.0) -> None:
         super().__init__()
         self.period = period
         norm = nn.utils.spectral_norm if use_spectral_norm else _identity
         conv = nn.Conv2d if use_spectral_norm else WNConv2d
         pad = (get_padding(kernel_size, 1), 0)
-        chans = [1, 32, 128, 512, 1024, 1024]
+        chans = [1] + [_scaled(c, width) for c in (32, 128, 512, 1024, 1024)]
         self.convs = nn.ModuleList([
             norm(conv(chans[i], chans[i + 1], (kernel_size, 1), (stride if i < 4 else 1, 1), padding=pad))
             for i in range(5)])
-        self.conv_post = norm(conv(1024, 1, (3, 1), 1, padding=(1, 0)))
+        self.conv_post = norm(conv(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         b, c, t = x.shape
@@ -298,30 +302,43 @@ class DiscriminatorP(nn.Module):
 
 
 class DiscriminatorS(nn.Module):
-    """Scale discriminator on raw audio with grouped 1-D convs."""
+    """Scale discriminator on raw audio with grouped 1-D convs; ``width`` as in `DiscriminatorP`."""
 
-    def __init__(self, use_spectral_norm: bool = False) -> None:
+    def __init__(self, use_spectral_norm: bool = False, width: float = 1.0) -> None:
         super().__init__()
         norm = nn.utils.spectral_norm if use_spectral_norm else _identity
         conv = nn.Conv1d if use_spectral_norm else WNConv1d
         specs = [(1, 16, 15, 1, 1, 7), (16, 64, 41, 4, 4, 20), (64, 256, 41, 4, 16, 20),
                  (256, 1024, 41, 4, 64, 20), (1024, 1024, 41, 4, 256, 20), (1024, 1024, 5, 1, 1, 2)]
-        self.convs = nn.ModuleList([norm(conv(i, o, k, s, groups=gr, padding=p)) for i, o, k, s, gr, p in specs])
-        self.conv_post = norm(conv(1024, 1, 3, 1, padding=1))
+        layers = []
+        for i, o, k, s, groups, p in specs:
+            i, o = (1 if i == 1 else _scaled(i, width)), _scaled(o, width)
+            groups = max(1, round(groups * width))
+            while i % groups or o % groups:  # a narrower layer keeps a group count that divides both sides
+                groups -= 1
+            layers.append(norm(conv(i, o, k, s, groups=groups, padding=p)))
+        self.convs = nn.ModuleList(layers)
+        self.conv_post = norm(conv(_scaled(1024, width), 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
-    """DiscriminatorS + DiscriminatorP for periods 2, 3, 5, 7, 11."""
+    """DiscriminatorS + DiscriminatorP for periods 2, 3, 5, 7, 11.
 
-    def __init__(self, use_spectral_norm: bool = False) -> None:
+    ``width`` (> 0) scales every channel count of 4.1's discriminator; the default 1.0 is 4.1's
+    network (47 M values). Smaller widths keep the layer names, so checkpoints differ only in shapes.
+    """
+
+    def __init__(self, use_spectral_norm: bool = False, width: float = 1.0) -> None:
         super().__init__()
+        if not width > 0:
+            raise ValueError(f"discriminator width must be > 0, got {width}")
         periods = [2, 3, 5, 7, 11]
         self.discriminators = nn.ModuleList(
-            [DiscriminatorS(use_spectral_norm=use_spectral_norm)]
-            + [DiscriminatorP(p, use_spectral_norm=use_spectral_norm) for p in periods])
+            [DiscriminatorS(use_spectral_norm=use_spectral_norm, width=width)]
+            + [DiscriminatorP(p, use_spectral_norm=use_spectral_norm, width=width) for p in periods])
 
     def forward(self, y: Tensor, y_hat: Tensor):
         """Real and generated audio [B, 1, N] -> (real scores, fake scores, real fmaps, fake fmaps)."""
@@ -349,3 +366,8 @@ def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: Tensor) -> tuple[
 
 def _identity(module: nn.Module) -> nn.Module:
     return module
+
+
+def _scaled(channels: int, width: float) -> int:
+    """``channels`` x ``width``, rounded, at least 1."""
+    return max(1, round(channels * width))
