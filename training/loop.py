@@ -128,7 +128,8 @@ class Trainer:
         hps, device = self.hps, self.device
         train, model = hps.train, hps.model.to_dict()
         net_g = build_synthesizer(hps).to(device)
-        net_d = MultiPeriodDiscriminator(bool(model.get("use_spectral_norm", False))).to(device)
+        net_d = MultiPeriodDiscriminator(bool(model.get("use_spectral_norm", False)),
+                                         width=float(train.get("discriminator_width", 1.0))).to(device)
         betas = tuple(float(b) for b in train.betas)
         self.optim_g = torch.optim.AdamW(net_g.parameters(), float(train.learning_rate), betas=betas,
                                          eps=float(train.eps))
