@@ -1,93 +1,267 @@
-"""Validation of a So-VITS `config.json`: every field the code reads, its type, and cross-field rules."""
+"""Typed config sections: the fields each stage reads from `config.json` / `diffusion.yaml`, their
+types, defaults and checks, in one place.
+
+A section is a frozen dataclass; `read_config` checks a loaded `HParams` against its annotations and
+returns the typed view (the `HParams` itself stays the lossless file object). A field without a
+default is required; a field with `train_only()` has a default for inference but is required for
+training; any other default is what 4.1 falls back to when an older config lacks the key. Every
+problem becomes one line "<file>: <field> must be <kind>, got <value>" in one `ConfigError`.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import dataclasses
+import json
+import logging
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 from core.config import ConfigError, HParams, PathLike, _plain
 
-__all__ = ["SOVITS_FIELDS", "validate_sovits_config"]
+__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "SovitsConfig", "TrainConfig", "read_config",
+           "sovits_config", "validate_sovits_config"]
+
+logger = logging.getLogger(__name__)
+
+Positive = Annotated[float, "positive"]
+PositiveInt = Annotated[int, "positive"]
+NonEmpty = Annotated[str, "non-empty"]
+Port = Annotated[str, "port"]  # 4.1 hands it to the environment as a string; an integer works too
+SpeakerMap = dict[str, int]
+
+
+def train_only(default: Any = None) -> Any:
+    """A field training needs but inference does not (it then reads `default`)."""
+    return field(default=default, metadata={"train": True})
+
 
 # ------------------------------------------------------------------------------------------------
-# validation of the So-VITS config.json
+# So-VITS config.json
 # ------------------------------------------------------------------------------------------------
-# Fields that code reads. "train": needed to train; "all": needed to train and to run inference;
-# "opt": optional (absent in 4.0-era configs; the reader has a fallback), type-checked when present.
-SOVITS_FIELDS: tuple[tuple[str, str, str], ...] = (
-    # field                             kind            needed by
-    ("train.log_interval",              "int",          "train"),
-    ("train.eval_interval",             "int",          "train"),
-    ("train.seed",                      "int",          "train"),
-    ("train.epochs",                    "int",          "train"),
-    ("train.learning_rate",             "number",       "train"),
-    ("train.betas",                     "number_pair",  "train"),
-    ("train.eps",                       "number",       "train"),
-    ("train.batch_size",                "int",          "train"),
-    ("train.fp16_run",                  "bool",         "train"),
-    ("train.half_type",                 "str",          "train"),
-    ("train.lr_decay",                  "number",       "train"),
-    ("train.segment_size",              "int",          "train"),
-    ("train.warmup_epochs",             "int",          "train"),
-    ("train.c_mel",                     "number",       "train"),
-    ("train.c_kl",                      "number",       "train"),
-    ("train.port",                      "port",         "train"),
-    ("train.keep_ckpts",                "int",          "train"),
-    ("train.all_in_mem",                "bool",         "train"),
-    ("train.vol_aug",                   "bool",         "opt"),
-    ("data.training_files",             "str",          "train"),
-    ("data.validation_files",           "str",          "train"),
-    ("data.max_wav_value",              "number",       "train"),
-    ("data.sampling_rate",              "int",          "all"),
-    ("data.filter_length",              "int",          "all"),
-    ("data.hop_length",                 "int",          "all"),
-    ("data.win_length",                 "int",          "all"),
-    ("data.n_mel_channels",             "int",          "train"),
-    ("data.mel_fmin",                   "number",       "train"),
-    ("data.mel_fmax",                   "number_or_null", "train"),
-    ("data.unit_interpolate_mode",      "str",          "opt"),
-    ("model.inter_channels",            "int",          "all"),
-    ("model.hidden_channels",           "int",          "all"),
-    ("model.filter_channels",           "int",          "all"),
-    ("model.n_heads",                   "int",          "all"),
-    ("model.n_layers",                  "int",          "all"),
-    ("model.kernel_size",               "int",          "all"),
-    ("model.p_dropout",                 "number",       "all"),
-    ("model.resblock",                  "resblock",     "all"),
-    ("model.resblock_kernel_sizes",     "int_list",     "all"),
-    ("model.resblock_dilation_sizes",   "int_list_list", "all"),
-    ("model.upsample_rates",            "int_list",     "all"),
-    ("model.upsample_initial_channel",  "int",          "all"),
-    ("model.upsample_kernel_sizes",     "int_list",     "all"),
-    ("model.gin_channels",              "int",          "all"),
-    ("model.ssl_dim",                   "int",          "all"),
-    ("model.n_speakers",                "int",          "all"),
-    ("model.use_spectral_norm",         "bool",         "train"),
-    ("model.n_layers_trans_flow",       "int",          "opt"),
-    ("model.n_flow_layer",              "int",          "opt"),
-    ("model.vocoder_name",              "str",          "opt"),
-    ("model.speech_encoder",            "str",          "opt"),
-    ("model.vol_embedding",             "bool",         "opt"),
-    ("model.use_depthwise_conv",        "bool",         "opt"),
-    ("model.flow_share_parameter",      "bool",         "opt"),
-    ("model.use_automatic_f0_prediction", "bool",       "opt"),
-    ("model.use_transformer_flow",      "bool",         "opt"),
-    ("spk",                             "speaker_map",  "all"),
-)
-
-_KIND_TEXT = {
-    "int": "an integer",
-    "number": "a number",
-    "number_or_null": "a number or null",
-    "number_pair": "a list of two numbers",
-    "bool": "true or false",
-    "str": "a string",
-    "port": "a port number (string or integer)",
-    "resblock": 'the string "1" or "2"',
-    "int_list": "a list of integers",
-    "int_list_list": "a list of lists of integers",
-    "speaker_map": "an object mapping speaker names to integer ids",
-}
+@dataclass(frozen=True)
+class TrainConfig:
+    log_interval: int
+    eval_interval: int
+    seed: int
+    epochs: int
+    learning_rate: float
+    betas: tuple[float, float]
+    eps: float
+    batch_size: int
+    fp16_run: bool
+    half_type: str
+    lr_decay: float
+    segment_size: int
+    warmup_epochs: int
+    c_mel: float
+    c_kl: float
+    port: Port
+    keep_ckpts: int
+    all_in_mem: bool
+    vol_aug: bool = False
+    discriminator_width: Positive = 1.0  # fraction of 4.1's discriminator channels; 1.0 is 4.1's model
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    sampling_rate: int = train_only(44100)
+    filter_length: int = train_only(2048)
+    hop_length: int = train_only(512)
+    win_length: int = train_only(2048)
+    training_files: str = train_only("")
+    validation_files: str = train_only("")
+    max_wav_value: float = train_only(32768.0)
+    n_mel_channels: int = train_only(80)
+    mel_fmin: float = train_only(0.0)
+    mel_fmax: float | None = train_only(22050)
+    # 4.0-era configs lack the key: their models were trained with the "nearest" loader but convert with
+    # 4.0's own "left" stretching, and 4.1 keeps both defaults so old models sound as they did.
+    unit_interpolate_mode: str | None = None
+
+    @property
+    def training_unit_mode(self) -> str:
+        return self.unit_interpolate_mode or "nearest"
+
+    @property
+    def inference_unit_mode(self) -> str:
+        return self.unit_interpolate_mode or "left"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The generator's architecture: the arguments of `models.SynthesizerTrn` after the two sizes."""
+
+    inter_channels: int
+    hidden_channels: int
+    filter_channels: int
+    n_heads: int
+    n_layers: int
+    kernel_size: int
+    p_dropout: float
+    resblock: Literal["1", "2"]
+    resblock_kernel_sizes: list[int]
+    resblock_dilation_sizes: list[list[int]]
+    upsample_rates: list[int]
+    upsample_initial_channel: int
+    upsample_kernel_sizes: list[int]
+    gin_channels: int
+    ssl_dim: int
+    n_speakers: int
+    vol_embedding: bool = False
+    vocoder_name: str = "nsf-hifigan"
+    use_depthwise_conv: bool = False
+    use_automatic_f0_prediction: bool = True
+    flow_share_parameter: bool = False
+    n_flow_layer: int = 4
+    n_layers_trans_flow: int = 3
+    use_transformer_flow: bool = False
+    # Not architecture: read by preprocessing, training and inference.
+    speech_encoder: str | None = None  # absent in 4.0-era configs; inference then goes by the unit width
+    use_spectral_norm: bool = train_only(False)
+
+    def network_args(self) -> dict[str, Any]:
+        """Keyword arguments of `SynthesizerTrn` (everything but the non-architecture fields)."""
+        args = dataclasses.asdict(self)
+        for key in ("speech_encoder", "use_spectral_norm"):
+            del args[key]
+        return args
+
+
+@dataclass(frozen=True)
+class SovitsConfig:
+    """A checked So-VITS config; `train` is None when it was read for inference without one."""
+
+    train: TrainConfig | None
+    data: DataConfig
+    model: ModelConfig
+    spk: SpeakerMap
+
+    @property
+    def spec_channels(self) -> int:
+        return self.data.filter_length // 2 + 1
+
+    @property
+    def segment_frames(self) -> int:
+        """Training crop in frames (4.1 builds the generator with it even for inference)."""
+        segment = self.train.segment_size if self.train is not None else 10240
+        return segment // self.data.hop_length
+
+
+# Keys 4.1 writes but reads nowhere.
+_DEAD_MODEL_KEYS = frozenset({"n_layers_q", "speaker_embedding"})
+
+
+def _so_vits_rules(cfg: SovitsConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    model, hop = cfg.model, cfg.data.hop_length
+    product = 1
+    for rate in model.upsample_rates:
+        product *= rate
+    if product != hop:
+        out.append(("model.upsample_rates", f"model.upsample_rates multiply to {product} but data.hop_length is {hop}"))
+    if len(model.upsample_rates) != len(model.upsample_kernel_sizes):
+        out.append(("model.upsample_kernel_sizes",
+                    "model.upsample_kernel_sizes must have one entry per model.upsample_rates entry"))
+    if len(model.resblock_kernel_sizes) != len(model.resblock_dilation_sizes):
+        out.append(("model.resblock_dilation_sizes",
+                    "model.resblock_dilation_sizes must have one entry per model.resblock_kernel_sizes entry"))
+    for name, sid in cfg.spk.items():
+        if not 0 <= sid < model.n_speakers:
+            out.append(("spk", f"spk[{name!r}] = {sid} is outside 0..{model.n_speakers - 1} (model.n_speakers)"))
+    return out
+
+
+def sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_training: bool = False) -> SovitsConfig:
+    """Check a So-VITS `config.json` and return its typed sections.
+
+    Args:
+        hps: the loaded config.
+        path: file name for messages (default: the file `hps` was loaded from).
+        for_training: also require what only training reads (the `train` section and more).
+    Raises:
+        ConfigError: one line per problem, e.g. "configs/config.json: model.ssl_dim must be an integer, got '768a'".
+    """
+    cfg = read_config(hps, SovitsConfig, path, for_training, rules=_so_vits_rules)
+    unknown = sorted(set(hps["model"]) - {f.name for f in dataclasses.fields(ModelConfig)} - _DEAD_MODEL_KEYS)
+    if unknown:
+        logger.warning("model config keys not used by SynthesizerTrn: %s", ", ".join(unknown))
+    return cfg
+
+
+def validate_sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_training: bool = True) -> SovitsConfig:
+    """`sovits_config` with training required by default (what train.py checks before starting)."""
+    return sovits_config(hps, path, for_training)
+
+
+# ------------------------------------------------------------------------------------------------
+# shallow diffusion diffusion.yaml (the fields train_diff.py reads)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiffusionData:
+    sampling_rate: PositiveInt
+    block_size: PositiveInt
+    duration: Positive
+    encoder_out_channels: PositiveInt
+    training_files: NonEmpty
+    validation_files: NonEmpty
+
+
+@dataclass(frozen=True)
+class DiffusionModel:
+    n_layers: PositiveInt
+    n_chans: PositiveInt
+    n_hidden: PositiveInt
+    use_pitch_aug: bool
+    timesteps: PositiveInt
+    k_step_max: int
+    n_spk: PositiveInt
+
+
+@dataclass(frozen=True)
+class DiffusionVocoder:
+    type: Literal["nsf-hifigan", "nsf-hifigan-log10"]
+    ckpt: NonEmpty
+
+
+@dataclass(frozen=True)
+class DiffusionInfer:
+    speedup: PositiveInt
+    method: NonEmpty
+
+
+@dataclass(frozen=True)
+class DiffusionEnv:
+    expdir: NonEmpty
+
+
+@dataclass(frozen=True)
+class DiffusionTrain:
+    batch_size: PositiveInt
+    epochs: int
+    interval_log: PositiveInt
+    interval_val: PositiveInt
+    interval_force_save: PositiveInt
+    lr: Positive
+    decay_step: PositiveInt
+    gamma: Positive
+    weight_decay: float
+    amp_dtype: Literal["fp32", "fp16", "bf16"]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    data: DiffusionData
+    model: DiffusionModel
+    vocoder: DiffusionVocoder
+    infer: DiffusionInfer
+    env: DiffusionEnv
+    train: DiffusionTrain
+
+
+# ------------------------------------------------------------------------------------------------
+# the checker
+# ------------------------------------------------------------------------------------------------
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -96,91 +270,101 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _kind_ok(kind: str, v: Any) -> bool:
-    checks: dict[str, Callable[[Any], bool]] = {
-        "int": _is_int,
-        "number": _is_number,
-        "number_or_null": lambda x: x is None or _is_number(x),
-        "number_pair": lambda x: isinstance(x, list) and len(x) == 2 and all(map(_is_number, x)),
-        "bool": lambda x: isinstance(x, bool),
-        "str": lambda x: isinstance(x, str),
-        # 4.1 hands the port to the environment as a string; accept an integer too (quirk 62).
-        "port": lambda x: (_is_int(x) or (isinstance(x, str) and x.strip().isdigit())),
-        "resblock": lambda x: x in ("1", "2"),
-        "int_list": lambda x: isinstance(x, list) and all(map(_is_int, x)),
-        "int_list_list": lambda x: isinstance(x, list)
-        and all(isinstance(r, list) and all(map(_is_int, r)) for r in x),
-        "speaker_map": lambda x: isinstance(x, Mapping) and all(map(_is_int, x.values())),
-    }
-    return checks[kind](v)
+def _kind(tp: Any) -> tuple[Callable[[Any], bool], str]:
+    """(check, "what it must be") for a field annotation."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        inner, tag = args
+        if tag == "port":
+            return (lambda v: _is_int(v) or (isinstance(v, str) and v.strip().isdigit()),
+                    "a port number (string or integer)")
+        check, text = _kind(inner)
+        if tag == "non-empty":
+            return (lambda v: check(v) and v != ""), "a non-empty string"
+        return (lambda v: check(v) and v > 0), f"a positive {text.split()[-1]}"
+    if origin in (types.UnionType, typing.Union):
+        check, text = _kind(next(a for a in args if a is not type(None)))
+        return (lambda v: v is None or check(v)), f"{text} or null"
+    if origin is Literal:
+        return (lambda v: v in args), "one of " + ", ".join(json.dumps(a) for a in args)
+    if origin is tuple:
+        return (lambda v: isinstance(v, list) and len(v) == len(args) and all(map(_is_number, v)),
+                f"a list of {({2: 'two'}).get(len(args), len(args))} numbers")
+    if origin is list:
+        inner, text = _kind(args[0])
+        plural = "lists of integers" if text.startswith("a list") else "integers"
+        return (lambda v: isinstance(v, list) and all(map(inner, v))), f"a list of {plural}"
+    if origin is dict:
+        return (lambda v: isinstance(v, Mapping) and all(map(_is_int, v.values())),
+                "an object mapping speaker names to integer ids")
+    simple = {int: (_is_int, "an integer"), float: (_is_number, "a number"),
+              bool: (lambda v: isinstance(v, bool), "true or false"), str: (lambda v: isinstance(v, str), "a string")}
+    return simple[tp]
 
 
-def validate_sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_training: bool = True) -> None:
-    """Check the fields of SOVITS_FIELDS (and their consistency) in a So-VITS `config.json`.
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
 
-    Args:
-        hps: the loaded config.
-        path: file name used in messages (defaults to the file HParams was loaded from).
-        for_training: also require the "train" fields; False checks what inference needs.
-    Raises:
-        ConfigError: one line per problem, e.g.
-            "configs/config.json: model.ssl_dim must be an integer, got '768a'".
+
+def _is_section(tp: Any) -> bool:
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return dataclasses.is_dataclass(tp)
+
+
+def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = "", for_training: bool = True,
+                rules: Callable[[Any], list[tuple[str, str]]] | None = None) -> Any:
+    """Check `hps` against the sections of dataclass `cls` and build it; see the module docstring.
+
+    A top-level field typed `Section | None` may be absent unless `for_training`; `rules` adds
+    cross-field checks, run once every field has the right type.
     """
     data = hps.to_dict() if isinstance(hps, HParams) else _plain(hps)
     where = str(path) or (hps._source if isinstance(hps, HParams) else "") or "config"
     problems: list[tuple[str, str]] = []
-
-    def lookup(field: str) -> tuple[bool, Any]:
-        node: Any = data
-        for part in field.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return False, None
-            node = node[part]
-        return True, node
-
-    for field, kind, needed in SOVITS_FIELDS:
-        required = needed == "all" or (needed == "train" and for_training)
-        section = field.split(".")[0]
-        if "." in field and not isinstance(data.get(section), Mapping):
-            reported = any(p[0] == section for p in problems)
-            if section in data and not reported:
-                problems.append((section, f"{section} must be an object, got {data[section]!r}"))
-            elif section not in data and required and not reported:
-                problems.append((section, f"section {section} is missing"))
+    built: dict[str, Any] = {}
+    for name, tp in _section_types(cls).items():
+        if not _is_section(tp):  # a top-level value such as `spk`
+            built[name] = _field(data, name, tp, True, problems)
             continue
-        present, value = lookup(field)
-        if not present or (value is None and kind != "number_or_null"):
-            if required:
-                problems.append((field, f"{field} is missing"))
+        section_cls = tp if dataclasses.is_dataclass(tp) else next(a for a in typing.get_args(tp) if a is not type(None))
+        optional = section_cls is not tp and not for_training
+        node = data.get(name)
+        if node is None and optional:
+            built[name] = None
             continue
-        if not _kind_ok(kind, value):
-            problems.append((field, f"{field} must be {_KIND_TEXT[kind]}, got {value!r}"))
-
-    if not problems:
-        problems = _consistency_problems(data)
+        if not isinstance(node, Mapping):
+            problems.append((name, f"{name} must be an object, got {node!r}" if name in data
+                             else f"section {name} is missing"))
+            continue
+        values = {}
+        for f in dataclasses.fields(section_cls):
+            required = f.default is dataclasses.MISSING or (for_training and f.metadata.get("train", False))
+            value = _field(node, f.name, _section_types(section_cls)[f.name], required, problems, prefix=f"{name}.")
+            if value is not _ABSENT:
+                values[f.name] = tuple(value) if typing.get_origin(_section_types(section_cls)[f.name]) is tuple else value
+        if not any(p[0].startswith(f"{name}.") for p in problems):
+            built[name] = section_cls(**values)
+    if not problems and rules is not None:
+        problems = rules(cls(**built))
     if problems:
-        lines = [f"{where}: {text}" for _, text in problems]
-        raise ConfigError("\n".join(lines), where, problems[0][0])
+        raise ConfigError("\n".join(f"{where}: {text}" for _, text in problems), where, problems[0][0])
+    return cls(**built)
 
 
-def _consistency_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Cross-field rules; only run once every field has the right type."""
-    out: list[tuple[str, str]] = []
-    model, hop = data["model"], data["data"]["hop_length"]
-    product = 1
-    for rate in model["upsample_rates"]:
-        product *= rate
-    if product != hop:
-        out.append(("model.upsample_rates",
-                    f"model.upsample_rates multiply to {product} but data.hop_length is {hop}"))
-    if len(model["upsample_rates"]) != len(model["upsample_kernel_sizes"]):
-        out.append(("model.upsample_kernel_sizes",
-                    "model.upsample_kernel_sizes must have one entry per model.upsample_rates entry"))
-    if len(model["resblock_kernel_sizes"]) != len(model["resblock_dilation_sizes"]):
-        out.append(("model.resblock_dilation_sizes",
-                    "model.resblock_dilation_sizes must have one entry per model.resblock_kernel_sizes entry"))
-    n_speakers = model["n_speakers"]
-    for name, sid in data["spk"].items():
-        if not 0 <= sid < n_speakers:
-            out.append(("spk", f"spk[{name!r}] = {sid} is outside 0..{n_speakers - 1} (model.n_speakers)"))
-    return out
+_ABSENT = object()
+
+
+def _field(node: Mapping[str, Any], key: str, tp: Any, required: bool, problems: list[tuple[str, str]],
+           prefix: str = "") -> Any:
+    dotted = prefix + key
+    value = node.get(key)
+    check, text = _kind(tp)
+    if key not in node or (value is None and not check(None)):
+        if required:
+            problems.append((dotted, f"{dotted} is missing"))
+        return _ABSENT
+    if not check(value):
+        problems.append((dotted, f"{dotted} must be {text}, got {value!r}"))
+        return _ABSENT
+    return value
