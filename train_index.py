@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.feature_index import INDEX_FILE_NAME, save_index_file, train_index
     from cluster.units import UnitFileError
     from core.config import ConfigError, load_config
+    from core.features import DatasetError
 
     try:
         hps = load_config(args.config)
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config} has no spk map (speaker name -> id); "
                               "run preprocess_flist_config.py", args.config, "spk")
         indexes = train_index(args.root_dir, spk.to_dict() if hasattr(spk, "to_dict") else dict(spk))
-    except (ConfigError, UnitFileError) as err:
+    except (ConfigError, DatasetError, UnitFileError) as err:
         print(f"train_index.py: {err}", file=sys.stderr)
         return 1
     os.makedirs(args.output_dir, exist_ok=True)  # 4.1 required it to exist; creating it is harmless

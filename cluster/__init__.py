@@ -1,12 +1,13 @@
 """Timbre clustering and feature retrieval at inference (`-cr`, `-fr`, `-cm`).
 
-k-means models come from `kmeans_10000.pt` (formats.md §9, keyed by speaker *name*); feature
-indexes from `feature_and_index.pkl` (§10, keyed by speaker *id*). 4.1 rebuilt scikit-learn KMeans
-objects to call `predict`; `ClusterModel` does the same nearest-centre lookup with NumPy, so
-inference never imports scikit-learn. Training lives in `cluster.kmeans` / `cluster.feature_index`.
+A `kmeans_10000.pt` holds k-means centres keyed by speaker *name*; a `feature_and_index.pkl` holds
+faiss indexes keyed by speaker *id*. `ClusterModel` does scikit-learn's nearest-centre `predict`
+with NumPy, so inference never imports scikit-learn. Training lives in `cluster.kmeans` and
+`cluster.feature_index`. Public loader: `load_cluster_or_index(path, feature_retrieval=None) -> UnitMixer`.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
@@ -16,18 +17,11 @@ import torch
 
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, safe_torch_load
 
-__all__ = [
-    "ClusterFileError",
-    "ClusterModel",
-    "UnitMixer",
-    "detect_cluster_file",
-    "get_center",
-    "get_cluster_center_result",
-    "get_cluster_model",
-    "get_cluster_result",
-    "load_cluster_or_index",
-    "mix_units",
-]
+__all__ = ["ClusterFileError", "ClusterModel", "UnitMixer", "detect_cluster_file", "get_center",
+           "get_cluster_center_result", "get_cluster_model", "get_cluster_result", "load_cluster_or_index",
+           "mix_units"]
+
+logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 ArrayLike = np.ndarray | torch.Tensor
@@ -41,12 +35,10 @@ class ClusterFileError(CheckpointError):
 
 
 class ClusterModel:
-    """One speaker's k-means centres with scikit-learn's attribute names (what 4.1 stored).
+    """One speaker's k-means centres under scikit-learn's attribute names (the stored layout).
 
     Attributes:
-        cluster_centers_: float32 `[K, C]`.
-        n_features_in_: C.
-        _n_threads: kept only to write the 4.1 layout back unchanged.
+        cluster_centers_: float32 `[K, C]`; n_features_in_: C; _n_threads: kept to write the file back.
     """
 
     def __init__(self, cluster_centers_: np.ndarray, n_features_in_: int | None = None, _n_threads: int = 1) -> None:
@@ -59,10 +51,10 @@ class ClusterModel:
         self._sq = (centres.astype(np.float64) ** 2).sum(axis=1)
 
     def predict(self, x: ArrayLike) -> np.ndarray:
-        """Index of the nearest centre (Euclidean) of every row of `x` `[T, C]`; int32 `[T]`.
+        """Index of the nearest centre of every row of `x` `[T, C]`; int32 `[T]`.
 
-        The search runs in float32; the two best candidates of each row are then compared again in
-        float64, so near-ties resolve as an exact computation would.
+        The float32 search keeps the two best candidates, which are compared again in float64 so
+        near-ties resolve as an exact computation would.
         """
         rows = _as_rows(x, self.n_features_in_)
         centres = self.cluster_centers_
@@ -133,14 +125,14 @@ def mix_units(units: ArrayLike, target: ArrayLike, ratio: float) -> ArrayLike:
     return (ratio * np.asarray(target) + (1 - ratio) * units).astype(units.dtype)
 
 
-# ------------------------------------------------------------------------------------------------
-# one entry point for inference: -cm file of either kind
-# ------------------------------------------------------------------------------------------------
+# --- one entry point for inference: -cm file of either kind ---
 def detect_cluster_file(path: PathLike) -> Literal["kmeans", "index"]:
-    """Tell a k-means `.pt` from a feature-index `.pkl` by content, not name (quirk 47).
+    """Tell a k-means `.pt` from a feature-index `.pkl` by content, not by name or `-fr`.
 
-    torch files are zip archives (or, from torch < 1.6, a pickle starting with a magic number); the
+    torch files are zip archives (or, before torch 1.6, a pickle opening with a magic number); the
     index is a raw pickle whose first global is a faiss class.
+    Raises:
+        CheckpointNotFoundError: no such file. ClusterFileError: neither kind.
     """
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"cluster/index file {path} not found")
@@ -156,13 +148,8 @@ def detect_cluster_file(path: PathLike) -> Literal["kmeans", "index"]:
 
 @dataclass
 class UnitMixer:
-    """A loaded `-cm` file of either kind.
-
-    Attributes:
-        kind: "kmeans" (models keyed by speaker name) or "index" (faiss indexes keyed by speaker id).
-        path: the file it came from.
-        models: speaker name -> ClusterModel, or speaker id -> faiss index.
-    """
+    """A loaded `-cm` file: `kind` "kmeans" (models keyed by speaker name) or "index" (faiss indexes
+    keyed by speaker id), the `path` it came from and its `models`."""
 
     kind: Literal["kmeans", "index"]
     path: str
@@ -185,9 +172,21 @@ class UnitMixer:
         return mix_units(units, self.target(rows, speaker, speaker_id), ratio)
 
 
-def load_cluster_or_index(path: PathLike) -> UnitMixer:
-    """Load a `kmeans_10000.pt` or `feature_and_index.pkl`, whichever `path` contains."""
+def load_cluster_or_index(path: PathLike, feature_retrieval: bool | None = None) -> UnitMixer:
+    """Load a `kmeans_10000.pt` or `feature_and_index.pkl`, whichever `path` contains.
+
+    Args:
+        feature_retrieval: what the user asked for (`-fr`); a file of the other kind is still used,
+            with a warning. None: no check.
+    Raises:
+        CheckpointNotFoundError (a FileNotFoundError): no such file.
+        ClusterFileError / IndexFileError / UnsafeIndexFileError: neither kind, damaged, or refused.
+    """
     kind = detect_cluster_file(path)
+    if kind == "index" and feature_retrieval is False:
+        logger.warning("%s is a feature-retrieval index: using feature retrieval (as with -fr)", path)
+    elif kind == "kmeans" and feature_retrieval:
+        logger.warning("%s is a k-means model, not a feature index: using k-means clustering (without -fr)", path)
     if kind == "kmeans":
         return UnitMixer("kmeans", str(path), dict(get_cluster_model(path)))
     from cluster.feature_index import load_index_file

@@ -1,41 +1,30 @@
-"""Feature-retrieval index: training (`train_index.py`), 4.1's `feature_and_index.pkl`, and lookup.
+"""Feature-retrieval index: training (`train_index.py`), the `feature_and_index.pkl` file, and lookup.
 
-The file is a pickle of `{speaker_id: faiss index}` (formats.md §10). faiss pickles an index as its
-class plus the state `{'this': faiss.serialize_index(index) bytes}`. We read it with a restricted
-unpickler: the only global it resolves is a faiss `Index*` class name, and it resolves that to an
-inert placeholder that just keeps the bytes; we then hand the bytes to `faiss.deserialize_index`.
-Nothing named by the file is ever called. faiss (and scikit-learn, for large speakers) are
-imported inside the functions that need them.
+The file is a pickle of `{speaker_id: faiss index}`; faiss pickles an index as its class plus
+`{'this': serialised bytes}`. It is read with a guarded unpickler whose only global is a faiss
+`Index*` class, resolved to an inert placeholder that keeps the bytes for `faiss.deserialize_index`:
+nothing named by the file is ever called. faiss and scikit-learn are imported only where needed.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
 import re
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files
-from core.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 from core.atomic import write_atomic
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
+from core.features import list_speakers
+from core.pickle_guard import GuardedUnpickler
 
-__all__ = [
-    "INDEX_FILE_NAME",
-    "IndexFileError",
-    "UnsafeIndexFileError",
-    "load_index_file",
-    "n_ivf_lists",
-    "retrieve_features",
-    "save_index_file",
-    "search_index",
-    "train_index",
-    "train_speaker_index",
-]
+__all__ = ["INDEX_FILE_NAME", "IndexFileError", "UnsafeIndexFileError", "load_index_file", "n_ivf_lists",
+           "retrieve_features", "save_index_file", "search_index", "train_index", "train_speaker_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +33,7 @@ INDEX_FILE_NAME = "feature_and_index.pkl"
 REDUCE_ABOVE = 200_000  # 4.1 replaces larger speakers by 10 000 MiniBatchKMeans centres
 REDUCED_CENTRES = 10_000
 ADD_BATCH = 8192
-MIN_DISTANCE = 1e-8  # quirk 57: an exact match (distance 0) would get an infinite weight
+MIN_DISTANCE = 1e-8  # an exact match (distance 0) would get an infinite weight (NaN in 4.1)
 # faiss loads one of several SWIG builds; the pickle names whichever was loaded when it was written.
 _FAISS_MODULE = re.compile(r"faiss(\.swigfaiss(_\w+)?)?")
 _FAISS_INDEX_CLASS = re.compile(r"Index\w*")
@@ -58,9 +47,7 @@ class UnsafeIndexFileError(UnsafeCheckpointError, IndexFileError):
     """The pickle names something other than a faiss index; refused, nothing was executed."""
 
 
-# ------------------------------------------------------------------------------------------------
-# training
-# ------------------------------------------------------------------------------------------------
+# --- training ---
 def n_ivf_lists(n_rows: int) -> int:
     """Inverted-list count 4.1 uses for `n_rows` vectors: min(⌊16·√N⌋, ⌊N/39⌋)."""
     return min(int(16 * np.sqrt(n_rows)), n_rows // 39)
@@ -82,18 +69,15 @@ def _reduce_rows(rows: np.ndarray, n_centres: int) -> np.ndarray:
 
 def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.ndarray | None = None,
                         reduce_above: int = REDUCE_ABOVE, n_centres: int = REDUCED_CENTRES) -> Any:
-    """Build one speaker's `IVF<n>,Flat` index (L2, nprobe 1) as 4.1's `train_index` does.
+    """Build one speaker's `IVF<n>,Flat` index (L2, nprobe 1) as 4.1 does.
 
     Args:
         rows: unit rows `[N, C]` float32 (unstretched, in file order).
         speaker: name used in error messages.
-        permutation: row order to add them in; default `np.random.shuffle` on NumPy's global RNG
-            (4.1 leaves it unseeded; a recorded permutation reproduces an index byte for byte).
+        permutation: row order; default `np.random.shuffle` on NumPy's global RNG, unseeded as in 4.1
+            (a recorded permutation reproduces an index byte for byte).
         reduce_above / n_centres: rows above which the speaker is replaced by k-means centres.
-    Returns:
-        `faiss.IndexIVFFlat` holding all (possibly reduced) rows, ids 0..ntotal-1.
-    Raises:
-        UnitFileError: too few rows for one inverted list (N < 39).
+    Returns `faiss.IndexIVFFlat` with all (possibly reduced) rows; raises UnitFileError below 39 rows.
     """
     import faiss
 
@@ -122,12 +106,13 @@ def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.nda
 
 
 def train_index(root_dir: PathLike, spk: Mapping[str, int]) -> dict[int, Any]:
-    """Index every speaker of the config's `spk` map (name -> id), in map order.
+    """Index every speaker of the config's `spk` map (name -> id), in map order; returns `{id: index}`.
 
-    Files are the speaker folder's names containing `.wav.soft.pt`, sorted. Returns `{id: index}`.
     Raises:
-        UnitFileError: a speaker folder without unit files (or too few frames).
+        DatasetError: no `root_dir` folder.
+        UnitFileError: a speaker folder without `*.wav.soft.pt` files (or too few frames).
     """
+    list_speakers(root_dir)  # a missing dataset folder gets its own message
     result: dict[int, Any] = {}
     for name, sid in spk.items():
         print(f"now, index {name} feature...")
@@ -143,20 +128,22 @@ def train_index(root_dir: PathLike, spk: Mapping[str, int]) -> dict[int, Any]:
 
 
 def save_index_file(indexes: Mapping[int, Any], path: PathLike) -> None:
-    """Write `{speaker_id: faiss index}` as 4.1 does (pickle protocol 4, faiss's own pickling)."""
+    """Write `{speaker_id: faiss index}` as 4.1 does (pickle protocol 4, faiss's own pickling), atomically."""
     data = {int(k): v for k, v in indexes.items()}
     write_atomic(path, lambda f: pickle.dump(data, f, protocol=4))
 
 
-# ------------------------------------------------------------------------------------------------
-# loading
-# ------------------------------------------------------------------------------------------------
+# --- loading ---
 class _PickledIndex:
-    """Stand-in for a pickled faiss index: keeps the serialised bytes, runs nothing."""
+    """Stand-in for a pickled faiss index that keeps the serialised bytes; one subclass per class name."""
 
-    def __init__(self, qualname: str) -> None:
-        self.qualname = qualname
-        self.blob: bytes | None = None
+    qualname: ClassVar[str] = ""
+    blob: bytes | None = None
+
+    def __new__(cls, *args: Any) -> "_PickledIndex":
+        if args:
+            raise pickle.UnpicklingError(f"{cls.qualname} pickled with constructor arguments (not faiss's format)")
+        return object.__new__(cls)
 
     def __setstate__(self, state: Any) -> None:
         if not (isinstance(state, dict) and set(state) == {"this"} and isinstance(state["this"], (bytes, bytearray))):
@@ -164,24 +151,14 @@ class _PickledIndex:
         self.blob = bytes(state["this"])
 
 
-def _placeholder_class(qualname: str) -> type:
-    # NEWOBJ calls cls.__new__(cls) without __init__, so the name travels on the class itself.
-    return type("PickledFaissIndex", (_PickledIndex,), {
-        "__new__": lambda cls, *args: _new_placeholder(cls, qualname, args)})
+class _IndexUnpickler(GuardedUnpickler):
+    """Allows no global at all except faiss `Index*` classes, which become inert placeholders."""
 
+    allowed: ClassVar[dict[tuple[str, str], Any]] = {}
 
-def _new_placeholder(cls: type, qualname: str, args: tuple) -> _PickledIndex:
-    if args:
-        raise pickle.UnpicklingError(f"{qualname} pickled with constructor arguments (not faiss's format)")
-    obj = object.__new__(cls)
-    _PickledIndex.__init__(obj, qualname)
-    return obj
-
-
-class _IndexUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
+    def refuse(self, module: str, name: str) -> Any:
         if _FAISS_MODULE.fullmatch(module) and _FAISS_INDEX_CLASS.fullmatch(name):
-            return _placeholder_class(f"{module}.{name}")
+            return type("PickledFaissIndex", (_PickledIndex,), {"qualname": f"{module}.{name}"})
         raise UnsafeIndexFileError(
             f"refused to load: the file would import {module}.{name}, which a faiss feature index "
             "never needs. Nothing from the file was executed.")
@@ -206,10 +183,8 @@ def _deserialize(obj: _PickledIndex, path: str) -> Any:
 
 
 def load_index_file(path: PathLike) -> dict[int, Any]:
-    """Read a 4.1 `feature_and_index.pkl` safely.
+    """Read a `feature_and_index.pkl` safely; returns `{speaker_id: faiss index}`.
 
-    Returns:
-        `{speaker_id: faiss index}`.
     Raises:
         CheckpointNotFoundError: no such file.
         UnsafeIndexFileError: the pickle names anything but a faiss index class (not executed).
@@ -218,10 +193,9 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
     name = str(path)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"feature index {name} not found; train it with python train_index.py")
-    with open(path, "rb") as f:
-        raw = f.read()
     try:
-        data = _IndexUnpickler(io.BytesIO(raw)).load()
+        with open(path, "rb") as f:
+            data = _IndexUnpickler(f, name).load()
     except UnsafeIndexFileError as err:
         raise UnsafeIndexFileError(f"{name}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all
@@ -236,18 +210,13 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# lookup
-# ------------------------------------------------------------------------------------------------
+# --- lookup ---
 def search_index(index: Any, units: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """k nearest stored vectors of every frame (squared L2, the index's own nprobe).
+    """k nearest stored vectors of every frame of `units` `[T, C]` (squared L2, the index's nprobe).
 
-    Args:
-        units: `[T, C]`.
     Returns:
-        (distances float32 `[T, k]`, ids int64 `[T, k]` with -1 where fewer than k were found,
-        vectors float32 `[T, k, C]`, undefined where the id is -1). The vectors come from the probed lists, so the
-        whole index never has to be reconstructed.
+        (distances float32 `[T, k]`, ids int64 `[T, k]` (-1 where fewer than k were found), vectors
+        float32 `[T, k, C]` (undefined where the id is -1), taken from the probed lists).
     """
     query = np.ascontiguousarray(units, dtype=np.float32)
     if query.ndim != 2 or query.shape[1] != index.d:
@@ -257,17 +226,11 @@ def search_index(index: Any, units: np.ndarray, k: int = 8) -> tuple[np.ndarray,
 
 
 def retrieve_features(index: Any, units: np.ndarray, k: int = 8) -> np.ndarray:
-    """Retrieved features for `-fr`: the inverse-squared-distance mean of each frame's k neighbours.
+    """Retrieved features for `-fr`: units `[T, C]` -> float32 `[T, C]`.
 
-    4.1 weights neighbour j by `(1/d_j)² / Σ(1/d)²` with d the squared L2 distance. Quirk-57 fix:
-    d is clamped to >= 1e-8 (an exact match no longer gives NaN, it dominates instead), and missing
-    neighbours (id -1, fewer than k vectors in the probed list) get weight 0. A frame with no
-    neighbour at all keeps its input value.
-
-    Args:
-        units: `[T, C]`.
-    Returns:
-        float32 `[T, C]`.
+    Neighbour j of a frame weighs `(1/d_j)² / Σ(1/d)²` (d: squared L2 distance, as 4.1), with d clamped
+    to >= 1e-8 so an exact match dominates instead of giving NaN; missing neighbours (id -1) weigh 0,
+    and a frame with no neighbour at all keeps its input value.
     """
     query = np.ascontiguousarray(units, dtype=np.float32)
     dist, ids, vecs = search_index(index, query, k)

@@ -1,9 +1,8 @@
-"""Per-speaker k-means of content units, saved as 4.1's `kmeans_10000.pt` (formats.md §9).
+"""Per-speaker k-means of content units, saved as `kmeans_10000.pt` ({speaker name: centres entry}).
 
-CPU: scikit-learn `KMeans` full batch with library defaults, as 4.1's `train_cluster.py` runs it
-(optionally `MiniBatchKMeans(batch_size=4096, max_iter=80)`, 4.1's other CPU branch). GPU (`--gpu`):
-`torch_kmeans`, our PyTorch k-means, which also runs on CPU. scikit-learn is imported only here, and
-only when the CPU path runs.
+CPU: scikit-learn `KMeans` with library defaults (or `MiniBatchKMeans(batch_size=4096, max_iter=80)`),
+as 4.1 runs it; `--gpu`: `torch_kmeans`, our PyTorch k-means (also runs on CPU). scikit-learn is
+imported only when the CPU path runs.
 """
 from __future__ import annotations
 
@@ -16,20 +15,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cluster.units import UnitFileError, list_speakers, load_unit_rows, speaker_unit_files
+from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files
 from core.atomic import write_atomic
+from core.device import resolve_device
+from core.features import DatasetError, list_speakers
 
-__all__ = [
-    "KMEANS_FILE_NAME",
-    "N_CLUSTERS",
-    "TooFewFramesError",
-    "centres_entry",
-    "check_enough_frames",
-    "nearest_centre",
-    "torch_kmeans",
-    "train_cluster",
-    "train_speaker_kmeans",
-]
+__all__ = ["KMEANS_FILE_NAME", "N_CLUSTERS", "TooFewFramesError", "centres_entry", "check_enough_frames",
+           "nearest_centre", "torch_kmeans", "train_cluster", "train_speaker_kmeans"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +48,7 @@ def check_enough_frames(speaker: str, n_frames: int, n_clusters: int) -> None:
 
 
 def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centre (Euclidean) of every row.
-
-    Args:
-        x: `[N, C]`; centres: `[K, C]` (same dtype/device).
-    Returns:
-        int64 `[N]`.
-    """
+    """Index of the nearest centre of every row: x `[N, C]`, centres `[K, C]` -> int64 `[N]`."""
     c_sq = (centres * centres).sum(dim=1)  # [K]; ||x||² is the same for every centre of a row
     step = max(1, _CHUNK_ELEMENTS // max(1, centres.shape[0]))
     out = [torch.argmin(c_sq[None, :] - 2.0 * (x[i:i + step] @ centres.T), dim=1)
@@ -77,12 +63,8 @@ def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, cand: torch.Tensor) -> torch.T
 
 
 def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ seeding.
-
-    Each new centre is the best (lowest total squared distance) of 2 + ln k candidates drawn with
-    probability ∝ squared distance to the centres chosen so far; the extra candidates make a single
-    seeding far less likely to put two centres in one true cluster.
-    """
+    """Greedy k-means++: each new centre is the best of 2 + ln k candidates drawn ∝ squared distance
+    (the extra candidates make two centres in one true cluster far less likely)."""
     n = x.shape[0]
     trials = 2 + int(np.log(k))
     x_sq = (x * x).sum(dim=1)
@@ -106,13 +88,12 @@ def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: float = 1e-2,
                  batch_size: int = 32768, init_sample: int | None = None, seed: int | None = None,
                  verbose: bool = False) -> torch.Tensor:
-    """PyTorch k-means (4.1's `--gpu` path, pipeline.md §6.1); runs on whatever device `x` is on.
+    """PyTorch k-means (the `--gpu` path) on whatever device `x` is on.
 
-    Greedy k-means++ seeding on a random sample of the rows, then Lloyd updates. When all rows fit in one
-    batch every update moves a centre to the mean of its rows (plain Lloyd); otherwise each update
-    uses a random mini-batch and moves a centre by the per-cluster rate `0.9 / count + 0.1`, where
-    `count` is 1 plus the rows that centre has received so far. Stops after `max_iter` updates or
-    when the summed squared centre shift is <= `tol`. Clusters that receive no rows keep their centre.
+    k-means++ seeding on a sample of the rows, then Lloyd updates: plain means when all rows fit in one
+    batch, else random mini-batches moving each centre by `0.9 / count + 0.1` (count = 1 + rows it has
+    received). Stops after `max_iter` updates or when the summed squared centre shift is <= `tol`;
+    clusters that receive no rows keep their centre.
 
     Args:
         x: rows `[N, C]` float32, N >= n_clusters.
@@ -164,13 +145,12 @@ def train_speaker_kmeans(rows: np.ndarray, n_clusters: int = N_CLUSTERS, use_gpu
                          verbose: bool = False) -> dict[str, Any]:
     """k-means of one speaker's unit rows `[N, C]`; returns its `kmeans_10000.pt` entry.
 
-    CPU path: `sklearn.cluster.KMeans(n_clusters)` with library defaults (or 4.1's
-    `MiniBatchKMeans(batch_size=4096, max_iter=80)` with `minibatch`); `seed` becomes `random_state`
-    (None: NumPy's global RNG, as 4.1). GPU path: `torch_kmeans` on `device` (default cuda if available).
+    CPU: scikit-learn with `seed` as `random_state` (None: NumPy's global RNG, as 4.1). `use_gpu`:
+    `torch_kmeans` on `device` (None: `core.device.resolve_device`).
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if use_gpu:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(device)
         centres = torch_kmeans(torch.from_numpy(rows).to(dev), n_clusters, seed=seed, verbose=verbose)
         return centres_entry(centres.cpu().numpy(), GPU_N_THREADS)
     from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -188,23 +168,22 @@ def train_cluster(dataset: PathLike = "./dataset/44k", output: PathLike = "logs/
                   n_clusters: int = N_CLUSTERS, use_gpu: bool = False, minibatch: bool = False,
                   seed: int | None = None, device: str | None = None,
                   progress: Callable[[list[Path]], Any] | None = None) -> Path:
-    """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt`.
+    """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt` atomically.
 
-    Every speaker's frame count is checked before any clustering starts, so a too-small speaker
-    fails fast. The file is written atomically (a failed run leaves an older file untouched).
-
+    Every speaker's frame count is checked before any clustering starts, so a too-small one fails fast.
     Args:
-        progress: wraps each speaker's file list (e.g. `tqdm.tqdm`) for a progress bar.
+        progress: wraps each speaker's file list (e.g. `tqdm.tqdm`).
     Returns:
         path of the written file.
     Raises:
-        FileNotFoundError: no dataset folder or no speaker in it.
+        DatasetError: no dataset folder or no speaker in it.
         UnitFileError: a speaker without `*.soft.pt` files, or an unreadable unit file.
         TooFewFramesError: a speaker with fewer frames than `n_clusters`.
     """
     speakers = list_speakers(dataset)
     if not speakers:
-        raise FileNotFoundError(f"no speaker folders in {dataset}")
+        raise DatasetError(f"no speaker folders in {os.fspath(dataset)}: run python resample.py and "
+                           "preprocess_hubert_f0.py first")
     files_of: dict[str, list[Path]] = {}
     for spk in speakers:  # first pass: fail fast, before hours of clustering, on any unusable speaker
         files = speaker_unit_files(Path(dataset) / spk, ".soft.pt")

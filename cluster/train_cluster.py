@@ -19,8 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("logs/44k"), help="path of model output directory")
     parser.add_argument("--gpu", action="store_true",
                         help="use our PyTorch k-means (on CUDA when available) instead of scikit-learn")
-    # Not in 4.1 (which hard-codes 10000 clusters and full-batch KMeans); the file name stays
-    # kmeans_10000.pt because that is where inference looks.
+    # The file keeps the name kmeans_10000.pt whatever the count: that is where inference looks.
     parser.add_argument("--n_clusters", type=int, default=10000, help="clusters per speaker (default 10000)")
     parser.add_argument("--minibatch", action="store_true",
                         help="CPU: MiniBatchKMeans(batch_size=4096, max_iter=80) instead of full KMeans (faster)")
@@ -40,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.kmeans import TooFewFramesError, train_cluster
     from cluster.units import UnitFileError
+    from core.features import DatasetError
 
     if args.gpu and not torch.cuda.is_available():
         print("train_cluster.py: no CUDA device; running the PyTorch k-means on the CPU", file=sys.stderr)
     try:
         path = train_cluster(args.dataset, args.output, n_clusters=args.n_clusters, use_gpu=args.gpu,
                              minibatch=args.minibatch, seed=args.seed, progress=tqdm.tqdm)
-    except (FileNotFoundError, UnitFileError, TooFewFramesError) as err:
+    except (DatasetError, UnitFileError, TooFewFramesError) as err:
         print(f"train_cluster.py: {err}", file=sys.stderr)
         return 1
     print(f"wrote {path}")

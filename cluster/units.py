@@ -1,8 +1,5 @@
-"""Reading a speaker's content units (`*.soft.pt`) as rows for k-means and the retrieval index.
-
-`preprocess_hubert_f0.py` stores each clip's units unstretched as a float32 tensor `[1, C, Tu]`;
-clustering and retrieval both work on the rows `[Tu, C]` of every clip of a speaker, concatenated.
-"""
+"""A speaker's content units (`*.soft.pt`, float32 `[1, C, Tu]` per clip, unstretched) as rows
+`[Tu, C]`, concatenated over the clips, for k-means and the retrieval index."""
 from __future__ import annotations
 
 import os
@@ -14,7 +11,7 @@ import torch
 
 from core.checkpoint import safe_torch_load
 
-__all__ = ["UnitFileError", "list_speakers", "load_unit_rows", "speaker_unit_files"]
+__all__ = ["UnitFileError", "load_unit_rows", "speaker_unit_files"]
 
 PathLike = str | os.PathLike
 
@@ -23,25 +20,13 @@ class UnitFileError(ValueError):
     """A unit file is missing, unreadable or has an unexpected shape; the message names the file."""
 
 
-def list_speakers(dataset: PathLike) -> list[str]:
-    """Speaker folders of `dataset`: non-hidden sub-directories, sorted by name.
-
-    4.1 logged "Ignore" for `.ipynb_checkpoints` yet still clustered it (quirk 51); hidden folders
-    are skipped here.
-    """
-    root = Path(dataset)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} not found (run resample.py and preprocess_hubert_f0.py)")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def speaker_unit_files(folder: PathLike, must_contain: str = ".soft.pt") -> list[Path]:
     """Unit files of one speaker folder, sorted by path, hidden files skipped.
 
     Args:
         folder: `dataset/44k/<speaker>`.
-        must_contain: `".soft.pt"` for k-means (4.1 globbed `*.soft.pt`), `".wav.soft.pt"` for the
-            index (4.1 kept names containing it).
+        must_contain: `".soft.pt"` for k-means (names ending with it, as 4.1 globbed), `".wav.soft.pt"`
+            for the index (names containing it, as 4.1 filtered).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -65,10 +50,8 @@ def _as_rows(units: object, path: Path) -> np.ndarray:
 
 
 def load_unit_rows(files: Iterable[PathLike]) -> np.ndarray:
-    """Concatenate the units of `files` as rows.
+    """Concatenate the units of `files` as float32 rows `[sum Tu, C]`.
 
-    Returns:
-        float32 `[sum Tu, C]` (no stretching to the F0 frame count).
     Raises:
         UnitFileError: unreadable file, bad shape, or files with different channel counts.
     """
