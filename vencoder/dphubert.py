@@ -1,15 +1,10 @@
 """`dphubert`: DPHuBERT (structurally pruned HuBERT, torchaudio wav2vec2 layout) built from its stored config.
 
-File layout: `{"config": keyword arguments of DPHuBERT's wav2vec2_model(), "state_dict": ...}` (formats.md
-§12). Pruning leaves a different channel count per conv layer, per-layer head counts of width
-`encoder_head_dim` (q/k/v width heads x head_dim, not necessarily E), per-layer feed-forward sizes, and
-whole attention / feed-forward blocks removed; `feature_extractor.dummy_weight` carries per-channel
-pruning factors onto the conv features. The conv stack and positional conv are the HuBERT ones
-(`vencoder.hubert`); the file's torchaudio-style conv keys are renamed to that layout on load.
-
-4.1 loads with `strict=False` and never calls `eval()`; here missing or mis-shaped tensors are errors
-(extra ones are logged and skipped) and the model runs in eval mode, so non-zero dropouts in a config do
-not make the output random.
+The file is `{"config": kwargs of DPHuBERT's wav2vec2_model(), "state_dict": ...}`. Pruning leaves
+per-layer conv channels, head counts (of width `encoder_head_dim`), feed-forward sizes and removed
+attention / feed-forward blocks; `feature_extractor.dummy_weight` scales the conv channels. Conv stack
+and positional conv are `vencoder.hubert`'s; the file's conv keys are renamed to that layout on load.
+Missing or mis-shaped tensors are errors, extra ones are logged; the model runs in eval mode.
 """
 from __future__ import annotations
 

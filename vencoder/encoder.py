@@ -1,4 +1,4 @@
-"""Base class of the speech ("content") encoders and the errors they share (pipeline.md §3.1)."""
+"""Base class of the speech ("content") encoders and the errors they share."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,9 @@ from abc import ABC, abstractmethod
 import torch
 
 from core.checkpoint import CheckpointNotFoundError
+from core.device import resolve_device
 
-__all__ = ["PretrainNotFoundError", "SpeechEncoder", "require_pretrain", "resolve_device"]
+__all__ = ["PretrainNotFoundError", "SpeechEncoder", "require_pretrain"]
 
 PathLike = str | os.PathLike
 
@@ -30,15 +31,8 @@ def require_pretrain(path: PathLike, what: str) -> str:
     state = "is a directory, not a file" if os.path.isdir(name) else "is missing"
     raise PretrainNotFoundError(
         f"{name} {state}: it is the {what}. Download it and put it at {os.path.abspath(name)} "
-        "(file name exactly as shown; see formats.md §12 for the download list)."
+        "(file name exactly as shown; pretrain/README.md lists the downloads)."
     )
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` means CUDA when available, else CPU (probed only when an encoder is built)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class SpeechEncoder(ABC):

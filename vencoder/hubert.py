@@ -2,7 +2,7 @@
 
 One network serves `vec768l12`, `vec256l9`, `cnhubertlarge` and, after a key rename, `hubertsoft`:
 conv feature extractor -> LayerNorm + projection -> weight-normed positional conv -> post-LN or pre-LN
-transformer layers, read out after a chosen layer (fixtures/vencoder/README.md, "Forward pass").
+transformer layers, read out after a chosen layer.
 """
 from __future__ import annotations
 

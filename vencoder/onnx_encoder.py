@@ -1,9 +1,8 @@
-"""`vec256l9-onnx`, `vec256l12-onnx`, `vec768l9-onnx`, `vec768l12-onnx`, `hubertsoft-onnx`: an ONNX
-speech encoder run by ONNX Runtime (pipeline.md §3.1).
+"""The `*-onnx` speech encoders: a complete encoder graph run by ONNX Runtime.
 
-The file is a complete encoder graph (the MoeVoiceStudio exports 4.1 points to: input "source"
-float32 [1, 1, N], output "embed" [1, Tu, C]). Any padding (hubertsoft) or layer choice lives inside the
-graph, so this adapter only feeds the first input and transposes the first output.
+The graph takes "source" float32 [1, 1, N] and gives "embed" [1, Tu, C] (the MoeVoiceStudio exports
+4.1 points to); padding (hubertsoft) and layer choice live inside it, so this adapter only feeds the
+first input and transposes the first output.
 """
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """`wavlmbase+`: Microsoft's WavLM (Base+) checkpoint run through our HuBERT network.
 
-WavLM is the fairseq HuBERT architecture with the same key names plus a bucketed relative position bias
-in the attention, gated per query by the layer's input ("gated relative position bias"). So the model is
-a `HubertModel` whose attention modules are swapped for `GatedRelativeAttention`; feature extractor,
-positional conv, layer norms, feed-forward and read-out are shared with vec768l12 / cnhubertlarge.
-
-File layout: `{"cfg": plain dict of WavLM config fields, "model": state dict}` (formats.md §12).
+WavLM is fairseq HuBERT (same key names) plus a bucketed relative position bias in the attention,
+gated per query by the layer's input. The model is a `HubertModel` whose attentions are
+`GatedRelativeAttention`. File layout: `{"cfg": dict of WavLM config fields, "model": state dict}`.
 """
 from __future__ import annotations
 

@@ -1,20 +1,11 @@
 """`whisper-ppg` / `whisper-ppg-large`: the audio encoder of OpenAI Whisper used as a content encoder.
 
-Encoder only (no decoder, tokenizer or `openai-whisper` package). The checkpoint is OpenAI's
-`{"dims": {...}, "model_state_dict": {...}}` file with float16 tensors; its `encoder.*` tensors are
-copied into a float32 network, so all math is float32 on fp16-rounded values, as 4.1 does.
-
-Per 30-second window (fixtures/vencoder/README.md, "Whisper PPG"): zero-pad or cut to 480,000 samples,
-80-bin log-mel (n_fft 400, hop 160, librosa Slaney filterbank, log10, floor at the window's max - 8,
-`(x + 4) / 4`), conv1 + GELU, conv2 (stride 2) + GELU -> 1500 frames, stored positional table, pre-LN
-blocks, `ln_post`; the first `n // 320` frames are kept.
-
-Inputs longer than 30 s: 4.1 silently encodes only the first 30 s and the caller then stretches those
-units over the whole slice (quirks.md E). Here the default (`long_input="chunk"`) encodes consecutive
-30-second windows on their own and concatenates them, i.e. exactly the features 4.1 gives when the audio
-is sliced at 30 s boundaries; every window is a whole number of frames (480,000 = 1500 x 320), so the
-result always has `N // 320` frames. `"refuse"` raises instead (naming `-cl 25 -lg 1`), `"trim"`
-reproduces 4.1's first-30-s-only output (1500 frames).
+Encoder only (no decoder, tokenizer or `openai-whisper` package), read from OpenAI's `{"dims",
+"model_state_dict"}` file; its fp16 `encoder.*` tensors are copied into a float32 network, as 4.1 does.
+Per 30-s window: pad or cut to 480,000 samples, log-mel, two convs (stride 1, 2) -> 1500 frames,
+positional table, pre-LN blocks, `ln_post`; the first `n // 320` frames are kept. Longer input
+(`long_input`): "chunk" encodes consecutive windows and concatenates them, "trim" keeps the first
+window only (4.1's output), "refuse" raises.
 """
 from __future__ import annotations
 
