@@ -121,8 +121,8 @@ def test_mis_shaped_keys_are_reported(tmp_path: Path) -> None:
     with pytest.raises(VocoderLoadError) as err:
         load_model(path)
     message = str(err.value)
-    assert str(path) in message and "mis-shaped keys" in message
-    assert "noise_convs.4.bias: file (1,) vs model (2,)" in message and "(299 in all)" in message
+    assert str(path) in message and str(tmp_path / "config.json") in message
+    assert "299 with a different shape" in message and "noise_convs.4.bias file [1] vs model [2]" in message
 
 
 def test_missing_and_unexpected_keys_are_reported(tmp_path: Path) -> None:
@@ -134,7 +134,8 @@ def test_missing_and_unexpected_keys_are_reported(tmp_path: Path) -> None:
     with pytest.raises(VocoderLoadError) as err:
         load_model(tmp_path / "model")
     message = str(err.value)
-    assert "missing keys: conv_post.bias" in message and "unexpected keys: cond.weight" in message
+    assert "1 missing from the file" in message and "(conv_post.bias)" in message
+    assert "1 in the file not used by the model (cond.weight)" in message
     assert str(tmp_path / "model") in message
 
 
@@ -161,3 +162,17 @@ def test_parametrized_weight_norm_names_load(loaded, tmp_path: Path) -> None:
     assert generator.state_dict().keys() == reference.keys()
     for key, value in generator.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+def test_unsafe_release_file_is_refused_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w')",)
+
+    _copy_release(tmp_path)
+    torch.save({"generator": {"conv_post.bias": Payload()}}, tmp_path / "model")
+    with pytest.raises(VocoderLoadError, match=r"cannot read .*: .*model: refused.*exec.*Nothing"):
+        load_model(tmp_path / "model")
+    assert not marker.exists()

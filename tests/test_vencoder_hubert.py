@@ -265,6 +265,11 @@ def test_unpickler_refuses_names_off_the_allow_list(dotted):
         RestrictedUnpickler(io.BytesIO(f"c{module}\n{name}\n.".encode())).load()
 
 
+def test_unpickler_refuses_persistent_ids_outside_torch_load():
+    with pytest.raises(pickle.UnpicklingError, match="persistent"):
+        RestrictedUnpickler(io.BytesIO(b"\x80\x02X\x01\x00\x00\x00aQ.")).load()
+
+
 def test_unpickler_stand_ins_become_data():
     # fairseq config enum member, pickled as cls("default"): a stand-in whose plain value is "default"
     member = b"\x80\x02cfairseq.dataclass.constants\nMode\nX\x07\x00\x00\x00default\x85R."

@@ -1,15 +1,10 @@
 """Read fairseq training checkpoints without fairseq or omegaconf installed, executing nothing.
 
-A fairseq checkpoint (quirks.md B.24) pickles more than tensors: a `fairseq.data.dictionary.Dictionary`
-under `task_state`, and depending on the fairseq version its configuration as an `argparse.Namespace`
-(`args`), as a plain dict or as an omegaconf `DictConfig` (`cfg`). A weights-only load refuses those
-objects, a full load would need both packages and would run whatever the file names.
-
-`RestrictedUnpickler` sits in between: a fixed allow-list of harmless callables (plain containers,
-torch's tensor rebuild functions, NumPy scalars/arrays) resolves normally; the configuration and
-dictionary classes above become inert stand-ins that only store what the pickle hands them; every
-other global is refused with `UnsafeCheckpointError` before anything is called. `to_plain` then turns
-the stand-ins back into nested dicts / lists.
+A fairseq checkpoint pickles more than tensors: a `Dictionary` under `task_state` and, depending on
+the fairseq version, its config as an `argparse.Namespace` (`args`), a dict or an omegaconf
+`DictConfig` (`cfg`). `RestrictedUnpickler` resolves a fixed allow-list (containers, torch's tensor
+rebuilders, NumPy data), turns those config / vocabulary classes into inert stand-ins and refuses every
+other global before anything runs; `to_plain` turns the stand-ins back into dicts and lists.
 """
 from __future__ import annotations
 
@@ -18,20 +13,16 @@ import pickle
 import types
 import typing
 from collections import OrderedDict, defaultdict
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
-import numpy as np
 import torch
 
-from core.checkpoint import CheckpointError, UnsafeCheckpointError
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, is_zip
+from core.pickle_guard import NUMPY_GLOBALS, GuardedUnpickler
 
 __all__ = ["RestrictedUnpickler", "StandIn", "load_fairseq_checkpoint", "restricted_pickle_module", "to_plain"]
 
 PathLike = str | os.PathLike
-_NP_CORE = getattr(np, "_core", None) or np.core  # NumPy 2 renamed numpy.core
-
-# Python-2 pickles (very old torch files) name the builtins module differently.
-_PY2_NAMES = {("__builtin__", "long"): ("builtins", "int"), ("__builtin__", "unicode"): ("builtins", "str")}
 
 
 def _safe_reconstructor(cls: type, base: type, state: Any) -> Any:
@@ -42,9 +33,11 @@ def _safe_reconstructor(cls: type, base: type, state: Any) -> Any:
     return cls.__new__(cls)
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
+_TORCH_AND_BUILTINS: dict[tuple[str, str], Any] = {
     **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, int, float, complex,
                                              str, bytes, bytearray, bool, slice)},
+    ("builtins", "long"): int,  # Python-2 names (very old torch files)
+    ("builtins", "unicode"): str,
     ("collections", "OrderedDict"): OrderedDict,
     ("collections", "defaultdict"): defaultdict,
     ("copyreg", "_reconstructor"): _safe_reconstructor,
@@ -55,12 +48,6 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "Size"): torch.Size,
     **{("torch", name): getattr(torch, name) for name in ("float16", "bfloat16", "float32", "float64",
                                                           "int8", "int16", "int32", "int64", "uint8", "bool")},
-    # NumPy scalars and arrays appear in `extra_state` (metrics); these only rebuild data.
-    **{(mod, "scalar"): _NP_CORE.multiarray.scalar for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(mod, "_reconstruct"): _NP_CORE.multiarray._reconstruct
-       for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
 }
 
 # Classes whose objects are configuration / vocabulary data: replaced by stand-ins, never imported.
@@ -108,29 +95,40 @@ def _stand_in(dotted: str) -> type:
     return _stand_in_cache[dotted]
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """`pickle.Unpickler` that resolves only allow-listed globals (see module docstring)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        module, name = _PY2_NAMES.get((module, name), (module, name))
-        if module == "__builtin__":
-            module = "builtins"
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        dotted = f"{module}.{name}"
-        if dotted in _STAND_IN_NAMES or module.startswith(_STAND_IN_MODULES):
-            return _stand_in(dotted)
-        raise _RefusedGlobal(dotted)
-
-
 class _RefusedGlobal(pickle.UnpicklingError):
     def __init__(self, dotted: str) -> None:
         super().__init__(dotted)
         self.dotted = dotted
 
 
-def _load(file: BinaryIO, **kwargs: Any) -> Any:
-    return RestrictedUnpickler(file, **kwargs).load()
+class RestrictedUnpickler(GuardedUnpickler):
+    """GuardedUnpickler for fairseq checkpoints: tensors, containers, NumPy data and config stand-ins.
+
+    Args:
+        file: binary file positioned at the pickle.
+        encoding: how Python-2 strings are decoded (torch.load passes "utf-8").
+        source: file name for messages.
+    """
+
+    allowed: ClassVar[dict[tuple[str, str], Any]] = {**NUMPY_GLOBALS, **_TORCH_AND_BUILTINS}
+    # torch.load assigns its storage loader to each instance; the base class's refusing method would
+    # hide pickle's own (C-level) slot, so put the slot back. Unassigned, persistent ids still fail.
+    persistent_load = pickle.Unpickler.__dict__["persistent_load"]
+
+    def __init__(self, file: BinaryIO, encoding: str = "ASCII", source: str = "fairseq checkpoint") -> None:
+        # The base constructor takes no `encoding`, which torch.load hands to every unpickler it makes.
+        pickle.Unpickler.__init__(self, file, encoding=encoding)
+        self.source = source
+
+    def refuse(self, module: str, name: str) -> Any:
+        dotted = f"{module}.{name}"
+        if dotted in _STAND_IN_NAMES or module.startswith(_STAND_IN_MODULES):
+            return _stand_in(dotted)
+        raise _RefusedGlobal(dotted)
+
+
+def _load(file: BinaryIO, encoding: str = "ASCII") -> Any:
+    return RestrictedUnpickler(file, encoding=encoding).load()
 
 
 # What `torch.load(pickle_module=...)` needs: a module with an `Unpickler` class and a `load` function.
@@ -160,11 +158,6 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def _is_zip(path: PathLike) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
 def load_fairseq_checkpoint(path: PathLike) -> dict[str, Any]:
     """Read a fairseq checkpoint on CPU through `RestrictedUnpickler`.
 
@@ -180,7 +173,7 @@ def load_fairseq_checkpoint(path: PathLike) -> dict[str, Any]:
     try:
         # weights_only=False only hands unpickling to RestrictedUnpickler, which refuses every global
         # outside its allow-list before anything is called.
-        ckpt = torch.load(name, map_location="cpu", weights_only=False, mmap=_is_zip(name),
+        ckpt = torch.load(name, map_location="cpu", weights_only=False, mmap=is_zip(name),
                           pickle_module=restricted_pickle_module)
     except _RefusedGlobal as err:
         raise UnsafeCheckpointError(

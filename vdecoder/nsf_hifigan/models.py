@@ -1,9 +1,8 @@
 """Stand-alone NSF-HiFiGAN vocoder in the OpenVPI release layout (`pretrain/nsf_hifigan/`).
 
-The release is two files in one folder: `model`, a torch file `{'generator': state_dict}` with
-weight-norm (`weight_g` / `weight_v`) keys, and `config.json` beside it (formats.md §12). The network
-is the project's one NSF-HiFiGAN `Generator` built with the frame-rate harmonic source and the
-release's padding (`source="frame"`), without speaker conditioning.
+A release is a torch file `model` holding `{'generator': state_dict}` (weight-norm `weight_g` /
+`weight_v` keys) with its `config.json` beside it. The network is the project's NSF-HiFiGAN
+`Generator` with the frame-rate harmonic source and the release's padding, without speakers.
 """
 from __future__ import annotations
 
@@ -14,7 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from core.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_load
 from core.config import HParams, load_config
+from core.device import resolve_device
 from modules.mel_processing import VocoderMel
 from vdecoder.hifigan.models import Generator
 
@@ -27,9 +28,6 @@ _WHAT_FOR = (
     "by diffusion mel extraction. Put the release's `model` file and its `config.json` together in "
     "pretrain/nsf_hifigan/ (the 2024.02 release ships `model.ckpt`: rename it to `model`)."
 )
-# Names written by torch's parametrization-based weight norm, mapped to the release's legacy names.
-_PARAMETRIZED = {".parametrizations.weight.original0": ".weight_g",
-                 ".parametrizations.weight.original1": ".weight_v"}
 
 
 class VocoderLoadError(RuntimeError):
@@ -38,14 +36,6 @@ class VocoderLoadError(RuntimeError):
 
 class VocoderNotFoundError(VocoderLoadError, FileNotFoundError):
     """The vocoder `model` file or its `config.json` is missing (also a FileNotFoundError)."""
-
-
-def _torch_load(path: Path, device: str | torch.device) -> Any:
-    # Tensors-only unpickling: a release file needs nothing else, and nothing in it gets executed.
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise VocoderLoadError(f"cannot read NSF-HiFiGAN vocoder file {path}: {exc}") from exc
 
 
 def build_generator(h: HParams | Mapping[str, Any]) -> Generator:
@@ -67,41 +57,14 @@ def build_generator(h: HParams | Mapping[str, Any]) -> Generator:
     )
 
 
-def _legacy_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    renamed = {}
-    for key, value in state.items():
-        for new, old in _PARAMETRIZED.items():
-            if key.endswith(new):
-                key = key[: -len(new)] + old
-        renamed[key] = value
-    return renamed
-
-
-def _check_fit(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
-    """Raise one error listing every missing, unexpected and mis-shaped key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if not (missing or unexpected or shapes):
-        return
-    lines = [f"NSF-HiFiGAN vocoder file {path} does not fit the network described by "
-             f"{path.parent / 'config.json'}:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("mis-shaped keys", shapes)):
-        if items:
-            shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
-            lines.append(f"  {title}: {shown}")
-    raise VocoderLoadError("\n".join(lines))
-
-
 def load_model(model_path: PathLike, device: str | torch.device = "cpu") -> tuple[Generator, HParams]:
     """Load a release vocoder: `model_path` plus the `config.json` in the same folder.
 
-    The state dict is loaded strictly (any missing, unexpected or mis-shaped key is an error naming
-    the file), weight norm is folded and the network is put in eval mode on `device`.
-    Returns (generator, h) where `h` is the config.
+    Returns (generator in eval mode on `device` with weight norm folded, config `h`).
+    Raises:
+        VocoderNotFoundError: `model_path` or its `config.json` is missing.
+        VocoderLoadError: unreadable or unsafe file, not a release file, or any missing, unexpected
+            or mis-shaped tensor (parametrized weight-norm names are accepted).
     """
     path = Path(model_path)
     config_path = path.parent / "config.json"
@@ -116,17 +79,22 @@ def load_model(model_path: PathLike, device: str | torch.device = "cpu") -> tupl
         generator = build_generator(h)
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise VocoderLoadError(f"{config_path} does not describe an NSF-HiFiGAN vocoder: {exc}") from exc
-
-    checkpoint = _torch_load(path, device)
+    try:
+        checkpoint = safe_torch_load(path, map_location=device)
+    except CheckpointError as exc:
+        raise VocoderLoadError(f"cannot read the NSF-HiFiGAN vocoder file: {exc}") from exc
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("generator"), Mapping):
         found = (f"keys {list(checkpoint)[:5]}" if isinstance(checkpoint, Mapping)
                  else type(checkpoint).__name__)
         raise VocoderLoadError(
             f"{path} is not an NSF-HiFiGAN release file: expected a dict with a 'generator' state "
             f"dict, found {found}")
-    state = _legacy_names(checkpoint["generator"])
-    _check_fit(generator, state, path)
-    generator.load_state_dict(state, strict=True)
+    try:
+        load_state_dict_strict(generator, checkpoint["generator"], source=str(path))
+    except CheckpointError as exc:
+        raise VocoderLoadError(
+            f"NSF-HiFiGAN vocoder file {path} does not fit the network described by {config_path}; use "
+            f"the config.json released with this model file. Details: {exc}") from exc
     generator.remove_weight_norm()
     return generator.to(device).eval(), h
 
@@ -136,14 +104,12 @@ class NsfHifiGAN(nn.Module):
 
     Args:
         model_path: the release `model` file (its `config.json` must be in the same folder).
-        device: where the network runs; None picks CUDA when available, else CPU.
+        device: where the network runs; None / "auto" picks CUDA when available, else CPU.
     """
 
     def __init__(self, model_path: PathLike, device: str | torch.device | None = None) -> None:
         super().__init__()
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model, self.h = load_model(model_path, device=self.device)
         h = self.h
         self.mel = VocoderMel(int(h.sampling_rate), int(h.num_mels), int(h.n_fft), int(h.win_size),
