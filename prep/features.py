@@ -1,14 +1,9 @@
 """Tutorial step 3 (`preprocess_hubert_f0.py`): per-clip training features next to every `X.wav`.
 
-Outputs (formats.md §2, pipeline.md §3): ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy``
-((f0, uv), written as a plain float64 (2, T) array), ``X.spec.pt`` ([1025, T]); with
-``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with ``--use_diff`` ``X.wav.mel.npy``,
-``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``.
-
-Differences to 4.1: a unit file made by another encoder (wrong channel count) is recomputed with a
-warning instead of breaking training later (quirks.md E); an unreadable clip is reported and
-skipped; ``--device`` is honoured (quirk 50); missing model files stop the run with one clear
-message before any work starts; every file is written atomically.
+Outputs: ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy`` ((f0, uv) as float64 (2, T)),
+``X.spec.pt`` ([1025, T]); with ``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with
+``--use_diff`` ``X.wav.mel.npy``, ``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``. Existing files are
+kept unless they are unit files of another encoder width; every file is written atomically.
 """
 from __future__ import annotations
 
@@ -23,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
-from core.checkpoint import CheckpointError, safe_torch_load
 from core.atomic import write_atomic
+from core.checkpoint import CheckpointError, safe_torch_load
 from core.config import HParams
-from modules.mel_processing import spectrogram_torch, volume_extract
+from core.device import resolve_device
 from core.features import feature_path, save_f0, save_npy, save_object_npy
+from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
+from modules.mel_processing import spectrogram_torch, volume_extract
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +51,8 @@ class FeatureSettings:
 
 @dataclass
 class FeatureSummary:
+    """Clip counts of a run: computed, already complete, and (path, reason) of the failed ones."""
+
     done: int = 0
     up_to_date: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -67,6 +65,7 @@ class FeatureSummary:
 
 def settings_from_config(hps: HParams, f0_predictor: str, use_diff: bool, device: str | None,
                          diffusion: HParams | None = None, overwrite: bool = False) -> FeatureSettings:
+    """Worker settings from the So-VITS config `hps` (and, with `use_diff`, the diffusion config's vocoder)."""
     model = hps.model
     return FeatureSettings(
         sampling_rate=int(hps.data.sampling_rate), hop_length=int(hps.data.hop_length),
@@ -97,7 +96,7 @@ class FeatureExtractor:
         from vencoder import get_speech_encoder
 
         self.s = settings
-        self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = str(resolve_device(settings.device))
         self.encoder = get_speech_encoder(settings.speech_encoder, device=self.device,
                                           pretrain_dir=settings.pretrain_dir)
         self.dim = int(self.encoder.dim)
@@ -130,15 +129,14 @@ class FeatureExtractor:
     def process(self, clip: Path) -> bool:
         """Write the missing feature files of one clip; returns True when anything was computed."""
         s = self.s
-        targets = {name: Path(feature_path(clip, kind)) for name, kind in (
-            ("soft", "units"), ("f0", "f0"), ("spec", "spec"), ("vol", "volume"), ("mel", "mel"),
-            ("aug_mel", "aug_mel"), ("aug_vol", "aug_vol"))}
+        targets = {kind: Path(feature_path(clip, kind))
+                   for kind in ("units", "f0", "spec", "volume", "mel", "aug_mel", "aug_vol")}
         want_vol = s.vol_embedding or s.use_diff
         todo = {
-            "soft": not self._units_ok(targets["soft"]),
+            "units": not self._units_ok(targets["units"]),
             "f0": self._needed(targets["f0"]),
             "spec": self._needed(targets["spec"]),
-            "vol": want_vol and self._needed(targets["vol"]),
+            "volume": want_vol and self._needed(targets["volume"]),
             "mel": s.use_diff and self._needed(targets["mel"]),
             "aug": s.use_diff and (self._needed(targets["aug_mel"]) or self._needed(targets["aug_vol"])),
         }
@@ -148,14 +146,14 @@ class FeatureExtractor:
         if sr != s.sampling_rate:
             wav = resample_audio(wav, sr, s.sampling_rate)
         audio = torch.from_numpy(wav).unsqueeze(0)  # [1, L]
-        if todo["soft"]:
+        if todo["units"]:
             wav16 = torch.from_numpy(resample_audio(wav, s.sampling_rate, ENCODER_RATE)).to(self.device)
             with torch.inference_mode():
                 units = self.encoder.encoder(wav16).float().cpu()
             if not torch.isfinite(units).all():
                 raise ValueError(f"speech encoder {s.speech_encoder} gave NaN/inf units; its checkpoint in "
                                  f"{s.pretrain_dir}/ looks broken")
-            write_atomic(targets["soft"], lambda f: torch.save(units, f))
+            write_atomic(targets["units"], lambda f: torch.save(units, f))
         if todo["f0"]:
             f0, uv = self.f0.compute_f0_uv(wav)
             save_f0(targets["f0"], f0, uv)
@@ -163,8 +161,8 @@ class FeatureExtractor:
             spec = spectrogram_torch(audio, s.filter_length, s.sampling_rate, s.hop_length, s.win_length)
             spec = spec.squeeze(0)
             write_atomic(targets["spec"], lambda f: torch.save(spec, f))
-        if todo["vol"]:
-            save_npy(targets["vol"], volume_extract(audio, s.hop_length).numpy().astype(np.float32))
+        if todo["volume"]:
+            save_npy(targets["volume"], volume_extract(audio, s.hop_length).numpy().astype(np.float32))
         if todo["mel"] or todo["aug"]:
             self._diffusion_files(audio, targets, todo)
         return True
@@ -177,7 +175,7 @@ class FeatureExtractor:
                 mel = self.vocoder.extract(audio.to(self.device)).squeeze(0).float().cpu().numpy()
                 save_npy(targets["mel"], mel)
             if todo["aug"]:
-                # Volume and key augmentation of 4.1 (pipeline.md §3.6), deliberately unseeded.
+                # Volume and key augmentation as 4.1 draws it, deliberately unseeded.
                 peak = float(audio.abs().max()) + 1e-5
                 vol_shift = random.uniform(-1, min(1.0, float(np.log10(1 / peak))))
                 keyshift = random.uniform(-5, 5)

@@ -1,14 +1,9 @@
 """Tutorial step 2 (`preprocess_flist_config.py`): train/val file lists and the two generated configs.
 
-4.1 behaviour (formats.md §3-§5, pipeline.md §2): per speaker folder of `dataset/44k`, clips shorter
-than 0.3 s are dropped, the rest shuffled, 2 go to validation and the others to training; both lists
-are shuffled again and written one path per line. `configs/config.json` and `configs/diffusion.yaml`
-are the templates with the speaker map, the encoder name and its dimensions, `--vol_aug` and
-`--tiny` applied. Differences to 4.1, from quirks.md: speakers are sorted (#37) and an existing
-`configs/config.json` keeps its speaker ids; hidden entries and non-folders are skipped (#51, #52);
-`*-onnx` encoders get their real dimensions (#61); lists are UTF-8 on every platform (section E);
-`--seed` makes the split reproducible (#38); clips that training would misread (not 44.1 kHz mono
-16-bit PCM) stop the run with the list of files instead of failing later.
+Per speaker folder of `dataset/44k`, clips shorter than 0.3 s are dropped, the rest shuffled, 2 go to
+validation and the others to training; both lists are shuffled again and written one UTF-8 path per
+line. `configs/config.json` and `configs/diffusion.yaml` are the templates with the speaker map, the
+encoder name and width, `--vol_aug` and `--tiny` applied.
 """
 from __future__ import annotations
 
@@ -26,19 +21,10 @@ import soundfile as sf
 from core.atomic import write_bytes_atomic
 from core.config import ConfigError, dump_config, load_config
 from core.features import DatasetError, list_speakers
-from vencoder import ENCODER_DIMS  # output width per `--speech_encoder` name (formats.md §4.3)
+from vencoder import ENCODER_DIMS  # output width per `--speech_encoder` name
 
-__all__ = [
-    "FlistConfigResult",
-    "assign_speaker_ids",
-    "clip_duration",
-    "patch_diffusion_config",
-    "patch_sovits_config",
-    "preprocess_flist_config",
-    "risky_characters",
-    "split_dataset",
-    "write_filelist",
-]
+__all__ = ["FlistConfigResult", "assign_speaker_ids", "clip_duration", "patch_diffusion_config",
+           "patch_sovits_config", "preprocess_flist_config", "risky_characters", "split_dataset", "write_filelist"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
@@ -61,12 +47,9 @@ class FlistConfigResult:
     diffusion_path: str = ""
 
 
-# ------------------------------------------------------------------------------------------------
-# dataset scan and split
-# ------------------------------------------------------------------------------------------------
+# --- dataset scan and split ---
 def risky_characters(name: str) -> list[str]:
-    """Characters of `name` outside ASCII, in order of appearance (what can trip up encodings, tools
-    and other OSes; hyphens and spaces are fine and not reported, unlike 4.1's warning)."""
+    """Characters of `name` outside ASCII, in order of appearance (hyphens and spaces are harmless)."""
     return list(dict.fromkeys(c for c in name if ord(c) > 127))
 
 
@@ -97,10 +80,7 @@ def clip_duration(path: PathLike, sampling_rate: int = 44100) -> float:
 
 
 def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[str]) -> list[str]:
-    """List paths (`<source_dir>/<speaker>/<name>`) of one speaker's usable clips, sorted by name.
-
-    Unreadable or wrongly formatted clips are appended to `bad` (logged as `Reading <path>`).
-    """
+    """List paths `<source_dir>/<speaker>/<name>` of one speaker's usable clips, sorted; misfits go to `bad`."""
     folder = os.path.join(source_dir, speaker)
     clips = []
     for name in sorted(os.listdir(folder)):
@@ -134,11 +114,9 @@ def split_dataset(
     """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training.
 
     Args:
-        source_dir: resampled dataset root; list paths are `<source_dir>/<speaker>/<file>` joined
-            with "/" (default prefix `./dataset/44k/`).
+        source_dir: resampled dataset root; list paths are `<source_dir>/<speaker>/<file>` joined by "/".
         rng: source of the shuffles (seeded for a reproducible split).
         sampling_rate: rate every clip must have.
-        progress: show a progress bar over speakers.
     Returns:
         (train paths, val paths, speakers); both lists shuffled.
     Raises:
@@ -193,15 +171,12 @@ def write_filelist(path: PathLike, paths: list[str], progress: bool = True) -> N
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-# ------------------------------------------------------------------------------------------------
-# configs
-# ------------------------------------------------------------------------------------------------
+# --- configs ---
 def assign_speaker_ids(speakers: list[str], existing: Mapping[str, int] | None = None) -> dict[str, int]:
     """Speaker map: ids of `existing` (an earlier config.json) are kept, other speakers get the next free
-    ids in name order; without `existing` that is 0..n-1 in sorted order (quirk 37).
+    ids in name order (0..n-1 sorted without `existing`, so ids do not depend on the filesystem).
 
-    Speakers of `existing` without a folder are dropped, so ids can have gaps; the model's
-    `n_speakers` must then be max(id) + 1.
+    Speakers of `existing` without a folder are dropped, so ids can have gaps (`n_speakers` = max id + 1).
     """
     kept = {s: int(existing[s]) for s in speakers if existing and s in existing}
     next_id = max(kept.values(), default=-1) + 1
@@ -228,11 +203,7 @@ def _dims_for(speech_encoder: str) -> dict[str, int]:
 def patch_sovits_config(
     template: Mapping[str, Any], spk: Mapping[str, int], speech_encoder: str, vol_aug: bool, tiny: bool
 ) -> dict[str, Any]:
-    """config.json from its template (formats.md §4.3); the template is not modified.
-
-    Raises:
-        KeyError: unknown `speech_encoder` (see ENCODER_DIMS).
-    """
+    """config.json from its template (not modified); raises KeyError for an unknown `speech_encoder`."""
     config = copy.deepcopy(dict(template))
     model = config["model"]
     config["spk"] = dict(spk)
@@ -248,7 +219,7 @@ def patch_sovits_config(
 
 
 def patch_diffusion_config(template: Mapping[str, Any], spk: Mapping[str, int], speech_encoder: str) -> dict[str, Any]:
-    """diffusion.yaml from its template (formats.md §5): speaker count and map, encoder name and width."""
+    """diffusion.yaml from its template: speaker count and map, encoder name and width."""
     config = copy.deepcopy(dict(template))
     config["model"]["n_spk"] = max(spk.values(), default=-1) + 1
     config["data"]["encoder"] = speech_encoder
@@ -297,16 +268,12 @@ def preprocess_flist_config(
     """Write the file lists, `<config_dir>/config.json` and `<config_dir>/diffusion.yaml`.
 
     Args:
-        train_list, val_list: list files to write.
-        source_dir: resampled dataset, one folder per speaker.
         speech_encoder: content encoder name, one of ENCODER_DIMS.
         vol_aug: set `train.vol_aug` and `model.vol_embedding`.
         tiny: start from `config_tiny_template.json` and force `filter_channels` 512.
         seed: seed of the split shuffles; None = unseeded like 4.1.
-        config_dir: where the configs go (4.1: fixed `configs`); an existing config.json there keeps
-            its speaker ids.
+        config_dir: where the configs go; an existing config.json there keeps its speaker ids.
         template_dir: folder of the templates; None = `configs_template` (see _default_template_dir).
-        progress: progress bars.
     Raises:
         DatasetError: see split_dataset; ValueError: unknown `speech_encoder`.
     """

@@ -1,12 +1,9 @@
 """Tutorial step 1 (`resample.py`): every clip of `dataset_raw/<speaker>/` -> 44.1 kHz mono int16 WAV.
 
-Per clip (pipeline.md §1): decode and average channels, trim leading/trailing silence (-40 dB),
-peak guard (x > 1 -> 0.98 x / peak), resample, peak-normalise to full scale unless
-`--skip_loudnorm`, truncate `x * 32767` to int16. Differences to 4.1, all from quirks.md:
-silent clips are reported and skipped instead of written as NaN garbage (#28), `--skip_loudnorm`
-clips to the int16 range instead of wrapping around (#59), hidden files and folders are ignored (#51),
-unreadable files are reported instead of ending the run, outputs are written atomically and a clip
-whose output is already newer than its source is not redone (use `overwrite=True` to redo all).
+Per clip: decode and average channels, trim leading/trailing silence (-40 dB), peak guard
+(x > 1 -> 0.98 x / peak), resample, peak-normalise to full scale unless `--skip_loudnorm`, truncate
+`x * 32767` to int16. Silent or unreadable clips are reported and skipped; outputs are written
+atomically, and a clip whose output is newer than its source is not redone unless `overwrite`.
 """
 from __future__ import annotations
 
@@ -22,30 +19,15 @@ import numpy as np
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
 from core.atomic import write_bytes_atomic
 
-__all__ = [
-    "ClipJob",
-    "ClipOutcome",
-    "ResampleSummary",
-    "SilentAudioError",
-    "TRIM_TOP_DB",
-    "default_workers",
-    "format_summary",
-    "list_jobs",
-    "prepare_clip",
-    "resample_dataset",
-    "resample_file",
-    "to_int16",
-    "trim_silence",
-]
+__all__ = ["ClipJob", "ClipOutcome", "ResampleSummary", "SilentAudioError", "TRIM_TOP_DB", "default_workers",
+           "format_summary", "list_jobs", "prepare_clip", "resample_dataset", "resample_file", "to_int16",
+           "trim_silence"]
 
 PathLike = str | os.PathLike
 
-# Silence trimming of 4.1 (librosa.effects.trim defaults).
-TRIM_TOP_DB = 40.0
-TRIM_FRAME = 2048
-TRIM_HOP = 512
+TRIM_TOP_DB = 40.0  # 4.1's librosa.effects.trim threshold
 # Peaks at or below one 16-bit step are digital silence (or dither): normalising them would blow
-# noise up to full scale, and an all-zero clip would give 0/0 = NaN (quirk 28).
+# noise up to full scale, and an all-zero clip would give 0/0 = NaN.
 SILENCE_PEAK = 1.0 / 32768.0
 # Names other than 4.1's "*wav" that are decoded too; their output is renamed to `<stem>.wav`.
 EXTRA_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
@@ -88,51 +70,21 @@ class ResampleSummary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-# ------------------------------------------------------------------------------------------------
-# per-clip signal processing
-# ------------------------------------------------------------------------------------------------
-def trim_silence(
-    x: np.ndarray, top_db: float = TRIM_TOP_DB, frame_length: int = TRIM_FRAME, hop_length: int = TRIM_HOP
-) -> np.ndarray:
-    """Cut leading and trailing silence like `librosa.effects.trim` (4.1's call, default arguments).
-
-    Frame RMS over `frame_length` samples every `hop_length`, frames centred (zero padding of
-    frame_length // 2 on both sides, 1 + L // hop frames). A frame is non-silent when its level
-    relative to the loudest frame is above -top_db (levels floored at 1e-5 amplitude). Since the
-    loudest frame always qualifies, nothing is cut from an all-zero clip.
-
-    Args:
-        x: float32 [L].
-    Returns:
-        the view `x[first * hop : min(L, (last + 1) * hop)]` over the first/last non-silent frame.
-    """
+# --- per-clip signal processing ---
+def trim_silence(x: np.ndarray, top_db: float = TRIM_TOP_DB) -> np.ndarray:
+    """Leading and trailing silence of float32 `x` `[L]` cut by `librosa.effects.trim` (4.1's call)."""
     if len(x) == 0:
         return x
-    pad = frame_length // 2
-    padded = np.pad(x.astype(np.float32, copy=False), pad)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length]
-    power = np.mean(np.square(frames), axis=-1)
-    rms = np.sqrt(power)
-    amin = 1e-5
-    ref = max(float(rms.max()), amin)
-    level_db = 20.0 * np.log10(np.maximum(rms, amin)) - 20.0 * np.log10(ref)
-    loud = np.flatnonzero(level_db > -top_db)
-    if loud.size == 0:
-        return x
-    start = int(loud[0]) * hop_length
-    end = min(len(x), (int(loud[-1]) + 1) * hop_length)
-    return x[start:end]
+    import librosa  # heavy import, paid once per worker process
+
+    return librosa.effects.trim(x, top_db=top_db)[0]
 
 
 def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
-    """4.1's int16 conversion: `x * 32767` truncated toward zero (no rounding).
+    """4.1's int16 conversion of float32 `x` `[L]`: `x * 32767` truncated toward zero (no rounding).
 
-    Args:
-        x: float32 [L].
-        clip: limit to [-32768, 32767] first; without it values beyond +-1 would wrap around, which
-            only un-normalised audio (`--skip_loudnorm`) can reach (quirk 59).
-    Returns:
-        int16 [L].
+    `clip` limits to the int16 range first; without it values beyond +-1, which only un-normalised
+    audio (`--skip_loudnorm`) reaches, would wrap around.
     """
     scaled = np.asarray(x, dtype=np.float32) * np.float32(32767)
     if clip:
@@ -141,13 +93,11 @@ def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
 
 
 def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: str = "clip") -> np.ndarray:
-    """The 4.1 chain from decoded audio to the int16 samples that resample.py stores.
+    """The chain from decoded mono float32 `x` `[L]` at `sr` to the int16 samples resample.py stores.
 
     Args:
-        x: float32 [L] mono at `sr`.
-        sr: rate of `x`.
         target_sr: output rate (44100 in the tutorial).
-        loudnorm: peak-normalise to full scale after resampling (4.1 default; off = `--skip_loudnorm`).
+        loudnorm: peak-normalise to full scale after resampling (off = `--skip_loudnorm`).
         name: used in the error message.
     Returns:
         int16 [ceil(L_trimmed * target_sr / sr)].
@@ -181,11 +131,7 @@ def _is_up_to_date(src: str, dst: str, target_sr: int) -> bool:
 
 
 def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool = False) -> ClipOutcome:
-    """Convert one clip; unusable inputs are reported in the outcome instead of raised.
-
-    Runs in worker processes, so it takes and returns only picklable values. The output is written
-    through a hidden temporary file and renamed, so an interrupted run leaves no half-written WAV.
-    """
+    """Convert one clip (in a worker process: picklable in and out); problems go into the outcome."""
     if not overwrite and _is_up_to_date(job.src, job.dst, target_sr):
         return ClipOutcome(job, "up to date")
     try:
@@ -205,9 +151,7 @@ def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool 
     return ClipOutcome(job, "written")
 
 
-# ------------------------------------------------------------------------------------------------
-# dataset walk and worker pool
-# ------------------------------------------------------------------------------------------------
+# --- dataset walk and worker pool ---
 def _output_name(name: str) -> str | None:
     """Output file name for an input name, or None when the file is not audio to convert."""
     if name.startswith("."):
@@ -222,11 +166,8 @@ def _output_name(name: str) -> str | None:
 
 
 def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list[ClipJob]]], list[ClipOutcome]]:
-    """Find the clips to convert.
-
-    Speakers are the non-hidden sub-folders of `in_dir` (files such as the tutorial's
-    `dataset_raw/config.json` are ignored), sorted by name; clips are the non-hidden files of
-    each speaker folder (not recursive) with an audio name, sorted by name.
+    """Find the clips to convert: per non-hidden speaker folder of `in_dir` (sorted; loose files such as
+    `dataset_raw/config.json` are ignored), its non-hidden audio files, sorted by name.
 
     Returns:
         ([(speaker, jobs)], conflicts): `conflicts` are inputs whose renamed output (`a.flac` ->
@@ -280,16 +221,11 @@ def resample_dataset(
 ) -> ResampleSummary:
     """Convert every speaker folder of `in_dir` into `out_dir/<speaker>/` (resample.py).
 
-    Prints `CPU count: <n>`, then per speaker its folder and a `resampling:` progress bar.
-
     Args:
-        in_dir: raw dataset root, one sub-folder per speaker.
-        out_dir: destination root (created as needed).
-        target_sr: output rate.
         loudnorm: peak-normalise to full scale (False = `--skip_loudnorm`).
         workers: process count; None = 4.1's rule (`default_workers`), 0 = one per CPU, 1 = no pool.
         overwrite: redo clips whose output is already up to date.
-        progress: show the console lines and progress bars.
+        progress: print `CPU count`, each speaker folder and a `resampling:` progress bar.
     Returns:
         every clip's outcome; failures do not stop the run.
     Raises:
