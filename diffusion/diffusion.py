@@ -1,75 +1,37 @@
 """Gaussian diffusion over normalised mels (DDPM, Ho et al. 2020) with shallow-start sampling.
 
-Training: t ~ U{0, .., k_step_max - 1}, eps ~ N(0, I), x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
-loss = MSE(eps, denoiser(x_t, t, cond)). Inference: from a vocoder mel (shallow diffusion, k steps of
-noise added to it) or from pure noise (full diffusion), run one of the samplers of
-`diffusion.samplers` and map the result back to a log-mel (pipeline.md §8).
-
-Randomness: every Gaussian draw goes through `GaussianDiffusion.noise_like`, which uses the
-`noise_fn` given to `forward` (e.g. `torch.zeros_like` in tests) and `torch.randn_like` otherwise.
+Training: t ~ U{0, .., k_step_max - 1}, x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
+loss = MSE(eps, denoiser(x_t, t, cond)). Inference: from a vocoder mel with k steps of noise added
+(shallow diffusion) or from pure noise (full diffusion), run a sampler of `diffusion.samplers`.
+Every Gaussian draw goes through `noise_like`, so a `noise_fn` given to `forward` controls them all.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion.samplers import get_sampler
+from diffusion.samplers.schedule import extract, linear_schedule
 
-__all__ = ["DiffusionStepError", "GaussianDiffusion", "NoiseFn", "effective_k_step_max", "extract", "schedule"]
+__all__ = ["DiffusionStepError", "GaussianDiffusion", "NoiseFn", "effective_k_step_max"]
 
 # A function returning Gaussian noise with the shape, dtype and device of its argument.
 NoiseFn = Callable[[Tensor], Tensor]
 
-_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-            "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-            "posterior_mean_coef1", "posterior_mean_coef2")
-
 
 class DiffusionStepError(ValueError):
-    """A requested diffusion depth the model cannot serve (k_step > k_step_max, full diffusion with a
-    shallow-only model, k_step < 1). 4.1 raised a bare Exception with the same leading text."""
+    """A diffusion depth the model cannot serve (k_step > k_step_max or < 1, full diffusion with a
+    shallow-only model); the leading text is 4.1's."""
 
 
 def effective_k_step_max(k_step_max: int | None, timesteps: int) -> int:
-    """Configured `model.k_step_max` -> steps the model is trained for: values <= 0 or >= timesteps
-    (and None) mean all `timesteps`."""
+    """`model.k_step_max` -> steps the model is trained for; None, <= 0 or >= timesteps mean all."""
     if k_step_max is None or k_step_max <= 0 or k_step_max >= timesteps:
         return int(timesteps)
     return int(k_step_max)
-
-
-def schedule(timesteps: int, max_beta: float) -> dict[str, np.ndarray]:
-    """Linear beta schedule 1e-4 .. max_beta and the DDPM quantities derived from it, float64 [timesteps]."""
-    betas = np.linspace(1e-4, max_beta, timesteps)
-    alphas = 1.0 - betas
-    abar = np.cumprod(alphas, axis=0)
-    abar_prev = np.append(1.0, abar[:-1])
-    # Variance of q(x_{t-1} | x_t, x_0); it is 0 at t = 0, so its log is floored before use.
-    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-    return {
-        "betas": betas,
-        "alphas_cumprod": abar,
-        "alphas_cumprod_prev": abar_prev,
-        "sqrt_alphas_cumprod": np.sqrt(abar),
-        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
-        "log_one_minus_alphas_cumprod": np.log(1.0 - abar),
-        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
-        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1.0),
-        "posterior_variance": post_var,
-        "posterior_log_variance_clipped": np.log(np.maximum(post_var, 1e-20)),
-        "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
-        "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
-    }
-
-
-def extract(a: Tensor, t: Tensor, ndim: int = 4) -> Tensor:
-    """Per-item schedule values a[t] for t [B] (long), shaped [B, 1, ...] to broadcast over ndim dims."""
-    return a.gather(-1, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
 
 
 class GaussianDiffusion(nn.Module):
@@ -92,9 +54,9 @@ class GaussianDiffusion(nn.Module):
         self.num_timesteps = int(timesteps)
         self.k_step_max = effective_k_step_max(k_step, timesteps)
         self.noise_fn: NoiseFn | None = None
-        values = schedule(self.num_timesteps, max_beta)
-        for name in _BUFFERS:
-            self.register_buffer(name, torch.tensor(values[name], dtype=torch.float32))
+        # Buffers in 4.1's order (its state dicts list them so).
+        for name, value in linear_schedule(self.num_timesteps, max_beta).items():
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32))
         self.register_buffer("spec_min", torch.tensor([float(spec_min)])[None, None, :out_dims])
         self.register_buffer("spec_max", torch.tensor([float(spec_max)])[None, None, :out_dims])
 
@@ -140,21 +102,14 @@ class GaussianDiffusion(nn.Module):
     def forward(self, condition: Tensor, gt_spec: Tensor | None = None, infer: bool = True,
                 infer_speedup: int = 10, method: str | None = "dpm-solver", k_step: int = 300,
                 use_tqdm: bool = True, *, t: Tensor | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
-        """Training loss or sampled mel.
+        """Training loss (infer=False) or sampled mel [B, T, M].
 
         Args:
             condition: [B, T, H] per-frame condition.
-            gt_spec: [B, T, M] log-mel; the training target, or the shallow-diffusion start at inference
-                (None at inference = full diffusion from pure noise, ignoring `k_step`).
-            infer: False returns the training loss (t uniform in [0, k_step_max)).
-            infer_speedup: sampler stride; <= 1 runs the plain DDPM loop whatever `method` says.
-            method: sampler name (see `diffusion.samplers.SAMPLERS`).
+            gt_spec: [B, T, M] log-mel: the training target, or the shallow start (None: full diffusion).
+            infer_speedup / method: sampler stride and `infer.method` (stride <= 1: plain DDPM).
             k_step: shallow-diffusion depth (1 .. k_step_max).
-            use_tqdm: show a progress bar while sampling.
-            t: training only, diffusion steps [B] to use instead of random ones (tests, validation).
-            noise_fn: source of every Gaussian draw of this call instead of torch.randn_like.
-        Returns:
-            scalar loss (training) or mel [B, T, M] (inference).
+            t: training steps [B] instead of random ones; noise_fn: source of every Gaussian draw.
         """
         previous = self.noise_fn
         if noise_fn is not None:

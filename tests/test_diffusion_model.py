@@ -270,10 +270,10 @@ def test_unknown_method_after_the_start(model, arrays, meta) -> None:
 
 def test_sampler_registry() -> None:
     assert set(SAMPLERS) == {"ddim", "pndm", "dpm-solver", "dpm-solver++", "unipc"}
-    from diffusion.samplers import ddim, ddpm, pndm
+    from diffusion.samplers import stride
 
-    assert get_sampler("ddim", 10) is ddim.sample and get_sampler("pndm", 2) is pndm.sample
-    assert get_sampler(None, 10) is ddpm.sample and get_sampler("anything", 1) is ddpm.sample
+    assert get_sampler("ddim", 10) is stride.ddim and get_sampler("pndm", 2) is stride.pndm
+    assert get_sampler(None, 10) is stride.ddpm and get_sampler("anything", 1) is stride.ddpm
     with pytest.raises(NotImplementedError):
         get_sampler("DDIM", 10)
 

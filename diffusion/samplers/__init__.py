@@ -1,44 +1,50 @@
 """Samplers of the shallow-diffusion model, keyed by the exact `infer.method` strings.
 
-Every sampler is one function with the same interface (`sample` in its module; `dpm_solver` has
-`sample_dpm_solver` and `sample_dpm_solver_pp`, one per config string):
+Every sampler has one signature:
 
-    sample(diffusion: GaussianDiffusion, x: Tensor [B, 1, M, T], cond: Tensor [B, H, T],
-           t_start: int, speedup: int, use_tqdm: bool = False) -> Tensor [B, 1, M, T]
+    sample(diffusion: Diffusion, x [B, 1, M, T], cond [B, H, T], t_start: int, speedup: int,
+           use_tqdm: bool = False) -> [B, 1, M, T]
 
-`x` is the normalised start (noised mel for shallow diffusion, pure noise for full diffusion) at depth
-`t_start` (k_step, or k_step_max for full diffusion). A sampler calls the network only as
-`diffusion.denoise_fn(x, t, cond)` with t a [B] tensor (long or float), reads the schedule buffers
-(`betas`, `alphas_cumprod`, ...) from `diffusion`, and draws any Gaussian noise with
-`diffusion.noise_like(x)` so that callers can make runs deterministic.
-
-Modules are imported on first use: a run that never asks for UniPC does not load it.
+`x` is the normalised start (noised mel, or pure noise for full diffusion) at depth `t_start`.
+Samplers draw Gaussian noise only through `diffusion.noise_like`, so callers can make runs
+deterministic. Sampler modules are imported on first use.
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Iterable, Protocol
 
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from diffusion.diffusion import GaussianDiffusion
+__all__ = ["DDPM", "Diffusion", "SAMPLERS", "Sampler", "get_sampler", "progress"]
 
-__all__ = ["DDPM", "SAMPLERS", "Sampler", "get_sampler", "progress"]
 
-Sampler = Callable[["GaussianDiffusion", Tensor, Tensor, int, int, bool], Tensor]
+class Diffusion(Protocol):
+    """What a sampler reads from the diffusion model (`diffusion.diffusion.GaussianDiffusion`)."""
 
-# Config string -> (module under diffusion.samplers, function with the interface above).
-# dpm_solver serves two config strings (noise- and data-prediction variants), one function each.
+    betas: Tensor  # [N] float32 schedule
+    alphas_cumprod: Tensor  # [N]
+    denoise_fn: Callable[[Tensor, Tensor, Tensor], Tensor]  # (x [B,1,M,T], step [B], cond [B,H,T]) -> eps
+
+    def noise_like(self, x: Tensor) -> Tensor: ...
+
+    def predict_start_from_noise(self, x_t: Tensor, t: Tensor, noise: Tensor) -> Tensor: ...
+
+    def q_posterior(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+Sampler = Callable[[Diffusion, Tensor, Tensor, int, int, bool], Tensor]
+
+# Config string -> (module under diffusion.samplers, function).
 SAMPLERS: dict[str, tuple[str, str]] = {
-    "ddim": ("ddim", "sample"),
-    "pndm": ("pndm", "sample"),
+    "ddim": ("stride", "ddim"),
+    "pndm": ("stride", "pndm"),
     "dpm-solver": ("dpm_solver", "sample_dpm_solver"),
     "dpm-solver++": ("dpm_solver", "sample_dpm_solver_pp"),
     "unipc": ("unipc", "sample"),
 }
 # The plain ancestral loop over every step: used when speedup <= 1 or no method is given.
-DDPM = ("ddpm", "sample")
+DDPM = ("stride", "ddpm")
 
 
 def _load(entry: tuple[str, str]) -> Sampler:
@@ -47,11 +53,8 @@ def _load(entry: tuple[str, str]) -> Sampler:
 
 
 def get_sampler(method: str | None, speedup: int) -> Sampler:
-    """The sampling function for `infer.method` / `infer.speedup`.
-
-    speedup <= 1 or method None -> the plain DDPM loop (`method` is then not checked, as in 4.1).
-    Raises NotImplementedError naming the method and the valid names for anything else unknown.
-    """
+    """The sampler for `infer.method` / `infer.speedup`; speedup <= 1 or no method gives DDPM
+    (the method is then not checked, as in 4.1). Raises NotImplementedError for an unknown method."""
     if method is None or speedup <= 1:
         return _load(DDPM)
     entry = SAMPLERS.get(method)
@@ -62,7 +65,7 @@ def get_sampler(method: str | None, speedup: int) -> Sampler:
     return _load(entry)
 
 
-def progress(steps: list[int], use_tqdm: bool, desc: str) -> list[int]:
+def progress(steps: list[int], use_tqdm: bool, desc: str = "sample time step") -> Iterable[int]:
     """`steps`, wrapped in a tqdm bar when asked (tqdm is imported only then)."""
     if not use_tqdm:
         return steps

@@ -1,33 +1,23 @@
-"""Multistep DPM-Solver ("dpm-solver") and DPM-Solver++ ("dpm-solver++"), order 2.
+"""Multistep DPM-Solver ("dpm-solver") and DPM-Solver++ ("dpm-solver++") of order 2.
 
-Written from Lu et al. 2022, "DPM-Solver" (NeurIPS) and "DPM-Solver++" (arXiv:2211.01095). Both
-integrate the probability-flow ODE exactly in its linear part and approximate the network term
-in lambda (the half log-SNR) with h = lambda_t - lambda_s:
+From Lu et al. 2022, "DPM-Solver" (NeurIPS) and "DPM-Solver++" (arXiv:2211.01095), stepping in
+lambda (half log-SNR) with h = lambda_t - lambda_s:
 
-- noise prediction (DPM-Solver): x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps_s,
-- data prediction (DPM-Solver++): x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) x0_s;
+- noise prediction: x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps_s,
+- data prediction:  x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) x0_s;
 
-the multistep second-order update adds 0.5 * (same factor) * D1 with the backward difference
-D1 = (m_s - m_prev) / r, r = (lambda_s - lambda_prev) / h, of the last two network outputs m.
-
-Configuration of so-vits-svc 4.1: schedule from betas[:t_start], steps = t_start // speedup,
-uniform in t from 1 to 1/N, the first step first-order (no history yet), the last steps
-first-order only when steps < 10, no final denoising step, no thresholding. One network call per
-step (the value at the final time is never needed). 4.1 asserted on fewer steps than the order
-(k_step < 2 * speedup); here such a run is one first-order step (see ``solver_steps``).
+the second-order update adds 0.5 * (same factor) * D1, D1 = (m_s - m_prev) / r,
+r = (lambda_s - lambda_prev) / h, of the last two network outputs m. 4.1's configuration: schedule
+from betas[:t_start], t_start // speedup steps uniform in t, first step first-order, last steps
+first-order only below 10 steps, no final denoising, no thresholding; one network call per step.
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from diffusion.samplers import progress
+from diffusion.samplers import Diffusion, progress
 from diffusion.samplers.schedule import ContinuousTimeDenoiser, DiscreteVPSchedule, solver_steps
-
-if TYPE_CHECKING:
-    from diffusion.diffusion import GaussianDiffusion
 
 ORDER = 2
 # The reference drops schedule steps whose log-SNR falls below this (never for 1000 linear betas).
@@ -77,13 +67,10 @@ def step_orders(steps: int, order: int = ORDER) -> list[int]:
     return orders
 
 
-def solve(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int, speedup: int,
+def solve(diffusion: Diffusion, x: Tensor, cond: Tensor, t_start: int, speedup: int,
           data_prediction: bool, use_tqdm: bool = False) -> Tensor:
-    """Multistep DPM-Solver(++) of order 2 from the start ``x`` [B,1,M,T] at step t_start - 1 to step 0.
-
-    cond: [B,H,T] denoiser condition. data_prediction True = DPM-Solver++, False = DPM-Solver.
-    Returns the sample [B,1,M,T] (normalised mel) after t_start // speedup network calls.
-    """
+    """DPM-Solver(++) from x [B,1,M,T] at step t_start - 1 to step 0; cond [B,H,T] -> [B,1,M,T].
+    data_prediction True = DPM-Solver++."""
     schedule = DiscreteVPSchedule(diffusion.betas[:t_start], clip_lambda=CLIP_LAMBDA)
     steps = solver_steps(t_start, speedup)
     times = schedule.time_steps(steps)
@@ -92,7 +79,7 @@ def solve(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int,
     with torch.no_grad():
         hist_t, hist_m = [times[0]], [model(x, times[0])]
         # one network call per step: the first before the loop, none after the last step
-        for step in progress(list(range(1, steps + 1)), use_tqdm, "sample time step"):
+        for step in progress(list(range(1, steps + 1)), use_tqdm):
             t, order = times[step], orders[step - 1]
             if order == 1:
                 x = first_order_update(schedule, x, hist_t[-1], t, hist_m[-1], data_prediction)
@@ -103,13 +90,13 @@ def solve(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int,
     return x
 
 
-def sample_dpm_solver_pp(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int, speedup: int,
+def sample_dpm_solver_pp(diffusion: Diffusion, x: Tensor, cond: Tensor, t_start: int, speedup: int,
                          use_tqdm: bool = False) -> Tensor:
     """Method "dpm-solver++": multistep DPM-Solver++ (data prediction). x [B,1,M,T], cond [B,H,T] -> [B,1,M,T]."""
     return solve(diffusion, x, cond, t_start, speedup, data_prediction=True, use_tqdm=use_tqdm)
 
 
-def sample_dpm_solver(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int, speedup: int,
+def sample_dpm_solver(diffusion: Diffusion, x: Tensor, cond: Tensor, t_start: int, speedup: int,
                       use_tqdm: bool = False) -> Tensor:
     """Method "dpm-solver": multistep DPM-Solver (noise prediction). x [B,1,M,T], cond [B,H,T] -> [B,1,M,T]."""
     return solve(diffusion, x, cond, t_start, speedup, data_prediction=False, use_tqdm=use_tqdm)

@@ -1,30 +1,53 @@
-"""The discrete VP noise schedule seen in continuous time, shared by DPM-Solver(++) and UniPC.
+"""Noise schedules: the discrete DDPM schedule with its per-step lookup, and its continuous-time
+view used by DPM-Solver(++) and UniPC.
 
-A model trained on the discrete steps n = 0 .. N-1 of a DDPM schedule is solved as an ODE in
-continuous time t in [1/N, 1]: step n sits at t = (n + 1) / N, log alpha_t (the log of the
-marginal mean coefficient, 0.5 * log of the cumulative product of 1 - beta) is linear between
-those points, sigma_t = sqrt(1 - alpha_t^2), and lambda_t = log alpha_t - log sigma_t is the
-half log-SNR the solvers step in (Lu et al. 2022, "DPM-Solver", section 3 and appendix).
-
-Shallow diffusion builds the schedule from the first ``t_start`` betas only (N = t_start), so the
-solver runs from t = 1 (the shallow start, step t_start - 1) down to t = 1/N (step 0).
+Continuous time (Lu et al. 2022, "DPM-Solver", section 3): step n of N sits at t = (n + 1) / N,
+log alpha_t is linear between those points, sigma_t = sqrt(1 - alpha_t^2) and the solvers step in
+the half log-SNR lambda_t = log alpha_t - log sigma_t. Shallow diffusion builds it from the first
+`t_start` betas only, so a solver runs from t = 1 (step t_start - 1) down to t = 1/N (step 0).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
-
+import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from diffusion.diffusion import GaussianDiffusion
+from diffusion.samplers import Diffusion
+
+__all__ = ["ContinuousTimeDenoiser", "DiscreteVPSchedule", "extract", "linear_schedule", "solver_steps"]
+
+
+def linear_schedule(timesteps: int, max_beta: float) -> dict[str, np.ndarray]:
+    """Linear betas 1e-4 .. max_beta and the DDPM quantities derived from them, float64 [timesteps]."""
+    betas = np.linspace(1e-4, max_beta, timesteps)
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas, axis=0)
+    abar_prev = np.append(1.0, abar[:-1])
+    # Variance of q(x_{t-1} | x_t, x_0); it is 0 at t = 0, so its log is floored.
+    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    return {
+        "betas": betas,
+        "alphas_cumprod": abar,
+        "alphas_cumprod_prev": abar_prev,
+        "sqrt_alphas_cumprod": np.sqrt(abar),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - abar),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1.0),
+        "posterior_variance": post_var,
+        "posterior_log_variance_clipped": np.log(np.maximum(post_var, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
+        "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+    }
+
+
+def extract(a: Tensor, t: Tensor, ndim: int = 4) -> Tensor:
+    """Per-item schedule values a[t] for t [B] long, shaped [B, 1, ...] to broadcast over `ndim` dims."""
+    return a.gather(-1, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
 
 
 def _interp(x: Tensor, xp: Tensor, yp: Tensor) -> Tensor:
-    """Piecewise-linear y(x) through the knots (xp, yp), xp increasing, extended linearly past both ends.
-
-    x: any shape; xp, yp: [K] with K >= 1. Returns y with the shape of x.
-    """
+    """Piecewise-linear y(x) through knots xp [K] (increasing), yp [K], extrapolated past both ends."""
     if xp.numel() == 1:
         return torch.full_like(x, float(yp[0]))
     flat = x.reshape(-1).contiguous()
@@ -35,13 +58,9 @@ def _interp(x: Tensor, xp: Tensor, yp: Tensor) -> Tensor:
 
 
 class DiscreteVPSchedule:
-    """Continuous-time view of the discrete schedule ``betas`` [N].
+    """Continuous-time view of the discrete schedule `betas` [N] (its dtype is kept).
 
-    Args:
-        betas: [N] betas of the discrete steps 0 .. N-1 (its dtype is kept).
-        clip_lambda: when given, drop the final steps whose lambda is below this value (the
-            DPM-Solver reference does this with -5.1 to keep the log-SNR of cosine-like schedules
-            finite; the 1000-step linear schedule of so-vits never reaches it).
+    clip_lambda: drop the final steps whose lambda is below it (never reached by 1000 linear betas).
     """
 
     def __init__(self, betas: Tensor, clip_lambda: float | None = None) -> None:
@@ -92,27 +111,19 @@ class DiscreteVPSchedule:
 
 
 def solver_steps(t_start: int, speedup: int) -> int:
-    """Solver steps for a start at ``t_start`` with speed-up ``speedup``: t_start // speedup, at least 1.
-
-    4.1 asserts on fewer steps than the solver order (k_step < 2 * speedup); one step here is a
-    first-order (DDIM-like) step, like what ddim does for a k_step below the speed-up.
-    """
+    """t_start // speedup, at least 1 (4.1 asserted when k_step < 2 * speedup; one step is first-order)."""
     if t_start < 1 or speedup < 1:
         raise ValueError(f"t_start and speedup must be >= 1, got t_start={t_start}, speedup={speedup}")
     return max(t_start // speedup, 1)
 
 
 class ContinuousTimeDenoiser:
-    """The network as a function of continuous time: noise prediction, or data prediction x0.
+    """The network as a function of continuous time, called with the float step `schedule.model_time(t)`:
+    noise prediction, or data prediction x0 = (x - sigma_t * eps) / alpha_t. `calls` counts evaluations."""
 
-    Calls ``diffusion.denoise_fn(x [B,1,M,T], step [B] float, cond [B,H,T])`` with the float step
-    ``schedule.model_time(t)``; data prediction is x0 = (x - sigma_t * eps) / alpha_t.
-    ``calls`` counts the network evaluations.
-    """
-
-    def __init__(self, diffusion: "GaussianDiffusion", schedule: DiscreteVPSchedule, cond: Tensor,
+    def __init__(self, diffusion: Diffusion, schedule: DiscreteVPSchedule, cond: Tensor,
                  data_prediction: bool) -> None:
-        self.denoise_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = diffusion.denoise_fn
+        self.denoise_fn = diffusion.denoise_fn
         self.schedule = schedule
         self.cond = cond
         self.data_prediction = data_prediction

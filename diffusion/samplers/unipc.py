@@ -1,37 +1,27 @@
 """UniPC ("unipc"): unified predictor-corrector, B(h) = bh2 variant, multistep, order 2, data prediction.
 
-Written from Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of
-Diffusion Models" (NeurIPS), section 3 and algorithms 1-2. With data prediction m = x0_hat, step
-size h = lambda_t - lambda_s (half log-SNR) and hh = -h:
+From Zhao et al. 2023, "UniPC" (NeurIPS), section 3 and algorithms 1-2. With m = x0_hat,
+h = lambda_t - lambda_s and hh = -h:
 
-    x_base = (sigma_t / sigma_s) x_s - alpha_t (e^hh - 1) m_s                  (DDIM / DPM-Solver++-1)
+    x_base = (sigma_t / sigma_s) x_s - alpha_t (e^hh - 1) m_s
     UniP:    x_t   = x_base - alpha_t B(h) sum_k rho_p[k] D_k
     UniC:    x_t^c = x_base - alpha_t B(h) (sum_k rho_c[k] D_k + rho_c[-1] (m(x_t, t) - m_s))
 
-with D_k = (m_{prev k} - m_s) / r_k, r_k = (lambda_{prev k} - lambda_s) / h, B(h) = e^hh - 1 (bh2),
-and rho solving R rho = g: R[i][k] = r_k^i (r = 1 for the new point), g_i = hh phi_{i+2}(hh) (i+1)! / B(h).
-As the paper's order-2 simplification, the predictor of order 2 uses rho_p = 1/2 and the order-1
-corrector rho_c = 1/2.
-
-The network evaluation the corrector makes at the predicted x_t is reused as the history entry
-of time t (the corrected x_t is not re-evaluated), so a step costs one call. so-vits-svc 4.1
-configuration: schedule from betas[:t_start], steps = t_start // speedup uniform in t from 1 to
-1/N, first step first-order, the last step always first-order (lower_order_final without a step
-limit) and without corrector; t_start // speedup network calls in all.
+with D_k = (m_{prev k} - m_s) / r_k, r_k = (lambda_{prev k} - lambda_s) / h, B(h) = e^hh - 1, and
+rho solving R rho = g (order 2 uses rho_p = 1/2). The corrector's evaluation at the predicted x_t is
+reused as the history entry, so a step costs one network call. 4.1's configuration: schedule from
+betas[:t_start], t_start // speedup steps uniform in t, first and last step first-order, no
+corrector after the last step.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from diffusion.samplers import progress
+from diffusion.samplers import Diffusion, progress
 from diffusion.samplers.schedule import ContinuousTimeDenoiser, DiscreteVPSchedule, solver_steps
-
-if TYPE_CHECKING:
-    from diffusion.diffusion import GaussianDiffusion
 
 ORDER = 2
 
@@ -87,12 +77,9 @@ def unipc_update(schedule: DiscreteVPSchedule, model: ContinuousTimeDenoiser, x:
     return x_base - alpha_t * b_h * corr, m_t
 
 
-def sample(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int, speedup: int,
+def sample(diffusion: Diffusion, x: Tensor, cond: Tensor, t_start: int, speedup: int,
            use_tqdm: bool = False) -> Tensor:
-    """Method "unipc": UniPC-bh2, order 2, from ``x`` [B,1,M,T] at step t_start - 1 to step 0.
-
-    cond: [B,H,T]. Returns [B,1,M,T] after t_start // speedup network calls.
-    """
+    """UniPC-bh2 of order 2 from x [B,1,M,T] at step t_start - 1 to step 0; cond [B,H,T] -> [B,1,M,T]."""
     schedule = DiscreteVPSchedule(diffusion.betas[:t_start])  # no log-SNR clipping in the UniPC reference
     steps = solver_steps(t_start, speedup)
     times = schedule.time_steps(steps)
@@ -100,7 +87,7 @@ def sample(diffusion: "GaussianDiffusion", x: Tensor, cond: Tensor, t_start: int
     with torch.no_grad():
         hist_t, hist_m = [times[0]], [model(x, times[0])]
         # one network call per step: the first before the loop, the corrector's in between, none at the end
-        for step in progress(list(range(1, steps + 1)), use_tqdm, "sample time step"):
+        for step in progress(list(range(1, steps + 1)), use_tqdm):
             t = times[step]
             order = min(ORDER, step, steps + 1 - step)
             x, m_t = unipc_update(schedule, model, x, hist_m, hist_t, t, order, use_corrector=step < steps)
