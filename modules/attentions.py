@@ -41,15 +41,8 @@ class MultiHeadAttention(nn.Module):
     every pair with |j - i| <= w, and sum_j p_ij Ev[j-i+w] to the output.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        out_channels: int,
-        n_heads: int,
-        p_dropout: float = 0.0,
-        window_size: int | None = None,
-        proximal_init: bool = False,
-    ) -> None:
+    def __init__(self, channels: int, out_channels: int, n_heads: int, p_dropout: float = 0.0,
+                 window_size: int | None = None, proximal_init: bool = False) -> None:
         super().__init__()
         assert channels % n_heads == 0, "channels must be divisible by n_heads"
         self.n_heads = n_heads
@@ -117,15 +110,8 @@ class MultiHeadAttention(nn.Module):
 class FFN(nn.Module):
     """Masked two-layer convolutional feed-forward block, 'same' or causal padding."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        filter_channels: int,
-        kernel_size: int,
-        p_dropout: float = 0.0,
-        causal: bool = False,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, filter_channels: int, kernel_size: int,
+                 p_dropout: float = 0.0, causal: bool = False) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.causal = causal
@@ -150,16 +136,8 @@ class FFN(nn.Module):
 class Encoder(nn.Module):
     """Prior-encoder transformer: [B, H, T] -> [B, H, T] (relative attention, window 4)."""
 
-    def __init__(
-        self,
-        hidden_channels: int,
-        filter_channels: int,
-        n_heads: int,
-        n_layers: int,
-        kernel_size: int = 1,
-        p_dropout: float = 0.0,
-        window_size: int = 4,
-    ) -> None:
+    def __init__(self, hidden_channels: int, filter_channels: int, n_heads: int, n_layers: int,
+                 kernel_size: int = 1, p_dropout: float = 0.0, window_size: int = 4) -> None:
         super().__init__()
         self.n_layers = n_layers
         self.drop = nn.Dropout(p_dropout)
@@ -192,17 +170,8 @@ class FFT(nn.Module):
     once; before layer i, ``x = gate(cond_pre(x) + g[2H*i : 2H*(i+1)])``.
     """
 
-    def __init__(
-        self,
-        hidden_channels: int,
-        filter_channels: int,
-        n_heads: int,
-        n_layers: int = 1,
-        kernel_size: int = 1,
-        p_dropout: float = 0.0,
-        isflow: bool = False,
-        gin_channels: int = 0,
-    ) -> None:
+    def __init__(self, hidden_channels: int, filter_channels: int, n_heads: int, n_layers: int = 1,
+                 kernel_size: int = 1, p_dropout: float = 0.0, isflow: bool = False, gin_channels: int = 0) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         self.n_layers = n_layers

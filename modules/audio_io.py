@@ -1,9 +1,5 @@
-"""Audio file I/O shared by the preprocessing stages: decode to float32 mono, resample, write int16 WAV.
-
-Decoding goes through soundfile (libsndfile), so WAV of any sample format (8/16/24/32-bit int,
-float), FLAC, OGG/Vorbis, MP3, AIFF, ... are accepted. Failures raise `AudioReadError` naming the
-file and the reason, never a bare libsndfile message.
-"""
+"""Audio file I/O of the preprocessing stages: decode to float32 mono (anything libsndfile reads: WAV of
+any sample format, FLAC, OGG, MP3, AIFF), resample, write int16 WAV. Failures raise `AudioReadError`."""
 from __future__ import annotations
 
 import math
@@ -65,17 +61,10 @@ def read_audio_mono(path: PathLike) -> tuple[np.ndarray, int]:
 
 
 def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Resample a mono signal with soxr "HQ" (what librosa >= 0.10 `resample` does by default).
+    """Resample mono float32 `x` `[L]` from `sr_in` to `sr_out` Hz with soxr "HQ", the librosa >= 0.10 default.
 
-    The length is ceil(L * sr_out / sr_in), zero-padded or cut like librosa's `fix_length`, so the
-    result equals `librosa.resample(x, orig_sr=sr_in, target_sr=sr_out)`. so-vits-svc 4.1 pinned
-    librosa 0.9.1 whose default was resampy "kaiser_best"; both are high-quality band-limited
-    filters and differ by far less than one 16-bit step on band-limited material.
-
-    Args:
-        x: float32 [L].
-        sr_in: rate of `x` in Hz.
-        sr_out: wanted rate in Hz.
+    Equals `librosa.resample(x, orig_sr=sr_in, target_sr=sr_out)` (length fixed like its `fix_length`).
+    4.1's librosa 0.9.1 used resampy "kaiser_best"; the two differ by far less than one 16-bit step.
     Returns:
         float32 [ceil(L * sr_out / sr_in)]; `x` itself when the rates are equal.
     """

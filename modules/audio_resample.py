@@ -1,19 +1,11 @@
 """Band-limited resampling with a Hann-windowed sinc kernel (polyphase, integer rate ratio).
 
-4.1 resamples with torchaudio's ``Resample`` / ``functional.resample`` (method ``sinc_interp_hann``):
-inference pieces with the default 6 zero crossings, the RMVPE and FCPE front ends with 128. This module
-computes the same kernel and the same strided convolution, so the numbers agree with torchaudio to
-float32 rounding, without depending on torchaudio.
-
-Algorithm: reduce the rates by their gcd to ``orig`` / ``new``. The low-pass cut-off is
-``base = min(orig, new) * rolloff`` (in units of the reduced rates). Output phase ``j`` (0 <= j < new)
-uses input taps at offsets ``t = (i / orig - j / new) * base`` (``j / new`` rounded to float32)
-for ``i`` in ``[-width, width + orig)``,
-``width = ceil(lowpass_filter_width * orig / base)``; the tap weight is
-``sinc(pi * t) * cos(pi * t / (2 * lowpass_filter_width))^2 * base / orig`` with ``t`` clipped to
-``[-lowpass_filter_width, lowpass_filter_width]`` (so the window reaches zero at the clip).
-The signal is zero-padded by ``width`` on the left and ``width + orig`` on the right, convolved with
-stride ``orig`` and the ``new`` phases interleaved; the output is cut to ``ceil(new * N / orig)``.
+Same kernel and strided convolution as torchaudio's ``sinc_interp_hann`` resampling, which 4.1 uses for
+inference pieces (6 zero crossings) and the RMVPE/FCPE front ends (128), so the numbers agree with
+torchaudio to float32 rounding without depending on it. With the rates reduced by their gcd to
+``orig`` / ``new`` and cut-off ``base = min(orig, new) * rolloff``, output phase ``j`` weighs input tap
+``i`` by ``sinc(pi t) cos(pi t / 2w)^2 base / orig``, ``t = (i / orig - j / new) * base`` clipped to
+``[-w, w]`` (w = lowpass_filter_width).
 """
 from __future__ import annotations
 
@@ -29,25 +21,14 @@ __all__ = ["resample", "sinc_resample_kernel"]
 _KERNEL_CACHE: dict[tuple, tuple[torch.Tensor, int]] = {}
 
 
-def sinc_resample_kernel(
-    orig_freq: int,
-    new_freq: int,
-    lowpass_filter_width: int = 6,
-    rolloff: float = 0.99,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, int]:
-    """Polyphase Hann-windowed sinc kernel for ``orig_freq -> new_freq``.
+def sinc_resample_kernel(orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99,
+                         dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+                         ) -> tuple[torch.Tensor, int]:
+    """Polyphase kernel for integer rates ``orig_freq -> new_freq`` in Hz, computed in float64 and cast.
 
     Args:
-        orig_freq: input rate in Hz (integer).
-        new_freq: output rate in Hz (integer).
         lowpass_filter_width: zero crossings of the sinc on each side (sharpness of the filter).
         rolloff: cut-off as a fraction of the lower Nyquist rate.
-        dtype: dtype of the returned kernel (always computed in float64, then cast, like torchaudio
-            with ``dtype=None``).
-        device: device of the returned kernel.
-
     Returns:
         (kernel [new, 1, 2 * width + orig] with rates reduced by their gcd, width).
     """
@@ -78,25 +59,12 @@ def sinc_resample_kernel(
     return kernel, width
 
 
-def resample(
-    waveform: torch.Tensor,
-    orig_freq: int,
-    new_freq: int,
-    lowpass_filter_width: int = 6,
-    rolloff: float = 0.99,
-) -> torch.Tensor:
-    """Resample the last axis from ``orig_freq`` to ``new_freq`` Hz (torchaudio ``sinc_interp_hann``).
+def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int, lowpass_filter_width: int = 6,
+             rolloff: float = 0.99) -> torch.Tensor:
+    """Resample float audio [..., N] from ``orig_freq`` to ``new_freq`` Hz in its own dtype and device.
 
-    Args:
-        waveform: audio [..., N], float; computed in its own dtype and device.
-        orig_freq: input rate in Hz (integer).
-        new_freq: output rate in Hz (integer).
-        lowpass_filter_width: zero crossings per side (torchaudio default 6; 4.1's RMVPE/FCPE use 128).
-        rolloff: cut-off as a fraction of the lower Nyquist rate.
-
-    Returns:
-        [..., ceil(new_freq * N / orig_freq)] in the dtype of ``waveform``; the input itself when the
-        rates are equal.
+    The signal is zero-padded by the kernel width, convolved with stride ``orig`` and the ``new`` phases
+    interleaved. Returns [..., ceil(new_freq * N / orig_freq)]; the input itself when the rates are equal.
     """
     if orig_freq == new_freq:
         return waveform

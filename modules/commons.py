@@ -20,9 +20,8 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
 def init_weights(module: nn.Module, mean: float = 0.0, std: float = 0.01) -> None:
     """HiFi-GAN style N(mean, std) initialisation of plain convolution weights.
 
-    Weight-normalised layers keep PyTorch's default initialisation: in so-vits-svc 4.1 this
-    initialiser runs after weight norm was applied, where it only touched a recomputed copy of
-    the weight, so trained models started from the default initialisation and we keep that.
+    Weight-normalised layers keep PyTorch's default: in 4.1 this ran after weight norm and only touched
+    a recomputed copy of the weight, so trained models started from the default initialisation.
     """
     if isinstance(module, _WeightNormMixin):
         return

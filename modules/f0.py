@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Coarse-pitch quantisation of 4.1 (pipeline.md §4.1): 256 bins over the mel-pitch range 50..1100 Hz.
+# Coarse-pitch quantisation: 256 bins over the mel-pitch range 50..1100 Hz.
 F0_BIN = 256
 F0_MIN = 50.0
 F0_MAX = 1100.0
@@ -23,11 +23,10 @@ def f0_to_coarse(f0: torch.Tensor) -> torch.Tensor:
 
     Args:
         f0: F0 in Hz, any shape (usually [B, T]), 0 for unvoiced frames.
-
     Returns:
         int64 tensor of the same shape. 0 Hz and anything below 50 Hz map to 1; bins are rounded half
         to even. F0 above about 1103.1 Hz maps to 0, not 255: 4.1 zeroes indices >= 256 instead of
-        clipping them, and trained models have seen exactly that (quirks.md A.14).
+        clipping them, and trained models have seen exactly that.
     """
     f0_mel = 1127 * (1 + f0 / 700).log()
     # The affine map is applied in the tensor's dtype with the scalars rounded to it, as 4.1 does.
@@ -39,10 +38,8 @@ def f0_to_coarse(f0: torch.Tensor) -> torch.Tensor:
     return torch.where(coarse >= F0_BIN, torch.zeros_like(coarse), coarse)
 
 
-def normalize_f0(
-    f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor, random_scale: bool = True
-) -> torch.Tensor:
-    """Centre log-F0 on each item's voiced mean for the F0 decoder (pipeline.md §4.6).
+def normalize_f0(f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor, random_scale: bool = True) -> torch.Tensor:
+    """Centre log-F0 on each item's voiced mean for the F0 decoder.
 
     Args:
         f0: log-F0 ``2595 * log10(1 + f0 / 700) / 500``, [B, 1, T].
@@ -51,14 +48,12 @@ def normalize_f0(
         random_scale: multiply each item by a factor drawn from U(0.8, 1.2) (training augmentation).
             The factors are drawn on the CPU generator as one [B, 1] tensor, like 4.1, so seeded runs
             draw the same numbers.
-
     Returns:
         [B, 1, T]: ``(f0 - mean) * factor * x_mask``. The mean is taken over frames with uv = 1 over
         the whole padded length (x_mask is not used for it); a row without voiced frames divides by
         9999 instead of 0.
-
     Raises:
-        ValueError: when the result contains NaN (4.1 silently called ``exit(0)``, quirks.md D.36).
+        ValueError: when the result contains NaN (4.1 ended the run with a success status instead).
     """
     voiced_count = torch.sum(uv, dim=1, keepdim=True)
     voiced_count[voiced_count == 0] = _NO_VOICED_DENOMINATOR
@@ -77,8 +72,7 @@ def normalize_f0(
 def interpolate_f0(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fill unvoiced gaps of a frame F0 track the way 4.1's ``utils.interpolate_f0`` does.
 
-    This is the frame-index variant of 4.1's top-level helper; the F0 predictors use their own
-    time-based variant (modules/F0Predictor). Its quirks are kept:
+    The F0 predictors use their own time-based variant (modules/F0Predictor). 4.1's oddities are kept:
 
     * a gap between voiced frames a and b is filled with ``f0[a] + (f0[b] - f0[a]) * m / len`` for the
       m-th gap frame (m = 1..len), i.e. it already reaches ``f0[b]`` on the frame before b;
@@ -88,7 +82,6 @@ def interpolate_f0(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         f0: F0 in Hz, any shape (flattened), 0 or less = unvoiced. Not modified (4.1 wrote in place).
-
     Returns:
         (f0, vuv): filled F0 [N] in the input dtype and voicing [N] float32 (1 where f0 > 0).
     """
@@ -118,14 +111,13 @@ def interpolate_f0(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def repeat_expand_2d(content: torch.Tensor, target_len: int, mode: str = "left") -> torch.Tensor:
-    """Stretch frame features to ``target_len`` frames (pipeline.md §3.7).
+    """Stretch frame features to ``target_len`` frames.
 
     Args:
         content: [C, src] features.
         target_len: number of output frames.
         mode: ``"left"`` (legacy 4.0 behaviour) or any ``F.interpolate`` mode for 3-D input
             (``"nearest"``, ``"linear"``, ...).
-
     Returns:
         [C, target_len]. ``"left"`` walks the source column forward by at most one per output frame,
         advancing when the output index reaches the float32 boundary ``(k + 1) * target_len / src``;

@@ -1,10 +1,6 @@
-"""The one STFT / mel path of the toolkit.
-
-Every spectrogram in the project (training targets, preprocessing, the NSF-HiFiGAN vocoder mel used by
-the diffusion model and the enhancer, F0 models that need a mel) goes through `stft_magnitude` and the
-cached `hann_window` / `mel_filterbank` below. The differences between the 4.1 copies (padding amounts
-and mode, magnitude epsilon, key shift, speed) are parameters here, pinned by the fixture tests.
-"""
+"""The one STFT / mel path of the toolkit: every spectrogram (training targets, preprocessing, the
+NSF-HiFiGAN vocoder mel, F0 models) goes through `stft_magnitude` and the cached window and filterbank;
+padding, magnitude epsilon, key shift and speed are parameters."""
 from __future__ import annotations
 
 import logging
@@ -16,9 +12,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-# 4.1 keyed its filterbank cache on fmax (+ dtype/device) only, so the first n_fft / n_mels / sample rate
-# used for a given fmax silently won for the rest of the process; the vocoder's window cache keyed on
-# keyshift only. Here every cache key holds all parameters that shape the tensor, plus dtype and device.
+# Every cache key holds all parameters that shape the tensor, plus dtype and device (4.1 keyed on fmax
+# alone, so the first n_fft / n_mels used for an fmax silently won).
 _WINDOW_CACHE: dict[tuple, torch.Tensor] = {}
 _MEL_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -39,16 +34,9 @@ def hann_window(win_size: int, dtype: torch.dtype, device: torch.device | str) -
     return window
 
 
-def mel_filterbank(
-    sampling_rate: int,
-    n_fft: int,
-    num_mels: int,
-    fmin: float,
-    fmax: float | None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    htk: bool = False,
-) -> torch.Tensor:
+def mel_filterbank(sampling_rate: int, n_fft: int, num_mels: int, fmin: float, fmax: float | None,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                   htk: bool = False) -> torch.Tensor:
     """librosa mel filterbank (Slaney norm) as a tensor [num_mels, n_fft // 2 + 1], cached by all args."""
     device = torch.device(device)
     key = (sampling_rate, n_fft, num_mels, float(fmin), None if fmax is None else float(fmax), htk, dtype, device)
@@ -76,17 +64,8 @@ def _warn_out_of_range(y: torch.Tensor) -> None:
         logger.warning("max value is %s", y_max)
 
 
-def stft_magnitude(
-    y: torch.Tensor,
-    n_fft: int,
-    hop_size: int,
-    win_size: int,
-    pad_left: int,
-    pad_right: int,
-    pad_mode: PadMode = "reflect",
-    eps: float = 1e-6,
-    center: bool = False,
-) -> torch.Tensor:
+def stft_magnitude(y: torch.Tensor, n_fft: int, hop_size: int, win_size: int, pad_left: int, pad_right: int,
+                   pad_mode: PadMode = "reflect", eps: float = 1e-6, center: bool = False) -> torch.Tensor:
     """Magnitude STFT sqrt(re^2 + im^2 + eps) with a periodic Hann window.
 
     y: [B, N] audio. The signal is padded by (pad_left, pad_right) with `pad_mode` first; `center=True`
@@ -96,18 +75,8 @@ def stft_magnitude(
     if pad_left or pad_right:
         y = F.pad(y.unsqueeze(1), (pad_left, pad_right), mode=pad_mode).squeeze(1)
     window = hann_window(win_size, y.dtype, y.device)
-    spec = torch.stft(
-        y,
-        n_fft,
-        hop_length=hop_size,
-        win_length=win_size,
-        window=window,
-        center=center,
-        pad_mode="reflect",
-        normalized=False,
-        onesided=True,
-        return_complex=True,
-    )
+    spec = torch.stft(y, n_fft, hop_length=hop_size, win_length=win_size, window=window, center=center,
+                      pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
     return torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + eps)
 
 
@@ -116,9 +85,8 @@ def dynamic_range_compression(x: torch.Tensor, clip_val: float = 1e-5) -> torch.
     return torch.log(torch.clamp(x, min=clip_val))
 
 
-def spectrogram_torch(
-    y: torch.Tensor, n_fft: int, sampling_rate: int, hop_size: int, win_size: int, center: bool = False
-) -> torch.Tensor:
+def spectrogram_torch(y: torch.Tensor, n_fft: int, sampling_rate: int, hop_size: int, win_size: int,
+                      center: bool = False) -> torch.Tensor:
     """Linear magnitude spectrogram of the synthesizer (4.1 semantics).
 
     y: [B, N] in [-1, 1]. Reflect-pads (n_fft - hop_size) / 2 per side, so T = N // hop_size for the usual
@@ -130,28 +98,15 @@ def spectrogram_torch(
     return stft_magnitude(y, n_fft, hop_size, win_size, pad, pad, "reflect", 1e-6, center)
 
 
-def spec_to_mel_torch(
-    spec: torch.Tensor, n_fft: int, num_mels: int, sampling_rate: int, fmin: float, fmax: float | None
-) -> torch.Tensor:
-    """Log-mel from a linear spectrogram: ln(max(melfb @ spec, 1e-5)).
-
-    spec: [B, n_fft // 2 + 1, T] -> [B, num_mels, T].
-    """
+def spec_to_mel_torch(spec: torch.Tensor, n_fft: int, num_mels: int, sampling_rate: int, fmin: float,
+                      fmax: float | None) -> torch.Tensor:
+    """Log-mel ln(max(melfb @ spec, 1e-5)) of a linear spectrogram: [B, n_fft // 2 + 1, T] -> [B, num_mels, T]."""
     basis = mel_filterbank(sampling_rate, n_fft, num_mels, fmin, fmax, spec.dtype, spec.device)
     return dynamic_range_compression(torch.matmul(basis, spec))
 
 
-def mel_spectrogram_torch(
-    y: torch.Tensor,
-    n_fft: int,
-    num_mels: int,
-    sampling_rate: int,
-    hop_size: int,
-    win_size: int,
-    fmin: float,
-    fmax: float | None,
-    center: bool = False,
-) -> torch.Tensor:
+def mel_spectrogram_torch(y: torch.Tensor, n_fft: int, num_mels: int, sampling_rate: int, hop_size: int,
+                          win_size: int, fmin: float, fmax: float | None, center: bool = False) -> torch.Tensor:
     """Log-mel of audio, `spectrogram_torch` followed by `spec_to_mel_torch`: [B, N] -> [B, num_mels, T]."""
     spec = spectrogram_torch(y, n_fft, sampling_rate, hop_size, win_size, center)
     return spec_to_mel_torch(spec, n_fft, num_mels, sampling_rate, fmin, fmax)
@@ -164,17 +119,8 @@ class VocoderMel:
     one frame, zeros when reflecting is impossible), magnitude epsilon 1e-9, and optional key shift / speed.
     """
 
-    def __init__(
-        self,
-        sampling_rate: int = 44100,
-        n_mels: int = 128,
-        n_fft: int = 2048,
-        win_size: int = 2048,
-        hop_length: int = 512,
-        fmin: float = 40,
-        fmax: float = 16000,
-        clip_val: float = 1e-5,
-    ) -> None:
+    def __init__(self, sampling_rate: int = 44100, n_mels: int = 128, n_fft: int = 2048, win_size: int = 2048,
+                 hop_length: int = 512, fmin: float = 40, fmax: float = 16000, clip_val: float = 1e-5) -> None:
         self.sampling_rate = sampling_rate
         self.n_mels = n_mels
         self.n_fft = n_fft
@@ -184,9 +130,7 @@ class VocoderMel:
         self.fmax = fmax
         self.clip_val = clip_val
 
-    def get_mel(
-        self, y: torch.Tensor, keyshift: float = 0, speed: float = 1, center: bool = False
-    ) -> torch.Tensor:
+    def get_mel(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1, center: bool = False) -> torch.Tensor:
         """Log-mel [B, n_mels, T] of audio y [B, N] (or [N], treated as B = 1).
 
         keyshift (semitones) scales the FFT and window sizes by 2^(k/12) while keeping the un-shifted
@@ -214,14 +158,11 @@ class VocoderMel:
             # Same operation order as the release (multiply, then divide) to stay bit-close.
             spec = spec[:, :size, :] * self.win_size / win_new
 
-        basis = mel_filterbank(
-            self.sampling_rate, self.n_fft, self.n_mels, self.fmin, self.fmax, spec.dtype, spec.device
-        )
+        basis = mel_filterbank(self.sampling_rate, self.n_fft, self.n_mels, self.fmin, self.fmax, spec.dtype,
+                               spec.device)
         return dynamic_range_compression(torch.matmul(basis, spec), self.clip_val)
 
-    def __call__(
-        self, y: torch.Tensor, keyshift: float = 0, speed: float = 1, center: bool = False
-    ) -> torch.Tensor:
+    def __call__(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1, center: bool = False) -> torch.Tensor:
         """Alias of `get_mel`."""
         return self.get_mel(y, keyshift=keyshift, speed=speed, center=center)
 

@@ -1,13 +1,8 @@
-"""Anti-aliased SnakeBeta activation used by the ``nsf-snake-hifigan`` decoder.
+"""Anti-aliased SnakeBeta activation of the ``nsf-snake-hifigan`` decoder: x2 Kaiser-sinc upsampling,
+SnakeBeta, low-pass x2 downsampling (replicate padding on both steps).
 
-Each activation upsamples x2 with a 12-tap Kaiser-windowed sinc, applies
-SnakeBeta x + sin^2(x * e^alpha) / (e^beta + 1e-9) (alpha, beta stored in log scale), then
-low-pass filters and downsamples x2, with replicate padding on both resampling steps.
-
-The ``filter`` buffers are kept under their checkpoint names (``upsample.filter``,
-``downsample.lowpass.filter``) so state dicts match, but the computation always uses the
-filter designed from the formula, as the original does: loaded buffer values never change the
-output. Our copy follows the input's device and dtype.
+The ``filter`` buffers keep their checkpoint names so state dicts match, but the computation always
+uses the filter designed from the formula, as the original does: loaded buffer values never matter.
 """
 from __future__ import annotations
 
