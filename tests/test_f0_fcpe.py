@@ -1,4 +1,4 @@
-"""FCPE predictor against the 4.1 fixture ../shared/fixtures/sovits41/f0 (README.md there).
+"""FCPE predictor against the 4.1 ``f0`` fixture (tolerances from its README).
 
 The fixture's small random checkpoint fcpe_small.pt is installed as pretrain/fcpe.pt in a temporary
 working directory. Tolerances are the README's: mel and salience 1e-5, F0 1e-3 Hz, uv exact (no FCPE

@@ -1,13 +1,16 @@
 """pm / dio / harvest and the shared F0 post-processing against the 4.1 fixtures.
 
-Sources: ../shared/fixtures/sovits41/utils (f0pp_*, predictor_*) and .../f0 (pm/dio/harvest cases,
+Sources: the ``utils`` fixture (f0pp_*, predictor_*) and the ``f0`` fixture (pm/dio/harvest cases,
 pp__* post-processing cases). End-to-end predictor numbers depend on the native libraries; they
 were recorded with pyworld 0.3.5 and praat-parselmouth 0.4.7 and are compared only with those.
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +19,11 @@ import torch
 from conftest import FIXTURES, load_fixture
 from modules.F0Predictor import F0_PREDICTORS, get_f0_predictor
 from modules.F0Predictor.DioF0Predictor import DioF0Predictor
-from modules.F0Predictor.F0Predictor import resize_f0
+from modules.F0Predictor.F0Predictor import F0Predictor, finish_f0, post_process, resize_f0
 from modules.F0Predictor.HarvestF0Predictor import HarvestF0Predictor
 from modules.F0Predictor.PMF0Predictor import PMF0Predictor
-from modules.F0Predictor.post import finish_f0, post_process
 
+ROOT = Path(__file__).resolve().parents[1]
 PP_ATOL = 1e-9  # README_synth: F0 post-processing is float64 numpy math, ~1e-9
 LIB_ATOL = 1e-6  # README f0/: same library versions -> exact or 1e-6
 RECORDED_VERSIONS = {"pyworld": "0.3.5", "praat-parselmouth": "0.4.7"}
@@ -172,8 +175,9 @@ def test_harvest_compute_f0_works(f0_fx) -> None:
 
 def test_pm_rejects_far_p_len() -> None:
     wav = np.zeros(512 * 20)
-    with pytest.raises(ValueError, match="p_len"):
+    with pytest.raises(ValueError, match="pm: pad length error: p_len 24 is 4 frames away"):
         PMF0Predictor().compute_f0_uv(wav, 24)
+    assert PMF0Predictor().compute_f0_uv(wav, 23)[0].shape == (23,)
 
 
 def test_registry() -> None:
@@ -186,4 +190,34 @@ def test_registry() -> None:
     assert isinstance(get_f0_predictor("harvest"), HarvestF0Predictor)
     with pytest.raises(ValueError, match="crepe, dio, fcpe, harvest, pm, rmvpe"):
         get_f0_predictor("yin")
-    assert all(F0_PREDICTORS[name] is not None for name in F0_PREDICTORS)
+
+
+@pytest.mark.parametrize("name", ["pm", "dio", "harvest", "crepe", "rmvpe", "fcpe"])
+def test_every_registered_name_builds(name: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With no pretrain/ folder a neural predictor may only fail for want of its weights.
+    monkeypatch.chdir(tmp_path)
+    try:
+        predictor = get_f0_predictor(name, hop_length=256, sampling_rate=22050, device="cpu", threshold=0.3)
+    except FileNotFoundError as error:
+        assert name in ("crepe", "rmvpe", "fcpe") and name in str(error).lower()
+        return
+    assert isinstance(predictor, F0Predictor) and predictor.name == name
+    assert (predictor.hop_length, predictor.sampling_rate) == (256, 22050)
+    if name in ("crepe", "rmvpe", "fcpe"):
+        assert (predictor.device, predictor.threshold) == (torch.device("cpu"), 0.3)
+
+
+def test_registry_import_is_cheap_and_scripts_share_it() -> None:
+    code = (
+        "import sys\n"
+        "import modules.F0Predictor\n"
+        "heavy = [m for m in ('torch', 'numpy', 'parselmouth', 'pyworld') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import inference_main, preprocess_hubert_f0\n"
+        "names = modules.F0Predictor.F0_PREDICTORS\n"
+        "action = {a.dest: a for a in preprocess_hubert_f0.build_parser()._actions}['f0_predictor']\n"
+        "assert tuple(action.choices) == names, action.choices\n"
+        "assert ', '.join(names) in ' '.join(inference_main.build_parser().format_help().split())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""RMVPE predictor against the 4.1 fixture ../shared/fixtures/sovits41/f0 (README.md there).
+"""RMVPE predictor against the 4.1 ``f0`` fixture (tolerances from its README).
 
 The full-size checkpoint (92 M values) is rebuilt once per module from the fixture's numpy recipe
 (det_weights.py), checked against rmvpe_manifest.json, and installed as pretrain/rmvpe.pt in a
@@ -26,9 +26,9 @@ import torch
 from conftest import FIXTURES, f0_case_names
 from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
-from modules.F0Predictor.rmvpe.decode import local_average
 from modules.F0Predictor.rmvpe.inference import RMVPE, load_rmvpe, rmvpe_mel
 from modules.F0Predictor.RMVPEF0Predictor import RMVPEF0Predictor
+from modules.F0Predictor.salience import local_average
 
 FOLDER = FIXTURES / "f0"
 MEL_ATOL = 1e-5

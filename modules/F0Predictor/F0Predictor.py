@@ -1,25 +1,24 @@
-"""Base class of the F0 predictors and the post-processing shared by pm, dio and harvest."""
+"""Base classes of the F0 predictors and the frame post-processing they share."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from core.device import resolve_device
+
+# An explicit p_len this many frames (or more) away from the audio's own frame count is refused (4.1's rule).
+MAX_P_LEN_OFFSET = 4
 
 
 class F0Predictor:
-    """Frame-level F0 estimator with the 4.1 interface.
-
-    Frames are ``hop_length`` samples at ``sampling_rate`` (512 at 44.1 kHz); a clip of L samples
-    gives ``p_len = L // hop_length`` frames unless ``p_len`` is given.
-    """
+    """Frame-level F0 estimator. Frames are ``hop_length`` samples at ``sampling_rate``; a clip of N
+    samples gives ``p_len = N // hop_length`` frames unless ``p_len`` is given."""
 
     name = "base"
 
     def __init__(
-        self,
-        hop_length: int = 512,
-        f0_min: float = 50,
-        f0_max: float = 1100,
-        sampling_rate: int = 44100,
+        self, hop_length: int = 512, f0_min: float = 50, f0_max: float = 1100, sampling_rate: int = 44100
     ) -> None:
         self.hop_length = hop_length
         self.f0_min = f0_min
@@ -29,55 +28,102 @@ class F0Predictor:
     def compute_f0_uv(
         self, wav: np.ndarray | torch.Tensor, p_len: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (f0 [p_len] in Hz, gaps interpolated; uv [p_len] float32, 1 = voiced).
+        """Return (f0 [p_len] Hz, gaps interpolated; uv [p_len], 1 = voiced) of mono audio [N].
 
-        Args:
-            wav: mono audio [N] at ``sampling_rate``.
-            p_len: number of output frames, default ``N // hop_length``.
+        Raises:
+            ValueError: ``p_len`` is ``MAX_P_LEN_OFFSET`` or more frames away from ``N // hop_length``
+                (every predictor but dio and harvest).
         """
         raise NotImplementedError
 
     def compute_f0(self, wav: np.ndarray | torch.Tensor, p_len: int | None = None) -> np.ndarray:
-        """Return only the interpolated F0 [p_len] of :meth:`compute_f0_uv`.
+        """Return the f0 of :meth:`compute_f0_uv`.
 
-        4.1's Harvest version of this method was broken (wrong ``fs`` and a missing attribute) and
-        RMVPE/FCPE returned a tuple for silent input; here every predictor returns an array.
+        Exception kept from 4.1: rmvpe and fcpe return the tuple (zeros [p_len], zeros [p_len]) when no
+        frame is voiced.
         """
         return self.compute_f0_uv(wav, p_len)[0]
 
-    def _frames(self, wav: np.ndarray | torch.Tensor, p_len: int | None) -> int:
-        return len(wav) // self.hop_length if p_len is None else p_len
+    def _checked_frames(self, n_samples: int, p_len: int | None) -> int:
+        """``p_len``, or ``n_samples // hop_length`` when None; refuses a p_len too far from that."""
+        own = n_samples // self.hop_length
+        if p_len is None:
+            return own
+        if abs(p_len - own) >= MAX_P_LEN_OFFSET:
+            raise ValueError(
+                f"{self.name}: pad length error: p_len {p_len} is {abs(p_len - own)} frames away from the "
+                f"{own} frames of {n_samples} samples (at most {MAX_P_LEN_OFFSET - 1} allowed)"
+            )
+        return p_len
 
     def interpolate_f0(self, f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gap interpolation of pm/dio/harvest (pipeline.md §3.2), quirks included.
-
-        Args:
-            f0: frame F0 [T] in Hz, 0 = unvoiced.
-
-        Returns:
-            (f0 [T], vuv [T] float32). See :func:`fill_unvoiced` with ``classic=True``.
-        """
+        """pm/dio/harvest gap filling of f0 [T] (0 = unvoiced): ``fill_unvoiced(..., classic=True)``."""
         return fill_unvoiced(f0, self.hop_length, self.sampling_rate, classic=True)
+
+
+class NeuralF0Predictor(F0Predictor):
+    """A predictor with a torch network on ``device`` (None/"auto": CUDA when available, else CPU) and a
+    voicing ``threshold``. Subclasses load their weights in :meth:`_load_model`, called at construction."""
+
+    def __init__(self, hop_length: int = 512, f0_min: float = 50, f0_max: float = 1100,
+                 sampling_rate: int = 44100, device: str | torch.device | None = None,
+                 threshold: float = 0.05) -> None:
+        super().__init__(hop_length, f0_min, f0_max, sampling_rate)
+        self.device = resolve_device(device)
+        self.threshold = threshold
+        self._load_model()
+
+    def _load_model(self) -> None:
+        raise NotImplementedError
+
+
+class WorldF0Predictor(F0Predictor):
+    """dio and harvest: WORLD estimate, StoneMask, resize to p_len, gap filling. p_len is not checked.
+
+    Subclasses set ``name`` to the pyworld estimator's name.
+    """
+
+    round_to_tenth = False  # dio rounds each refined value to 0.1 Hz, harvest does not
+
+    def compute_f0_uv(
+        self, wav: np.ndarray | torch.Tensor, p_len: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`F0Predictor.compute_f0_uv`; f0 is float64, or float32 zeros when nothing is voiced."""
+        import pyworld
+
+        x = as_audio(wav)
+        p_len = len(x) // self.hop_length if p_len is None else p_len
+        estimate = getattr(pyworld, self.name)
+        f0, times = estimate(x, fs=self.sampling_rate, f0_floor=self.f0_min, f0_ceil=self.f0_max,
+                             frame_period=1000 * self.hop_length / self.sampling_rate)
+        f0 = pyworld.stonemask(x, f0, times, self.sampling_rate)
+        if self.round_to_tenth:
+            f0 = np.round(f0, 1)  # the same scaled rint as 4.1's per-value round(v, 1)
+        return self.interpolate_f0(resize_f0(f0, p_len))
+
+    @staticmethod
+    def resize_f0(f0: np.ndarray, target_len: int) -> np.ndarray:
+        """See :func:`resize_f0`."""
+        return resize_f0(f0, target_len)
+
+
+def as_audio(wav: np.ndarray | torch.Tensor, dtype: type = np.float64) -> np.ndarray:
+    """Mono audio [N] as a numpy array of ``dtype`` (float64: what Praat and WORLD compute on)."""
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().numpy()
+    return np.asarray(wav, dtype=dtype)
 
 
 def fill_unvoiced(
     f0: np.ndarray, hop_length: int, sampling_rate: int, classic: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Replace unvoiced frames by linear interpolation over time between voiced frames.
+    """Linear interpolation over time between voiced frames (``f0 > 0``), edges held.
 
-    Frame i sits at ``i * hop_length / sampling_rate`` s; values before the first / after the last
-    voiced frame hold that frame's value. Every frame, voiced ones included, is re-sampled by
-    ``np.interp``, which returns float64.
-
-    Args:
-        f0: frame F0 [T] in Hz; non-zero values are the interpolation points, vuv is ``f0 > 0``.
-        hop_length: frame hop in samples.
-        sampling_rate: audio rate in Hz.
-        classic: True for the pm/dio/harvest flavour, False for the crepe/rmvpe/fcpe one. They differ
-            as in 4.1 (quirks.md A.6): classic computes the voiced-frame times in float32, and with
-            exactly one voiced frame returns the constant ``f0[0]`` (usually 0, a 4.1 bug) in the
-            promoted dtype of float32 and f0; the other flavour uses float64 times and returns the
-            voiced value as float32.
+    Frame i sits at ``i * hop_length / sampling_rate`` s; every frame, voiced ones included, is
+    re-sampled by ``np.interp`` (float64). The two flavours differ as 4.1's did: ``classic`` (pm, dio,
+    harvest) computes the voiced-frame times in float32 and, with exactly one voiced frame, returns
+    the constant ``f0[0]`` (usually 0, a 4.1 bug kept for identical features); the neural flavour uses
+    float64 times and returns the voiced value as float32.
 
     Returns:
         (f0 [T], vuv [T] float32). With no voiced frame f0 is float32 zeros.
@@ -93,29 +139,18 @@ def fill_unvoiced(
             return np.ones(n, dtype=np.float32) * f0[0], vuv
         return np.full(n, values[0], dtype=np.float32), vuv
     step = hop_length / sampling_rate
-    if classic:
-        # float32 indices times a Python float stay float32 (NumPy 2 scalar rules), as in 4.1.
-        t_voiced = voiced.astype(np.float32) * np.float32(step)
-    else:
-        t_voiced = step * voiced
+    # float32 indices times a Python float stay float32 (NumPy 2 scalar rules), as in 4.1.
+    t_voiced = voiced.astype(np.float32) * np.float32(step) if classic else step * voiced
     # (i * hop) / sr, not i * (hop / sr): the two differ in the last bit.
     t_frames = np.arange(n) * hop_length / sampling_rate
     return np.interp(t_frames, t_voiced, values, left=values[0], right=values[-1]), vuv
 
 
 def resize_f0(f0: np.ndarray, target_len: int) -> np.ndarray:
-    """Linearly resample a frame F0 track to ``target_len`` frames the Dio/Harvest way (quirks.md A.5).
+    """Linearly resample f0 [n] to float64 [target_len] the dio/harvest way.
 
-    Values below 0.001 Hz become NaN before interpolating at positions ``i * len / target_len``, so any
-    output frame whose interpolation touches an unvoiced source frame becomes 0: voiced runs shrink
-    at both edges.
-
-    Args:
-        f0: frame F0 [n] in Hz.
-        target_len: number of output frames.
-
-    Returns:
-        float64 [target_len].
+    Values below 0.001 Hz become NaN before interpolating at ``i * n / target_len``, so an output frame
+    touching an unvoiced source frame becomes 0: voiced runs shrink at both edges.
     """
     source = np.array(f0)
     source[source < 0.001] = np.nan
@@ -124,43 +159,25 @@ def resize_f0(f0: np.ndarray, target_len: int) -> np.ndarray:
     return np.nan_to_num(np.interp(positions, np.arange(0, n), source))
 
 
-def as_float64_audio(wav: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Mono audio [N] as a float64 numpy array (what Praat and WORLD compute on)."""
-    if isinstance(wav, torch.Tensor):
-        wav = wav.detach().cpu().numpy()
-    return np.asarray(wav, dtype=np.float64)
+def post_process(
+    f0: np.ndarray | torch.Tensor, pad_to: int, hop_length: int = 512, sampling_rate: int = 44100
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-resize a network's F0 [M] (Hz, 0 = unvoiced) to ``pad_to`` frames, then fill the gaps.
+
+    Returns:
+        numpy (f0 [pad_to], vuv [pad_to] float32); see :func:`fill_unvoiced` (neural flavour).
+    """
+    track = torch.as_tensor(f0).detach().to("cpu", torch.float32)
+    # torch "nearest" (source index floor(i * M / pad_to)), as 4.1's repeat_expand.
+    resized = F.interpolate(track[None, None], size=pad_to, mode="nearest")[0, 0].numpy()
+    return fill_unvoiced(resized, hop_length, sampling_rate, classic=False)
 
 
-class WorldF0Predictor(F0Predictor):
-    """Shared flow of the WORLD predictors (dio, harvest): estimate, StoneMask, resize, interpolate."""
-
-    # Dio rounds each refined value to 0.1 Hz, Harvest does not (quirks.md A.5).
-    round_to_tenth = False
-
-    def _estimate(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return WORLD's coarse (f0, frame times) for float64 audio [N]."""
-        raise NotImplementedError
-
-    def compute_f0_uv(
-        self, wav: np.ndarray | torch.Tensor, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (f0 [p_len] Hz, uv [p_len] float32) for mono audio [N]; f0 is float64, or float32
-        zeros when nothing is voiced."""
-        import pyworld
-
-        x = as_float64_audio(wav)
-        p_len = self._frames(x, p_len)
-        f0, times = self._estimate(x)
-        f0 = pyworld.stonemask(x, f0, times, self.sampling_rate)
-        if self.round_to_tenth:
-            # Same as 4.1's per-value round(v, 1) on numpy float64 (scaled rint, not decimal rounding).
-            f0 = np.round(f0, 1)
-        return self.interpolate_f0(self.resize_f0(f0, p_len))
-
-    @staticmethod
-    def resize_f0(f0: np.ndarray, target_len: int) -> np.ndarray:
-        """See :func:`resize_f0`."""
-        return resize_f0(f0, target_len)
-
-    def _frame_period_ms(self) -> float:
-        return 1000 * self.hop_length / self.sampling_rate
+def finish_f0(
+    f0: np.ndarray | torch.Tensor, p_len: int, hop_length: int = 512, sampling_rate: int = 44100
+) -> tuple[np.ndarray, np.ndarray]:
+    """End of every neural ``compute_f0_uv``: two float64 zero arrays [p_len] when the network's F0 [M]
+    is all 0, else :func:`post_process`."""
+    if not bool(torch.as_tensor(f0).ne(0).any()):
+        return np.zeros(p_len), np.zeros(p_len)
+    return post_process(f0, p_len, hop_length, sampling_rate)

@@ -1,23 +1,21 @@
-"""F0 predictors keyed by the 4.1 config / CLI names (``--f0_predictor``).
+"""F0 predictors by their ``--f0_predictor`` name.
 
-Heavy dependencies (parselmouth, pyworld, torch models) are imported only when a predictor is built.
+Importing this package is cheap: a predictor's module (and parselmouth, pyworld or torch) loads only
+when :func:`get_f0_predictor` builds it.
 """
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from modules.F0Predictor.F0Predictor import F0Predictor
+if TYPE_CHECKING:
+    from modules.F0Predictor.F0Predictor import F0Predictor
 
-# name -> (module in this package, class, constructor takes device and threshold); None = not yet
-# available in this rebuild.
-F0_PREDICTORS: dict[str, tuple[str, str, bool] | None] = {
-    "pm": ("PMF0Predictor", "PMF0Predictor", False),
-    "dio": ("DioF0Predictor", "DioF0Predictor", False),
-    "harvest": ("HarvestF0Predictor", "HarvestF0Predictor", False),
-    "crepe": ("CrepeF0Predictor", "CrepeF0Predictor", True),
-    "rmvpe": ("RMVPEF0Predictor", "RMVPEF0Predictor", True),
-    "fcpe": ("FCPEF0Predictor", "FCPEF0Predictor", True),
-}
+# name -> class, defined in the module of the same name in this package.
+_CLASSES = {"pm": "PMF0Predictor", "dio": "DioF0Predictor", "harvest": "HarvestF0Predictor",
+            "crepe": "CrepeF0Predictor", "rmvpe": "RMVPEF0Predictor", "fcpe": "FCPEF0Predictor"}
+F0_PREDICTORS: tuple[str, ...] = tuple(_CLASSES)
+_NEURAL = ("crepe", "rmvpe", "fcpe")  # these also take device and threshold
 
 
 def get_f0_predictor(
@@ -27,35 +25,23 @@ def get_f0_predictor(
     device: str | None = None,
     threshold: float = 0.05,
 ) -> F0Predictor:
-    """Build the F0 predictor registered as ``name``.
+    """Build the predictor ``name`` (one of ``F0_PREDICTORS``).
 
     Args:
-        name: one of ``F0_PREDICTORS`` (``pm``, ``dio``, ``harvest``, ``crepe``, ``rmvpe``, ``fcpe``).
         hop_length: frame hop in samples.
         sampling_rate: audio rate in Hz.
-        device: torch device of the neural predictors (ignored by pm/dio/harvest).
-        threshold: voicing confidence threshold of the neural predictors (ignored by pm/dio/harvest).
+        device: torch device of crepe/rmvpe/fcpe; None = CUDA when available, else CPU.
+        threshold: voicing threshold of crepe/rmvpe/fcpe.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones).
-        NotImplementedError: a known predictor that this rebuild does not provide yet.
     """
-    if name not in F0_PREDICTORS:
-        valid = ", ".join(sorted(F0_PREDICTORS))
-        raise ValueError(f"Unknown F0 predictor {name!r}; valid names: {valid}")
-    entry = F0_PREDICTORS[name]
-    if entry is None:
-        raise NotImplementedError(
-            f"F0 predictor {name!r} is not available yet: it arrives with the dataset-preparation "
-            "work; use pm, dio or harvest meanwhile"
-        )
-    module_name, class_name, neural = entry
-    cls = getattr(importlib.import_module(f"{__name__}.{module_name}"), class_name)
-    if neural:
-        return cls(
-            hop_length=hop_length, sampling_rate=sampling_rate, device=device, threshold=threshold
-        )
+    if name not in _CLASSES:
+        raise ValueError(f"Unknown F0 predictor {name!r}; valid names: {', '.join(sorted(_CLASSES))}")
+    cls = getattr(importlib.import_module(f"{__name__}.{_CLASSES[name]}"), _CLASSES[name])
+    if name in _NEURAL:
+        return cls(hop_length=hop_length, sampling_rate=sampling_rate, device=device, threshold=threshold)
     return cls(hop_length=hop_length, sampling_rate=sampling_rate)
 
 
-__all__ = ["F0_PREDICTORS", "F0Predictor", "get_f0_predictor"]
+__all__ = ["F0_PREDICTORS", "get_f0_predictor"]

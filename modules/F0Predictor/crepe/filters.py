@@ -1,4 +1,4 @@
-"""The smoothing and voicing steps 4.1 applies to torchcrepe's output (pipeline.md §3.2, crepe).
+"""The smoothing and voicing steps 4.1 applies to torchcrepe's output.
 
 NaN marks a missing value in both pools. The loudness gate reproduces torchcrepe's
 ``threshold.Silence`` (A-weighted STFT loudness at 16 kHz).

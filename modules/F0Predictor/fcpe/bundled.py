@@ -1,13 +1,8 @@
-"""torchfcpe's bundled FCPE model (``fcpe_c_v001.pt``) on our own network code.
+"""torchfcpe's bundled FCPE model (``fcpe_c_v001.pt``, a conv-only ``CFNaiveMelPE``) on our own network code.
 
-The weights ship inside the ``torchfcpe`` package, installed as a weight carrier only
-(``pip install --no-deps torchfcpe==0.0.4``, see requirements-weights.txt). The package is located
-with ``importlib.util.find_spec`` and never imported: its code imports torchaudio.
-
-Network ("CFNaiveMelPE", conv-only variant): mel [B, T, 128] -> conv stack -> 6 residual conformer
-convolution modules (no attention) -> LayerNorm -> weight-normed linear -> sigmoid salience
-[B, T, 360]. Front end and decoding are those of the 4.1 FCPE (:class:`FCPERunner`): 16 kHz log-mel
-(n_fft = win = 1024, hop 160, 0-8 kHz), local-average decoding around the arg-max bin.
+The weights ship inside the ``torchfcpe`` package (``pip install --no-deps torchfcpe==0.0.4``), which is
+located with ``importlib.util.find_spec`` and never imported (its code imports torchaudio). Front end
+and decoding are those of the 4.1 FCPE (:class:`FCPERunner`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FCPE inference: checkpoint config, mel front end, network and decoding (pipeline.md §3.2.2)."""
+"""FCPE inference: checkpoint config, mel front end, network and decoding."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from modules.audio_resample import resample
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
 from modules.F0Predictor.fcpe.model import FCPE
-from modules.F0Predictor.rmvpe.decode import cents_to_hz, local_average
+from modules.F0Predictor.salience import cents_to_hz, local_average
 from modules.mel_processing import VocoderMel
 
 DEFAULT_PATH = os.path.join("pretrain", "fcpe.pt")
@@ -118,8 +118,8 @@ class FCPERunner:
     def wav2mel(self, audio: Tensor, sample_rate: int) -> Tensor:
         """Log-mel [B, n, num_mels] of audio [B, N] at ``sample_rate``.
 
-        n = N // hop_size + 1 with N counted BEFORE resampling (quirks.md A.9): when the mel is
-        shorter exactly one copy of its last frame is appended, when longer it is cut.
+        n = N // hop_size + 1 with N counted BEFORE resampling, as in 4.1: when the mel is shorter
+        exactly one copy of its last frame is appended, when longer it is cut.
         """
         audio = audio.to(self.device, torch.float32)
         resampled = resample(

@@ -1,1 +1,1 @@
-"""RMVPE pitch network, its 16 kHz log-mel front end and the local-average salience decoder."""
+"""RMVPE pitch network and its 16 kHz log-mel front end (decoding: ``modules.F0Predictor.salience``)."""

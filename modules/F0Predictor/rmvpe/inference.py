@@ -1,4 +1,4 @@
-"""RMVPE inference: 16 kHz log-mel front end, network, local-average decoding (pipeline.md §3.2.1)."""
+"""RMVPE inference: 16 kHz log-mel front end, network, local-average decoding."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ from torch import Tensor
 
 from modules.audio_resample import resample
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
-from modules.F0Predictor.rmvpe.decode import cents_to_hz, local_average
 from modules.F0Predictor.rmvpe.model import E2E0, N_CLASS, N_MELS
+from modules.F0Predictor.salience import cents_to_hz, local_average
 from modules.mel_processing import dynamic_range_compression, mel_filterbank, stft_magnitude
 
 SAMPLE_RATE = 16000
@@ -28,7 +28,7 @@ DEFAULT_PATH = os.path.join("pretrain", "rmvpe.pt")
 
 
 def rmvpe_mel(audio: Tensor) -> Tensor:
-    """Log-mel of 16 kHz audio as RMVPE expects (quirks.md A.8: HTK mel scale, centred STFT).
+    """Log-mel of 16 kHz audio as RMVPE was trained on (HTK mel scale, centred STFT).
 
     Args:
         audio: [B, N] at 16 kHz.
@@ -96,8 +96,8 @@ class RMVPE:
     def mel2hidden(self, mel: Tensor) -> Tensor:
         """Network salience for a log-mel [B, 128, M] -> [B, M, 360].
 
-        The frame axis is padded with zeros (not the log floor, quirks.md A.8) to a multiple of 32
-        and the output cut back to M frames.
+        The frame axis is padded with zeros (not the log floor, as 4.1 did) to a multiple of 32 and
+        the output cut back to M frames.
         """
         n_frames = mel.shape[-1]
         pad = FRAME_MULTIPLE * ((n_frames - 1) // FRAME_MULTIPLE + 1) - n_frames

@@ -3,7 +3,7 @@
 A residual U-Net over the log-mel "image" [B, 1, frames, 128] (encoder of 5 down-sampling stages,
 4 intermediate stages at the bottom, 5 up-sampling stages with skip connections), a 3-channel
 convolution, then a bidirectional GRU and a linear layer with a sigmoid give a salience over 360 pitch
-bins (20 cents apart) per frame. State-dict keys are the checkpoint contract (formats.md §12).
+bins (20 cents apart) per frame. The state-dict keys must stay those of the released checkpoint.
 """
 from __future__ import annotations
 
