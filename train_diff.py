@@ -1,9 +1,7 @@
-"""Tutorial step 5 (optional): train the shallow-diffusion model, `python train_diff.py -c configs/diffusion.yaml`.
+"""Train the shallow-diffusion model: `python train_diff.py -c configs/diffusion.yaml`.
 
-Trains Unit2Mel on the `preprocess_hubert_f0.py --use_diff` features into `env.expdir`
-(`logs/44k/diffusion`), resuming from the newest `model_<N>.pt` there when run again with the same
-command (put a pretrained `model_0.pt` there first to fine-tune). Ctrl+C saves the last finished step.
-The work happens in `diffusion/solver.py`.
+Trains into `env.expdir` (`logs/44k/diffusion`) and resumes from its newest `model_<N>.pt` when run
+again (put a pretrained `model_0.pt` there to fine-tune). Ctrl+C saves the last finished step.
 """
 from __future__ import annotations
 

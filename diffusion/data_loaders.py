@@ -1,22 +1,15 @@
-"""Training and validation data of `train_diff.py` (pipeline.md §8.2).
+"""Training and validation data of `train_diff.py`.
 
 Each file-list line names a clip `X.wav` whose `preprocess_hubert_f0.py --use_diff` features lie next
-to it (formats.md §2): units `X.wav.soft.pt` [1, C, Tu], `X.wav.f0.npy` (f0, uv), volumes
-`X.wav.vol.npy` / `X.wav.aug_vol.npy` [T], mels `X.wav.mel.npy` [T, M] and `X.wav.aug_mel.npy`
-(object array [mel [T, M], keyshift]). An item is a dict:
+to it: units [1, C, Tu], (f0, uv), volumes and key/volume-shifted volumes [T], mels [T, M] and the
+shifted mel with its key shift. An item is a dict:
 
     mel [L, M], f0 [L, 1] Hz, volume [L, 1], units [L, C], spk_id [1] long, aug_shift [1, 1] semitones,
     name (path without `.wav`), name_ext (the list entry)
 
-with L = ⌊duration / (hop / sr)⌋ frames from a random start (training) or the whole clip
-(validation). Half of the training items use the key- and volume-shifted copy (aug_mel, aug_vol,
-f0·2^(k/12), aug_shift = k).
-
-Differences to 4.1: with `cache_all_data: false` the shifted items read `aug_mel` (quirk 40: 4.1 read
-the plain mel); training clips shorter than `duration + 0.1` s are left out of the list (4.1 replaced
-them by the next clip, and looped forever when all were short — now a clear error); missing feature
-files, units of the wrong width and feature files of different lengths stop with a message that says
-what to run; validation uses every clip of its list, whatever its length.
+with L = floor(duration / (hop / sr)) frames from a random start (training) or the whole clip
+(validation). Half of the training items use the shifted copy (aug_mel, aug_vol, f0 * 2^(k/12),
+aug_shift = k).
 """
 from __future__ import annotations
 
@@ -30,18 +23,19 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from modules import f0 as f0_math
-from core.features import DatasetError, read_filelist, speaker_of
 from core.checkpoint import CheckpointError, safe_torch_load
 from core.config import HParams
-from core.features import load_f0, load_npy
+from core.features import DatasetError, feature_path, load_f0, load_npy, read_filelist, speaker_of
+from modules import f0 as f0_math
 
 logger = logging.getLogger("diffusion")
 
-__all__ = ["AudioDataset", "DatasetError", "FEATURE_SUFFIXES", "get_data_loaders"]
+__all__ = ["AudioDataset", "DIFFUSION_FEATURES", "DatasetError", "get_data_loaders"]
 
-# Files `preprocess_hubert_f0.py --use_diff` writes next to every clip.
-FEATURE_SUFFIXES = (".soft.pt", ".f0.npy", ".vol.npy", ".aug_vol.npy", ".mel.npy", ".aug_mel.npy")
+# Feature kinds (core.features.FEATURE_SUFFIXES) `preprocess_hubert_f0.py --use_diff` writes per clip.
+DIFFUSION_FEATURES = ("units", "f0", "volume", "aug_vol", "mel", "aug_mel")
+# 4.1's diffusion loader stretches units to frames by nearest neighbour when the key is absent.
+DEFAULT_UNIT_MODE = "nearest"
 PREP_HINT = "run python preprocess_hubert_f0.py --use_diff"
 # Frame streams of one clip may disagree by a frame or two (4.1 never checked); more means stale files.
 MAX_FRAME_GAP = 3
@@ -79,7 +73,7 @@ class AudioDataset(Dataset):
         device: where cached tensors live (`train.cache_device`).
         fp16: cache mels and units as float16 (`train.cache_fp16`).
         use_aug: draw the key/volume-shifted copy for half of the items (training).
-        unit_interpolate_mode: how units are stretched to frames (pipeline.md §3.7).
+        unit_interpolate_mode: how units are stretched to frames (`modules.f0.repeat_expand_2d`).
         n_units: expected unit width (`data.encoder_out_channels`); None skips the check.
         n_mels: expected mel bins (vocoder dimension); None skips the check.
     Raises:
@@ -89,7 +83,7 @@ class AudioDataset(Dataset):
     def __init__(self, filelist: str, waveform_sec: float, hop_size: int, sample_rate: int,
                  spk: dict[str, int], n_spk: int = 1, load_all_data: bool = True, whole_audio: bool = False,
                  device: str | torch.device = "cpu", fp16: bool = False, use_aug: bool = False,
-                 unit_interpolate_mode: str = "nearest", n_units: int | None = None,
+                 unit_interpolate_mode: str = DEFAULT_UNIT_MODE, n_units: int | None = None,
                  n_mels: int | None = None) -> None:
         super().__init__()
         self.filelist = str(filelist)
@@ -136,7 +130,8 @@ class AudioDataset(Dataset):
         return kept
 
     def _check_files(self, paths: list[str]) -> None:
-        missing = [(p, [p + s for s in FEATURE_SUFFIXES if not os.path.isfile(p + s)]) for p in paths]
+        missing = [(p, [feature_path(p, k) for k in DIFFUSION_FEATURES
+                                if not os.path.isfile(feature_path(p, k))]) for p in paths]
         missing = [(p, files) for p, files in missing if files]
         if not missing:
             return
@@ -171,8 +166,8 @@ class AudioDataset(Dataset):
 
     # -- reading one clip -----------------------------------------------------------------------
     def _units(self, path: str) -> torch.Tensor:
-        """`X.wav.soft.pt` -> [C, Tu] float32, width checked against `n_units`."""
-        file = path + ".soft.pt"
+        """Units of a clip -> [C, Tu] float32, width checked against `n_units`."""
+        file = feature_path(path, "units")
         try:
             units = safe_torch_load(file)
         except CheckpointError as err:
@@ -192,11 +187,11 @@ class AudioDataset(Dataset):
         units = self._units(path)
         return f0_math.repeat_expand_2d(units, frames, self.unit_interpolate_mode).transpose(0, 1)
 
-    def _mel_array(self, path: str, suffix: str) -> np.ndarray:
-        file = path + suffix
+    def _mel_array(self, path: str, kind: str) -> np.ndarray:
+        file = feature_path(path, kind)
         try:
             data = load_npy(file)
-            if suffix == ".aug_mel.npy":
+            if kind == "aug_mel":
                 if data.dtype != object or len(data) != 2:
                     raise ValueError("expected an object array [mel, keyshift]")
                 data = data[0]
@@ -209,8 +204,8 @@ class AudioDataset(Dataset):
         return mel
 
     def _keyshift(self, path: str) -> tuple[float, int]:
-        """(keyshift in semitones, frames) of `X.wav.aug_mel.npy`."""
-        file = path + ".aug_mel.npy"
+        """(keyshift in semitones, frames) of the shifted mel."""
+        file = feature_path(path, "aug_mel")
         try:
             data = load_npy(file)
             if data.dtype != object or len(data) != 2:
@@ -219,38 +214,40 @@ class AudioDataset(Dataset):
         except (ValueError, TypeError, OSError, IndexError, CheckpointError) as err:
             raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
 
-    def _plain(self, path: str, suffix: str, what: str) -> np.ndarray:
+    def _plain(self, path: str, kind: str, what: str) -> np.ndarray:
+        file = feature_path(path, kind)
         try:
-            return _as_frames(load_npy(path + suffix), path + suffix, what)
+            return _as_frames(load_npy(file), file, what)
         except (ValueError, OSError, CheckpointError) as err:
-            raise DatasetError(f"{path + suffix} is unreadable ({err}); delete it and {PREP_HINT}") from None
+            raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
 
     def _load(self, path: str, seconds: float, spk_id: int) -> dict[str, Any]:
         """Everything of one clip that stays in memory (all of it with `load_all_data`)."""
+        f0_file = feature_path(path, "f0")
         try:
-            f0_np, _uv = load_f0(path + ".f0.npy")
+            f0_np, _uv = load_f0(f0_file)
         except (ValueError, OSError, CheckpointError) as err:
-            raise DatasetError(f"{path}.f0.npy is unreadable ({err}); delete it and {PREP_HINT}") from None
-        volume = self._plain(path, ".vol.npy", "volume")
-        aug_vol = self._plain(path, ".aug_vol.npy", "aug volume")
+            raise DatasetError(f"{f0_file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+        volume = self._plain(path, "volume", "volume")
+        aug_vol = self._plain(path, "aug_vol", "aug volume")
         keyshift, aug_frames = self._keyshift(path)
-        lengths = {"f0": len(f0_np), "vol.npy": len(volume), "aug_vol.npy": len(aug_vol),
-                   "aug_mel.npy": aug_frames}
+        lengths = {"f0": len(f0_np), "volume": len(volume), "aug_vol": len(aug_vol), "aug_mel": aug_frames}
         buf: dict[str, Any] = {"duration": seconds, "keyshift": keyshift}
         if self.load_all_data:
-            mel, aug_mel = self._mel_array(path, ".mel.npy"), self._mel_array(path, ".aug_mel.npy")
-            lengths["mel.npy"] = len(mel)
+            mel, aug_mel = self._mel_array(path, "mel"), self._mel_array(path, "aug_mel")
+            lengths["mel"] = len(mel)
             units = self._stretched_units(path, len(f0_np))
             cache_dtype = torch.float16 if self.fp16 else torch.float32
             buf.update(mel=torch.from_numpy(mel).to(self.device, cache_dtype),
                        aug_mel=torch.from_numpy(aug_mel).to(self.device, cache_dtype),
                        units=units.to(self.device, cache_dtype))
         else:
-            lengths["mel.npy"] = int(np.load(path + ".mel.npy", mmap_mode="r").shape[0])
+            lengths["mel"] = int(np.load(feature_path(path, "mel"), mmap_mode="r").shape[0])
         frames = min(lengths.values())
         gaps = {k: v - lengths["f0"] for k, v in lengths.items() if abs(v - lengths["f0"]) >= MAX_FRAME_GAP}
         if gaps or frames == 0:
-            detail = ", ".join(f"{k} has {lengths[k]} frames" for k in gaps) or "no frames"
+            detail = ", ".join(f"{os.path.basename(feature_path(path, k))} has {lengths[k]} frames"
+                               for k in gaps) or "no frames"
             raise DatasetError(f"{path}: feature files disagree with its {lengths['f0']}-frame f0 ({detail}); "
                                f"delete its feature files and {PREP_HINT}")
 
@@ -281,10 +278,10 @@ class AudioDataset(Dataset):
         mel = buf.get("aug_mel" if aug else "mel")
         if mel is not None:
             mel = mel[start:end]
-        elif aug:  # quirk 40 fixed: the shifted item needs the shifted mel
-            mel = torch.from_numpy(self._mel_array(name_ext, ".aug_mel.npy")[start:end])
+        elif aug:  # the shifted item needs the shifted mel (4.1 read the plain one here)
+            mel = torch.from_numpy(self._mel_array(name_ext, "aug_mel")[start:end])
         else:
-            mel = torch.from_numpy(np.array(np.load(name_ext + ".mel.npy", mmap_mode="r")[start:end],
+            mel = torch.from_numpy(np.array(np.load(feature_path(name_ext, "mel"), mmap_mode="r")[start:end],
                                             dtype=np.float32))
         shift = float(buf["keyshift"]) if aug else 0.0
         f0 = 2 ** (shift / 12) * buf["f0"][start:end]
@@ -330,7 +327,7 @@ def get_data_loaders(args: HParams, whole_audio: bool = False, num_workers: int 
     common = dict(hop_size=int(data.block_size), sample_rate=int(data.sampling_rate),
                   spk={str(k): int(v) for k, v in (args.get("spk") or {}).items()},
                   n_spk=int(args.model.get("n_spk", 1) or 1), load_all_data=cached,
-                  unit_interpolate_mode=str(data.get("unit_interpolate_mode") or "nearest"),
+                  unit_interpolate_mode=str(data.get("unit_interpolate_mode") or DEFAULT_UNIT_MODE),
                   n_units=int(data.encoder_out_channels), n_mels=n_mels, waveform_sec=float(data.duration))
     train_set = AudioDataset(str(data.training_files), whole_audio=whole_audio, device=cache_device,
                              fp16=bool(train.get("cache_fp16", False)), use_aug=True, **common)

@@ -1,15 +1,9 @@
-"""The experiment folder of `train_diff.py` (`env.expdir`, formats.md §6.5).
+"""The experiment folder of `train_diff.py` (`env.expdir`): what 4.1's diffusion `Saver` wrote, in the
+same places, plus the resume and retention rules.
 
-Holds what 4.1's diffusion `Saver` wrote, in the same places: `config.yaml` (the loaded config, keys
-sorted, as `yaml.dump` writes it), `log_info.txt` (every console line of the run, appended),
-TensorBoard events under `logs/`, and `model_<step>.pt` = `{'global_step': int, 'model': state_dict}`
-(+ `'optimizer'` when `train.save_opt`). Also the resume rule (newest `model_<N>.pt`) and the
-retention rule (drop the previous validation checkpoint unless it is a "force save").
-
-Differences to 4.1: checkpoints are written atomically; loading is weights-only and reports missing,
-unexpected and mis-shaped keys instead of ignoring them; only `model_<digits>.pt` directly in the
-experiment folder can be resumed (4.1's recursive search let any other `*.pt` count as step 0 and then
-failed on a missing `model_0.pt`); the optimizer state is restored only when it fits the model.
+`config.yaml` (the loaded config, keys sorted), `log_info.txt` (every console line, appended),
+TensorBoard events under `logs/`, and `model_<step>.pt` = {'global_step': int, 'model': state_dict}
+(+ 'optimizer' with `train.save_opt`).
 """
 from __future__ import annotations
 
@@ -26,11 +20,10 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from core.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
 from core.atomic import write_atomic
+from core.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
 from core.config import HParams, save_config
-from core.runlog import attached_handlers
-from core.runlog import Summary, plot_spectrogram_to_numpy
+from core.runlog import Summary, attached_handlers, plot_spectrogram_to_numpy
 
 logger = logging.getLogger("diffusion")
 
@@ -45,11 +38,10 @@ SPEC_VMIN = -14.0
 def run_logging(expdir: str) -> Iterator[None]:
     """Console lines (bare messages, as 4.1 printed them) and `log_info.txt` for one run."""
     os.makedirs(expdir, exist_ok=True)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    log_file = logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")
-    log_file.setFormatter(logging.Formatter("%(message)s"))
-    handlers = [console, log_file]
+    handlers = [logging.StreamHandler(sys.stdout),
+                logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
     with attached_handlers(handlers):
         yield
 
@@ -58,11 +50,8 @@ def run_logging(expdir: str) -> Iterator[None]:
 # resume
 # ------------------------------------------------------------------------------------------------
 def find_resume_checkpoint(expdir: str) -> str | None:
-    """Path of `model_<N>.pt` with the largest N directly in `expdir`, or None.
-
-    4.1 listed every `*.pt` under `expdir` recursively and counted any name whose suffix after
-    `model_` is not all digits as step 0; those files are named in a warning and never loaded.
-    """
+    """Path of `model_<N>.pt` with the largest N directly in `expdir`, or None; other `*.pt` files
+    below it are named in a warning and never loaded."""
     if not os.path.isdir(expdir):
         return None
     best: tuple[int, str] | None = None
@@ -96,15 +85,11 @@ class ResumeState:
 
 def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                device: torch.device | str = "cpu") -> ResumeState:
-    """Restore the newest checkpoint of `expdir` into `model` (and `optimizer`), 4.1's `load_model`.
+    """Restore the newest checkpoint of `expdir` into `model` (and `optimizer`).
 
-    Weights load non-strictly (`modules.checkpoint.load_model_state`: a missing, unexpected or
-    mis-shaped key is reported, the model keeps its own value); the step is the stored
-    `global_step`. The optimizer state is restored when the file has one and every model tensor
-    came from the file (otherwise its moments would belong to other shapes).
-
-    Raises:
-        CheckpointError: the newest file is unreadable or is not a diffusion checkpoint.
+    Weights load non-strictly with a report (`core.checkpoint.load_model_state`); the optimizer state
+    only when every model tensor came from the file (else its moments belong to other shapes).
+    Raises CheckpointError when the newest file is unreadable or not a diffusion checkpoint.
     """
     path = find_resume_checkpoint(expdir)
     if path is None:
@@ -137,13 +122,9 @@ def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer |
 
 
 def retention_victims(expdir: str, step: int, interval_val: int, interval_force_save: int) -> list[str]:
-    """Checkpoints to delete after `model_<step>.pt` was saved (formats.md §6.5).
-
-    4.1 deletes `model_<step - interval_val>.pt` unless that step is a multiple of
-    `interval_force_save`. Extra saves in between (end of training, Ctrl+C) follow the same rule:
-    every `model_<k>.pt` with `step - interval_val <= k < step` and k not a force-save step goes.
-    Step 0 is a multiple of anything, so a pretrained `model_0.pt` always stays.
-    """
+    """Checkpoints to delete after `model_<step>.pt` was saved: every `model_<k>.pt` with
+    step - interval_val <= k < step and k not a multiple of `interval_force_save` (4.1's rule, which
+    also covers extra saves at a stop; a pretrained `model_0.pt` always stays)."""
     if not os.path.isdir(expdir) or interval_val <= 0:
         return []
     victims = []
@@ -162,11 +143,10 @@ def retention_victims(expdir: str, step: int, interval_val: int, interval_force_
 # the experiment folder
 # ------------------------------------------------------------------------------------------------
 class Saver:
-    """Experiment folder writer (4.1's diffusion `Saver`): config copy, logs, TensorBoard, checkpoints.
+    """Experiment folder writer: config copy, logs, TensorBoard, checkpoints.
 
     Args:
-        args: the diffusion config; `env.expdir`, `data.sampling_rate` and the `train.interval_*`
-            fields are read.
+        args: the diffusion config (`env.expdir` and `data.sampling_rate` are read).
         initial_global_step: step restored from the checkpoint (0 for a fresh run).
     """
 

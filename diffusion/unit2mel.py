@@ -1,10 +1,10 @@
-"""Unit2Mel: content units + F0 + loudness (+ speaker, + key shift) -> mel by Gaussian diffusion.
+"""Unit2Mel: content units + F0 + loudness (+ speaker, + key shift) -> mel by Gaussian diffusion,
+and the loaders of train_diff.py checkpoints.
 
-The condition per frame is the sum of linear embeddings (pipeline.md §8.1)
+The condition per frame is the sum of linear embeddings
     unit_embed(units) + f0_embed(ln(1 + f0 / 700)) + volume_embed(volume)
     [+ spk_embed(id), only when n_spk > 1] [+ aug_shift_embed(key_shift / 5), with use_pitch_aug]
-and drives `GaussianDiffusion(WaveNet)`. `load_model_vocoder` reads a `model_<step>.pt` written by
-train_diff.py together with its YAML config and the NSF-HiFiGAN vocoder.
+and drives `GaussianDiffusion(WaveNet)`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from core.config import ConfigError, ConfigNotFoundError, HParams, load_config
 if TYPE_CHECKING:
     from diffusion.vocoder import Vocoder
 
-__all__ = ["Unit2Mel", "load_diffusion_model", "load_model_vocoder"]
+__all__ = ["Unit2Mel", "build_unit2mel", "load_diffusion_model", "load_model_vocoder"]
 
 PathLike = str | os.PathLike
 
@@ -62,11 +62,8 @@ class Unit2Mel(nn.Module):
         self.register_buffer("speaker_map", None, persistent=False)
 
     def init_spkmix(self, n_spk: int) -> None:
-        """Freeze the first n_spk speaker embeddings as `speaker_map` [n_spk, H] for per-frame mixing.
-
-        Fix (quirks.md 41): 4.1 crashed here for n_spk > 1 (missing attribute). Single-speaker models
-        ignore speakers altogether, so there is nothing to prepare for them.
-        """
+        """Freeze the first n_spk speaker embeddings as `speaker_map` [n_spk, H] for per-frame mixing
+        (a no-op for single-speaker models, which ignore speakers)."""
         if self.spk_embed is None:
             return
         if not 1 <= n_spk <= self.n_spk:
@@ -125,7 +122,7 @@ class Unit2Mel(nn.Module):
 # loading
 # ------------------------------------------------------------------------------------------------
 def _describe_state(state: Mapping[str, Tensor]) -> dict[str, object]:
-    """Hyper-parameters a diffusion state dict was built with (None where the key is absent)."""
+    """Config values a diffusion state dict was built with (None where the key is absent)."""
     def shape(key: str, dim: int) -> int | None:
         value = state.get(key)
         return int(value.shape[dim]) if isinstance(value, Tensor) and value.dim() > dim else None
@@ -144,20 +141,6 @@ def _describe_state(state: Mapping[str, Tensor]) -> dict[str, object]:
     }
 
 
-def _config_values(args: HParams, out_dims: int) -> dict[str, object]:
-    n_spk = int(args.model.n_spk)
-    return {
-        "data.encoder_out_channels": int(args.data.encoder_out_channels),
-        "model.n_hidden": int(args.model.n_hidden),
-        "model.n_spk": n_spk if n_spk > 1 else 1,
-        "model.use_pitch_aug": bool(args.model.use_pitch_aug),
-        "model.n_layers": int(args.model.n_layers),
-        "model.n_chans": int(args.model.n_chans),
-        "model.timesteps": int(args.model.timesteps),
-        "vocoder num_mels": out_dims,
-    }
-
-
 def _read_config(model_path: Path, config_path: PathLike | None) -> tuple[HParams, Path]:
     config_file = Path(config_path) if config_path is not None else model_path.parent / "config.yaml"
     if not config_file.is_file():
@@ -166,7 +149,8 @@ def _read_config(model_path: Path, config_path: PathLike | None) -> tuple[HParam
     return load_config(config_file), config_file
 
 
-def _build(args: HParams, out_dims: int, config_file: Path) -> Unit2Mel:
+def build_unit2mel(args: HParams, out_dims: int, config_file: PathLike = "diffusion.yaml") -> Unit2Mel:
+    """A fresh Unit2Mel from the `data`/`model` sections of a diffusion config; out_dims = vocoder mel bins."""
     try:
         return Unit2Mel(int(args.data.encoder_out_channels), int(args.model.n_spk), bool(args.model.use_pitch_aug),
                         out_dims, int(args.model.n_layers), int(args.model.n_chans), int(args.model.n_hidden),
@@ -177,8 +161,7 @@ def _build(args: HParams, out_dims: int, config_file: Path) -> Unit2Mel:
         raise ConfigError(f"{config_file}: invalid diffusion model settings: {err}", str(config_file)) from None
 
 
-def _load_weights(model: Unit2Mel, model_path: Path, args: HParams, out_dims: int, config_file: Path,
-                  device: str | torch.device) -> None:
+def _load_weights(model: Unit2Mel, model_path: Path, config_file: Path, device: str | torch.device) -> None:
     if not model_path.is_file():
         raise CheckpointNotFoundError(f"diffusion model {model_path} not found")
     ckpt = safe_torch_load(model_path, map_location=device)
@@ -189,7 +172,7 @@ def _load_weights(model: Unit2Mel, model_path: Path, args: HParams, out_dims: in
     try:
         load_state_dict_strict(model, state, source=str(model_path))
     except CheckpointError as err:
-        found, wanted = _describe_state(state), _config_values(args, out_dims)
+        found, wanted = _describe_state(state), _describe_state(model.state_dict())
         diffs = [f"{key}: model file {found[key]}, config {wanted[key]}" for key in wanted
                  if found[key] is not None and found[key] != wanted[key]]
         if not diffs:
@@ -208,8 +191,8 @@ def load_diffusion_model(model_path: PathLike, device: str | torch.device = "cpu
     """
     path = Path(model_path)
     args, config_file = _read_config(path, config_path)
-    model = _build(args, out_dims, config_file)
-    _load_weights(model, path, args, out_dims, config_file, device)
+    model = build_unit2mel(args, out_dims, config_file)
+    _load_weights(model, path, config_file, device)
     return model.to(device).eval(), args
 
 
@@ -227,6 +210,6 @@ def load_model_vocoder(model_path: PathLike, device: str | torch.device = "cpu",
         raise VocoderNotFoundError(f"{err} (vocoder.ckpt in {config_file})") from None
     except (AttributeError, KeyError) as err:
         raise ConfigError(f"{err.args[0] if err.args else err}", str(config_file)) from None
-    model = _build(args, vocoder.dimension, config_file)
-    _load_weights(model, path, args, vocoder.dimension, config_file, device)
+    model = build_unit2mel(args, vocoder.dimension, config_file)
+    _load_weights(model, path, config_file, device)
     return model.to(device).eval(), vocoder, args

@@ -1,10 +1,5 @@
-"""The shallow-diffusion denoiser: a non-causal WaveNet over mel frames (DiffWave / DiffSinger design).
-
-The network predicts the Gaussian noise in a noised, normalised mel given the diffusion step and the
-per-frame condition of `Unit2Mel`. Parameter names are the 4.1 checkpoint keys (formats.md §6.5):
-`input_projection`, `mlp.0`, `mlp.2`, `residual_layers.N.{dilated_conv, diffusion_projection,
-conditioner_projection, output_projection}`, `skip_projection`, `output_projection`.
-"""
+"""The shallow-diffusion denoiser: a non-causal WaveNet over mel frames (DiffWave / DiffSinger design)
+predicting the noise in a noised, normalised mel. Parameter names are 4.1's checkpoint keys."""
 from __future__ import annotations
 
 import math
@@ -17,22 +12,16 @@ __all__ = ["ResidualBlock", "WaveNet", "step_embedding"]
 
 def _conv1d(in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
             dilation: int = 1) -> nn.Conv1d:
-    """Conv1d with He-normal weights (bias keeps torch's default), used for the outer projections.
-
-    The residual blocks keep torch's default init. Which layers get which init (and in which order
-    they are built) is what 4.1 does, so a seeded fresh model equals 4.1's seeded fresh model.
-    """
+    """Conv1d with He-normal weights for the outer projections; the residual blocks keep torch's init
+    (as in 4.1, so a seeded fresh model equals 4.1's)."""
     conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation)
     nn.init.kaiming_normal_(conv.weight)
     return conv
 
 
 def step_embedding(step: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
-    """Transformer-style sinusoidal embedding of diffusion steps.
-
-    step: [B] integer or float steps (DPM-Solver / UniPC pass fractional ones).
-    Returns [B, dim] = [sin(step * w_j), cos(step * w_j)] with w_j = 10000^(-j / (dim/2 - 1)).
-    """
+    """Sinusoidal embedding of steps [B] (float for DPM-Solver / UniPC) -> [B, dim] =
+    [sin(step * w_j), cos(step * w_j)], w_j = 10000^(-j / (dim/2 - 1))."""
     half = dim // 2
     scale = math.log(10000) / (half - 1)
     freqs = torch.exp(torch.arange(half, device=step.device, dtype=dtype) * -scale)
@@ -41,13 +30,8 @@ def step_embedding(step: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """Gated residual layer: step bias, kernel-3 conv, condition, tanh/sigmoid gate, residual + skip.
-
-    Args:
-        n_hidden: condition channels H.
-        n_chans: residual channels C.
-        dilation: of the kernel-3 convolution (1 everywhere in 4.1).
-    """
+    """Gated residual layer (step bias, kernel-3 conv, condition, tanh/sigmoid gate); n_hidden = condition
+    channels H, n_chans = residual channels C."""
 
     def __init__(self, n_hidden: int, n_chans: int, dilation: int = 1) -> None:
         super().__init__()
@@ -69,14 +53,8 @@ class ResidualBlock(nn.Module):
 
 
 class WaveNet(nn.Module):
-    """Noise predictor eps(x_t, t, cond) of the Gaussian diffusion.
-
-    Args:
-        in_dims: mel bins M.
-        n_layers: residual blocks.
-        n_chans: residual channels C.
-        n_hidden: condition channels H (Unit2Mel's embedding width).
-    """
+    """Noise predictor eps(x_t, t, cond): in_dims = mel bins M, n_layers residual blocks of n_chans
+    channels, n_hidden = condition channels H."""
 
     def __init__(self, in_dims: int = 128, n_layers: int = 20, n_chans: int = 384, n_hidden: int = 256) -> None:
         super().__init__()

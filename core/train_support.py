@@ -1,0 +1,28 @@
+"""Small pieces every training loop shares: the mixed-precision context, the out-of-memory message
+and the rule for the extra checkpoint written when a run stops or ends."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, ContextManager
+
+import torch
+
+__all__ = ["autocast", "needs_final_save", "out_of_memory_message"]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None, enabled: bool = True) -> ContextManager[Any]:
+    """`torch.autocast` on `device`'s type in `dtype`; a no-op context when `dtype` is None (fp32)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def out_of_memory_message(device: torch.device | str, step: int, advice: str) -> str:
+    """"Out of memory on <device> at step <step>. <advice>" (advice: which settings to lower)."""
+    return f"Out of memory on {device} at step {step}. {advice}"
+
+
+def needs_final_save(last_done: int, first_of_run: int, last_saved: int | None) -> bool:
+    """Whether step `last_done` was trained by this run (>= `first_of_run`) and is not saved yet,
+    i.e. a stop request or the end of training should write one more checkpoint."""
+    return last_done >= first_of_run and last_done != last_saved
