@@ -23,7 +23,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +32,11 @@ import yaml
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ahead of bench/ itself: run as a script, this file would otherwise shadow the diffusion package.
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+from bench.common import machine_description, markdown_table, timed as timed_once  # noqa: E402
+
 TEMPLATE = ROOT / "configs_template" / "diffusion_template.yaml"
 SEED = 1234
 METHODS = ("ddim", "pndm", "dpm-solver", "dpm-solver++", "unipc")
@@ -112,23 +116,11 @@ def make_inputs(seconds: float, input_channel: int, sr: int = 44100, hop: int = 
             "volume": torch.full((1, frames, 1), 0.1)}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, float, Any]:
-    """One warm-up call, then the median wall and process-CPU seconds of ``repeats`` calls; last result."""
+    """One warm-up call, then the median wall and CPU seconds of ``repeats`` calls; last result."""
     result = fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        _sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        result = fn()
-        _sync(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - cpu_start)
-    return statistics.median(wall), statistics.median(cpu), result
+    runs = [timed_once(fn, device) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2]
 
 
 class CallCounter:
@@ -193,26 +185,26 @@ def bench_end_to_end(model: torch.nn.Module, vocoder: torch.nn.Module, mel_fn: A
     return rows, mel, out
 
 
-def format_samplers(rows: Sequence[Row], stages: Sequence[Row] = ()) -> str:
-    """Markdown: sampler, k_step / speedup, network calls, median s, s per call, RTF, CPU RTF, and the
-    end-to-end RTF of a conversion with that sampler (input mel + sampler + vocoder, from `stages`)."""
+def end_to_end_rtf(sampler: Row, stages: Sequence[Row]) -> float:
+    """RTF of a conversion with ``sampler``: the input mel and vocoder stages plus the sampler's seconds."""
     fixed = sum(r.seconds for r in stages if r.name in ("vocoder mel of the input", "NSF-HiFiGAN vocoder"))
-    lines = ["| sampler | k_step / speedup | network calls | median s | s per call | RTF | CPU RTF | end-to-end RTF |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        e2e = f"{(r.seconds + fixed) / r.audio_seconds:.3f}" if stages and r.setting != "-" else "-"
-        lines.append(f"| {r.name} | {r.setting} | {r.calls} | {r.seconds:.3f} | {r.seconds / max(r.calls, 1):.3f} | "
-                     f"{r.seconds / r.audio_seconds:.3f} | {r.cpu_seconds / r.audio_seconds:.3f} | {e2e} |")
-    return "\n".join(lines)
+    return (sampler.seconds + fixed) / sampler.audio_seconds
+
+
+def format_samplers(rows: Sequence[Row], stages: Sequence[Row] = ()) -> str:
+    """Markdown: sampler, k_step / speedup, network calls, median s, s per call, RTF, CPU RTF, end-to-end RTF."""
+    return markdown_table(
+        ["sampler", "k_step / speedup", "network calls", "median s", "s per call", "RTF", "CPU RTF", "end-to-end RTF"],
+        [[r.name, r.setting, r.calls, f"{r.seconds:.3f}", f"{r.seconds / max(r.calls, 1):.3f}",
+          f"{r.seconds / r.audio_seconds:.3f}", f"{r.cpu_seconds / r.audio_seconds:.3f}",
+          f"{end_to_end_rtf(r, stages):.3f}" if stages and r.setting != "-" else "-"] for r in rows])
 
 
 def format_stages(rows: Sequence[Row]) -> str:
     """Markdown: stage, median s, RTF, CPU RTF."""
-    lines = ["| stage | median s | RTF | CPU RTF |", "|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.seconds / r.audio_seconds:.3f} | "
-                     f"{r.cpu_seconds / r.audio_seconds:.3f} |")
-    return "\n".join(lines)
+    return markdown_table(["stage", "median s", "RTF", "CPU RTF"],
+                          [[r.name, f"{r.seconds:.3f}", f"{r.seconds / r.audio_seconds:.3f}",
+                            f"{r.cpu_seconds / r.audio_seconds:.3f}"] for r in rows])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -242,11 +234,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Report:
     """Parse flags, run both benchmarks, print the machine line and two tables; returns the report."""
     args = parse_args(argv)
-    # Ahead of bench/ itself: run as a script, this file would otherwise shadow the diffusion package.
-    if sys.path[0] != str(ROOT):
-        sys.path.insert(0, str(ROOT))
-    from bench.synth_infer import machine_description
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+from bench.common import machine_description, markdown_table, round_robin  # noqa: E402
+
 NOISE_SCALE = 0.35
 NOISE_SEED = 4321
 PATHS = ("PyTorch infer", "PyTorch export variant", "onnxruntime")
@@ -48,37 +51,20 @@ class Result:
     audio_seconds: float
 
 
-def _timed(call: Callable[[], np.ndarray]) -> tuple[float, float, np.ndarray]:
-    start, cpu_start = time.perf_counter(), time.process_time()
-    audio = call()
-    return time.perf_counter() - start, time.process_time() - cpu_start, audio
-
-
 def run_paths(calls: dict[str, Callable[[], np.ndarray]], repeats: int, audio_seconds: float) -> list[Result]:
     """One warm-up per path, then ``repeats`` timed calls taken round-robin; medians."""
-    audio = {name: call() for name, call in calls.items()}
-    wall: dict[str, list[float]] = {n: [] for n in calls}
-    cpu: dict[str, list[float]] = {n: [] for n in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            seconds, cpu_seconds, _ = _timed(call)
-            wall[name].append(seconds)
-            cpu[name].append(cpu_seconds)
-    return [Result(n, statistics.median(wall[n]), statistics.median(cpu[n]), audio[n], audio_seconds)
-            for n in calls]
+    return [Result(name, wall, cpu, audio, audio_seconds)
+            for name, (wall, cpu, audio) in round_robin(calls, repeats).items()]
 
 
 def format_table(results: Sequence[Result]) -> str:
     """Markdown table: path, median s, RTF, CPU RTF, speed vs each PyTorch path, audio RMS."""
     base, variant = results[0], results[1]
-    lines = ["| path | median s | RTF | CPU RTF | speed vs PyTorch infer | speed vs export variant | audio RMS |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        rms = float(np.sqrt(np.mean(np.square(r.audio, dtype=np.float64))))
-        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.seconds / r.audio_seconds:.3f} | "
-                     f"{r.cpu_seconds / r.audio_seconds:.3f} | {base.seconds / r.seconds:.2f}x | "
-                     f"{variant.seconds / r.seconds:.2f}x | {rms:.4f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["path", "median s", "RTF", "CPU RTF", "speed vs PyTorch infer", "speed vs export variant", "audio RMS"],
+        [[r.name, f"{r.seconds:.3f}", f"{r.seconds / r.audio_seconds:.3f}", f"{r.cpu_seconds / r.audio_seconds:.3f}",
+          f"{base.seconds / r.seconds:.2f}x", f"{variant.seconds / r.seconds:.2f}x",
+          f"{float(np.sqrt(np.mean(np.square(r.audio, dtype=np.float64)))):.4f}"] for r in results])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -99,11 +85,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     """Build, export, time the three paths; print machine line, export time and table; returns the results."""
     args = parse_args(argv)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import onnxruntime as ort
 
-    from bench.synth_infer import TINY_MODEL, BenchConfig, build_model, load_config, machine_description, make_inputs
+    from bench.synth_infer import TINY_MODEL, BenchConfig, build_model, load_config, make_inputs
     from export.model_onnx import SynthesizerTrnOnnx, export_onnx
 
     if args.threads:

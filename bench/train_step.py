@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +31,10 @@ from typing import Any, Sequence
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+from bench.common import load_average, machine_description, markdown_table, status_kib, timed  # noqa: E402
+
 CONFIGS = {"default": ROOT / "configs_template" / "config_template.json",
            "tiny": ROOT / "configs_template" / "config_tiny_template.json"}
 BATCH = 2
@@ -58,11 +60,6 @@ class StepResult:
     segment_frames: int
     loss_g_total: float
     loss_d: float
-
-
-def _ensure_path() -> None:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 def resolve_config(name: str) -> Path:
@@ -98,29 +95,12 @@ def make_batch(hps: Any, batch: int = BATCH, frames: int = FRAMES, seed: int = S
     return TextAudioCollate()(items)
 
 
-def _vm_kib(field: str) -> int | None:
-    """A `Vm*` line of /proc/self/status in KiB, or None off Linux."""
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int = 1) -> StepResult:
     """Build a Trainer for `config` (no data loaders), time `warmup` + `repeats` real train steps.
 
     Peak memory on CPU is VmHWM after the steps minus VmRSS before the Trainer was built (so run
     this in a fresh process for a clean figure); on CUDA it is max_memory_allocated over the steps.
     """
-    _ensure_path()
     from core.config import load_config
     from training.loop import RunContext, Trainer
 
@@ -135,7 +115,7 @@ def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int 
     hps = load_config(path)
     device = torch.device(device_name)
     batch = make_batch(hps)
-    rss_before = _vm_kib("VmRSS")
+    rss_before = status_kib("VmRSS")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -145,21 +125,14 @@ def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int 
         # of which a step touches; train_step itself does not look at the rank.
         ctx = RunContext(rank=1, world_size=1, device=device, num_workers=0, stop_requested=lambda: False)
         trainer = _NoDataTrainer(hps, model_dir, ctx)
-        wall: list[float] = []
-        cpu: list[float] = []
-        out: dict[str, Any] = {}
-        for i in range(warmup + repeats):
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            out = trainer.train_step(batch, log=False)
-            _sync(device)
-            if i >= warmup:
-                wall.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - cpu_start)
+        for _ in range(warmup):
+            trainer.train_step(batch, log=False)
+        runs = [timed(lambda: trainer.train_step(batch, log=False), device) for _ in range(repeats)]
+        wall, cpu, out = [r[0] for r in runs], [r[1] for r in runs], runs[-1][2]
         if device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
         else:
-            hwm = _vm_kib("VmHWM")
+            hwm = status_kib("VmHWM")
             peak = (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else float("nan")
             kind = "RSS peak - RSS before"
         n_g = sum(p.numel() for p in trainer.net_g.parameters())
@@ -184,19 +157,10 @@ def run_in_child(config: str, repeats: int, device: str, threads: int | None) ->
 
 def format_table(results: Sequence[StepResult]) -> str:
     """Markdown table: config, device, threads, median s/step, CPU s/step, peak MiB, parameter counts."""
-    lines = ["| config | device | threads | median s/step | CPU s/step | peak MiB | G params | D params |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r.config} | {r.device} | {r.threads} | {r.seconds:.3f} | {r.cpu_seconds:.3f} | "
-                     f"{r.peak_mib:.0f} | {r.parameters_g / 1e6:.2f} M | {r.parameters_d / 1e6:.2f} M |")
-    return "\n".join(lines)
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # not available on this platform
-        return "?"
+    return markdown_table(
+        ["config", "device", "threads", "median s/step", "CPU s/step", "peak MiB", "G params", "D params"],
+        [[r.config, r.device, r.threads, f"{r.seconds:.3f}", f"{r.cpu_seconds:.3f}", f"{r.peak_mib:.0f}",
+          f"{r.parameters_g / 1e6:.2f} M", f"{r.parameters_d / 1e6:.2f} M"] for r in results], numeric_from=2)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -231,16 +195,13 @@ def main(argv: Sequence[str] | None = None) -> list[StepResult]:
         result = run_config(args.child, args.repeats, args.device)
         print(RESULT_TAG + json.dumps(asdict(result)), flush=True)
         return [result]
-    _ensure_path()
-    from bench.synth_infer import machine_description
-
     device = torch.device(args.device)
     print(machine_description(device))
-    load_start = _load_average()
+    load_start = load_average()
     results = [run_in_child(c, args.repeats, args.device, args.threads) for c in args.configs]
     print(f"batch {BATCH} x {FRAMES} frames, segment {results[0].segment_frames} frames; "
           f"median of {args.repeats} steps after 1 warm-up; load average {load_start} at the start, "
-          f"{_load_average()} at the end")
+          f"{load_average()} at the end")
     print(format_table(results))
     return results
 

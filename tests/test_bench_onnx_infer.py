@@ -5,12 +5,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bench import onnx_infer
 
 
-def test_main_smoke(capsys: pytest.CaptureFixture[str], single_thread: None) -> None:
+def test_main_smoke(single_thread: None) -> None:
     results = onnx_infer.main(["--tiny", "--seconds", "0.4", "--repeats", "1", "--threads", "1"])
     frames = math.floor(0.4 * 44100 / 512)
     assert [r.name for r in results] == list(onnx_infer.PATHS)
@@ -22,10 +21,6 @@ def test_main_smoke(capsys: pytest.CaptureFixture[str], single_thread: None) -> 
     # Same prior noise; only the source's random phases and noise differ between the three.
     assert 0 < float(np.abs(ort_audio - variant).max()) < 0.2
     assert float(np.abs(infer - variant).max()) < 0.2
-    out = capsys.readouterr().out
-    assert "torch " + torch.__version__ in out and "onnxruntime" in out and "threads 1" in out
-    assert out.count("\n| ") == 4  # header + 3 paths
-    assert f"{frames} frames" in out and "--tiny sizes" in out
 
 
 def test_flag_errors() -> None:

@@ -51,7 +51,7 @@ def test_random_state_is_seeded_and_scaled() -> None:
     assert 0.9 <= float(state["c.weight_g"].min()) and state["a.bias"].abs().max() <= 0.1
 
 
-def test_main_smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(preprocess, "CONTENTVEC_BASE", TINY_CONTENTVEC)
     rows = preprocess.main(["--clips", "1", "--f0_predictors", "pm,dio", "--encoders", "vec768l12",
                             "--workers", "1", "--f0_predictor", "pm", "--threads", "1"])
@@ -60,13 +60,12 @@ def test_main_smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     clip = preprocess.load_clips(1)[0]
     assert 4 < clip.seconds < 6 and clip.wav16.shape[0] == math.ceil(len(clip.wav) * 16000 / 44100)
     for r in rows:
-        assert r.audio_s == pytest.approx(clip.seconds) and r.wall_s > 0 and r.realtime > 0, r
+        assert r.audio_s == pytest.approx(clip.seconds) and r.wall_s > 0 and r.cpu_s > 0, r
+        assert r.realtime == pytest.approx(r.audio_s / r.wall_s) and r.per_cpu == pytest.approx(r.audio_s / r.cpu_s)
+    assert all(r.setup_s >= 0 for r in rows[:3])  # building / loading, kept out of the figure
     frames = (clip.wav16.shape[0] - 400) // 320 + 1
     assert f"units [1, 32, {frames}]" in rows[2].note  # the tiny model read back through the registry
     assert rows[3].note.startswith("1 clips written, 0 failed")
-    out = capsys.readouterr().out
-    assert "torch " + torch.__version__ in out and "threads 1" in out
-    assert out.count("\n| ") == 5  # header + 4 rows
 
 
 def test_bad_flags() -> None:

@@ -26,7 +26,7 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_main_smoke(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_smoke(tiny_config: Path) -> None:
     results = synth_infer.main(["--config", str(tiny_config), "--seconds", "0.5", "--repeats", "1",
                                 "--threads", "1"])
     frames = math.floor(0.5 * 44100 / 512)
@@ -34,16 +34,13 @@ def test_main_smoke(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> No
     for r in results:
         assert r.audio.shape == (1, 1, frames * 512)
         assert r.seconds > 0 and r.cpu_seconds > 0 and r.audio_seconds == pytest.approx(frames * 512 / 44100)
+    assert frames * 512 / 44100 == pytest.approx(0.5, abs=512 / 44100)
     fp32, folded, bf16 = (r.audio for r in results)
     assert float(fp32.abs().max()) > 1e-3  # the flow/decoder produce real signal, not silence
     # Folding weight norm computes the same weight once: the audio is bit-identical.
     assert torch.equal(fp32, folded)
     bf16_diff = float((bf16 - fp32).abs().max())
     assert 0 < bf16_diff < 0.1
-    out = capsys.readouterr().out
-    assert "torch " + torch.__version__ in out and "threads 1" in out
-    assert out.count("\n| ") == 4  # header + 3 variants
-    assert f"{frames} frames" in out
 
 
 def test_variant_subset(tiny_config: Path) -> None:
