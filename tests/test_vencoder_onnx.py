@@ -19,18 +19,19 @@ pytest.importorskip("onnxruntime")
 
 from conftest import VENCODER_FIXTURES, load_npz  # noqa: E402
 from core.checkpoint import CheckpointError  # noqa: E402
-from vencoder import _ENCODERS, ENCODER_DIMS, get_speech_encoder  # noqa: E402
+from vencoder import ENCODER_DIMS, encoder_file, get_speech_encoder, speech_encoder_names  # noqa: E402
 from vencoder.encoder import PretrainNotFoundError, SpeechEncoder  # noqa: E402
 from vencoder.hubert import FairseqHubertEncoder, HubertModel, load_hubert_checkpoint  # noqa: E402
 from vencoder.hubert_soft import HubertSoftEncoder, load_hubert_soft  # noqa: E402
 from vencoder.onnx_encoder import OnnxSpeechEncoder, onnx_providers  # noqa: E402
 
-TOL = 1e-4  # fixtures/vencoder README: max |a - ref| <= 1e-4
+TOL = 1e-4  # max |a - ref|, as for every encoder
 CONTENTVEC = VENCODER_FIXTURES / "contentvec_reduced.pt"
 HUBERTSOFT = VENCODER_FIXTURES / "hubertsoft_reduced.pt"
 SOFT_HEADS = 4  # the reduced HuBERT-Soft has 4 heads (not stored in the file)
 
-pytestmark = pytest.mark.skipif(not CONTENTVEC.exists(), reason="fixtures/vencoder not available")
+pytestmark = [pytest.mark.skipif(not CONTENTVEC.exists(), reason="fixtures/vencoder not available"),
+              pytest.mark.usefixtures("single_thread")]
 
 # name -> (4.1 file name, output layer, final_proj); None layer = HuBERT-Soft
 VARIANTS: dict[str, tuple[str, int | None, bool]] = {
@@ -74,11 +75,6 @@ def _export(module: nn.Module, path: Path, in_shape: tuple[int, ...], dynamic: d
 
 
 _SPEECH_AXES = {"source": {2: "samples"}, "embed": {1: "frames"}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(single_thread) -> None:
-    """Tiny models: one thread (see conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +140,9 @@ def test_stereo_is_averaged_to_mono(pretrain: Path) -> None:
     _check(enc.encoder(torch.from_numpy(ref["wav_stereo"])), ref["vec768l12_from_stereo"], 768)
 
 
-def test_registry_dims_match_encoder_dims() -> None:
-    for name, (file, _, _) in VARIANTS.items():
-        entry = _ENCODERS[name]
-        assert (entry.module, entry.cls, entry.file) == ("vencoder.onnx_encoder", "OnnxSpeechEncoder", file)
-        assert entry.options == {"dim": ENCODER_DIMS[name]}
+def test_every_onnx_name_is_covered_with_its_4_1_file() -> None:
+    assert [n for n in speech_encoder_names() if n.endswith("-onnx")] == list(VARIANTS)
+    assert {name: encoder_file(name) for name in VARIANTS} == {name: v[0] for name, v in VARIANTS.items()}
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
