@@ -108,9 +108,8 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
     return clips
 
 
-def split_dataset(
-    source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100, progress: bool = True
-) -> tuple[list[str], list[str], list[str]]:
+def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100,
+                  progress: bool = True) -> tuple[list[str], list[str], list[str]]:
     """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training.
 
     Args:
@@ -200,9 +199,8 @@ def _dims_for(speech_encoder: str) -> dict[str, int]:
     return fields
 
 
-def patch_sovits_config(
-    template: Mapping[str, Any], spk: Mapping[str, int], speech_encoder: str, vol_aug: bool, tiny: bool
-) -> dict[str, Any]:
+def patch_sovits_config(template: Mapping[str, Any], spk: Mapping[str, int], speech_encoder: str, vol_aug: bool,
+                        tiny: bool) -> dict[str, Any]:
     """config.json from its template (not modified); raises KeyError for an unknown `speech_encoder`."""
     config = copy.deepcopy(dict(template))
     model = config["model"]
@@ -253,18 +251,11 @@ def _default_template_dir() -> str:
     return str(Path(__file__).resolve().parents[1] / "configs_template")
 
 
-def preprocess_flist_config(
-    train_list: PathLike = "./filelists/train.txt",
-    val_list: PathLike = "./filelists/val.txt",
-    source_dir: PathLike = "./dataset/44k",
-    speech_encoder: str = "vec768l12",
-    vol_aug: bool = False,
-    tiny: bool = False,
-    seed: int | None = None,
-    config_dir: PathLike = "configs",
-    template_dir: PathLike | None = None,
-    progress: bool = True,
-) -> FlistConfigResult:
+def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt", val_list: PathLike = "./filelists/val.txt",
+                            source_dir: PathLike = "./dataset/44k", speech_encoder: str = "vec768l12",
+                            vol_aug: bool = False, tiny: bool = False, seed: int | None = None,
+                            config_dir: PathLike = "configs", template_dir: PathLike | None = None,
+                            progress: bool = True) -> FlistConfigResult:
     """Write the file lists, `<config_dir>/config.json` and `<config_dir>/diffusion.yaml`.
 
     Args:

@@ -169,17 +169,12 @@ def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list
     """Find the clips to convert: per non-hidden speaker folder of `in_dir` (sorted; loose files such as
     `dataset_raw/config.json` are ignored), its non-hidden audio files, sorted by name.
 
-    Returns:
-        ([(speaker, jobs)], conflicts): `conflicts` are inputs whose renamed output (`a.flac` ->
-        `a.wav`) collides with another clip, already marked failed.
-    Raises:
-        FileNotFoundError: `in_dir` is not a folder.
+    Returns ([(speaker, jobs)], conflicts), `conflicts` being failed outcomes of inputs whose renamed
+    output (`a.flac` -> `a.wav`) collides with another clip; raises FileNotFoundError without `in_dir`.
     """
     in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
     if not os.path.isdir(in_dir):
-        raise FileNotFoundError(
-            f"input folder {in_dir} not found: put one sub-folder per speaker with its clips there"
-        )
+        raise FileNotFoundError(f"input folder {in_dir} not found: put one sub-folder per speaker with its clips there")
     speakers: list[tuple[str, list[ClipJob]]] = []
     conflicts: list[ClipOutcome] = []
     for speaker in sorted(os.listdir(in_dir)):
@@ -210,15 +205,9 @@ def default_workers(cpu_count: int | None = None) -> int:
     return 30 if n > 60 else (n - 2 if n > 4 else 1)
 
 
-def resample_dataset(
-    in_dir: PathLike = "./dataset_raw",
-    out_dir: PathLike = "./dataset/44k",
-    target_sr: int = 44100,
-    loudnorm: bool = True,
-    workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> ResampleSummary:
+def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./dataset/44k", target_sr: int = 44100,
+                     loudnorm: bool = True, workers: int | None = None, overwrite: bool = False,
+                     progress: bool = True) -> ResampleSummary:
     """Convert every speaker folder of `in_dir` into `out_dir/<speaker>/` (resample.py).
 
     Args:
@@ -226,10 +215,7 @@ def resample_dataset(
         workers: process count; None = 4.1's rule (`default_workers`), 0 = one per CPU, 1 = no pool.
         overwrite: redo clips whose output is already up to date.
         progress: print `CPU count`, each speaker folder and a `resampling:` progress bar.
-    Returns:
-        every clip's outcome; failures do not stop the run.
-    Raises:
-        FileNotFoundError: `in_dir` does not exist.
+    Returns every clip's outcome (failures do not stop the run); raises FileNotFoundError without `in_dir`.
     """
     from tqdm import tqdm
 
@@ -275,10 +261,8 @@ def resample_dataset(
 def format_summary(summary: ResampleSummary, target_sr: int = 44100) -> str:
     """Closing report: counts, then one line per skipped clip with its reason."""
     written, done, failed = summary.count("written"), summary.count("up to date"), summary.failed
-    lines = [
-        f"Done: {written} written, {done} already up to date (not redone), "
-        f"{len(failed)} skipped because of problems; output {target_sr} Hz mono 16-bit PCM."
-    ]
+    lines = [f"Done: {written} written, {done} already up to date (not redone), "
+             f"{len(failed)} skipped because of problems; output {target_sr} Hz mono 16-bit PCM."]
     if failed:
         lines.append("Skipped clips:")
         lines.extend(f"  {o.job.src}: {o.reason}" for o in failed)
