@@ -103,6 +103,28 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _cluster_path(args: argparse.Namespace) -> str:
+    """-cm, or 4.1's default file for -cr with or without -fr; empty without -cr."""
+    if args.cluster_infer_ratio == 0:
+        return ""
+    return args.cluster_model_path or ("logs/44k/feature_and_index.pkl" if args.feature_retrieval
+                                       else "logs/44k/kmeans_10000.pt")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end the run with their message and exit status 1 (no traceback)."""
+    from core.checkpoint import CheckpointError
+    from core.config import ConfigError
+    from inference.infer_tool import SvcError
+    from inference.model_loader import ModelConfigMismatch
+    from inference.speaker_mix import SpkMixError
+    from modules.audio_io import AudioReadError
+    from vdecoder.nsf_hifigan.models import VocoderLoadError
+
+    return (SvcError, ModelConfigMismatch, SpkMixError, ConfigError, CheckpointError, VocoderLoadError,
+            AudioReadError, FileNotFoundError, NotImplementedError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -112,72 +134,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
-    from inference.infer_tool import InferOptions, Svc, SvcError, fill_a_to_b
-    from inference.model_loader import ModelConfigMismatch
-    from inference.speaker_mix import SpkMixError, validate_spk_mix_map
-    from modules.audio_io import AudioReadError
-    from core.checkpoint import CheckpointError
-    from core.config import ConfigError
-    from vdecoder.nsf_hifigan.models import VocoderLoadError
+    from inference.infer_tool import InferOptions, Svc, fill_a_to_b
+    from inference.speaker_mix import load_spk_mix_map, validate_spk_mix_map
 
-    user_errors = (SvcError, ModelConfigMismatch, SpkMixError, ConfigError, CheckpointError,
-                   VocoderLoadError, AudioReadError, FileNotFoundError, NotImplementedError)
-
-    cluster_path = args.cluster_model_path
-    if args.cluster_infer_ratio != 0:
-        if not cluster_path:
-            cluster_path = "logs/44k/feature_and_index.pkl" if args.feature_retrieval else "logs/44k/kmeans_10000.pt"
-    else:
-        cluster_path = ""
     trans = list(args.trans)
     fill_a_to_b(trans, args.clean_names)
     try:
         inputs = [resolve_input(name) for name in args.clean_names]
-        spk_mix_map = None
-        if args.use_spk_mix:
-            try:
-                import spkmix
-            except SyntaxError as err:
-                raise SpkMixError(f"spkmix.py line {err.lineno}: {err.msg} (see the format at the top of the file)")
-            spk_mix_map = getattr(spkmix, "spk_mix_map", None)
-            if not isinstance(spk_mix_map, dict):
-                raise SpkMixError("spkmix.py must define spk_mix_map = {speaker_id: [[t0, t1, v0, v1], ...]}")
-            if len(spk_mix_map) <= 1:
-                args.use_spk_mix = False  # 4.1: a one-entry map silently turns mixing off
+        spk_mix_map = load_spk_mix_map() if args.use_spk_mix else {}
+        args.use_spk_mix = len(spk_mix_map) > 1  # 4.1: a one-entry map silently turns mixing off
         log.info("Using F0 predictor: %s", args.f0_predictor)
-        svc = Svc(args.model_path, args.config_path, args.device, cluster_path, args.enhance,
+        svc = Svc(args.model_path, args.config_path, args.device, _cluster_path(args), args.enhance,
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
                   args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
-        speakers: list = list(args.spk_list)
-        if args.use_spk_mix and len(svc.spk2id) > 1:
-            speakers = [validate_spk_mix_map(spk_mix_map, svc.spk2id)]
+        args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1
+        if args.use_spk_mix:
+            speakers: list = [validate_spk_mix_map(spk_mix_map, svc.spk2id)]
         else:
-            args.use_spk_mix = False
-            for spk in speakers:
+            speakers = list(args.spk_list)
+            for spk in speakers:  # fail before converting anything
                 svc.speaker_id(spk)
         svc.check_cluster(args.cluster_infer_ratio)
         svc.check_k_step(args.k_step)
         mode = svc.output_mode
         if (args.shallow_diffusion or args.only_diffusion) and mode == "sovits":
-            log.warning("diffusion did not run: converting with So-VITS only, files are named _sovits_")  # quirk 48
+            log.warning("diffusion did not run: converting with So-VITS only, files are named _sovits_")
         os.makedirs("raw", exist_ok=True)
-        os.makedirs("results", exist_ok=True)
         for clean_name, path, tran in zip(args.clean_names, inputs, trans):
-            opts = InferOptions(
-                tran=tran, slice_db=args.slice_db, cluster_infer_ratio=args.cluster_infer_ratio,
-                auto_predict_f0=args.auto_predict_f0, noice_scale=args.noice_scale, pad_seconds=args.pad_seconds,
-                clip_seconds=args.clip, lg_num=args.linear_gradient, lgr_num=args.linear_gradient_retain,
-                f0_predictor=args.f0_predictor, enhancer_adaptive_key=args.enhancer_adaptive_key,
-                cr_threshold=args.f0_filter_threshold, k_step=args.k_step, use_spk_mix=args.use_spk_mix,
-                second_encoding=args.second_encoding, loudness_envelope_adjustment=args.loudness_envelope_adjustment)
+            opts = InferOptions.from_args(args, tran)
             for spk in speakers:
-                name = "spk_mix" if args.use_spk_mix else spk
-                out = Path("results") / result_name(clean_name, tran, name, args, mode)
+                out = Path("results") / result_name(clean_name, tran, "spk_mix" if args.use_spk_mix else spk,
+                                                    args, mode)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 log.info("converting %s -> %s", path, out)
                 svc.convert_file(path, out, spk, opts, args.wav_format)
                 log.info("saved %s", out)
-    except user_errors as err:
+    except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -1,16 +1,13 @@
 """End-to-end conversion speed: a 60 s clip through `Svc.convert_file`, timed stage by stage.
 
 Builds a temporary project: a default-size `SynthesizerTrn` (configs_template/config_template.json, one
-speaker) with seeded random weights saved by `modules.checkpoint.save_checkpoint`, and a full-size random
-ContentVec in the fairseq layout as `pretrain/checkpoint_best_legacy_500.pt` (bench/preprocess.py's
-`install_encoder`). Then it loads `Svc` and converts `../shared/data/edge/long_slt_60s.wav` into a FLAC
-with `convert_file`, the real song loop (inference/slice_loop.py, inference/slicer.py).
+speaker) with seeded random weights, and a full-size random ContentVec in the fairseq layout as
+`pretrain/checkpoint_best_legacy_500.pt` (bench/preprocess.py's `install_encoder`). Then it loads `Svc`
+and converts the reference clip `data/edge/long_slt_60s.wav` into a FLAC with `convert_file`.
 
-Stages are timed by wrapping, for the duration of the run only, the calls the toolkit makes: slicing
-(`slice_source`), F0 (`compute_f0_uv` of the predictor `get_f0_predictor` builds), the speech encoder
-(`hubert_model.encoder`), the synthesizer (`net_g_ms.infer`), piece preparation (`pcm16_piece`) and
-writing (the output `SoundFile`: open, write, close); model loading is `Svc(...)` plus building the F0
-predictor. RTF = stage seconds / seconds of input audio (below 1 = faster than real time).
+Stages are timed through `Svc.stage_hook` (slicing, reading, piece preparation, F0, encoder, synthesizer,
+writing, ...); "loading" is `Svc(...)` plus building the F0 predictor. RTF = stage seconds / seconds of
+input audio (below 1 = faster than real time).
 
 Run from the repository root::
 
@@ -26,50 +23,43 @@ import resource
 import sys
 import tempfile
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
-from unittest import mock
+from typing import Iterator, Sequence
 
-import numpy as np
 import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT.parent / "shared" / "data" / "edge" / "long_slt_60s.wav"
+if sys.path[0] != str(ROOT):
+    sys.path.insert(0, str(ROOT))
+from bench.common import SHARED, load_average, machine_description, markdown_table, status_kib, sync  # noqa: E402
+
+CLIP = SHARED / "data" / "edge" / "long_slt_60s.wav"
 DEFAULT_CONFIG = ROOT / "configs_template" / "config_template.json"
 SPEAKER = "bench"
-STAGES = ("loading", "slicing", "piece preparation", "F0", "encoder", "synthesizer", "writing")
+# The stages a plain So-VITS conversion (no -cr, -shd, -eh) goes through.
+STAGES = ("loading", "slicing", "reading", "piece preparation", "F0", "encoder", "synthesizer", "writing")
 
 
 @dataclass
 class StageClock:
-    """Wall seconds and call counts per stage; `device` is synchronised around each timed call."""
+    """Wall seconds and entries per stage, in order of first use; the device is synchronised around each."""
 
     device: torch.device
-    seconds: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
-    calls: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STAGES})
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] += seconds
-        self.calls[stage] += 1
-
-    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """`fn` with its wall time (device synchronised) added to `stage` on every call."""
-        def timed(*args: Any, **kw: Any) -> Any:
-            self._sync()
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kw)
-            finally:
-                self._sync()
-                self.add(stage, time.perf_counter() - start)
-        return timed
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        sync(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.calls[name] = self.calls.get(name, 0) + 1
 
 
 @dataclass
@@ -89,16 +79,13 @@ class Report:
 
     @property
     def other_s(self) -> float:
-        """Conversion time outside the timed stages (audio reads, resampling, cross-fades, Python)."""
+        """Time outside the timed stages (resampling to the model rate, cross-fades, Python)."""
         return self.total_s - sum(self.stages.values())
 
     def rtf(self, seconds: float) -> float:
         return seconds / self.audio_s
 
 
-# ------------------------------------------------------------------------------------------------
-# The temporary project
-# ------------------------------------------------------------------------------------------------
 def build_project(workdir: Path, config: Path) -> tuple[Path, Path]:
     """Random default-size model + config (one speaker) and random full-size ContentVec under `workdir`.
 
@@ -132,19 +119,6 @@ def crop_clip(src: Path, seconds: float | None, workdir: Path) -> tuple[Path, fl
     return target, len(data) / rate
 
 
-# ------------------------------------------------------------------------------------------------
-# Memory and load
-# ------------------------------------------------------------------------------------------------
-def _status_kb(field_name: str) -> float | None:
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return float(line.split()[1])
-    return None
-
-
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux `clear_refs` 5), so building the random files does not
     count towards the peak; False where that is not possible (the peak then covers the whole process)."""
@@ -157,70 +131,27 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float:
     """Peak resident set (VmHWM, else ru_maxrss) in MiB."""
-    hwm = _status_kb("VmHWM")
+    hwm = status_kib("VmHWM")
     if hwm is None:
         scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
     return hwm / 1024
 
 
-def load_average() -> str:
-    loadavg = Path("/proc/loadavg")
-    return " ".join(loadavg.read_text().split()[:3]) if loadavg.exists() else "?"
-
-
-# ------------------------------------------------------------------------------------------------
-# The timed run
-# ------------------------------------------------------------------------------------------------
-def _timed_soundfile(clock: StageClock) -> types.ModuleType:
-    """A stand-in for `soundfile` inside infer_tool whose `SoundFile` times open / write / close; sf.read
-    and sf.write (used for the PCM16 round trip) stay the real, untimed functions."""
-    class TimedSoundFile(sf.SoundFile):
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            clock.wrap("writing", super().__init__)(*args, **kw)
-
-        def write(self, data: Any) -> None:
-            clock.wrap("writing", super().write)(data)
-
-        def close(self) -> None:
-            clock.wrap("writing", super().close)()
-
-    proxy = types.ModuleType("soundfile")
-    proxy.__dict__.update(sf.__dict__)
-    proxy.SoundFile = TimedSoundFile
-    return proxy
-
-
 def run(model_path: Path, config_path: Path, pretrain: Path, clip: Path, audio_s: float, out_path: Path,
         f0_predictor: str, device: torch.device) -> Report:
-    """Load `Svc` and `convert_file` the clip with every stage wrapped; returns the timings."""
-    import inference.infer_tool as infer_tool
-    import inference.slice_loop as slice_loop
+    """Load `Svc` and `convert_file` the clip with its stage hook on a clock; returns the timings."""
     from inference.infer_tool import InferOptions, Svc
 
     clock = StageClock(device)
-    timed_f0 = clock.wrap("loading", infer_tool.get_f0_predictor)
-
-    def build_f0(*args: Any, **kw: Any) -> Any:
-        predictor = timed_f0(*args, **kw)
-        predictor.compute_f0_uv = clock.wrap("F0", predictor.compute_f0_uv)
-        return predictor
-
     load_start = load_average()
-    rss_before = _status_kb("VmRSS") or 0.0
+    rss_before = status_kib("VmRSS") or 0
     reset_peak_rss()
     start = time.perf_counter()
-    svc = clock.wrap("loading", Svc)(model_path, config_path, device=str(device), cluster_model_path="",
-                                      pretrain_dir=pretrain)
-    svc.hubert_model.encoder = clock.wrap("encoder", svc.hubert_model.encoder)
-    svc.net_g_ms.infer = clock.wrap("synthesizer", svc.net_g_ms.infer)
-    svc.pcm16_piece = clock.wrap("piece preparation", svc.pcm16_piece)
-    with contextlib.ExitStack() as patches:
-        patches.enter_context(mock.patch.object(slice_loop, "slice_source",
-                                                clock.wrap("slicing", slice_loop.slice_source)))
-        patches.enter_context(mock.patch.object(infer_tool, "get_f0_predictor", build_f0))
-        patches.enter_context(mock.patch.object(infer_tool, "sf", _timed_soundfile(clock)))
-        written = svc.convert_file(str(clip), out_path, SPEAKER, InferOptions(f0_predictor=f0_predictor))
+    with clock.stage("loading"):
+        svc = Svc(model_path, config_path, device=str(device), cluster_model_path="", pretrain_dir=pretrain)
+    svc.stage_hook = clock.stage
+    written = svc.convert_file(str(clip), out_path, SPEAKER, InferOptions(f0_predictor=f0_predictor))
     total = time.perf_counter() - start
     return Report(audio_s, dict(clock.seconds), dict(clock.calls), total, written, peak_rss_mb(),
                   rss_before / 1024, load_start, load_average(), f0_predictor)
@@ -228,18 +159,13 @@ def run(model_path: Path, config_path: Path, pretrain: Path, clip: Path, audio_s
 
 def format_table(report: Report) -> str:
     """Markdown table: stage, calls, seconds, RTF, share of the total; then other and total rows."""
-    lines = ["| stage | calls | seconds | RTF | share |", "|---|---:|---:|---:|---:|"]
-    rows = [(s, str(report.calls[s]), report.stages[s]) for s in STAGES]
-    rows += [("other (reads, resampling, cross-fade)", "", report.other_s), ("**total**", "", report.total_s)]
-    for name, calls, seconds in rows:
-        lines.append(f"| {name} | {calls} | {seconds:.2f} | {report.rtf(seconds):.3f} | "
-                     f"{seconds / report.total_s:.0%} |")
-    return "\n".join(lines)
+    rows = [(s, str(report.calls[s]), report.stages[s]) for s in report.stages]
+    rows += [("other (resampling, cross-fade)", "", report.other_s), ("**total**", "", report.total_s)]
+    return markdown_table(["stage", "calls", "seconds", "RTF", "share"],
+                          [(name, calls, f"{sec:.2f}", f"{report.rtf(sec):.3f}", f"{sec / report.total_s:.0%}")
+                           for name, calls, sec in rows])
 
 
-# ------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="convert only the first N s of the clip")
@@ -260,10 +186,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Report:
     """Parse flags, build the temporary project, convert, print machine line, table and peak RSS."""
     args = parse_args(argv)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from bench.synth_infer import machine_description
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

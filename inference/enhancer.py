@@ -1,8 +1,7 @@
-"""NSF-HiFiGAN enhancer: re-synthesise So-VITS output with the stand-alone vocoder (pipeline.md §7.9).
+"""NSF-HiFiGAN enhancer (`-eh`): re-synthesise So-VITS output with the stand-alone vocoder.
 
 The adaptive key shifts the vocoder's working range up by resampling the audio to a higher nominal
-rate before the mel and back afterwards; F0 is scaled and re-timed to match. Unlike 4.1, the caller's
-F0 tensor is never modified (quirks.md C.26).
+rate before the mel and back afterwards; F0 is scaled and re-timed to match.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.device import resolve_device
 from modules.audio_resample import resample
 from vdecoder.nsf_hifigan.models import NsfHifiGAN
 
@@ -26,21 +26,13 @@ AUTO_KEY_REFERENCE_HZ = 760.0
 
 
 class Enhancer:
-    """Enhancer of 4.1 (`-eh`): only the 'nsf-hifigan' type exists.
-
-    Args:
-        enhancer_type: must be 'nsf-hifigan'.
-        enhancer_ckpt: the release `model` file (normally `pretrain/nsf_hifigan/model`).
-        device: None picks CUDA when available, else CPU.
-    """
+    """4.1's enhancer: type 'nsf-hifigan' (the only one) from the release `model` file; device None = auto."""
 
     def __init__(self, enhancer_type: Literal["nsf-hifigan"], enhancer_ckpt: PathLike,
                  device: str | torch.device | None = None) -> None:
         if enhancer_type != "nsf-hifigan":
             raise ValueError(f"unknown enhancer type {enhancer_type!r}; the only one is 'nsf-hifigan'")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.enhancer = NsfHifiGAN(enhancer_ckpt, device=self.device)
         self.enhancer_sample_rate = self.enhancer.sample_rate
         self.enhancer_hop_size = self.enhancer.hop_size

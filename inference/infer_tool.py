@@ -1,59 +1,55 @@
-"""`Svc`: a loaded So-VITS model that converts audio pieces and whole songs (pipeline.md §7).
+"""`Svc`: a loaded So-VITS model that converts single pieces (`infer`) and whole songs, streamed.
 
-Load once, convert many times::
-
-    svc = Svc("logs/44k/G_30400.pth", "configs/config.json")          # device: cuda if available
-    audio = svc.slice_inference("raw/song.wav", "nyaru", tran=0, slice_db=-40)   # float32 [N] at 44.1 kHz
-    svc.convert_file("raw/song.wav", "results/out.flac", "nyaru", InferOptions(tran=0))  # streamed
-
-`infer` converts one padded piece (4.1's `Svc.infer`); `slice_inference` / `iter_slice_inference` /
-`convert_file` run the whole-song loop of inference/slice_loop.py, reading and writing slice by
-slice so memory stays bounded by the longest slice. Shallow diffusion (`shallow_diffusion=True`) and
-diffusion-only conversion (`only_diffusion=True`, no So-VITS model needed) live in inference/shallow.py.
+    svc = Svc("logs/44k/G_30400.pth", "configs/config.json")
+    svc.convert_file("raw/song.wav", "results/out.flac", "nyaru", InferOptions(tran=0))
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterator, Mapping
 
 import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from modules import f0 as f0_math
-from inference.feature_mix import UnitMixer, load_unit_mixer
-from inference.model_loader import (ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits,
-                                    resolve_device)
+from cluster import UnitMixer, load_cluster_or_index
+from core.config import load_config
+from core.device import resolve_device
+from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits
 from inference.options import SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b, pad_array, seeded
 from inference.shallow import DiffusionSide, load_diffusion
-from inference.slice_loop import iter_song
+from inference.slice_loop import Convert, iter_song, read_wav
 from inference.slicer import AudioSource, FileSource, rms_frames
+from inference.speaker_mix import validate_spk_mix_map
+from modules import f0 as f0_math
 from modules.audio_resample import resample
 from modules.F0Predictor import get_f0_predictor
-from core.config import load_config
 from modules.mel_processing import volume_extract
 from vencoder import get_speech_encoder
 
 if TYPE_CHECKING:
     from inference.enhancer import Enhancer
 
-__all__ = ["F0FilterException", "InferOptions", "SEED", "Svc", "SvcError", "change_rms", "fill_a_to_b",
-           "format_wav", "pad_array"]
+__all__ = ["F0FilterException", "InferOptions", "SEED", "StageHook", "Svc", "SvcError", "change_rms",
+           "fill_a_to_b", "format_wav", "pad_array"]
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
+Audio = PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]
+StageHook = Callable[[str], ContextManager[object]]
 ENHANCER_PATH = os.path.join("nsf_hifigan", "model")
+WHISPER_MAX_SECONDS = 30.0
 _COPY_BLOCK = 1 << 20  # samples per block when converting inputs to WAV
 
 
 def format_wav(audio_path: PathLike) -> str:
-    """A non-.wav input is decoded (mono, native rate) and written as `<stem>.wav` next to it, 16-bit
-    PCM, overwriting (4.1 behaviour); returns the path of the WAV to convert. Streams in blocks."""
+    """Decode a non-.wav input into a 16-bit mono `<stem>.wav` next to it (as 4.1); returns the WAV's path."""
     path = Path(audio_path)
     if path.suffix == ".wav":
         return str(path)
@@ -66,10 +62,9 @@ def format_wav(audio_path: PathLike) -> str:
 
 
 def change_rms(data1: np.ndarray, sr1: int, data2: torch.Tensor, sr2: int, rate: float) -> torch.Tensor:
-    """Impose the loudness envelope of `data1` on `data2` (pipeline.md §7.10); returns a new tensor.
+    """Impose the loudness envelope of `data1` [N1] on `data2` [N2]; returns a new tensor.
 
-    data1: input float32 [N1] at sr1; data2: output [N2] at sr2; rate 1 keeps data2's envelope, 0
-    fully takes data1's. Envelopes: RMS over 1 s frames, hop 0.5 s, linearly stretched to N2.
+    rate 1 keeps data2's envelope, 0 takes data1's. Envelopes: RMS of 1 s frames, hop 0.5 s, stretched to N2.
     """
     rms1 = rms_frames(data1, sr1 // 2 * 2, sr1 // 2)
     rms2 = rms_frames(data2.detach().float().cpu().numpy(), sr2 // 2 * 2, sr2 // 2)
@@ -90,22 +85,19 @@ class Svc:
     """A So-VITS model ready for conversion (4.1's constructor arguments).
 
     Args:
-        net_g_path: G_*.pth (full or compressed). config_path: its config.json. Neither is read when
-            diffusion-only conversion runs (then rate, hop, speakers and encoder come from the
-            diffusion config, as in 4.1).
-        device: torch device string; None = CUDA if available, else CPU.
-        cluster_model_path: k-means `.pt` or retrieval `.pkl`; loaded when the file exists.
-        nsf_hifigan_enhance: load the NSF-HiFiGAN enhancer from `<pretrain_dir>/nsf_hifigan/model`
-            (ignored with shallow diffusion, as in 4.1).
-        diffusion_model_path / diffusion_config_path: diffusion checkpoint and its YAML config.
-        shallow_diffusion: refine the So-VITS output with the diffusion model (`-shd`).
-        only_diffusion: diffusion from noise, no So-VITS (`-od`). When the diffusion model file is
-            missing both modes fall back to So-VITS with 4.1's "No diffusion model..." line; see
-            `output_mode` for what actually runs.
+        net_g_path / config_path: G_*.pth (full or compressed) and its config.json; not read with -od.
+        device: torch device; None = CUDA if available, else CPU.
+        cluster_model_path: k-means `.pt` or retrieval `.pkl` (its content decides; `feature_retrieval`
+            only says what was expected); loaded when the file exists.
+        nsf_hifigan_enhance: NSF-HiFiGAN pass from `<pretrain_dir>/nsf_hifigan/model` (not with -shd).
+        shallow_diffusion (-shd) / only_diffusion (-od): use the diffusion model; without its file, So-VITS
+            runs with 4.1's "No diffusion model..." line (`output_mode` says what runs).
         spk_mix_enable: prepare the speaker table for dynamic mixing.
-        feature_retrieval: the cluster file is expected to be a retrieval index (content decides).
-        pretrain_dir: folder of the speech-encoder and enhancer files.
-        unit_mixer: use this mixer instead of loading `cluster_model_path` (tests, web UI).
+        unit_mixer: use this mixer instead of loading `cluster_model_path`.
+    Attributes:
+        stage_hook: `with svc.stage_hook(name):` wraps each conversion stage ("slicing", "reading", "piece
+            preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion",
+            "enhancer", "writing"); stages never nest. Default: no-op.
     Raises:
         ConfigError, CheckpointError, FileNotFoundError (missing files, incl. pretrain/), ModelConfigMismatch,
         VocoderLoadError (diffusion vocoder), SvcError (missing diffusion config, shallow-only model with -od).
@@ -117,6 +109,7 @@ class Svc:
                  diffusion_config_path: PathLike = "configs/diffusion.yaml", shallow_diffusion: bool = False,
                  only_diffusion: bool = False, spk_mix_enable: bool = False, feature_retrieval: bool = False,
                  pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None) -> None:
+        self.stage_hook: StageHook = contextlib.nullcontext
         self.dev = resolve_device(device)
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
         self.diffusion: DiffusionSide | None = None
@@ -142,7 +135,7 @@ class Svc:
         self.cluster_model_path = os.fspath(cluster_model_path) if cluster_model_path else ""
         self.unit_mixer = unit_mixer
         if unit_mixer is None and self.cluster_model_path and os.path.isfile(self.cluster_model_path):
-            self.unit_mixer = load_unit_mixer(self.cluster_model_path, feature_retrieval)
+            self.unit_mixer = load_cluster_or_index(self.cluster_model_path, feature_retrieval)
         self.enhancer: Enhancer | None = None
         if nsf_hifigan_enhance and self.diffusion is not None and shallow_diffusion:
             logger.info("-eh/--enhance is ignored with shallow diffusion")
@@ -230,7 +223,7 @@ class Svc:
     def speaker_id(self, speaker: str | int) -> int:
         """Config id of a speaker name (or a valid integer id)."""
         if isinstance(speaker, int) and not isinstance(speaker, bool):
-            if 0 <= speaker < len(self.spk2id):  # quirk 45: 4.1 also let id == count through
+            if 0 <= speaker < len(self.spk2id):  # 4.1 also let id == count through, then crashed
                 return speaker
         elif speaker in self.spk2id:
             return int(self.spk2id[speaker])
@@ -238,7 +231,7 @@ class Svc:
                        f"{self.spk_map_path} spk (available: {', '.join(self.spk2id)})")
 
     def check_cluster(self, ratio: float) -> None:
-        """Fail early when `ratio` asks for clustering / retrieval without a loaded file (quirk 46)."""
+        """Fail early when `ratio` asks for clustering / retrieval without a loaded file (4.1 crashed later)."""
         if ratio != 0 and self.unit_mixer is None:
             path = self.cluster_model_path or "logs/44k/kmeans_10000.pt"
             how = "python train_index.py -c configs/config.json" if path.endswith(".pkl") \
@@ -252,11 +245,13 @@ class Svc:
         """Units and F0 of a 44.1 kHz piece [L]: (c [1, C, T], f0 [1, T] Hz shifted by `tran`, uv [1, T])."""
         key = (f0_predictor, float(cr_threshold))
         if self._f0_key != key:
-            self._f0_predictor = get_f0_predictor(f0_predictor, hop_length=self.hop_size,
-                                                  sampling_rate=self.target_sample, device=str(self.dev),
-                                                  threshold=cr_threshold)
+            with self.stage_hook("loading"):
+                self._f0_predictor = get_f0_predictor(f0_predictor, hop_length=self.hop_size,
+                                                      sampling_rate=self.target_sample, device=str(self.dev),
+                                                      threshold=cr_threshold)
             self._f0_key = key
-        f0, uv = self._f0_predictor.compute_f0_uv(wav)
+        with self.stage_hook("F0"):
+            f0, uv = self._f0_predictor.compute_f0_uv(wav)
         if f0_filter and np.sum(f0) == 0:
             raise F0FilterException("No voice detected")
         f0 = torch.FloatTensor(np.asarray(f0, dtype=np.float32)).to(self.dev) * 2 ** (tran / 12)
@@ -269,7 +264,8 @@ class Svc:
             retrieval = self.unit_mixer.kind == "index"
             if retrieval:
                 logger.info("starting feature retrieval...")
-            mixed = self.unit_mixer.mix(c.T.float().cpu().numpy(), name, sid, float(cluster_infer_ratio))
+            with self.stage_hook("cluster"):
+                mixed = self.unit_mixer.mix(c.T.float().cpu().numpy(), name, sid, float(cluster_infer_ratio))
             if retrieval:
                 logger.info("end feature retrieval...")
             c = torch.from_numpy(np.ascontiguousarray(np.asarray(mixed, dtype=np.float32).T)).to(self.dev)
@@ -277,9 +273,10 @@ class Svc:
 
     def encode_units(self, wav: torch.Tensor, n_frames: int) -> torch.Tensor:
         """Speech-encoder units of a piece [L] at the model rate, stretched to n_frames: [C, T]."""
-        wav16k = resample(wav.float().to(self.dev)[None], self.target_sample, 16000)[0]
-        c = self.hubert_model.encoder(wav16k)
-        return f0_math.repeat_expand_2d(c.squeeze(0), n_frames, self.unit_interpolate_mode)
+        with self.stage_hook("encoder"):
+            wav16k = resample(wav.float().to(self.dev)[None], self.target_sample, 16000)[0]
+            c = self.hubert_model.encoder(wav16k)
+            return f0_math.repeat_expand_2d(c.squeeze(0), n_frames, self.unit_interpolate_mode)
 
     def _convert(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                  frame: int = 0) -> tuple[torch.Tensor, int]:
@@ -304,20 +301,23 @@ class Svc:
             if self.vol_embedding:
                 vol = volume_extract(torch.from_numpy(wav).to(self.dev)[None], self.hop_size)[None].to(self.dtype)
             if self.only_diffusion:
-                audio = torch.from_numpy(wav).to(self.dev)  # 4.1: no So-VITS pass, the input goes on
+                audio = torch.from_numpy(wav).to(self.dev)  # as in 4.1: no So-VITS pass, the input goes on
             else:
                 predict = opts.auto_predict_f0 and self.has_f0_decoder
-                audio, f0 = self.net_g_ms.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
-                                                noice_scale=opts.noice_scale, vol=vol)
+                with self.stage_hook("synthesizer"):
+                    audio, f0 = self.net_g_ms.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
+                                                    noice_scale=opts.noice_scale, vol=vol)
                 audio = audio[0, 0].float()
             if self.diffusion_used:
                 if self.shallow_diffusion and opts.second_encoding:
                     # Units of the So-VITS output describe the voice the diffusion refines (4.1 -se).
                     c = self.encode_units(audio, n_frames)[None]
                 spk = self.diffusion.speaker_input(sid if mixing else speaker, self.spk2id)
-                audio = self.diffusion.render(c, f0, vol, audio, spk, opts.k_step, shallow=self.shallow_diffusion)
+                with self.stage_hook("diffusion"):
+                    audio = self.diffusion.render(c, f0, vol, audio, spk, opts.k_step,
+                                                  shallow=self.shallow_diffusion)
             if self.enhancer is not None:
-                with seeded(self.dev):  # the vocoder's source noise: see options.seeded
+                with self.stage_hook("enhancer"), seeded(self.dev):  # the vocoder's source noise: see seeded
                     audio, _ = self.enhancer.enhance(audio[None], self.target_sample, f0[:, :, None].float(),
                                                      self.hop_size, adaptive_key=opts.enhancer_adaptive_key)
             if opts.loudness_envelope_adjustment != 1:
@@ -328,16 +328,7 @@ class Svc:
 
     def read_piece(self, raw_path: PathLike | BinaryIO) -> np.ndarray:
         """First channel of a WAV (path or file object) resampled to the model rate: float32 [L]."""
-        data, sr = sf.read(raw_path, dtype="float32", always_2d=True)
-        wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
-        return resample(wav[None], int(sr), self.target_sample)[0].numpy()
-
-    def pcm16_piece(self, samples: np.ndarray, sr: int) -> np.ndarray:
-        """4.1 hands each padded slice over as 16-bit WAV: quantise, then resample to the model rate."""
-        buffer = io.BytesIO()
-        sf.write(buffer, np.asarray(samples, dtype=np.float64), sr, format="WAV", subtype="PCM_16")
-        buffer.seek(0)
-        return self.read_piece(buffer)
+        return read_wav(raw_path, self.target_sample)
 
     def infer(self, speaker: str | int | torch.Tensor, tran: float, raw_path: PathLike | BinaryIO,
               cluster_infer_ratio: float = 0, auto_predict_f0: bool = False, noice_scale: float = 0.4,
@@ -347,8 +338,7 @@ class Svc:
               ) -> tuple[torch.Tensor, int, int]:
         """4.1's `Svc.infer` on a WAV: (audio float32 [N] at 44.1 kHz, N, frames T).
 
-        `speaker` is a name, an id, or with `spk_mix` the mixing weights [n_spk, frames] of the song
-        (columns `frame:frame + T` are used).
+        `speaker`: a name, an id, or with `spk_mix` the song's mix weights [n_spk, frames] (from `frame` on).
         """
         opts = InferOptions(tran=tran, cluster_infer_ratio=cluster_infer_ratio, auto_predict_f0=auto_predict_f0,
                             noice_scale=noice_scale, f0_filter=f0_filter, f0_predictor=f0_predictor,
@@ -362,7 +352,7 @@ class Svc:
 
     def convert_piece(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                       frame: int = 0) -> tuple[torch.Tensor, int]:
-        """`_convert` with out-of-memory turned into advice (quirks.md E)."""
+        """`_convert`, with running out of memory turned into advice."""
         try:
             return self._convert(wav, speaker, opts, frame)
         except (RuntimeError, MemoryError) as err:
@@ -375,23 +365,56 @@ class Svc:
                            f"raise -sd to -30 (more silence cuts){cpu}") from err
 
     # -- whole songs ------------------------------------------------------------------------------
-    def iter_slice_inference(self, audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
-                             spk: str | int | Mapping[int, list], opts: InferOptions,
-                             progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
-        """Convert a whole song slice by slice, yielding float32 blocks at 44.1 kHz (see slice_loop).
+    def _song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
+        """The checked speaker, or the validated mix map when mixing (enabling it on first use)."""
+        if isinstance(spk, Mapping):
+            if not opts.use_spk_mix:
+                raise SvcError("a speaker-mix map was given without use_spk_mix")
+            if len(self.spk2id) > 1:
+                if not self.spk_mix_enable:
+                    self.enable_spk_mix()
+                return validate_spk_mix_map(spk, self.spk2id)
+            spk = next(iter(self.spk2id))  # nothing to mix with one speaker (4.1 does the same)
+        self.speaker_id(spk)
+        self.check_cluster(opts.cluster_infer_ratio)
+        return spk
 
-        Option errors that need no audio (-ks beyond the diffusion model) are raised here, at once.
+    def _piece_converter(self, opts: InferOptions) -> Convert:
+        """`convert_piece` for the song loop, checking the Whisper encoders' length limit first."""
+        limit = WHISPER_MAX_SECONDS if self.speech_encoder.startswith("whisper") else math.inf
+
+        def convert(wav: np.ndarray, speaker: str | int | torch.Tensor, frame: int) -> tuple[np.ndarray, int]:
+            seconds = len(wav) / self.target_sample
+            if seconds > limit:
+                raise SvcError(f"{self.speech_encoder} takes at most {limit:g} s per slice, -p padding included "
+                               f"(this one is {seconds:.1f} s); use -cl 25 -lg 1")
+            audio, n_frames = self.convert_piece(wav, speaker, opts, frame)
+            return audio.numpy(), n_frames
+
+        return convert
+
+    def iter_slice_inference(self, audio: Audio, spk: str | int | Mapping[int, list], opts: InferOptions,
+                             progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+        """Convert a song slice by slice, yielding float32 blocks at the model rate.
+
+        `spk`: a speaker name or id, or with `opts.use_spk_mix` a speaker-mix map. `progress(i, n)` is
+        called before chunk i of n and with (n, n) at the end. Speaker, -cr, -ks and mix-map errors
+        (SvcError, SpkMixError) are raised at once.
         """
         self.check_k_step(opts.k_step)
-        return iter_song(self, audio, spk, opts, progress)
+        speaker = self._song_speaker(spk, opts)
+        if opts.auto_predict_f0 and not self.has_f0_decoder:
+            logger.warning("this model has no F0 predictor: -a/--auto_predict_f0 is ignored")
+        return iter_song(self._piece_converter(opts), self.target_sample, self.hop_size, audio, speaker, opts,
+                         progress, lambda name: self.stage_hook(name))
 
-    def slice_inference(self, raw_audio_path: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
-                        spk: str | int | Mapping[int, list], tran: float, slice_db: float = -40,
-                        cluster_infer_ratio: float = 0, auto_predict_f0: bool = False, noice_scale: float = 0.4,
-                        pad_seconds: float = 0.5, clip_seconds: float = 0, lg_num: float = 0,
-                        lgr_num: float = 0.75, f0_predictor: str = "pm", enhancer_adaptive_key: float = 0,
-                        cr_threshold: float = 0.05, k_step: int = 100, use_spk_mix: bool = False,
-                        second_encoding: bool = False, loudness_envelope_adjustment: float = 1) -> np.ndarray:
+    def slice_inference(self, raw_audio_path: Audio, spk: str | int | Mapping[int, list], tran: float,
+                        slice_db: float = -40, cluster_infer_ratio: float = 0, auto_predict_f0: bool = False,
+                        noice_scale: float = 0.4, pad_seconds: float = 0.5, clip_seconds: float = 0,
+                        lg_num: float = 0, lgr_num: float = 0.75, f0_predictor: str = "pm",
+                        enhancer_adaptive_key: float = 0, cr_threshold: float = 0.05, k_step: int = 100,
+                        use_spk_mix: bool = False, second_encoding: bool = False,
+                        loudness_envelope_adjustment: float = 1) -> np.ndarray:
         """4.1's `slice_inference`: the converted song as one float32 array [N] at 44.1 kHz."""
         opts = InferOptions(tran=tran, slice_db=slice_db, cluster_infer_ratio=cluster_infer_ratio,
                             auto_predict_f0=auto_predict_f0, noice_scale=noice_scale, pad_seconds=pad_seconds,
@@ -402,29 +425,35 @@ class Svc:
         blocks = list(self.iter_slice_inference(raw_audio_path, spk, opts))
         return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
-    def convert_file(self, audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int], out_path: PathLike,
-                     spk: str | int | Mapping[int, list], opts: InferOptions, wav_format: str = "flac",
+    def convert_file(self, audio: Audio, out_path: PathLike, spk: str | int | Mapping[int, list],
+                     opts: InferOptions, wav_format: str = "flac",
                      progress: Callable[[int, int], None] | None = None) -> int:
-        """Convert and stream into `out_path` (written to a temporary name, renamed when complete).
+        """Stream the conversion into `<out_path>.part`, renamed when complete; returns samples written.
 
-        Returns the number of samples written. Audio is clipped to [-1, 1] (4.1 let libsndfile wrap).
+        Audio is clipped to [-1, 1] (4.1 let libsndfile wrap).
         """
         out_path = os.fspath(out_path)
         tmp = f"{out_path}.part"
+        blocks = self.iter_slice_inference(audio, spk, opts, progress)
         written = 0
         try:
-            with sf.SoundFile(tmp, "w", samplerate=self.target_sample, channels=1, format=wav_format.upper()) as f:
-                for block in self.iter_slice_inference(audio, spk, opts, progress):
+            with self.stage_hook("writing"):
+                out = sf.SoundFile(tmp, "w", samplerate=self.target_sample, channels=1, format=wav_format.upper())
+            try:
+                for block in blocks:
                     if not np.isfinite(block).all():
                         models = " or ".join(([] if self.only_diffusion else [self.net_g_path])
                                              + ([self.diffusion.model_path] if self.diffusion_used else []))
                         raise SvcError(f"the model produced NaN/inf audio; {models} looks broken "
                                        "(did its training diverge?); nothing was written")
-                    f.write(np.clip(block, -1.0, 1.0))
+                    with self.stage_hook("writing"):
+                        out.write(np.clip(block, -1.0, 1.0))
                     written += len(block)
+            finally:
+                with self.stage_hook("writing"):
+                    out.close()
             os.replace(tmp, out_path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return written
-

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from argparse import Namespace
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -43,6 +44,17 @@ class InferOptions:
     lgr_num: float = 0.75  # -lgr
     use_spk_mix: bool = False
 
+    @classmethod
+    def from_args(cls, args: Namespace, tran: float = 0) -> "InferOptions":
+        """The options of an `inference_main.py` command line, for an input transposed by `tran`."""
+        return cls(tran=tran, slice_db=args.slice_db, cluster_infer_ratio=args.cluster_infer_ratio,
+                   auto_predict_f0=args.auto_predict_f0, noice_scale=args.noice_scale, pad_seconds=args.pad_seconds,
+                   clip_seconds=args.clip, lg_num=args.linear_gradient, lgr_num=args.linear_gradient_retain,
+                   f0_predictor=args.f0_predictor, enhancer_adaptive_key=args.enhancer_adaptive_key,
+                   cr_threshold=args.f0_filter_threshold, k_step=args.k_step, use_spk_mix=args.use_spk_mix,
+                   second_encoding=args.second_encoding,
+                   loudness_envelope_adjustment=args.loudness_envelope_adjustment)
+
 
 def fill_a_to_b(a: list, b: list) -> None:
     """Pad list `a` in place to the length of `b` by repeating its first item (4.1's -t rule)."""
@@ -62,9 +74,8 @@ def pad_array(arr: np.ndarray, target_length: int) -> np.ndarray:
 def seeded(device: torch.device) -> Iterator[None]:
     """Run the block on a private copy of the global RNG seeded with `SEED`.
 
-    The vocoders' source noise and the diffusion samplers draw from the global RNG, which 4.1 had
-    just seeded inside the So-VITS call; forking it makes every conversion repeat exactly without
-    touching the caller's RNG stream.
+    Vocoder source noise and diffusion samplers draw from the global RNG, which 4.1 seeds per
+    conversion; forking repeats every conversion exactly without touching the caller's RNG stream.
     """
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(SEED)

@@ -1,12 +1,9 @@
 """The diffusion side of `Svc`: shallow diffusion (-shd) and diffusion-only conversion (-od).
 
-pipeline.md §7.1 step 3 (loading), §7.5 step 8 (one piece) and §8.3 (sampling). With shallow
-diffusion the So-VITS audio is analysed into a vocoder mel, `k_step` steps of noise are added and
-the diffusion model walks back to a cleaner mel, which NSF-HiFiGAN turns into the final audio.
-Diffusion-only conversion starts from pure noise instead and never touches So-VITS.
-
-Randomness: every piece draws its noise from the global RNG seeded with `SEED` inside
-`options.seeded` (a forked RNG), so results repeat without disturbing the caller's RNG state.
+With shallow diffusion the So-VITS audio is analysed into a vocoder mel, `k_step` steps of noise are
+added and the diffusion model walks back to a cleaner mel, which NSF-HiFiGAN turns into audio.
+Diffusion-only conversion starts from pure noise and never touches So-VITS. Noise comes from a
+forked RNG seeded per piece (`options.seeded`), so results repeat.
 """
 from __future__ import annotations
 
@@ -33,16 +30,11 @@ NO_DIFFUSION = "No diffusion model or config found. Shallow diffusion mode will 
 
 
 class DiffusionSide:
-    """A loaded Unit2Mel + vocoder and the settings `Svc` takes from the diffusion config.
+    """A loaded Unit2Mel (eval mode) + its vocoder, and the diffusion config's settings.
 
-    Args:
-        model: Unit2Mel in eval mode. vocoder: its NSF-HiFiGAN. args: the diffusion config.
-        model_path / config_path: where they came from (for messages).
     Attributes:
-        sample_rate, hop_size, encoder, unit_interpolate_mode, spk2id: `data.*` and `spk` of the config
-            (they drive -od conversion, where the So-VITS config is not read).
-        method, speedup: `infer.method` / `infer.speedup`.
-        use_tqdm: show the sampler's `sample time step` bar (4.1 does).
+        sample_rate, hop_size, encoder, unit_interpolate_mode, spk2id: from `data.*` and `spk` (they
+            drive -od conversion). method, speedup: `infer.*`. use_tqdm: show the sampler's progress bar.
     """
 
     def __init__(self, model: "Unit2Mel", vocoder: "Vocoder", args: "HParams", model_path: str,
@@ -103,11 +95,8 @@ class DiffusionSide:
         return 0
 
     def enable_spk_mix(self, spk2id: dict[str, int]) -> None:
-        """Prepare per-frame mixing for weights over the caller's speakers `spk2id` (name -> row).
-
-        The caller's speaker ids (So-VITS config) may differ from the diffusion config's; rows are
-        mapped through the names (missing -> diffusion speaker 0).
-        """
+        """Prepare mixing with weights over the caller's speakers `spk2id` (name -> row); rows map to
+        diffusion speakers by name (missing -> speaker 0), since the two configs may number them differently."""
         if self.n_spk <= 1:
             return
         self.model.init_spkmix(self.n_spk)
@@ -136,16 +125,11 @@ class DiffusionSide:
     # -- one piece --------------------------------------------------------------------------------
     def render(self, units: Tensor, f0: Tensor, volume: Tensor | None, audio: Tensor, speaker: Tensor,
                k_step: int, shallow: bool) -> Tensor:
-        """Diffusion + vocoder for one piece.
+        """Diffusion + vocoder for one piece: audio float32 [T * hop] at the vocoder rate.
 
-        Args:
-            units: [1, C, T] content units. f0: [1, T] Hz (the F0 So-VITS actually used).
-            volume: [1, T] loudness, or None to measure it on `audio`.
-            audio: [N] at the model rate: the So-VITS output (shallow) or the input piece (-od).
-            speaker: from `speaker_input`. k_step: shallow depth (ignored for full diffusion).
-            shallow: start from the vocoder mel of `audio` (True) or from pure noise (False).
-        Returns:
-            audio float32 [T * hop] at the vocoder rate.
+        units [1, C, T]; f0 [1, T] Hz (what So-VITS used); volume [1, T] or None to measure it on `audio`;
+        audio [N]: the So-VITS output (shallow: start from its mel, `k_step` deep) or the input (-od: noise);
+        speaker: from `speaker_input`.
         """
         device = self.model.unit_embed.weight.device
         audio = audio.float().to(device)
@@ -164,11 +148,10 @@ class DiffusionSide:
 
 
 def load_diffusion(model_path: PathLike, config_path: PathLike, device: torch.device) -> DiffusionSide | None:
-    """Load the diffusion model, its config and vocoder, or return None (with 4.1's line) when the
-    model file is missing.
+    """Load the diffusion model, its config and vocoder; None (with 4.1's line) without the model file.
 
     Raises:
-        SvcError: the config is missing (quirk 43: 4.1 checked the model path twice instead).
+        SvcError: the config is missing (4.1 checked the model path twice and failed later).
         VocoderNotFoundError / VocoderLoadError: pretrain/nsf_hifigan (vocoder.ckpt) missing or unfit.
         ConfigError / CheckpointError: unreadable config, model file not matching its config.
     """

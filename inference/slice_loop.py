@@ -1,40 +1,40 @@
-"""The whole-song loop of 4.1's `slice_inference` (pipeline.md §7.2, §7.4, §7.11), streamed.
+"""Song assembly: slice a song at silences, convert each piece with a callback, cross-fade, stream out.
 
-The song is sliced at silences (inference/slicer.py), each voiced chunk is optionally cut into forced
-pieces of `clip_seconds` that start `lg_num` seconds early, every piece is padded, converted and
-trimmed, neighbouring pieces are cross-faded, and silent chunks become zeros. Output leaves in
-blocks as soon as it can no longer change; only the cross-fade overlap is held back, so memory is
-bounded by the longest slice, not by the song.
+Each voiced chunk is optionally cut into forced pieces of `clip_seconds` that start `lg_num` seconds
+early; every piece is padded, handed to `convert`, trimmed, and cross-faded with its neighbour;
+silent chunks become zeros. Output leaves in blocks as soon as it can no longer change, so memory is
+bounded by the longest slice, not by the song. No model is involved here.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Mapping
+from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from inference.options import InferOptions, SvcError, pad_array
 from inference.slicer import AudioSource, Chunk, open_audio, slice_source
-from inference.speaker_mix import build_mix_weights, validate_spk_mix_map
+from inference.speaker_mix import build_mix_weights
+from modules.audio_resample import resample
 
-if TYPE_CHECKING:
-    from inference.infer_tool import Svc
-
-__all__ = ["iter_song", "mix_frame_budget", "out_length", "piece_ranges"]
+__all__ = ["Convert", "iter_song", "mix_frame_budget", "out_length", "pcm16_piece", "piece_ranges", "read_wav"]
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
-WHISPER_MAX_SECONDS = 30.0
 SILENCE_BLOCK = 1 << 16  # samples of zeros emitted at a time for silent chunks
+# convert(wav float32 [L] at sr_out, speaker or mix weights [n_spk, frames], first frame) -> (audio [N], frames)
+Convert = Callable[[np.ndarray, "str | int | torch.Tensor", int], "tuple[np.ndarray, int]"]
 
 
 def out_length(n_in: int, sr_in: int, sr_out: int) -> int:
-    """Samples at `sr_out` for `n_in` input samples, ⌈n_in·sr_out/sr_in⌉ in exact integers.
+    """Samples at `sr_out` for `n_in` input samples: ceil(n_in * sr_out / sr_in) in exact integers.
 
-    4.1 evaluates `ceil(n_in / sr_in * sr_out)` in floating point, which adds a sample when the
-    quotient rounds up (e.g. 306 / 44100 * 44100 = 306.00000000000006).
+    4.1 computes this in floating point and sometimes gains a sample (306 / 44100 * 44100 > 306).
     """
     return -(-n_in * sr_out // sr_in)
 
@@ -47,7 +47,7 @@ def piece_ranges(n: int, per: int, lg: int) -> list[tuple[int, int]]:
 
 
 def mix_frame_budget(chunks: list[Chunk], sr: int, opts: InferOptions, sr_out: int, hop: int) -> int:
-    """Total speaker-mix frames 4.1 allots to a song (quirk 17: padded pieces, +1 per chunk)."""
+    """Speaker-mix frames 4.1 allots to a song: padded pieces (pad counted in input-rate samples), +1 per chunk."""
     per, lg = int(opts.clip_seconds * sr), int(opts.lg_num * sr)
     pad = int(sr * opts.pad_seconds)
     total = 0
@@ -58,6 +58,21 @@ def mix_frame_budget(chunks: list[Chunk], sr: int, opts: InferOptions, sr_out: i
         for start, end in piece_ranges(chunk.length, per, lg):
             total += (out_length(end - start, sr, sr_out) + 2 * pad) // hop
     return total + len(chunks)
+
+
+def read_wav(raw: PathLike | BinaryIO, sr_out: int) -> np.ndarray:
+    """First channel of a WAV (path or file object) resampled to `sr_out`: float32 [L]."""
+    data, sr = sf.read(raw, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
+    return resample(wav[None], int(sr), sr_out)[0].numpy()
+
+
+def pcm16_piece(samples: np.ndarray, sr: int, sr_out: int) -> np.ndarray:
+    """4.1 hands each padded slice over as 16-bit WAV: quantise, then resample to `sr_out`."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(samples, dtype=np.float64), sr, format="WAV", subtype="PCM_16")
+    buffer.seek(0)
+    return read_wav(buffer, sr_out)
 
 
 class _Joiner:
@@ -75,7 +90,7 @@ class _Joiner:
         return ready
 
     def crossfade(self, piece: np.ndarray, lg: int, r: int, cl: int, cr: int, retain_all: bool) -> np.ndarray:
-        """Blend the start of `piece` into the held tail (§7.4); returns the part of `piece` to push."""
+        """Blend the start of `piece` into the held tail; returns the part of `piece` still to push."""
         fade = np.linspace(0, 1, lg if retain_all else r)
         keep, skip = (0, 0) if retain_all else (cr, cl)
         span = len(fade)
@@ -93,12 +108,6 @@ class _Joiner:
         return ready
 
 
-def _mix_weights(svc: "Svc", spk: Mapping, chunks: list[Chunk], sr: int, opts: InferOptions) -> torch.Tensor:
-    mix_map = validate_spk_mix_map(spk, svc.spk2id)
-    n_frames = mix_frame_budget(chunks, sr, opts, svc.target_sample, svc.hop_size)
-    return build_mix_weights(mix_map, n_frames).to(svc.dev)
-
-
 def _check_options(opts: InferOptions) -> None:
     if opts.pad_seconds < 0 or opts.clip_seconds < 0 or opts.lg_num < 0:
         raise SvcError("pad_seconds, clip (-cl) and linear_gradient (-lg) must be >= 0")
@@ -106,67 +115,64 @@ def _check_options(opts: InferOptions) -> None:
         raise SvcError(f"linear_gradient_retain (-lgr) must be in (0, 1], got {opts.lgr_num}")
 
 
-def iter_song(svc: "Svc", audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
-              spk: str | int | Mapping, opts: InferOptions,
-              progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
-    """Convert a song for one speaker (or a mix map with `opts.use_spk_mix`); yield float32 blocks.
+def iter_song(convert: Convert, sr_out: int, hop: int,
+              audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
+              speaker: str | int | Mapping[int, list], opts: InferOptions,
+              progress: Callable[[int, int], None] | None = None,
+              stage: Callable[[str], ContextManager[object]] = contextlib.nullcontext) -> Iterator[np.ndarray]:
+    """Convert a song piece by piece; yield float32 blocks at `sr_out` whose concatenation is the song.
 
-    The concatenated blocks equal 4.1's `slice_inference` output, except that `pad_seconds = 0`
-    keeps the audio instead of emptying every piece (quirk 29).
+    Args:
+        convert: converts one padded piece at `sr_out` (see `Convert`).
+        sr_out, hop: output rate and samples per frame of the model.
+        speaker: passed to `convert` as is, or a validated speaker-mix map, which becomes per-frame
+            weights [n_spk, frames] for the whole song.
+        opts: slicing, padding and cross-fade options.
+        progress: called with (chunk index, chunk count) before each chunk and once at the end.
+        stage: entered around "slicing", "reading" and "piece preparation" (for timing).
+    Raises:
+        SvcError: negative -p / -cl / -lg, or -lgr outside (0, 1]. SpkMixError: a mix segment covers no frame.
     """
     _check_options(opts)
-    mixing = opts.use_spk_mix and isinstance(spk, Mapping)
-    if isinstance(spk, Mapping) and not mixing:
-        raise SvcError("a speaker-mix map was given without use_spk_mix")
-    if mixing and len(svc.spk2id) == 1:  # quirk 42: nothing to mix with one speaker
-        spk, mixing = next(iter(svc.spk2id)), False
-    elif mixing and not svc.spk_mix_enable:
-        svc.enable_spk_mix()
-    if not mixing:
-        svc.speaker_id(spk)
-        svc.check_cluster(opts.cluster_infer_ratio)
-    if opts.auto_predict_f0 and not svc.has_f0_decoder:
-        logger.warning("this model has no F0 predictor: -a/--auto_predict_f0 is ignored")
     source = open_audio(audio)
     try:
         sr = source.sample_rate
-        chunks = slice_source(source, opts.slice_db)
-        speaker = _mix_weights(svc, spk, chunks, sr, opts) if mixing else spk
+        with stage("slicing"):
+            chunks = slice_source(source, opts.slice_db)
+        if isinstance(speaker, Mapping):
+            speaker = build_mix_weights(speaker, mix_frame_budget(chunks, sr, opts, sr_out, hop))
         per, lg = int(opts.clip_seconds * sr), int(opts.lg_num * sr)
         r = int(lg * opts.lgr_num)
         cl = (lg - r) // 2
         cr = lg - r - cl
-        pad_in, pad_out = int(sr * opts.pad_seconds), int(svc.target_sample * opts.pad_seconds)
+        pad_in, pad_out = int(sr * opts.pad_seconds), int(sr_out * opts.pad_seconds)
         joiner = _Joiner(hold=lg)
         frame = 0
         for index, chunk in enumerate(chunks):
-            length = out_length(chunk.length, sr, svc.target_sample)
+            length = out_length(chunk.length, sr, sr_out)
             logger.info("#=====segment start, %ss====== (slice %d/%d)", round(chunk.length / sr, 3),
                         index + 1, len(chunks))
             if progress is not None:
                 progress(index, len(chunks))
             if chunk.silent:
                 logger.info("jump empty segment")
-                frame += length // svc.hop_size
+                frame += length // hop
                 for start in range(0, length, SILENCE_BLOCK):  # a long pause never sits in memory whole
                     yield joiner.push(np.zeros(min(SILENCE_BLOCK, length - start), dtype=np.float32))
                 continue
-            data = source.read(chunk.start, chunk.end)
+            with stage("reading"):
+                data = source.read(chunk.start, chunk.end)
             for k, (start, end) in enumerate(piece_ranges(len(data), per, lg)):
                 piece = data[start:end]
-                target = out_length(len(piece), sr, svc.target_sample) if per > 0 else length
+                target = out_length(len(piece), sr, sr_out) if per > 0 else length
                 if per > 0:
                     logger.info("###=====segment clip start, %ss======", round(len(piece) / sr, 3))
-                if svc.speech_encoder.startswith("whisper") and \
-                        (len(piece) + 2 * pad_in) / sr > WHISPER_MAX_SECONDS:
-                    raise SvcError(f"{svc.speech_encoder} supports at most {WHISPER_MAX_SECONDS:g} s per slice "
-                                   f"(this one is {len(piece) / sr:.1f} s); use -cl 25 -lg 1")
-                padded = np.concatenate([np.zeros(pad_in), piece.astype(np.float64), np.zeros(pad_in)])
-                wav = svc.pcm16_piece(padded, sr)
-                out, n_frames = svc.convert_piece(wav, speaker, opts, frame)
+                with stage("piece preparation"):
+                    padded = np.concatenate([np.zeros(pad_in), piece.astype(np.float64), np.zeros(pad_in)])
+                    wav = pcm16_piece(padded, sr, sr_out)
+                out, n_frames = convert(wav, speaker, frame)
                 frame += n_frames
-                out = out.numpy()
-                if pad_out > 0:  # quirk 29: 4.1 sliced [0:-0] and lost everything
+                if pad_out > 0:  # with -p 0, 4.1 sliced [0:-0] and lost every piece; the audio is kept
                     out = out[pad_out:-pad_out]
                 out = pad_array(out, target)
                 if lg > 0 and k > 0:
@@ -178,4 +184,3 @@ def iter_song(svc: "Svc", audio: PathLike | BinaryIO | AudioSource | tuple[np.nd
     finally:
         if source is not audio:
             source.close()
-

@@ -1,16 +1,7 @@
-"""Silence slicer of 4.1 inference (pipeline.md §7.3) and random-access audio sources.
+"""4.1's silence slicer, and random-access audio sources so a long song is sliced without loading it whole.
 
-Two ways in:
-
-* the 4.1 interface — ``Slicer(sr, ...).slice(samples)`` and ``cut(path)`` return the chunk dict
-  ``{"0": {"slice": bool, "split_time": "start,end"}, ...}`` ("slice" true = silence), and
-  ``chunks2audio(path, chunks)`` returns the non-empty chunks as arrays;
-* the streaming interface used by the converter — ``open_audio`` gives an ``AudioSource`` that reads
-  any sample range on demand, and ``slice_source`` finds the chunks while reading the file block by
-  block, so a long song never has to sit in memory as a whole.
-
-Both compute the same frame RMS as librosa's ``feature.rms`` (centred frames, zero padding) and the
-same silence tags, so they give identical boundaries.
+``Slicer.slice`` / ``cut`` / ``chunks2audio`` keep 4.1's chunk-dict interface; ``slice_source`` gives the
+same boundaries while reading an ``AudioSource`` block by block.
 """
 from __future__ import annotations
 
@@ -47,9 +38,6 @@ class Chunk:
         return self.end - self.start
 
 
-# ------------------------------------------------------------------------------------------------
-# audio sources
-# ------------------------------------------------------------------------------------------------
 class AudioSource:
     """Mono float32 audio readable by sample range (channels averaged, as 4.1's loaders do)."""
 
@@ -128,9 +116,6 @@ def open_audio(audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]
     return FileSource(audio)
 
 
-# ------------------------------------------------------------------------------------------------
-# RMS and silence tags
-# ------------------------------------------------------------------------------------------------
 def _frame_power(padded: np.ndarray, n_frames: int, frame_length: int, hop_length: int) -> np.ndarray:
     # Windows as rows [frames, frame_length] with contiguous samples, squared and averaged along
     # the row: the summation order librosa's framed mean gets, so the values agree bit for bit.
@@ -232,7 +217,7 @@ class Slicer:
 
     def chunks(self, rms: np.ndarray, n_samples: int) -> list[Chunk]:
         """All chunks in 4.1 order, including the empty ones (start == end) that 4.1 lists too."""
-        if n_samples <= self.min_length:  # 4.1 compares samples with frames (quirk 58): kept
+        if n_samples <= self.min_length:  # 4.1 compares samples with frames: kept so chunks match
             return [Chunk(0, n_samples, False)]
         tags = self.silence_tags(rms)
         if not tags:
@@ -254,28 +239,18 @@ class Slicer:
         samples = np.asarray(waveform, dtype=np.float32)
         if samples.ndim > 1:
             samples = samples.mean(axis=0, dtype=np.float32)
-        n = samples.shape[0]
-        if n <= self.min_length:
-            return _as_dict([Chunk(0, n, False)])
-        rms = rms_frames(samples, self.win_size, self.hop_size)
-        return _as_dict(self.chunks(rms, n))
+        return _as_dict(self.chunks(rms_frames(samples, self.win_size, self.hop_size), samples.shape[0]))
 
 
 def _as_dict(chunks: list[Chunk]) -> dict[str, dict[str, object]]:
     return {str(i): {"slice": c.silent, "split_time": f"{c.start},{c.end}"} for i, c in enumerate(chunks)}
 
 
-# ------------------------------------------------------------------------------------------------
-# 4.1 functions and the streaming slicer
-# ------------------------------------------------------------------------------------------------
 def slice_source(source: AudioSource, db_thresh: float = -40, min_len: int = 5000) -> list[Chunk]:
     """Non-empty chunks of a source, found while reading it in batches (what `cut` + `chunks2audio`
     keep). Memory: one batch of RMS windows plus the frame RMS vector (~86 floats per second)."""
     slicer = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len)
-    if source.n_samples <= slicer.min_length:
-        chunks = [Chunk(0, source.n_samples, False)]
-    else:
-        chunks = slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples)
+    chunks = slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples)
     return [c for c in chunks if c.start != c.end]
 
 
@@ -283,10 +258,7 @@ def cut(audio_path: PathLike, db_thresh: float = -30, min_len: int = 5000) -> di
     """4.1's `cut`: the chunk dict of a file read at its native rate (channels averaged)."""
     with FileSource(audio_path) as source:
         slicer = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len)
-        if source.n_samples <= slicer.min_length:
-            return _as_dict([Chunk(0, source.n_samples, False)])
-        rms = _rms_stream(source, slicer.win_size, slicer.hop_size)
-        return _as_dict(slicer.chunks(rms, source.n_samples))
+        return _as_dict(slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples))
 
 
 def iter_chunk_audio(source: AudioSource, chunks: list[Chunk]) -> Iterator[tuple[bool, np.ndarray]]:

@@ -1,23 +1,24 @@
-"""Dynamic speaker mix (`-usm`): validate a `spk_mix_map` and turn it into per-frame weights.
+"""Dynamic speaker mix (`-usm`): load and validate a `spk_mix_map` and turn it into per-frame weights.
 
-Format (formats.md §7, the dict users edit in `spkmix.py`)::
+Format (the dict users edit in `spkmix.py`, as in 4.1)::
 
     spk_mix_map = {speaker_id: [[t_start, t_end, v_start, v_end], ...], ...}
 
-Times are fractions (0..1) of the whole output; each speaker's track starts at 0, ends at 1 and
-is contiguous; weights ramp linearly from v_start towards v_end inside a segment and must be >= 0;
-per frame they are normalised to sum 1 (a frame where all are 0 gets equal weights). Every speaker
-id 0..n-1 of the model appears once; an unused speaker is `[[0., 1., 0., 0.]]`.
+Times are fractions (0..1) of the output; each track runs contiguously from 0 to 1; weights (>= 0)
+ramp linearly inside a segment and are normalised per frame (all 0 -> equal). Every speaker id
+0..n-1 appears once; an unused speaker is `[[0., 1., 0., 0.]]`.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SpkMixError", "build_mix_weights", "validate_spk_mix_map"]
+__all__ = ["SpkMixError", "build_mix_weights", "load_spk_mix_map", "validate_spk_mix_map"]
+
 
 class SpkMixError(ValueError):
     """The mixing map is malformed; the message names the offending entry."""
@@ -27,15 +28,28 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def load_spk_mix_map(module: str = "spkmix") -> dict:
+    """The `spk_mix_map` dict defined by `spkmix.py` (imported from the working directory / sys.path).
+
+    Raises:
+        SpkMixError: the file does not parse or defines no `spk_mix_map` dict.
+    """
+    try:
+        loaded = importlib.import_module(module)
+    except SyntaxError as err:
+        raise SpkMixError(f"{module}.py line {err.lineno}: {err.msg} (see the format at the top of the file)")
+    spk_mix_map = getattr(loaded, "spk_mix_map", None)
+    if not isinstance(spk_mix_map, dict):
+        raise SpkMixError(f"{module}.py must define spk_mix_map = {{speaker_id: [[t0, t1, v0, v1], ...]}}")
+    return spk_mix_map
+
+
 def validate_spk_mix_map(spk_mix_map: Any, speakers: Mapping[str, int] | None = None,
                          source: str = "spkmix.py") -> dict[int, list[list[float]]]:
-    """Check a mixing map and return it as plain lists.
+    """Check a mixing map and return it as plain lists, sorted by id.
 
-    Args:
-        spk_mix_map: the user's dict (speaker id -> list of [t_start, t_end, v_start, v_end]).
-        speakers: the model's config `spk` map (name -> id); when given, the ids must be exactly
-            0..n-1 for its n speakers.
-        source: where the map came from, for messages.
+    speakers: the model's `spk` map (name -> id); when given, the ids must be exactly 0..n-1.
+    source: where the map came from, for messages.
     Raises:
         SpkMixError: naming the entry, e.g. "spkmix.py: spk_mix_map[1][2] = [...]: ...".
     """
@@ -98,13 +112,8 @@ def _ramp(v0: float, v1: float, n: int) -> torch.Tensor:
 
 def build_mix_weights(spk_mix_map: Mapping[int, Sequence[Sequence[float]]], n_frames: int,
                       source: str = "spkmix.py") -> torch.Tensor:
-    """Per-frame speaker weights (pipeline.md §7.11) for a validated map.
+    """Per-frame weights float32 [n_speakers, n_frames] of a validated map; every column sums to 1.
 
-    Args:
-        spk_mix_map: output of `validate_spk_mix_map` (ids 0..n-1).
-        n_frames: total frame budget of the song.
-    Returns:
-        float32 [n_speakers, n_frames]; every column sums to 1.
     Raises:
         SpkMixError: a segment covers no frame at this song length.
     """

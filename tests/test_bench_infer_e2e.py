@@ -1,5 +1,5 @@
-"""Smoke run of bench/infer_e2e.py: a tiny model and tiny ContentVec through the real `Svc.convert_file`,
-every stage timed, the output file as long as the cropped input, and the timers really wired in."""
+"""Smoke run of bench/infer_e2e.py: a tiny model and tiny ContentVec through the real `Svc.convert_file`;
+the reported stage figures add up, and the output file is as long as the cropped input."""
 from __future__ import annotations
 
 import json
@@ -25,35 +25,34 @@ def tiny_config(tmp_path: Path) -> Path:
 
 def test_main_smoke(tiny_config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     if not infer_e2e.CLIP.exists():
-        pytest.skip("shared/data/edge not available")
+        pytest.skip("reference clip data/edge/long_slt_60s.wav not available")
     monkeypatch.setattr(preprocess, "CONTENTVEC_BASE", TINY_CONTENTVEC)
     report = infer_e2e.main(["--seconds", "1.5", "--f0_predictor", "pm", "--threads", "1",
                              "--config", str(tiny_config)])
     assert report.audio_s == pytest.approx(1.5, abs=1 / 44100)
     assert report.samples_written == round(1.5 * 44100)  # the song loop keeps the input length
-    # every stage ran through its wrapper: one model load + one predictor build, one slicing pass,
-    # one piece (1.5 s of speech is one chunk), and the output file opened, written, closed
+    # every stage of a plain conversion was timed, and took time
+    assert set(infer_e2e.STAGES) <= set(report.stages) and list(report.stages)[0] == "loading"
+    assert all(seconds > 0 for seconds in report.stages.values())
+    # Svc + the F0 predictor; one slicing pass; 1.5 s of speech is one piece through every model stage
     assert report.calls["loading"] == 2 and report.calls["slicing"] == 1
     assert report.calls["piece preparation"] == report.calls["F0"] == report.calls["encoder"] \
         == report.calls["synthesizer"] >= 1
-    assert report.calls["writing"] >= 3
-    assert all(report.stages[s] > 0 for s in infer_e2e.STAGES)
+    assert report.calls["writing"] >= 3  # open, write, close
+    # stages never overlap: together they fit in the total
     assert 0 <= report.other_s < report.total_s
+    assert sum(report.stages.values()) <= report.total_s
     assert report.rtf(report.total_s) == pytest.approx(report.total_s / 1.5)
+    assert report.rtf(report.stages["F0"]) == pytest.approx(report.stages["F0"] / report.audio_s)
     assert report.peak_rss_mb > 50 and report.rss_before_mb > 0
     out = capsys.readouterr().out
     assert "torch " + torch.__version__ in out and "threads 1" in out and "load average" in out
-    assert out.count("\n| ") == len(infer_e2e.STAGES) + 3  # header + stages + other + total
-    # the toolkit is left as it was: no wrapper survives the run
-    import inference.infer_tool as infer_tool
-    import inference.slice_loop as slice_loop
-    from inference.slicer import slice_source
-    assert infer_tool.sf is sf and slice_loop.slice_source is slice_source
+    assert f"{report.samples_written} samples written" in out
 
 
 def test_crop_and_flags(tmp_path: Path) -> None:
     if not infer_e2e.CLIP.exists():
-        pytest.skip("shared/data/edge not available")
+        pytest.skip("reference clip data/edge/long_slt_60s.wav not available")
     path, seconds = infer_e2e.crop_clip(infer_e2e.CLIP, 0.25, tmp_path)
     assert seconds == pytest.approx(0.25, abs=1 / 44100) and sf.info(str(path)).frames == 11025
     full, seconds = infer_e2e.crop_clip(infer_e2e.CLIP, None, tmp_path)

@@ -59,7 +59,7 @@ def test_enhance_matches_fixture_and_keeps_caller_f0(fixture, enhancer) -> None:
 
 def test_adaptive_key_scales_f0_without_touching_caller(enhancer, monkeypatch) -> None:
     # Key +12: the audio is worked on at 88200 Hz "nominal 44100", so F0 is halved and every
-    # source frame spans two vocoder frames; 4.1 also halved the caller's tensor (quirk C.26).
+    # source frame spans two vocoder frames; 4.1 also halved the caller's tensor.
     seen = _capture_f0(enhancer, monkeypatch)
     n = 16384
     audio = 0.3 * torch.sin(2 * math.pi * 220 * torch.arange(n) / 44100)[None]

@@ -21,11 +21,13 @@ import torch
 from conftest import DATA, FIXTURES, VENCODER_FIXTURES
 from inference.infer_tool import SEED, InferOptions, Svc, SvcError, change_rms
 from inference.model_loader import ModelConfigMismatch
-from inference.slice_loop import mix_frame_budget
-from inference.slicer import FileSource, slice_source
+from inference.slice_loop import iter_song, mix_frame_budget
+from inference.slicer import FileSource, open_audio, slice_source
 from inference.speaker_mix import SpkMixError, build_mix_weights, validate_spk_mix_map
 from core.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from vencoder.encoder import PretrainNotFoundError
+from core.config import HParams
+from generator import build_synthesizer
 
 SYNTH = FIXTURES / "synth" / "base_vec768"
 SR = 44100
@@ -43,8 +45,7 @@ def build_workspace(root: Path) -> Path:
     cfg = json.loads((SYNTH / "config.json").read_text())
     cfg["model"]["ssl_dim"] = UNITS
     (root / "logs/44k/config.json").write_text(json.dumps(cfg, indent=2))
-    net = SynthesizerTrn(cfg["data"]["filter_length"] // 2 + 1,
-                         cfg["train"]["segment_size"] // cfg["data"]["hop_length"], **cfg["model"])
+    net = build_synthesizer(HParams(cfg))
     state = dict(read_checkpoint(SYNTH / "G_800.pth")["model"])
     state["pre.weight"] = state["pre.weight"][:, :UNITS] * 4.0  # keep the content term audible
     load_model_state(net, state)
@@ -178,7 +179,7 @@ def test_forced_clips_are_crossfaded_as_specified(svc: Svc, ws: Path, monkeypatc
     cr = lg - r - cl
     w = np.linspace(0, 1, r)
     expect = np.zeros(0)
-    for k, (audio, _) in enumerate(pieces):  # pipeline.md §7.4, written out independently
+    for k, (audio, _) in enumerate(pieces):  # 4.1's cross-fade, written out independently
         n_k = len(src[max(0, k * per - lg):k * per + per])
         a = audio.numpy()[pad:-pad].astype(np.float64)
         a = np.pad(a, ((n_k - len(a)) // 2, n_k - len(a) - (n_k - len(a)) // 2))
@@ -200,7 +201,7 @@ def test_speaker_mix_weights_reach_the_model(svc: Svc, ws: Path, spy: list) -> N
     assert len(out) == n
     call, = spy
     g = call["g"].numpy()
-    total = (n + 2 * int(SR * 0.5)) // 512 + 1  # one piece + one chunk (quirk 17)
+    total = (n + 2 * int(SR * 0.5)) // 512 + 1  # 4.1 budgets the padded piece + 1 per chunk
     t = np.arange(g.shape[0])
     want = np.stack([1 - t / total, t / total, np.zeros_like(t, dtype=float)], axis=1)
     assert g.shape == (call["f0"].shape[1], 3)
@@ -215,12 +216,83 @@ def test_mix_budget_and_weights_follow_the_4_1_formulas() -> None:
     chunks = [Chunk(0, 1000, False), Chunk(1000, 1500, True), Chunk(1500, 9000, False)]
     opts = InferOptions(pad_seconds=0.5, clip_seconds=0.1, lg_num=0.02)
     sr = 16000  # forced pieces of 1600 samples, each after the first starting 320 early
-    pad = 8000  # 4.1 adds the pad in input-rate samples (quirk 17)
+    pad = 8000  # 4.1 adds the pad in input-rate samples
     pieces = [1000, 1600, 1920, 1920, 1920, 1420]
     want = sum((math.ceil(n / sr * SR) + 2 * pad) // 512 for n in pieces) + math.ceil(500 / sr * SR) // 512
     assert mix_frame_budget(chunks, sr, opts, SR, 512) == want + 3
     weights = build_mix_weights({0: [[0, 0.5, 2, 2], [0.5, 1, 0, 0]], 1: [[0, 1, 0, 0]]}, 10)
     np.testing.assert_allclose(weights.numpy(), [[1] * 5 + [0.5] * 5, [0] * 5 + [0.5] * 5])
+
+
+def test_song_loop_without_a_model() -> None:
+    """iter_song alone: padding reaches `convert` and is trimmed, silence stays zero, frames advance."""
+    sr, hop, pad = 16000, 320, 0.125
+    voice = (np.sin(np.arange(int(7.5 * sr)) * 0.05) * 0.5).astype(np.float32)
+    song = np.concatenate([voice[:int(5.5 * sr)], np.zeros(sr, np.float32), voice[:sr], np.zeros(sr, np.float32)])
+    chunks = slice_source(open_audio((song, sr)), -40)
+    assert [c.silent for c in chunks] == [False, False, True]
+    seen: list[tuple[int, int]] = []
+
+    def convert(wav: np.ndarray, speaker: str, frame: int) -> tuple[np.ndarray, int]:
+        assert speaker == "x"
+        seen.append((len(wav), frame))
+        return wav * 2, len(wav) // hop
+
+    ticks: list[tuple[int, int]] = []
+    out = np.concatenate(list(iter_song(convert, sr, hop, (song, sr), "x", InferOptions(pad_seconds=pad),
+                                        lambda i, n: ticks.append((i, n)))))
+    p = int(sr * pad)
+    assert len(out) == len(song)
+    assert seen == [(chunks[0].length + 2 * p, 0), (chunks[1].length + 2 * p, (chunks[0].length + 2 * p) // hop)]
+    for c in chunks[:2]:  # each piece comes back doubled, 16-bit quantised, padding trimmed
+        np.testing.assert_allclose(out[c.start:c.end], 2 * song[c.start:c.end], atol=2.01 / 32768)
+    assert np.all(out[chunks[2].start:] == 0)
+    assert ticks == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_song_loop_hands_mix_weights_to_convert() -> None:
+    sr, hop = 16000, 320
+    frames: list[torch.Tensor] = []
+
+    def convert(wav: np.ndarray, weights: torch.Tensor, frame: int) -> tuple[np.ndarray, int]:
+        n = len(wav) // hop
+        frames.append(weights[:, frame:frame + n])
+        return wav, n
+
+    mix = {0: [[0.0, 1.0, 1.0, 0.0]], 1: [[0.0, 1.0, 0.0, 1.0]]}
+    song = np.sin(np.arange(sr) * 0.05).astype(np.float32)
+    list(iter_song(convert, sr, hop, (song, sr), mix, InferOptions(use_spk_mix=True)))
+    (weights,) = frames
+    total = (sr + 2 * int(sr * 0.5)) // hop + 1
+    assert weights.shape == (2, (sr + 2 * int(sr * 0.5)) // hop)
+    torch.testing.assert_close(weights[1], torch.arange(weights.shape[1]) / total)
+
+
+def test_stage_hook_sees_every_stage_once_per_piece(svc: Svc, ws: Path, tmp_path: Path) -> None:
+    import contextlib
+
+    entered: list[str] = []
+    depth = [0]
+
+    @contextlib.contextmanager
+    def hook(name: str):
+        assert depth[0] == 0, f"{name} nested in another stage"
+        entered.append(name)
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+
+    svc.stage_hook = hook
+    try:
+        svc.convert_file(ws / "raw/short.wav", tmp_path / "out.flac", "speaker0", InferOptions(f0_predictor="dio"))
+    finally:
+        svc.stage_hook = contextlib.nullcontext
+    assert entered[0] == "writing" and entered[-1] == "writing"  # the file is opened first, closed last
+    assert entered.count("slicing") == 1 and entered.count("loading") == 1  # a new F0 predictor was built
+    pieces = entered.count("piece preparation")
+    assert pieces >= 1 and entered.count("F0") == entered.count("encoder") == entered.count("synthesizer") == pieces
 
 
 @pytest.mark.parametrize("bad, where", [
@@ -259,7 +331,7 @@ def test_loudness_envelope_adjustment(svc: Svc, ws: Path) -> None:
     half = torch.from_numpy(out.copy())
     np.testing.assert_allclose(change_rms(wav, SR, half, SR, 0.5).numpy(),
                                out * np.sqrt(envelope(wav) / np.maximum(envelope(out), 1e-6)), atol=2e-5, rtol=1e-4)
-    assert np.array_equal(half.numpy(), out)  # the caller's tensor is untouched (quirk C.26)
+    assert np.array_equal(half.numpy(), out)  # the caller's tensor is untouched
     ratio = np.sqrt(np.mean(imposed.numpy()[:SR // 2] ** 2)) / np.sqrt(np.mean(imposed.numpy()[-SR // 2:] ** 2))
     assert ratio < 0.5  # the output now rises like the input
 
@@ -316,7 +388,7 @@ def test_unknown_speaker_lists_the_models_speakers(svc: Svc, ws: Path) -> None:
     with pytest.raises(SvcError, match=r"not in the speaker list.*'nobody'.*available: speaker0, speaker1, speaker2"):
         svc.slice_inference(ws / "raw/short.wav", "nobody", 0)
     with pytest.raises(SvcError):
-        svc.speaker_id(3)  # quirk 45: id == count is not a speaker
+        svc.speaker_id(3)  # id == count is not a speaker
 
 
 def _svc_with_config(ws: Path, tmp_path: Path, edit) -> Svc:

@@ -66,7 +66,7 @@ def test_option_flags_in_names_and_audio(cli, ws: Path, caplog) -> None:
     assert (ws / "raw/c.wav").exists()  # non-wav input converted as 4.1 does
     out = ws / "results/c.flac_auto_speaker1_sovits_pm.flac"
     assert sf.info(out).frames == SR
-    # no logs/44k/diffusion/model_0.pt here: So-VITS runs (with the enhancer) and the name says so (quirk 48)
+    # no logs/44k/diffusion/model_0.pt here: So-VITS runs (with the enhancer) and the name says so
     assert "No diffusion model or config found. Shallow diffusion mode will False" in caplog.text
     assert "files are named _sovits_" in caplog.text
 
@@ -134,7 +134,7 @@ def test_missing_encoder_and_mismatched_config(cli, ws: Path, capsys, tmp_path: 
 
 def test_argument_errors_exit_2(cli, capsys) -> None:
     with pytest.raises(SystemExit) as err:
-        cli(*MODEL, "-n", "a.wav", "-t", "1.5")  # -t takes integers (quirk 64)
+        cli(*MODEL, "-n", "a.wav", "-t", "1.5")  # -t takes integers, as in 4.1
     assert err.value.code == 2
     assert cli(*MODEL, "-n", "a.wav", "-f0p", "yin") == 2
     assert "unknown F0 predictor 'yin'" in capsys.readouterr().err
