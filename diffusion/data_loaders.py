@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -29,6 +29,7 @@ from core.features import DatasetError, feature_path, load_f0, load_npy, read_fi
 from modules import f0 as f0_math
 
 logger = logging.getLogger("diffusion")
+T = TypeVar("T")
 
 __all__ = ["AudioDataset", "DIFFUSION_FEATURES", "DatasetError", "get_data_loaders"]
 
@@ -44,11 +45,22 @@ UNIT_PROBES = 4
 LIST_PROBLEMS = 8
 
 
-def _clip_seconds(path: str) -> float:
+def _read(file: str, reader: Callable[[str], T]) -> T:
+    """reader(file); a damaged file becomes a DatasetError that says what to run."""
     try:
-        return float(sf.info(path).duration)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise DatasetError(f"{path} is not a readable WAV file ({err}); run python resample.py") from None
+        return reader(file)
+    except DatasetError:
+        raise
+    except (ValueError, TypeError, IndexError, OSError, CheckpointError) as err:
+        raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+
+
+def _aug_pair(file: str) -> tuple[Any, float]:
+    """(mel, keyshift) of a shifted-mel file (an object array of two)."""
+    data = load_npy(file)
+    if data.dtype != object or len(data) != 2:
+        raise ValueError("expected an object array [mel, keyshift]")
+    return data[0], float(data[1])
 
 
 def _as_frames(array: Any, path: str, what: str) -> np.ndarray:
@@ -62,20 +74,15 @@ class AudioDataset(Dataset):
     """Clips of one file list with their diffusion features.
 
     Args:
-        filelist: file list (e.g. `filelists/train.txt`).
-        waveform_sec: training crop in seconds (`data.duration`); clips shorter than this + 0.1 s are
-            left out unless `whole_audio`.
-        hop_size, sample_rate: frame hop (`data.block_size`) and rate (`data.sampling_rate`).
-        spk: speaker map of the config; ids are used only when `n_spk > 1` (missing speaker -> 0).
-        n_spk: `model.n_spk`.
-        load_all_data: keep mels, units and volumes in memory (`train.cache_all_data`).
-        whole_audio: items are whole clips (validation), no crop.
-        device: where cached tensors live (`train.cache_device`).
-        fp16: cache mels and units as float16 (`train.cache_fp16`).
-        use_aug: draw the key/volume-shifted copy for half of the items (training).
+        filelist: e.g. `filelists/train.txt`.
+        waveform_sec: crop in seconds (`data.duration`); shorter clips (+ 0.1 s) are left out unless
+            `whole_audio` (items are whole clips, for validation).
+        hop_size, sample_rate, n_spk: `data.block_size`, `data.sampling_rate`, `model.n_spk`.
+        spk: speaker map; used only when n_spk > 1 (an unknown speaker trains as 0).
+        load_all_data, device, fp16: `train.cache_all_data`, `train.cache_device`, `train.cache_fp16`.
+        use_aug: draw the key/volume-shifted copy for half of the items.
         unit_interpolate_mode: how units are stretched to frames (`modules.f0.repeat_expand_2d`).
-        n_units: expected unit width (`data.encoder_out_channels`); None skips the check.
-        n_mels: expected mel bins (vocoder dimension); None skips the check.
+        n_units, n_mels: expected unit width and mel bins (None: not checked).
     Raises:
         DatasetError: list or files unusable; the message names the file and what to run.
     """
@@ -114,7 +121,10 @@ class AudioDataset(Dataset):
         if not os.path.isfile(path):
             raise DatasetError(f"{path} (listed in {self.filelist}) not found; re-run python "
                                "preprocess_flist_config.py if the dataset changed")
-        return _clip_seconds(path)
+        try:
+            return float(sf.info(path).duration)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise DatasetError(f"{path} is not a readable WAV file ({err}); run python resample.py") from None
 
     def _long_enough(self, paths: list[str], seconds: dict[str, float]) -> list[str]:
         need = self.waveform_sec + 0.1
@@ -189,15 +199,7 @@ class AudioDataset(Dataset):
 
     def _mel_array(self, path: str, kind: str) -> np.ndarray:
         file = feature_path(path, kind)
-        try:
-            data = load_npy(file)
-            if kind == "aug_mel":
-                if data.dtype != object or len(data) != 2:
-                    raise ValueError("expected an object array [mel, keyshift]")
-                data = data[0]
-            mel = np.asarray(data, dtype=np.float32)
-        except (ValueError, OSError, CheckpointError) as err:
-            raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+        mel = _read(file, lambda f: np.asarray(_aug_pair(f)[0] if kind == "aug_mel" else load_npy(f), np.float32))
         if mel.ndim != 2 or (self.n_mels is not None and mel.shape[1] != self.n_mels):
             want = f"[T, {self.n_mels}]" if self.n_mels else "[T, M]"
             raise DatasetError(f"{file} has shape {mel.shape}, expected {want}; delete it and {PREP_HINT}")
@@ -205,29 +207,18 @@ class AudioDataset(Dataset):
 
     def _keyshift(self, path: str) -> tuple[float, int]:
         """(keyshift in semitones, frames) of the shifted mel."""
-        file = feature_path(path, "aug_mel")
-        try:
-            data = load_npy(file)
-            if data.dtype != object or len(data) != 2:
-                raise ValueError("expected an object array [mel, keyshift]")
-            return float(data[1]), int(np.shape(data[0])[0])
-        except (ValueError, TypeError, OSError, IndexError, CheckpointError) as err:
-            raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+        def read(file: str) -> tuple[float, int]:
+            mel, keyshift = _aug_pair(file)
+            return keyshift, int(np.shape(mel)[0])
+
+        return _read(feature_path(path, "aug_mel"), read)
 
     def _plain(self, path: str, kind: str, what: str) -> np.ndarray:
-        file = feature_path(path, kind)
-        try:
-            return _as_frames(load_npy(file), file, what)
-        except (ValueError, OSError, CheckpointError) as err:
-            raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+        return _read(feature_path(path, kind), lambda f: _as_frames(load_npy(f), f, what))
 
     def _load(self, path: str, seconds: float, spk_id: int) -> dict[str, Any]:
         """Everything of one clip that stays in memory (all of it with `load_all_data`)."""
-        f0_file = feature_path(path, "f0")
-        try:
-            f0_np, _uv = load_f0(f0_file)
-        except (ValueError, OSError, CheckpointError) as err:
-            raise DatasetError(f"{f0_file} is unreadable ({err}); delete it and {PREP_HINT}") from None
+        f0_np, _uv = _read(feature_path(path, "f0"), load_f0)
         volume = self._plain(path, "volume", "volume")
         aug_vol = self._plain(path, "aug_vol", "aug volume")
         keyshift, aug_frames = self._keyshift(path)
@@ -302,20 +293,13 @@ def _cache_device(args: HParams) -> str:
     return wanted
 
 
-def get_data_loaders(args: HParams, whole_audio: bool = False, num_workers: int | None = None,
+def get_data_loaders(args: HParams, num_workers: int | None = None,
                      n_mels: int | None = None) -> tuple[DataLoader, DataLoader | None]:
-    """(training loader, validation loader or None) for a diffusion config (4.1's `get_data_loaders`).
+    """(training loader, validation loader) of a diffusion config; the second is None (with a warning)
+    when `data.validation_files` is missing or empty.
 
-    Args:
-        args: the diffusion config.
-        whole_audio: train on whole clips, batch size 1 (4.1's option; `train_diff.py` uses False).
-        num_workers: overrides `train.num_workers`; loaders always run in-process when the cache lives
-            on a GPU.
-        n_mels: mel bins the model predicts (vocoder dimension), checked against the files.
-    Returns:
-        The training loader (shuffled batches of `train.batch_size` dicts of stacked tensors) and the
-        validation loader (one whole clip per batch), None when `data.validation_files` is missing or
-        empty (a warning says so; training then logs no validation).
+    num_workers overrides `train.num_workers` (0 when the cache lives on a GPU); n_mels: vocoder mel
+    bins, checked against the files.
     """
     data, train = args.data, args.train
     cache_device = _cache_device(args)
@@ -329,9 +313,9 @@ def get_data_loaders(args: HParams, whole_audio: bool = False, num_workers: int 
                   n_spk=int(args.model.get("n_spk", 1) or 1), load_all_data=cached,
                   unit_interpolate_mode=str(data.get("unit_interpolate_mode") or DEFAULT_UNIT_MODE),
                   n_units=int(data.encoder_out_channels), n_mels=n_mels, waveform_sec=float(data.duration))
-    train_set = AudioDataset(str(data.training_files), whole_audio=whole_audio, device=cache_device,
+    train_set = AudioDataset(str(data.training_files), device=cache_device,
                              fp16=bool(train.get("cache_fp16", False)), use_aug=True, **common)
-    loader_train = DataLoader(train_set, batch_size=1 if whole_audio else int(train.batch_size), shuffle=True,
+    loader_train = DataLoader(train_set, batch_size=int(train.batch_size), shuffle=True,
                               num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
     try:
         read_filelist(str(data.validation_files))

@@ -46,9 +46,6 @@ def run_logging(expdir: str) -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------------------------------------------
-# resume
-# ------------------------------------------------------------------------------------------------
 def find_resume_checkpoint(expdir: str) -> str | None:
     """Path of `model_<N>.pt` with the largest N directly in `expdir`, or None; other `*.pt` files
     below it are named in a warning and never loaded."""
@@ -139,9 +136,6 @@ def retention_victims(expdir: str, step: int, interval_val: int, interval_force_
     return victims
 
 
-# ------------------------------------------------------------------------------------------------
-# the experiment folder
-# ------------------------------------------------------------------------------------------------
 class Saver:
     """Experiment folder writer: config copy, logs, TensorBoard, checkpoints.
 
@@ -161,11 +155,8 @@ class Saver:
         self.summary = Summary(os.path.join(self.expdir, "logs"))
 
     # -- console and TensorBoard ------------------------------------------------------------------
-    def log_info(self, msg: str | Mapping[str, Any]) -> None:
-        """One console + `log_info.txt` line (a mapping gives `key: value` lines, ints with separators)."""
-        if isinstance(msg, Mapping):
-            msg = "\n".join(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}: {v}"
-                            for k, v in msg.items())
+    def log_info(self, msg: str) -> None:
+        """One console + `log_info.txt` line."""
         logger.info("%s", msg)
 
     def log_value(self, values: Mapping[str, float]) -> None:
@@ -199,15 +190,12 @@ class Saver:
         self.summary.close()
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def model_path(self, step: int) -> str:
-        return os.path.join(self.expdir, f"model_{step}.pt")
-
     def save_model(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int) -> str:
         """Write `model_<step>.pt` atomically; returns its path."""
         payload: dict[str, Any] = {"global_step": int(step), "model": model.state_dict()}
         if optimizer is not None:
             payload["optimizer"] = optimizer.state_dict()
-        path = self.model_path(step)
+        path = os.path.join(self.expdir, f"model_{step}.pt")
         write_atomic(path, lambda f: torch.save(payload, f))
         logger.info(" [*] model checkpoint saved: %s", path)
         return path

@@ -104,21 +104,17 @@ class DiffusionTrainer:
         self.stop_requested = stop_requested or (lambda: False)
         self.vocoder = vocoder if vocoder is not None else Vocoder(cfg.vocoder.type, cfg.vocoder.ckpt, device=device)
         self._check_vocoder()
-        self.model = build_unit2mel(args, self.vocoder.dimension)
+        self.model = build_unit2mel(args, self.vocoder.dimension).to(device)
         logger.info(" > Now model timesteps is %d, and k_step_max is %d", self.model.timesteps,
                     self.model.k_step_max)
         # AdamW defaults (betas 0.9/0.999, eps 1e-8); lr and weight decay are set from the config below.
+        # A restored optimizer state follows the parameters onto the device.
         self.optimizer = torch.optim.AdamW(self.model.parameters())
         self.resume: ResumeState = load_model(cfg.env.expdir, self.model, self.optimizer, device="cpu")
         for group in self.optimizer.param_groups:
             group["initial_lr"] = float(cfg.train.lr)
             group["weight_decay"] = float(cfg.train.weight_decay)
         self._set_lr(self.resume.global_step + 1)
-        self.model.to(device)
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, Tensor) and key != "step":
-                    state[key] = value.to(device)
         self.amp_dtype = select_amp_dtype(cfg.train.amp_dtype, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.loader_train, self.loader_valid = get_data_loaders(args, num_workers=num_workers,
@@ -253,7 +249,7 @@ class DiffusionTrainer:
         128 + signal number when stopped by `stop_requested` (the current step is saved)."""
         t, saver = self.cfg.train, self.saver
         saver.log_info("--- model size ---")
-        saver.log_info({"model": sum(p.numel() for p in self.model.parameters())})
+        saver.log_info(f"model: {sum(p.numel() for p in self.model.parameters()):,}")
         saver.log_info("======= start training =======")
         saver.log_info(HEADER)
         n_batches = len(self.loader_train)

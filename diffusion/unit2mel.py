@@ -118,9 +118,6 @@ class Unit2Mel(nn.Module):
                             k_step=k_step, use_tqdm=use_tqdm, t=t, noise_fn=noise_fn)
 
 
-# ------------------------------------------------------------------------------------------------
-# loading
-# ------------------------------------------------------------------------------------------------
 def _describe_state(state: Mapping[str, Tensor]) -> dict[str, object]:
     """Config values a diffusion state dict was built with (None where the key is absent)."""
     def shape(key: str, dim: int) -> int | None:

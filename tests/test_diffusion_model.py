@@ -297,7 +297,7 @@ def test_spk_mix_dict_is_weighted_sum(model, arrays) -> None:
 
 
 def test_per_frame_speaker_mix_after_init_spkmix(model, arrays) -> None:
-    # Fix of quirk 41: init_spkmix works for n_spk > 1, and the per-frame branch is reachable.
+    # 4.1 crashed in init_spkmix for n_spk > 1; here it works and the per-frame branch is reachable.
     args = (arrays["in_units"], arrays["in_f0"], arrays["in_volume"])
     frames = args[0].shape[1]
     one_hot = torch.zeros(frames, 2)
