@@ -22,7 +22,7 @@ from core.atomic import write_atomic
 from core.checkpoint import CheckpointError, safe_torch_load
 from core.config import HParams
 from core.device import resolve_device
-from core.features import feature_path, save_f0, save_npy, save_object_npy
+from core.features import feature_path, list_speakers, save_f0, save_npy, save_object_npy
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
 from modules.mel_processing import spectrogram_torch, volume_extract
 
@@ -80,12 +80,8 @@ def settings_from_config(hps: HParams, f0_predictor: str, use_diff: bool, device
 def list_clips(in_dir: str | os.PathLike) -> list[Path]:
     """``<in_dir>/*/*.wav`` without hidden folders or files, sorted."""
     root = Path(in_dir)
-    clips = []
-    for speaker in sorted(root.iterdir()) if root.is_dir() else []:
-        if speaker.name.startswith(".") or not speaker.is_dir():
-            continue
-        clips.extend(p for p in sorted(speaker.glob("*.wav")) if not p.name.startswith("."))
-    return clips
+    speakers = list_speakers(root) if root.is_dir() else []
+    return [p for spk in speakers for p in sorted((root / spk).glob("*.wav")) if not p.name.startswith(".")]
 
 
 class FeatureExtractor:

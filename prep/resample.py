@@ -16,8 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
 from core.atomic import write_bytes_atomic
+from core.features import list_speakers
+from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
 
 __all__ = ["ClipJob", "ClipOutcome", "ResampleSummary", "SilentAudioError", "TRIM_TOP_DB", "default_workers",
            "format_summary", "list_jobs", "prepare_clip", "resample_dataset", "resample_file", "to_int16",
@@ -177,10 +178,8 @@ def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list
         raise FileNotFoundError(f"input folder {in_dir} not found: put one sub-folder per speaker with its clips there")
     speakers: list[tuple[str, list[ClipJob]]] = []
     conflicts: list[ClipOutcome] = []
-    for speaker in sorted(os.listdir(in_dir)):
+    for speaker in list_speakers(in_dir):
         spk_dir = os.path.join(in_dir, speaker)
-        if speaker.startswith(".") or not os.path.isdir(spk_dir):
-            continue
         jobs: dict[str, ClipJob] = {}
         names = sorted(n for n in os.listdir(spk_dir) if os.path.isfile(os.path.join(spk_dir, n)))
         # Names that keep their spelling claim their output first, then the renamed ones.
