@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from conftest import FIXTURES
+from core.schema import DiffusionVocoder
 from diffusion.unit2mel import load_model_vocoder
 from diffusion.vocoder import VOCODERS, Vocoder
 from vdecoder.nsf_hifigan.models import VocoderNotFoundError
@@ -103,6 +105,8 @@ def test_unknown_type_and_missing_file(tmp_path) -> None:
     with pytest.raises(ValueError, match="nsf-hifigan, nsf-hifigan-log10"):
         Vocoder("hifigan", MODEL, device="cpu")
     assert set(VOCODERS) == {"nsf-hifigan", "nsf-hifigan-log10"}
+    # The config check offers exactly the registered vocoder types.
+    assert set(typing.get_args(typing.get_type_hints(DiffusionVocoder)["type"])) == set(VOCODERS)
     with pytest.raises(VocoderNotFoundError) as err:
         Vocoder("nsf-hifigan", tmp_path / "nsf_hifigan" / "model", device="cpu")
     text = str(err.value)

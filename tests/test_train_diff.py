@@ -349,6 +349,27 @@ def test_missing_feature_files_error(project) -> None:
     assert train_diff.main(["-c", _config(project)]) == 1
 
 
+def test_damaged_feature_file_error(project) -> None:
+    (project / "dataset/44k/spk_a/a1.wav.aug_mel.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(DatasetError, match=r"a1\.wav\.aug_mel\.npy is unreadable .*; delete it and run python "
+                                           r"preprocess_hubert_f0.py --use_diff"):
+        _dataset(project, True)
+
+
+def test_config_problems_stop_before_training(project, capsys) -> None:
+    cfg = _config(project, lr=0, amp_dtype="fp8")
+    text = (project / cfg).read_text().replace("method: ", "method: naive  # ")
+    (project / cfg).write_text(text)
+    assert train_diff.main(["-c", cfg]) == 1
+    err = capsys.readouterr().err
+    assert f"{cfg}: train.lr must be a positive number, got 0" in err
+    assert f"{cfg}: train.amp_dtype must be one of" in err
+    assert not (project / "logs").exists()
+    (project / cfg).write_text(text.replace("lr: 0\n", "lr: 0.002\n").replace("fp8", "fp32"))
+    assert train_diff.main(["-c", cfg]) == 1
+    assert f"{cfg}: infer.method must be one of ddim, pndm" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_without_saving(project) -> None:
     for spk, name, *_ in TRAIN:
         path = project / f"dataset/44k/{spk}/{name}.wav.vol.npy"
