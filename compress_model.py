@@ -34,15 +34,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from models import build_synthesizer
     from core.checkpoint import CheckpointError
-    from core.config import ConfigError
-    from export.model_files import compress_model, load_model_config
+    from core.config import ConfigError, load_config
+    from export.release import compress_model
+    from generator import build_synthesizer
 
     try:
         if not os.path.isfile(args.input):
             raise CheckpointError(f"input checkpoint {args.input} not found")
-        hps = load_model_config(args.config)
+        hps = load_config(args.config)
         net_g = build_synthesizer(hps)
         result = compress_model(args.input, net_g, hps, args.config, args.output, args.half)
     except (CheckpointError, ConfigError) as err:

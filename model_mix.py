@@ -34,15 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     rates = args.rate if args.rate is not None else [100.0] * len(args.input)
 
     from core.checkpoint import CheckpointError
-    from core.config import ConfigError
-    from export.model_files import load_model_config, mix_model, mix_weights
+    from core.config import ConfigError, load_config
+    from export.mix import mix_model, mix_weights
+    from generator import build_synthesizer
 
     try:
-        net_g = None
-        if args.config:
-            from models import build_synthesizer
-
-            net_g = build_synthesizer(load_model_config(args.config))
+        net_g = build_synthesizer(load_config(args.config)) if args.config else None
         output = mix_model(args.input, rates, args.mode, args.output, net_g=net_g, config_path=args.config or "")
     except (CheckpointError, ConfigError) as err:
         print(f"model_mix.py: {err}", file=sys.stderr)

@@ -6,7 +6,7 @@ Attribute names are the state-dict contract with so-vits-svc 4.1 checkpoints
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +18,9 @@ from modules.commons import WNConv1d, WNConv2d, get_padding
 from modules.modules import WN, residual_coupling_block, transformer_coupling_block
 from vdecoder.hifigan.models import Generator
 
-if TYPE_CHECKING:
-    from core.config import HParams
-
 logger = logging.getLogger(__name__)
 
 VOCODERS = ("nsf-hifigan", "nsf-snake-hifigan")
-# Config keys that SynthesizerTrn accepts but that change nothing (kept for 4.1 configs).
-IGNORED_MODEL_KEYS = ("n_layers_q", "use_spectral_norm", "speech_encoder", "speaker_embedding")
 
 
 def f0_to_lf0(f0: Tensor) -> Tensor:
@@ -107,19 +102,8 @@ class F0Decoder(nn.Module):
         return self.proj(x) * x_mask
 
 
-def build_synthesizer(hps: "HParams") -> "SynthesizerTrn":
-    """The generator a config describes, built as 4.1 builds it: ``SynthesizerTrn(filter_length // 2 + 1,
-    segment_size // hop_length, **hps.model)``; missing data/train sizes take the template values
-    (2048, 10240, 512), so inference-only configs build too. Weights are freshly initialised."""
-    data, train = hps.get("data"), hps.get("train")
-    filter_length = (data.get("filter_length") if data is not None else None) or 2048
-    hop = (data.get("hop_length") if data is not None else None) or 512
-    segment = (train.get("segment_size") if train is not None else None) or 10240
-    return SynthesizerTrn(int(filter_length) // 2 + 1, int(segment) // int(hop), **hps.model.to_dict())
-
-
 class SynthesizerTrn(nn.Module):
-    """So-VITS generator. Built as ``SynthesizerTrn(filter_length // 2 + 1, segment_size // hop, **hps.model)``."""
+    """So-VITS generator; `generator.build_synthesizer` builds the one a config describes."""
 
     def __init__(
         self,
@@ -150,12 +134,8 @@ class SynthesizerTrn(nn.Module):
         n_flow_layer: int = 4,
         n_layers_trans_flow: int = 3,
         use_transformer_flow: bool = False,
-        **ignored: object,
     ) -> None:
         super().__init__()
-        unknown = sorted(k for k in ignored if k not in IGNORED_MODEL_KEYS)
-        if unknown:
-            logger.warning("model config keys not used by SynthesizerTrn: %s", ", ".join(unknown))
         self.spec_channels = spec_channels
         self.inter_channels = inter_channels
         self.hidden_channels = hidden_channels

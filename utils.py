@@ -9,7 +9,7 @@ from core.checkpoint import (  # noqa: F401
     save_checkpoint,
 )
 from core.config import ConfigError, HParams, get_hparams_from_file, load_config, save_config  # noqa: F401
-from export.model_files import mix_model  # noqa: F401
+from export.mix import mix_model  # noqa: F401
 from modules.f0 import (  # noqa: F401
     F0_BIN,
     F0_MAX,

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 from core.config import ConfigError, HParams, PathLike, _plain
 
-__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "SovitsConfig", "TrainConfig", "read_config",
+__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "SovitsConfig", "TrainConfig", "model_section", "read_config",
            "sovits_config", "validate_sovits_config"]
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class ModelConfig:
     gin_channels: int
     ssl_dim: int
     n_speakers: int
+    sampling_rate: int = 44100  # absent from 4.1's template: its decoder always runs at 44.1 kHz
     vol_embedding: bool = False
     vocoder_name: str = "nsf-hifigan"
     use_depthwise_conv: bool = False
@@ -187,6 +188,16 @@ def sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_tra
     if unknown:
         logger.warning("model config keys not used by SynthesizerTrn: %s", ", ".join(unknown))
     return cfg
+
+
+@dataclass(frozen=True)
+class _ModelOnly:
+    model: ModelConfig
+
+
+def model_section(model: Mapping[str, Any], path: PathLike = "model config") -> ModelConfig:
+    """The typed `model` section of a config given alone (e.g. a manifest's model_config)."""
+    return read_config({"model": model}, _ModelOnly, path).model
 
 
 def validate_sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_training: bool = True) -> SovitsConfig:
@@ -337,14 +348,16 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
             problems.append((name, f"{name} must be an object, got {node!r}" if name in data
                              else f"section {name} is missing"))
             continue
-        values = {}
+        values, hints, complete = {}, _section_types(section_cls), True
         for f in dataclasses.fields(section_cls):
             required = f.default is dataclasses.MISSING or (for_training and f.metadata.get("train", False))
-            value = _field(node, f.name, _section_types(section_cls)[f.name], required, problems, prefix=f"{name}.")
+            value = _field(node, f.name, hints[f.name], required and not optional, problems, prefix=f"{name}.")
             if value is not _ABSENT:
-                values[f.name] = tuple(value) if typing.get_origin(_section_types(section_cls)[f.name]) is tuple else value
+                values[f.name] = tuple(value) if typing.get_origin(hints[f.name]) is tuple else value
+            elif required:
+                complete = False  # an incomplete optional section (read for inference) counts as absent
         if not any(p[0].startswith(f"{name}.") for p in problems):
-            built[name] = section_cls(**values)
+            built[name] = section_cls(**values) if complete else None
     if not problems and rules is not None:
         problems = rules(cls(**built))
     if problems:

@@ -1,4 +1,4 @@
-"""ONNX export of a So-VITS model folder for MoeVoiceStudio (cli.md §10, formats.md §11).
+"""ONNX export of a So-VITS model folder for MoeVoiceStudio.
 
 ``export_folder("aziplayer")`` reads ``checkpoints/aziplayer/model.pth`` and ``config.json`` and writes
 ``checkpoints/aziplayer/aziplayer_SoVits.onnx`` (with ``model.onnx``, the old exporter's name, as a
@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from models import SynthesizerTrn, build_synthesizer
-from core.checkpoint import CheckpointError, load_model_state, read_checkpoint
 from core.atomic import write_atomic
 from core.config import HParams, load_config
-from core.schema import validate_sovits_config
 from export.model_onnx import TRACE_FRAMES, SynthesizerTrnOnnx, export_onnx
+from generator import load_generator
+from models import SynthesizerTrn
 
 __all__ = ["ExportResult", "SynthesizerTrnOnnx", "export_folder", "export_onnx", "load_model", "moevs_config"]
 
@@ -29,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 LEGACY_NAME = "model.onnx"
-# Tensors the export graph never reads: a file without them (release files drop enc_q) is fine.
-_UNUSED_PREFIXES = ("enc_q.", "f0_decoder.")
 
 
 @dataclass
@@ -45,29 +42,17 @@ class ExportResult:
 
 
 def load_model(model_path: PathLike, config_path: PathLike) -> tuple[SynthesizerTrn, HParams]:
-    """Build ``SynthesizerTrn`` from a 4.1 ``config.json`` and load ``model.pth`` (G_*.pth or release file).
-
-    Returns the float32 model in eval mode, on the CPU, weight norm still applied, and the config.
-    Raises:
-        ConfigError / ConfigNotFoundError: unreadable or incomplete config.
-        CheckpointError / FileNotFoundError: unreadable file, or tensors that do not fit the config.
-    """
-    hps = load_config(config_path)
-    validate_sovits_config(hps, config_path, for_training=False)
+    """The float32 generator of `model_path` (G_*.pth or release file) in eval mode on the CPU, weight
+    norm still applied, and its config. Raises ConfigError, CheckpointError / FileNotFoundError."""
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"model file {os.fspath(model_path)} not found (copy your G_*.pth there "
                                 "and name it model.pth)")
-    net = build_synthesizer(hps)
-    report = load_model_state(net, read_checkpoint(model_path)["model"], source=os.fspath(model_path))
-    missing = [k for k in report.missing if not k.startswith(_UNUSED_PREFIXES)]
-    if report.mismatched or missing:
-        raise CheckpointError(f"{report.summary()}; {os.fspath(model_path)} does not fit "
-                              f"{os.fspath(config_path)}: use the config.json the model was trained with")
-    return net.float().eval(), hps
+    hps = load_config(config_path)
+    return load_generator(model_path, hps, config_path).net.float().eval(), hps
 
 
 def moevs_config(name: str, hps: HParams, net: SynthesizerTrn, speaker_mix: bool) -> dict[str, Any]:
-    """The MoeVS model descriptor (formats.md §11), keys in 4.1's order."""
+    """The MoeVS model descriptor, keys in 4.1's order."""
     gin = int(net.gin_channels)
     layer = "layer-12" if gin == 768 else "layer-9"
     return {

@@ -16,8 +16,11 @@ from conftest import DATA, FIXTURES, VENCODER_FIXTURES, load_fixture, zeroed_rng
 from inference.model_loader import load_sovits
 from core.checkpoint import safe_torch_load
 from core.config import load_config
-from export.model_files import ReleaseCheckpointError, default_release_path
+from core.checkpoint import ReleaseCheckpointError
+from export.release import default_release_path
 from training.resume import restore
+from core.config import HParams
+from generator import build_synthesizer
 
 BASE = FIXTURES / "synth" / "base_vec768"
 SHARED = FIXTURES / "synth" / "tiny_depthwise_shared"
@@ -154,7 +157,7 @@ def test_svc_loads_release_files(made: Path, tmp_path) -> None:
     cfg = json.loads((BASE / "config.json").read_text())
     cfg["model"]["ssl_dim"] = 48
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    net = SynthesizerTrn(1025, 20, **cfg["model"])
+    net = build_synthesizer(HParams(cfg))
     state = dict(read_checkpoint(BASE / "G_800.pth")["model"])
     state["pre.weight"] = state["pre.weight"][:, :48] * 4.0
     load_model_state(net, state)
@@ -214,7 +217,8 @@ def test_missing_files_and_mismatched_config(light: Path, tmp_path, capsys) -> N
     cfg["spk"] = {"a": 0, "b": 1}
     (tmp_path / "c2.json").write_text(json.dumps(cfg))
     code, err = _run(capsys, "-c", str(tmp_path / "c2.json"), "-i", full, "-o", str(tmp_path / "x.pth"))
-    assert code == 2 and "has 2 speakers (emb_g.weight [2, 16]) but" in err and "has 3" in err
+    assert code == 2 and f"{full} has 3 speakers x 16 embedding channels but" in err
+    assert "model.n_speakers = 2, model.gin_channels = 16" in err and "(check model.n_speakers / model.gin_channels)" in err
     assert not (tmp_path / "x.pth").exists()
 
 
@@ -241,7 +245,7 @@ def test_resume_from_release_is_refused(made: Path, full: dict, tmp_path, name: 
 
     hps = load_config(BASE / "config.json")
     shutil.copy(made / name, tmp_path / as_name)
-    net_g, net_d = SynthesizerTrn(1025, 20, **hps.model.to_dict()), nn.Linear(1, 1)
+    net_g, net_d = build_synthesizer(hps), nn.Linear(1, 1)
     optim_g, optim_d = torch.optim.AdamW(net_g.parameters(), 1e-4), torch.optim.AdamW(net_d.parameters(), 1e-4)
     with pytest.raises(ReleaseCheckpointError) as info:
         restore(str(tmp_path), net_g, net_d, optim_g, optim_d, 768, "vec768l12")

@@ -26,7 +26,7 @@ from inference.slicer import FileSource, open_audio, slice_source
 from inference.speaker_mix import SpkMixError, build_mix_weights, validate_spk_mix_map
 from core.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from vencoder.encoder import PretrainNotFoundError
-from core.config import HParams
+from core.config import ConfigError, HParams
 from generator import build_synthesizer
 
 SYNTH = FIXTURES / "synth" / "base_vec768"
@@ -404,11 +404,11 @@ def test_model_config_mismatches_are_explained(ws: Path, tmp_path: Path) -> None
         _svc_with_config(ws, tmp_path, lambda c: c["model"].update(ssl_dim=256))
     with pytest.raises(ModelConfigMismatch, match=r"has 3 speakers .* model.n_speakers = 4"):
         _svc_with_config(ws, tmp_path, lambda c: c["model"].update(n_speakers=4))
-    with pytest.raises(ModelConfigMismatch, match=r"missing model.ssl_dim"):
+    with pytest.raises(ConfigError, match=r"config.json: model.ssl_dim is missing"):
         _svc_with_config(ws, tmp_path, lambda c: c["model"].pop("ssl_dim"))
-    with pytest.raises(ModelConfigMismatch, match=r"speaker ids \{'x': 7\} are outside 0..2"):
+    with pytest.raises(ConfigError, match=r"spk\['x'\] = 7 is outside 0..2 \(model.n_speakers\)"):
         _svc_with_config(ws, tmp_path, lambda c: c["spk"].update(x=7))
-    with pytest.raises(ModelConfigMismatch, match=r"emb_vol"):
+    with pytest.raises(ModelConfigMismatch, match=r"check model.vol_embedding.*emb_vol"):
         _svc_with_config(ws, tmp_path, lambda c: c["model"].update(vol_embedding=True))
 
 

@@ -16,7 +16,8 @@ from conftest import FIXTURES, load_fixture, zeroed_rng
 from inference.model_loader import load_sovits
 from core.checkpoint import safe_torch_load
 from core.config import load_config
-from export.model_files import ModelFileError, mix_weights
+from export.mix import mix_weights
+from export.release import ModelFileError
 
 BASE = FIXTURES / "synth" / "base_vec768"
 AUDIO_TOL = 1e-4

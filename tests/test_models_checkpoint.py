@@ -10,14 +10,15 @@ import torch
 from conftest import FIXTURES, zeroed_rng
 from models import SynthesizerTrn
 from core.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
+from core.config import HParams
+from generator import build_synthesizer
 
 BASE = FIXTURES / "synth" / "base_vec768"
 
 
 def _net_and_optim(folder):
     cfg = json.loads((folder / "config.json").read_text())
-    net = SynthesizerTrn(cfg["data"]["filter_length"] // 2 + 1,
-                         cfg["train"]["segment_size"] // cfg["data"]["hop_length"], **cfg["model"])
+    net = build_synthesizer(HParams(cfg))
     train = cfg["train"]
     optim = torch.optim.AdamW(net.parameters(), train["learning_rate"], betas=train["betas"], eps=train["eps"])
     return net, optim, cfg

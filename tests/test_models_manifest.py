@@ -8,6 +8,7 @@ import torch
 
 from conftest import FIXTURES
 from models import MultiPeriodDiscriminator, SynthesizerTrn
+from core.schema import model_section
 
 MANIFESTS = FIXTURES / "manifests"
 SYNTH_VARIANTS = sorted(p.stem.removeprefix("synthesizer_") for p in MANIFESTS.glob("synthesizer_*.json"))
@@ -49,7 +50,7 @@ def _check_against(net: torch.nn.Module, manifest: dict) -> None:
 def test_synthesizer_state_dict_matches_manifest(variant: str) -> None:
     manifest = _load(f"synthesizer_{variant}")
     ctor = manifest["constructor"]
-    net = SynthesizerTrn(ctor["spec_channels"], ctor["segment_size"], **manifest["model_config"])
+    net = SynthesizerTrn(ctor["spec_channels"], ctor["segment_size"], **model_section(manifest["model_config"]).network_args())
     _check_against(net, manifest)
 
 
@@ -73,6 +74,6 @@ def test_unknown_vocoder_falls_back_with_warning(caplog: pytest.LogCaptureFixtur
     cfg = dict(manifest["model_config"], vocoder_name="foo", upsample_initial_channel=32,
                inter_channels=16, hidden_channels=16, filter_channels=32, gin_channels=8, ssl_dim=16)
     with caplog.at_level("WARNING"):
-        net = SynthesizerTrn(65, 20, **cfg)
+        net = SynthesizerTrn(65, 20, **model_section(cfg).network_args())
     assert "unknown vocoder_name 'foo'" in caplog.text
     assert not hasattr(net.dec, "snakes")

@@ -16,6 +16,8 @@ import torch
 import utils
 from conftest import FIXTURES, zeroed_rng
 from models import SynthesizerTrn
+from core.config import HParams
+from generator import build_synthesizer
 
 SYNTH = FIXTURES / "synth"
 VARIANTS = sorted(p.name for p in SYNTH.glob("*") if (p / "fixture.npz").exists())
@@ -25,8 +27,7 @@ FEATURE_TOL = 1e-5
 
 def build(variant_dir: Path, checkpoint: str | None = None) -> tuple[SynthesizerTrn, dict]:
     cfg = json.loads((variant_dir / "config.json").read_text())
-    net = SynthesizerTrn(cfg["data"]["filter_length"] // 2 + 1,
-                         cfg["train"]["segment_size"] // cfg["data"]["hop_length"], **cfg["model"])
+    net = build_synthesizer(HParams(cfg))
     if checkpoint is None:
         checkpoint = next(p.name for p in sorted(variant_dir.glob("G_*.pth")) if "release" not in p.name)
     state = torch.load(variant_dir / checkpoint, map_location="cpu", weights_only=True)

@@ -284,7 +284,7 @@ def test_user_errors_exit_1(tmp_path: Path, capsys) -> None:
     folder = _make_folder(tmp_path, "wrong", "vec256_vol", "G_0.pth")
     shutil.copyfile(SYNTH / "base_vec768" / "config.json", folder / "config.json")
     assert onnx_export.main(["-n", "wrong", "--checkpoints_dir", str(tmp_path)]) == 1
-    assert "use the config.json the model was trained with" in capsys.readouterr().err
+    assert "Use the config.json the model was trained with" in capsys.readouterr().err
     (folder / "model.pth").unlink()
     assert onnx_export.main(["-n", "wrong", "--checkpoints_dir", str(tmp_path)]) == 1
     assert "model.pth not found" in capsys.readouterr().err

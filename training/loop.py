@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from core.features import DatasetError, read_filelist
 from data_utils import TextAudioCollate, TextAudioSpeakerLoader
-from models import MultiPeriodDiscriminator, build_synthesizer
+from generator import build_synthesizer
+from models import MultiPeriodDiscriminator
 from core.checkpoint import clean_checkpoints, save_checkpoint, unwrap_model
 from modules.commons import slice_segments
 from core.config import HParams

@@ -34,6 +34,7 @@ from core.checkpoint import (
     read_checkpoint,
     resume_refusal,
 )
+from generator import width_problem
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +65,10 @@ def find_latest(model_dir: str, prefix: str) -> str | None:
 
 def _check_encoder(path: str, state: dict, ssl_dim: int, speech_encoder: str) -> None:
     """A base model for another content encoder would silently keep a random `pre` layer."""
-    weight = state.get("pre.weight")
-    if isinstance(weight, torch.Tensor) and weight.dim() == 3 and weight.shape[1] != ssl_dim:
-        from vencoder import ENCODER_DIMS  # name table only
-
-        theirs = [n for n, d in ENCODER_DIMS.items() if d == weight.shape[1] and not n.endswith("-onnx")]
-        made_for = f" (a {' / '.join(theirs)} model)" if theirs else ""
-        raise CheckpointError(
-            f"{path} takes {weight.shape[1]}-dim units{made_for} but the config's speech_encoder "
-            f"{speech_encoder} gives {ssl_dim} (model.ssl_dim). Use the pretrained base model made for "
-            f"{speech_encoder}, or delete {os.path.basename(path)} and its D file to train from scratch.")
+    problem = width_problem(state, ssl_dim, path, f"the config (speech_encoder {speech_encoder})")
+    if problem:
+        raise CheckpointError(f"{problem}. Use the pretrained base model made for {speech_encoder}, or delete "
+                              f"{os.path.basename(path)} and its D file to train from scratch.")
 
 
 def _load(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,

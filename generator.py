@@ -1,0 +1,167 @@
+"""The So-VITS generator a config describes: built from the typed config and loaded from a `G_*.pth`
+(or release) file, with one diagnosis of whether the file fits the config. Inference, training
+resume, compress/mix and the ONNX export all ask here, so they word a misfit the same way.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from core.checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    LoadReport,
+    load_model_state,
+    read_checkpoint,
+    to_legacy_weight_norm,
+)
+from core.config import HParams
+from core.schema import SovitsConfig, sovits_config
+from models import SynthesizerTrn
+from vencoder import encoders_of_width
+
+__all__ = ["LoadedGenerator", "ModelConfigMismatch", "build_synthesizer", "check_fit", "fit_problems",
+           "load_generator", "require_generator", "state_differences", "width_problem"]
+
+PathLike = str | os.PathLike
+ADVICE = "Use the config.json the model was trained with (logs/44k/config.json)."
+# Keys a usable file may lack: release files drop enc_q (training only); 4.0-era models have no F0 decoder.
+OPTIONAL_PREFIXES = ("enc_q.", "f0_decoder.")
+# The config field that decides a tensor's shape, named in the message when that tensor differs.
+_SHAPE_FIELDS = (("pre.", "model.ssl_dim"), ("emb_g.", "model.n_speakers / model.gin_channels"),
+                 ("emb_vol.", "model.vol_embedding"), ("f0_decoder.", "model.use_automatic_f0_prediction"),
+                 ("flow.", "model.use_transformer_flow / n_flow_layer / flow_share_parameter"),
+                 ("dec.", "model.vocoder_name / upsample_* / resblock_*"))
+
+
+class ModelConfigMismatch(CheckpointError):
+    """The generator file, its config and the speech encoder do not belong together (message says how)."""
+
+
+def build_synthesizer(config: HParams | SovitsConfig) -> SynthesizerTrn:
+    """A freshly initialised generator for a config, built as 4.1 builds it:
+    `SynthesizerTrn(filter_length // 2 + 1, segment_size // hop_length, **model)`."""
+    cfg = config if isinstance(config, SovitsConfig) else sovits_config(config)
+    return SynthesizerTrn(cfg.spec_channels, cfg.segment_frames, **cfg.model.network_args())
+
+
+def require_generator(state: Mapping[str, Any], name: str) -> None:
+    """Refuse a state dict that is no So-VITS generator (most often a D_*.pth given by mistake)."""
+    if "pre.weight" not in state or "emb_g.weight" not in state:
+        raise ModelConfigMismatch(f"{name} has no pre.weight / emb_g.weight: not a So-VITS generator checkpoint "
+                                  "(G_*.pth)? D_*.pth files are discriminators")
+
+
+def width_problem(state: Mapping[str, Any], ssl_dim: int, name: str, config_name: str) -> str | None:
+    """The unit-width misfit of a file (its `pre` layer) against `model.ssl_dim`, naming the encoders
+    that give the file's width; None when they agree."""
+    pre = state.get("pre.weight")
+    if not isinstance(pre, torch.Tensor) or pre.dim() != 3 or pre.shape[1] == ssl_dim:
+        return None
+    width = int(pre.shape[1])
+    encoders = encoders_of_width(width, onnx=False)
+    made_for = f"; {' / '.join(encoders)} give{'s' if len(encoders) == 1 else ''} {width}-dim units" if encoders else ""
+    expected = [pre.shape[0], ssl_dim, pre.shape[2]]
+    return (f"{name} takes {width}-dim units but {config_name} says model.ssl_dim = {ssl_dim} "
+            f"(pre.weight {list(pre.shape)} vs {expected}{made_for})")
+
+
+def _some(keys: list[str], limit: int = 6) -> str:
+    """A short listing; long lists are grouped by their first name part (`enc_q.* (103 keys)`)."""
+    if len(keys) <= limit:
+        return ", ".join(keys)
+    groups: dict[str, int] = {}
+    for key in keys:
+        groups[key.split(".", 1)[0]] = groups.get(key.split(".", 1)[0], 0) + 1
+    parts = [f"{head}.* ({n} key{'s' if n > 1 else ''})" for head, n in list(groups.items())[:limit]]
+    return ", ".join(parts) + (f", ... ({len(groups) - limit} more groups)" if len(groups) > limit else "")
+
+
+def state_differences(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, name_b: str,
+                      optional: tuple[str, ...] = (), said: frozenset[str] = frozenset()) -> list[str]:
+    """Key and shape differences of two generator state dicts (legacy weight-norm names), one line each.
+    Keys under `optional` prefixes may be missing on either side; keys in `said` are not reported."""
+    a, b = to_legacy_weight_norm(a), to_legacy_weight_norm(b)
+    only_a = [k for k in a if k not in b and not k.startswith(optional)]
+    only_b = [k for k in b if k not in a and not k.startswith(optional)]
+    problems = []
+    emb_a, emb_b = a.get("emb_g.weight"), b.get("emb_g.weight")
+    if "emb_g.weight" not in said and isinstance(emb_a, torch.Tensor) and isinstance(emb_b, torch.Tensor) \
+            and emb_a.shape[0] != emb_b.shape[0]:
+        problems.append(f"{name_b} has {emb_b.shape[0]} speakers (emb_g.weight {list(emb_b.shape)}) but "
+                        f"{name_a} has {emb_a.shape[0]} (emb_g.weight {list(emb_a.shape)})")
+        said = said | {"emb_g.weight"}
+    if only_a or only_b:
+        problems.append("keys differ: " + "; ".join(f"only in {n}: {_some(keys)}" for n, keys in
+                                                    ((name_a, only_a), (name_b, only_b)) if keys))
+    shapes = [k for k in a if k in b and k not in said and isinstance(a[k], torch.Tensor)
+              and isinstance(b[k], torch.Tensor) and a[k].shape != b[k].shape]
+    if shapes:
+        listed = [f"{k} {list(a[k].shape)} in {name_a} vs {list(b[k].shape)} in {name_b}" for k in shapes[:6]]
+        problems.append("shapes differ: " + ", ".join(listed) + (f", ... ({len(shapes) - 6} more)" if len(shapes) > 6 else ""))
+    return problems
+
+
+def fit_problems(state: Mapping[str, Any], net: nn.Module, name: str, config_name: str) -> tuple[list[str], list[str]]:
+    """Everything about `state` that does not fit the freshly built `net`: (one line per problem,
+    config fields to check). Keys under OPTIONAL_PREFIXES may be absent from the file."""
+    model_sd = to_legacy_weight_norm(net.state_dict())
+    problems: list[str] = []
+    width = width_problem(state, int(model_sd["pre.weight"].shape[1]), name, config_name)
+    if width:
+        problems.append(width)
+    emb, own = state.get("emb_g.weight"), model_sd["emb_g.weight"]
+    if isinstance(emb, torch.Tensor) and emb.shape != own.shape:
+        problems.append(f"{name} has {emb.shape[0]} speakers x {emb.shape[1]} embedding channels but {config_name} "
+                        f"says model.n_speakers = {own.shape[0]}, model.gin_channels = {own.shape[1]}")
+    said = frozenset({"pre.weight", "emb_g.weight"})
+    problems += state_differences(state, model_sd, "the file", "the config", OPTIONAL_PREFIXES, said)
+    file_sd = to_legacy_weight_norm(state)
+    keys = [k for k in set(file_sd) ^ set(model_sd) if not k.startswith(OPTIONAL_PREFIXES)]
+    keys += [k for k in model_sd if k in file_sd and getattr(file_sd[k], "shape", None) != model_sd[k].shape]
+    fields = [f for prefix, f in _SHAPE_FIELDS if any(k.startswith(prefix) for k in keys)]
+    return problems, fields
+
+
+def check_fit(state: Mapping[str, Any], net: nn.Module, name: str, config_name: str, advice: str = ADVICE) -> None:
+    """Raise ModelConfigMismatch with every problem of `fit_problems` (nothing when the file fits)."""
+    require_generator(state, name)
+    problems, fields = fit_problems(state, net, name, config_name)
+    if problems:
+        check = f" (check {', '.join(fields)})" if fields else ""
+        raise ModelConfigMismatch(f"{name} does not fit {config_name}{check}: " + "; ".join(problems) + f". {advice}")
+
+
+@dataclass
+class LoadedGenerator:
+    net: SynthesizerTrn  # float dtype of the file, train mode, weight norm applied, on the CPU
+    config: SovitsConfig
+    report: LoadReport
+    has_f0_decoder: bool  # weights for automatic F0 prediction are present
+
+
+def load_generator(model_path: PathLike, hps: HParams, config_path: PathLike = "") -> LoadedGenerator:
+    """Check the config, read the file safely, check that it fits, and load it into a new generator.
+
+    Raises:
+        ConfigError: the config lacks or mistypes a field.
+        CheckpointNotFoundError / CheckpointError: missing or unreadable file.
+        ModelConfigMismatch: the file does not fit the config (message says what differs).
+    """
+    model_path, config_name = os.fspath(model_path), os.fspath(config_path) or "the config"
+    cfg = sovits_config(hps, config_path)
+    if not os.path.isfile(model_path):
+        folder = os.path.dirname(model_path) or "."
+        found = sorted(f for f in os.listdir(folder) if f.startswith("G_") and f.endswith(".pth")) \
+            if os.path.isdir(folder) else []
+        raise CheckpointNotFoundError(f"model {model_path} not found" + (f"; {folder} has {', '.join(found)}" if found else ""))
+    state = read_checkpoint(model_path)["model"]
+    net = build_synthesizer(cfg)
+    check_fit(state, net, model_path, config_name)
+    report = load_model_state(net, state, source=model_path)
+    has_f0_decoder = not any(k.startswith("f0_decoder.") for k in report.missing)
+    return LoadedGenerator(net, cfg, report, has_f0_decoder)
