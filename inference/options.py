@@ -72,11 +72,8 @@ def pad_array(arr: np.ndarray, target_length: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def seeded(device: torch.device) -> Iterator[None]:
-    """Run the block on a private copy of the global RNG seeded with `SEED`.
-
-    Vocoder source noise and diffusion samplers draw from the global RNG, which 4.1 seeds per
-    conversion; forking repeats every conversion exactly without touching the caller's RNG stream.
-    """
+    """Run the block on a forked global RNG seeded with `SEED` (as 4.1 seeds each conversion): vocoder
+    and diffusion noise repeat exactly, and the caller's RNG stream is untouched."""
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(SEED)
         yield

@@ -1,9 +1,7 @@
 """The diffusion side of `Svc`: shallow diffusion (-shd) and diffusion-only conversion (-od).
 
-With shallow diffusion the So-VITS audio is analysed into a vocoder mel, `k_step` steps of noise are
-added and the diffusion model walks back to a cleaner mel, which NSF-HiFiGAN turns into audio.
-Diffusion-only conversion starts from pure noise and never touches So-VITS. Noise comes from a
-forked RNG seeded per piece (`options.seeded`), so results repeat.
+Shallow: `k_step` steps of noise on the vocoder mel of the So-VITS audio, walked back by the diffusion
+model; -od starts from pure noise. Noise comes from a seeded, forked RNG (`options.seeded`).
 """
 from __future__ import annotations
 

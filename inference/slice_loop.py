@@ -122,14 +122,10 @@ def iter_song(convert: Convert, sr_out: int, hop: int,
               stage: Callable[[str], ContextManager[object]] = contextlib.nullcontext) -> Iterator[np.ndarray]:
     """Convert a song piece by piece; yield float32 blocks at `sr_out` whose concatenation is the song.
 
-    Args:
-        convert: converts one padded piece at `sr_out` (see `Convert`).
-        sr_out, hop: output rate and samples per frame of the model.
-        speaker: passed to `convert` as is, or a validated speaker-mix map, which becomes per-frame
-            weights [n_spk, frames] for the whole song.
-        opts: slicing, padding and cross-fade options.
-        progress: called with (chunk index, chunk count) before each chunk and once at the end.
-        stage: entered around "slicing", "reading" and "piece preparation" (for timing).
+    convert: see `Convert`; sr_out, hop: output rate and samples per frame. speaker: passed to `convert`
+    as is, or a validated speaker-mix map, which becomes the song's weights [n_spk, frames].
+    progress(i, n): before chunk i of n, and (n, n) at the end. stage: wraps "slicing", "reading" and
+    "piece preparation".
     Raises:
         SvcError: negative -p / -cl / -lg, or -lgr outside (0, 1]. SpkMixError: a mix segment covers no frame.
     """

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -261,12 +261,6 @@ def cut(audio_path: PathLike, db_thresh: float = -30, min_len: int = 5000) -> di
         return _as_dict(slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples))
 
 
-def iter_chunk_audio(source: AudioSource, chunks: list[Chunk]) -> Iterator[tuple[bool, np.ndarray]]:
-    """(silent, samples) per chunk, each read only when needed."""
-    for chunk in chunks:
-        yield chunk.silent, source.read(chunk.start, chunk.end)
-
-
 def chunks2audio(audio_path: PathLike, chunks: dict[str, dict[str, object]]) -> tuple[list[tuple[bool, np.ndarray]], int]:
     """4.1's `chunks2audio`: (list of (silent, float32 samples), sample rate), empty chunks dropped."""
     parsed = []
@@ -275,4 +269,4 @@ def chunks2audio(audio_path: PathLike, chunks: dict[str, dict[str, object]]) -> 
         if start != end:
             parsed.append(Chunk(int(start), int(end), bool(value["slice"])))
     with FileSource(audio_path) as source:
-        return list(iter_chunk_audio(source, parsed)), source.sample_rate
+        return [(c.silent, source.read(c.start, c.end)) for c in parsed], source.sample_rate

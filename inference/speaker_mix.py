@@ -1,12 +1,6 @@
 """Dynamic speaker mix (`-usm`): load and validate a `spk_mix_map` and turn it into per-frame weights.
 
-Format (the dict users edit in `spkmix.py`, as in 4.1)::
-
-    spk_mix_map = {speaker_id: [[t_start, t_end, v_start, v_end], ...], ...}
-
-Times are fractions (0..1) of the output; each track runs contiguously from 0 to 1; weights (>= 0)
-ramp linearly inside a segment and are normalised per frame (all 0 -> equal). Every speaker id
-0..n-1 appears once; an unused speaker is `[[0., 1., 0., 0.]]`.
+The format, `{speaker_id: [[t_start, t_end, v_start, v_end], ...]}`, is described in spkmix.py.
 """
 from __future__ import annotations
 
