@@ -91,13 +91,6 @@ class GaussianDiffusion(nn.Module):
                 + extract(self.posterior_mean_coef2, t, x_t.dim()) * x_t)
         return mean, extract(self.posterior_log_variance_clipped, t, x_t.dim())
 
-    def p_losses(self, x_start: Tensor, t: Tensor, cond: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Training loss MSE(eps, denoiser(x_t, t, cond)); x_start [B, 1, M, T], t [B], cond [B, H, T] -> scalar."""
-        if noise is None:
-            noise = self.noise_like(x_start)
-        x_noisy = self.q_sample(x_start, t, noise)
-        return F.mse_loss(noise, self.denoise_fn(x_noisy, t, cond))
-
     # -- entry point ----------------------------------------------------------------------------
     def forward(self, condition: Tensor, gt_spec: Tensor | None = None, infer: bool = True,
                 infer_speedup: int = 10, method: str | None = "dpm-solver", k_step: int = 300,
@@ -127,7 +120,8 @@ class GaussianDiffusion(nn.Module):
         x_start = self.norm_spec(gt_spec).transpose(1, 2).unsqueeze(1)
         if t is None:
             t = torch.randint(0, self.k_step_max, (condition.shape[0],), device=condition.device).long()
-        return self.p_losses(x_start, t, condition.transpose(1, 2))
+        noise = self.noise_like(x_start)
+        return F.mse_loss(noise, self.denoise_fn(self.q_sample(x_start, t, noise), t, condition.transpose(1, 2)))
 
     def check_k_step(self, k_step: int, shallow: bool) -> None:
         """Raise DiffusionStepError when sampling with this depth is impossible (4.1's texts + numbers)."""

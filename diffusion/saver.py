@@ -51,23 +51,16 @@ def find_resume_checkpoint(expdir: str) -> str | None:
     below it are named in a warning and never loaded."""
     if not os.path.isdir(expdir):
         return None
-    best: tuple[int, str] | None = None
-    others: list[str] = []
-    for folder, _dirs, files in os.walk(expdir):
-        for name in files:
-            if not name.endswith(".pt") or name.startswith("."):
-                continue
-            match = _MODEL_NAME.match(name)
-            if match and folder == expdir:
-                step = int(match.group(1))
-                if best is None or step > best[0]:
-                    best = (step, name)
-            else:
-                others.append(os.path.join(folder, name))
-    if others and best is None:
+    steps = {int(m.group(1)): name for name in os.listdir(expdir)
+             if (m := _MODEL_NAME.match(name)) and os.path.isfile(os.path.join(expdir, name))}
+    if steps:
+        return os.path.join(expdir, steps[max(steps)])
+    others = sorted(os.path.join(folder, name) for folder, _dirs, files in os.walk(expdir) for name in files
+                    if name.endswith(".pt") and not name.startswith("."))
+    if others:
         logger.warning(" [!] not resuming from %s: only model_<step>.pt files in %s are checkpoints",
-                       ", ".join(sorted(others)[:5]), expdir)
-    return None if best is None else os.path.join(expdir, best[1])
+                       ", ".join(others[:5]), expdir)
+    return None
 
 
 @dataclass

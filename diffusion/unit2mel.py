@@ -158,7 +158,9 @@ def build_unit2mel(args: HParams, out_dims: int, config_file: PathLike = "diffus
         raise ConfigError(f"{config_file}: invalid diffusion model settings: {err}", str(config_file)) from None
 
 
-def _load_weights(model: Unit2Mel, model_path: Path, config_file: Path, device: str | torch.device) -> None:
+def _load(model_path: Path, args: HParams, config_file: Path, out_dims: int, device: str | torch.device) -> Unit2Mel:
+    """Unit2Mel built from the config, strictly loaded from `model_path`, in eval mode on `device`."""
+    model = build_unit2mel(args, out_dims, config_file)
     if not model_path.is_file():
         raise CheckpointNotFoundError(f"diffusion model {model_path} not found")
     ckpt = safe_torch_load(model_path, map_location=device)
@@ -176,6 +178,7 @@ def _load_weights(model: Unit2Mel, model_path: Path, config_file: Path, device: 
             raise
         raise CheckpointError(f"diffusion model {model_path} does not match its config {config_file}: "
                               + "; ".join(diffs) + f" (details: {err})") from None
+    return model.to(device).eval()
 
 
 def load_diffusion_model(model_path: PathLike, device: str | torch.device = "cpu",
@@ -188,9 +191,7 @@ def load_diffusion_model(model_path: PathLike, device: str | torch.device = "cpu
     """
     path = Path(model_path)
     args, config_file = _read_config(path, config_path)
-    model = build_unit2mel(args, out_dims, config_file)
-    _load_weights(model, path, config_file, device)
-    return model.to(device).eval(), args
+    return _load(path, args, config_file, out_dims, device), args
 
 
 def load_model_vocoder(model_path: PathLike, device: str | torch.device = "cpu",
@@ -207,6 +208,4 @@ def load_model_vocoder(model_path: PathLike, device: str | torch.device = "cpu",
         raise VocoderNotFoundError(f"{err} (vocoder.ckpt in {config_file})") from None
     except (AttributeError, KeyError) as err:
         raise ConfigError(f"{err.args[0] if err.args else err}", str(config_file)) from None
-    model = build_unit2mel(args, vocoder.dimension, config_file)
-    _load_weights(model, path, config_file, device)
-    return model.to(device).eval(), vocoder, args
+    return _load(path, args, config_file, vocoder.dimension, device), vocoder, args
