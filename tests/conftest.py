@@ -5,7 +5,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -95,3 +95,17 @@ def f0_case_names(prefix: str) -> list[str]:
     if not path.exists():
         return []
     return [name for name in json.loads(path.read_text())["cases"] if name.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def registry_encoder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Path], Any]:
+    """Factory: `registry_encoder(name, source)` builds speech encoder `name` on the CPU through
+    `vencoder.get_speech_encoder`, from a fresh pretrain folder whose file links to fixture `source`."""
+    from vencoder import encoder_file, get_speech_encoder
+
+    def build(name: str, source: Path) -> Any:
+        folder = tmp_path_factory.mktemp("pretrain")
+        (folder / encoder_file(name)).symlink_to(source)
+        return get_speech_encoder(name, device="cpu", pretrain_dir=folder)
+
+    return build

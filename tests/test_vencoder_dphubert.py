@@ -3,31 +3,20 @@ dummy_weight, per-layer heads / feed-forward sizes, removed blocks) plus config 
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
+from conftest import VENCODER_FIXTURES, load_npz
+from conftest import assert_close_f32 as _close
 from core.checkpoint import CheckpointError
-from vencoder import get_speech_encoder
 from vencoder.dphubert import DPHubertEncoder, DPHubertModel, dphubert_to_model_keys, load_dphubert
-from vencoder.encoder import PretrainNotFoundError
 
-TOL = 1e-4  # README: max |a - ref| <= 1e-4
 DPHUBERT = VENCODER_FIXTURES / "dphubert_reduced.pt"
 
-pytestmark = pytest.mark.skipif(not DPHUBERT.exists(), reason="fixtures/vencoder not available")
-
-
-def _close(actual: torch.Tensor, ref: np.ndarray) -> None:
-    assert_close_f32(actual, ref, TOL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(single_thread) -> None:
-    """Tiny models: one thread (see conftest.single_thread)."""
+pytestmark = [pytest.mark.skipif(not DPHUBERT.exists(), reason="fixtures/vencoder not available"),
+              pytest.mark.usefixtures("single_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +25,8 @@ def ref() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def dphubert(tmp_path_factory) -> DPHubertEncoder:
-    folder = tmp_path_factory.mktemp("dph") / "pretrain"
-    folder.mkdir()
-    os.symlink(DPHUBERT, folder / "DPHuBERT-sp0.75.pth")
-    enc = get_speech_encoder("dphubert", device="cpu", pretrain_dir=folder)
+def dphubert(registry_encoder) -> DPHubertEncoder:
+    enc = registry_encoder("dphubert", DPHUBERT)
     assert isinstance(enc, DPHubertEncoder)
     return enc
 
@@ -104,7 +90,7 @@ def test_normalize_waveform_and_layer_norm_variant(tmp_path, ref):
 
 
 # ------------------------------------------------------------------------------------------------
-# config, missing and wrong files
+# config and wrong files
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, message", [
     ({"encoder_remaining_heads": [3, 0, 2]}, "pruned WavLM"),
@@ -127,15 +113,6 @@ def test_extra_tensors_are_logged_and_skipped(tmp_path, ref, caplog):
     assert "1 tensors not used" in caplog.text and "layers.1.attention.q_proj.weight" in caplog.text
     with torch.inference_mode():
         _close(model(torch.from_numpy(ref["wav"])[None]).transpose(1, 2), ref["dphubert"])
-
-
-def test_missing_pretrain_file(tmp_path):
-    with pytest.raises(PretrainNotFoundError) as info:
-        get_speech_encoder("dphubert", device="cpu", pretrain_dir=tmp_path / "pretrain")
-    msg = str(info.value)
-    assert os.path.join(str(tmp_path / "pretrain"), "DPHuBERT-sp0.75.pth") in msg
-    assert "DPHuBERT" in msg and "needed by speech encoder dphubert" in msg
-    assert isinstance(info.value, FileNotFoundError)
 
 
 def test_wrong_kind_of_file():

@@ -12,44 +12,27 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
+from conftest import VENCODER_FIXTURES, load_npz
+from conftest import assert_close_f32 as _close
 from core.checkpoint import CheckpointError, UnsafeCheckpointError
 from utils import repeat_expand_2d
-from vencoder import ENCODER_DIMS, get_speech_encoder, speech_encoder_names
+from vencoder import ENCODER_DIMS, encoder_file, encoders_of_width, get_speech_encoder, speech_encoder_names
 from vencoder.encoder import PretrainNotFoundError
 from vencoder.fairseq_ckpt import RestrictedUnpickler, load_fairseq_checkpoint, to_plain
 from vencoder.hubert import FairseqHubertEncoder, HubertConfig, HubertModel, parse_conv_layers
 from vencoder.hubert_soft import HubertSoftEncoder, build_hubert_soft, hubert_soft_to_fairseq
 
-TOL = 1e-4  # README: max |a - ref| <= 1e-4
 CONTENTVEC = VENCODER_FIXTURES / "contentvec_reduced.pt"
 CONTENTVEC_DICTCFG = VENCODER_FIXTURES / "contentvec_reduced_dictcfg.pt"
 CNHUBERT = VENCODER_FIXTURES / "cnhubertlarge_reduced.pt"
 HUBERTSOFT = VENCODER_FIXTURES / "hubertsoft_reduced.pt"
 
-pytestmark = pytest.mark.skipif(not CONTENTVEC.exists(), reason="fixtures/vencoder not available")
+pytestmark = [pytest.mark.skipif(not CONTENTVEC.exists(), reason="fixtures/vencoder not available"),
+              pytest.mark.usefixtures("single_thread")]
 
 
 def _npz(name: str) -> dict[str, np.ndarray]:
     return load_npz(VENCODER_FIXTURES / name)
-
-
-def _close(actual: torch.Tensor, ref: np.ndarray) -> None:
-    assert_close_f32(actual, ref, TOL)
-
-
-def _pretrain(tmp_path, **files: os.PathLike) -> str:
-    """A pretrain folder whose files (given as name=source) link to fixture files."""
-    folder = tmp_path / "pretrain"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, source in files.items():
-        os.symlink(source, folder / name)
-    return str(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(single_thread) -> None:
-    """Tiny models: one thread (see conftest.single_thread)."""
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +41,8 @@ def cv_ref() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def vec768(tmp_path_factory) -> FairseqHubertEncoder:
-    folder = _pretrain(tmp_path_factory.mktemp("cv"), **{"checkpoint_best_legacy_500.pt": CONTENTVEC})
-    enc = get_speech_encoder("vec768l12", device="cpu", pretrain_dir=folder)
+def vec768(registry_encoder) -> FairseqHubertEncoder:
+    enc = registry_encoder("vec768l12", CONTENTVEC)
     assert isinstance(enc, FairseqHubertEncoder)
     return enc
 
@@ -74,11 +56,10 @@ def test_vec768l12_output_and_stereo(vec768, cv_ref):
     _close(vec768.encoder(torch.from_numpy(cv_ref["wav_stereo"])), cv_ref["vec768l12_from_stereo"])
 
 
-def test_vec256l9_from_both_cfg_layouts(tmp_path, cv_ref):
+def test_vec256l9_from_both_cfg_layouts(registry_encoder, cv_ref):
     wav = torch.from_numpy(cv_ref["wav"])
     for source in (CONTENTVEC, CONTENTVEC_DICTCFG):
-        folder = _pretrain(tmp_path / source.stem, **{"checkpoint_best_legacy_500.pt": source})
-        enc = get_speech_encoder("vec256l9", device="cpu", pretrain_dir=folder)
+        enc = registry_encoder("vec256l9", source)
         assert enc.dim == 32
         _close(enc.encoder(wav), cv_ref["vec256l9"])
     dictcfg = FairseqHubertEncoder(CONTENTVEC_DICTCFG, "cpu", output_layer=12)
@@ -118,10 +99,9 @@ def test_argparse_namespace_checkpoint(tmp_path, cv_ref):
 # ------------------------------------------------------------------------------------------------
 # cnhubertlarge (pre-LN, layer-norm extractor) and hubertsoft
 # ------------------------------------------------------------------------------------------------
-def test_cnhubertlarge(tmp_path):
+def test_cnhubertlarge(registry_encoder):
     ref = _npz("cnhubertlarge_reduced_ref.npz")
-    folder = _pretrain(tmp_path, **{"chinese-hubert-large-fairseq-ckpt.pt": CNHUBERT})
-    enc = get_speech_encoder("cnhubertlarge", device="cpu", pretrain_dir=folder)
+    enc = registry_encoder("cnhubertlarge", CNHUBERT)
     wav = torch.from_numpy(ref["wav"])
     _close(enc.encoder(wav), ref["cnhubertlarge"])
     _close(enc.encoder(torch.stack([wav, wav], dim=1)), ref["cnhubertlarge"])
@@ -194,7 +174,11 @@ def test_registry_names_and_dims():
     assert len(ENCODER_DIMS) == 13
     assert ENCODER_DIMS["whisper-ppg-large"] == 1280 and ENCODER_DIMS["cnhubertlarge"] == 1024
     assert ENCODER_DIMS["vec256l9"] == ENCODER_DIMS["hubertsoft"] == ENCODER_DIMS["hubertsoft-onnx"] == 256
-    assert set(speech_encoder_names()) == set(ENCODER_DIMS)  # all 13 tutorial names are buildable
+    assert speech_encoder_names() == list(ENCODER_DIMS)  # all 13 tutorial names are buildable
+    assert encoders_of_width(256) == ["vec256l9", "vec256l9-onnx", "vec256l12-onnx", "hubertsoft", "hubertsoft-onnx"]
+    assert encoders_of_width(768, onnx=False) == ["vec768l12", "dphubert", "wavlmbase+"]
+    assert encoders_of_width(1280) == ["whisper-ppg-large"] and encoders_of_width(512) == []
+    assert encoder_file("vec256l9") == encoder_file("vec768l12") == "checkpoint_best_legacy_500.pt"
     with pytest.raises(ValueError, match="unknown speech encoder 'vec768'.*vec768l12"):
         get_speech_encoder("vec768", device="cpu")
 
@@ -204,6 +188,10 @@ def test_registry_names_and_dims():
     ("vec256l9", "checkpoint_best_legacy_500.pt", "ContentVec"),
     ("cnhubertlarge", "chinese-hubert-large-fairseq-ckpt.pt", "HuBERT-large"),
     ("hubertsoft", "hubert-soft-0d54a1f4.pt", "HuBERT-Soft"),
+    ("dphubert", "DPHuBERT-sp0.75.pth", "DPHuBERT"),
+    ("wavlmbase+", "WavLM-Base+.pt", "WavLM Base+"),
+    ("whisper-ppg", "medium.pt", "OpenAI Whisper"),
+    ("whisper-ppg-large", "large-v2.pt", "OpenAI Whisper"),
 ])
 def test_missing_pretrain_file(tmp_path, name, file, what):
     with pytest.raises(PretrainNotFoundError) as info:
@@ -214,13 +202,11 @@ def test_missing_pretrain_file(tmp_path, name, file, what):
     assert isinstance(info.value, FileNotFoundError)
 
 
-def test_wrong_kind_of_file(tmp_path):
-    folder = _pretrain(tmp_path, **{"checkpoint_best_legacy_500.pt": HUBERTSOFT,
-                                    "hubert-soft-0d54a1f4.pt": CONTENTVEC})
+def test_wrong_kind_of_file(registry_encoder):
     with pytest.raises(CheckpointError, match=r"checkpoint_best_legacy_500\.pt is not a fairseq.*HuBERT-Soft"):
-        get_speech_encoder("vec768l12", device="cpu", pretrain_dir=folder)
+        registry_encoder("vec768l12", HUBERTSOFT)
     with pytest.raises(CheckpointError, match=r"hubert-soft-0d54a1f4\.pt is not a HuBERT-Soft state dict"):
-        get_speech_encoder("hubertsoft", device="cpu", pretrain_dir=folder)
+        registry_encoder("hubertsoft", CONTENTVEC)
 
 
 def test_dims_not_matching_cfg(tmp_path):

@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
+from conftest import VENCODER_FIXTURES, load_npz
+from conftest import assert_close_f32 as _close
 from core.checkpoint import CheckpointError
-from vencoder import get_speech_encoder
-from vencoder.encoder import PretrainNotFoundError
 from vencoder.wavlm import WavLMConfig, WavLMEncoder, build_wavlm, load_wavlm, relative_position_buckets
 
-TOL = 1e-4  # README: max |a - ref| <= 1e-4
 WAVLM = VENCODER_FIXTURES / "wavlm_reduced.pt"
 
-pytestmark = pytest.mark.skipif(not WAVLM.exists(), reason="fixtures/vencoder not available")
-
-
-def _close(actual: torch.Tensor, ref: np.ndarray) -> None:
-    assert_close_f32(actual, ref, TOL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(single_thread) -> None:
-    """Tiny models: one thread (see conftest.single_thread)."""
+pytestmark = [pytest.mark.skipif(not WAVLM.exists(), reason="fixtures/vencoder not available"),
+              pytest.mark.usefixtures("single_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +26,8 @@ def ref() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def wavlm(tmp_path_factory) -> WavLMEncoder:
-    folder = tmp_path_factory.mktemp("wavlm") / "pretrain"
-    folder.mkdir()
-    os.symlink(WAVLM, folder / "WavLM-Base+.pt")
-    enc = get_speech_encoder("wavlmbase+", device="cpu", pretrain_dir=folder)
+def wavlm(registry_encoder) -> WavLMEncoder:
+    enc = registry_encoder("wavlmbase+", WAVLM)
     assert isinstance(enc, WavLMEncoder)
     return enc
 
@@ -90,7 +76,7 @@ def test_normalize_option(tmp_path, ref):
 
 
 # ------------------------------------------------------------------------------------------------
-# full-size layout, missing and wrong files
+# full-size layout and wrong files
 # ------------------------------------------------------------------------------------------------
 def test_full_size_layout():
     manifest = json.loads((VENCODER_FIXTURES / "manifest_wavlm_base_plus_full.json").read_text())
@@ -100,15 +86,6 @@ def test_full_size_layout():
     state = model.state_dict()
     assert {k: list(v.shape) for k, v in state.items()} == expected
     assert sum(v.numel() for v in state.values()) + 768 == manifest["n_params"]  # + mask_emb
-
-
-def test_missing_pretrain_file(tmp_path):
-    with pytest.raises(PretrainNotFoundError) as info:
-        get_speech_encoder("wavlmbase+", device="cpu", pretrain_dir=tmp_path / "pretrain")
-    msg = str(info.value)
-    assert os.path.join(str(tmp_path / "pretrain"), "WavLM-Base+.pt") in msg
-    assert "WavLM Base+" in msg and "needed by speech encoder wavlmbase+" in msg
-    assert isinstance(info.value, FileNotFoundError)
 
 
 def test_wrong_kind_of_file(tmp_path):

@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VENCODER_FIXTURES, assert_close_f32, load_npz
+from conftest import VENCODER_FIXTURES, load_npz
+from conftest import assert_close_f32 as _close
 from core.checkpoint import CheckpointError
-from vencoder import get_speech_encoder
-from vencoder.encoder import PretrainNotFoundError
 from vencoder.whisper import (CHUNK_SAMPLES, WhisperAudioEncoder, WhisperDims, WhisperPPGEncoder,
                               load_whisper_encoder, log_mel_spectrogram)
 
-TOL = 1e-4  # README: max |a - ref| <= 1e-4
 WHISPER = VENCODER_FIXTURES / "whisper_reduced.pt"
 
-pytestmark = pytest.mark.skipif(not WHISPER.exists(), reason="fixtures/vencoder not available")
-
-
-def _close(actual: torch.Tensor, ref: np.ndarray) -> None:
-    assert_close_f32(actual, ref, TOL)
-
-
-def _pretrain(folder, **files: os.PathLike) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, source in files.items():
-        os.symlink(source, folder / name)
-    return str(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(single_thread) -> None:
-    """Tiny models: one thread (see conftest.single_thread)."""
+pytestmark = [pytest.mark.skipif(not WHISPER.exists(), reason="fixtures/vencoder not available"),
+              pytest.mark.usefixtures("single_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +26,8 @@ def ref() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def whisper(tmp_path_factory) -> WhisperPPGEncoder:
-    folder = _pretrain(tmp_path_factory.mktemp("w") / "pretrain", **{"medium.pt": WHISPER})
-    enc = get_speech_encoder("whisper-ppg", device="cpu", pretrain_dir=folder)
+def whisper(registry_encoder) -> WhisperPPGEncoder:
+    enc = registry_encoder("whisper-ppg", WHISPER)
     assert isinstance(enc, WhisperPPGEncoder) and enc.long_input == "chunk"
     return enc
 
@@ -92,9 +73,8 @@ def test_longer_than_30_s(whisper, ref):
         refusing.encoder(wav)
 
 
-def test_large_v2_name_and_fp16_weights(tmp_path):
-    folder = _pretrain(tmp_path / "pretrain", **{"large-v2.pt": WHISPER})
-    enc = get_speech_encoder("whisper-ppg-large", device="cpu", pretrain_dir=folder)
+def test_large_v2_name_and_fp16_weights(registry_encoder):
+    enc = registry_encoder("whisper-ppg-large", WHISPER)
     assert enc.dim == 64
     stored = torch.load(WHISPER, weights_only=True)["model_state_dict"]
     assert stored["encoder.conv1.weight"].dtype == torch.float16
@@ -104,7 +84,7 @@ def test_large_v2_name_and_fp16_weights(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# full-size layout, missing and wrong files
+# full-size layout and wrong files
 # ------------------------------------------------------------------------------------------------
 def test_full_size_layout():
     manifest = json.loads((VENCODER_FIXTURES / "manifest_whisper_medium_full.json").read_text())
@@ -119,16 +99,6 @@ def test_full_size_layout():
             assert shapes == expected
         else:  # large-v2: same keys, 32 blocks
             assert len(model.blocks) == 32 and shapes["blocks.31.mlp.0.weight"] == [4 * width, width]
-
-
-@pytest.mark.parametrize("name, file", [("whisper-ppg", "medium.pt"), ("whisper-ppg-large", "large-v2.pt")])
-def test_missing_pretrain_file(tmp_path, name, file):
-    with pytest.raises(PretrainNotFoundError) as info:
-        get_speech_encoder(name, device="cpu", pretrain_dir=tmp_path / "pretrain")
-    msg = str(info.value)
-    assert os.path.join(str(tmp_path / "pretrain"), file) in msg
-    assert "OpenAI Whisper" in msg and f"needed by speech encoder {name}" in msg
-    assert isinstance(info.value, FileNotFoundError)
 
 
 def test_wrong_kind_of_file(tmp_path):
