@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
