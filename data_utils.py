@@ -1,15 +1,9 @@
-"""Training data of so-vits-svc 4.1: `TextAudioSpeakerLoader` (one clip per item) and `TextAudioCollate`.
+"""Training data: `TextAudioSpeakerLoader` (one clip per item) and `TextAudioCollate`.
 
-Each line of a file list names a clip `X.wav` (44.1 kHz mono 16-bit PCM, written by resample.py)
-whose features preprocess_hubert_f0.py put next to it (formats.md §2). An item is
+Each list line names a clip `X.wav` (44.1 kHz mono 16-bit PCM) with its features beside it. An item is
 `(c [C, T], f0 [T], spec [1025, T], audio [1, T*hop], speaker id [1], uv [T], volume [T] | None)`.
-Loading, augmentation, cropping and collation follow pipeline.md §5.1-§5.3.
-
-Differences to 4.1 (all about data that would otherwise train silently on garbage or crash late):
-a list that names a speaker missing from `spk`, unit files of another width than `model.ssl_dim`,
-a float or non-44.1 kHz WAV, and an empty list stop with one clear `DatasetError` when the dataset is
-built; a clip with a missing feature file, or whose files disagree in length, is reported by path
-and skipped (4.1 asserted or cropped it). A missing or mis-shaped `X.spec.pt` is recomputed.
+Lists that cannot train (unknown speaker, wrong unit width, wrong WAV format, empty) stop with one
+`DatasetError`; a clip with a missing or inconsistent feature file is reported and skipped.
 """
 from __future__ import annotations
 
@@ -23,12 +17,13 @@ import soundfile as sf
 import torch
 import torch.utils.data
 
-from modules import f0 as f0_math
-from core.checkpoint import CheckpointError, safe_torch_load
 from core.atomic import write_atomic
+from core.checkpoint import CheckpointError, safe_torch_load
 from core.config import HParams
-from modules.mel_processing import spectrogram_torch
 from core.features import DatasetError, feature_path, load_f0, load_npy, read_filelist, spec_path, speaker_of
+from core.schema import sovits_config
+from modules import f0 as f0_math
+from modules.mel_processing import spectrogram_torch
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +33,7 @@ __all__ = ["Item", "TextAudioCollate", "TextAudioSpeakerLoader"]
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
              Optional[torch.Tensor]]
 
-# 4.1's hard-coded crop (quirk A.10): clips over 800 frames train on a random 790-frame window.
+# 4.1's hard-coded crop: clips over 800 frames train on a random 790-frame window.
 CROP_ABOVE = 800
 CROP_TO = 790
 # Frames by which units (stretched to the F0 length) and the spectrogram may disagree (4.1's assert).
@@ -58,7 +53,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
     Args:
         audiopaths: file list (e.g. `filelists/train.txt`).
         hparams: the So-VITS config (`data`, `train.vol_aug`, `model.vol_embedding`, `model.ssl_dim`, `spk`).
-        all_in_mem: load every clip once up front (steps 1-5 of pipeline.md §5.1) and keep it in RAM.
+        all_in_mem: load every clip once up front and keep it in RAM.
         vol_aug: allow volume augmentation (train set); it also needs `train.vol_aug` and volumes.
     Raises:
         DatasetError: see the module docstring.
@@ -66,19 +61,18 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
 
     def __init__(self, audiopaths: str | os.PathLike, hparams: HParams, all_in_mem: bool = False,
                  vol_aug: bool = True) -> None:
-        data = hparams.data
+        cfg = sovits_config(hparams, for_training=True)
+        data = cfg.data
         self.list_path = os.fspath(audiopaths)
-        self.max_wav_value = float(data.max_wav_value)
-        self.sampling_rate = int(data.sampling_rate)
-        self.filter_length = int(data.filter_length)
-        self.hop_length = int(data.hop_length)
-        self.win_length = int(data.win_length)
-        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "nearest"
-        self.spk_map: dict[str, int] = {str(k): int(v) for k, v in hparams.spk.items()}
-        self.ssl_dim = int(hparams.model.ssl_dim)
-        self.speech_encoder = hparams.model.get("speech_encoder") or "vec768l12"
-        self.vol_emb = bool(hparams.model.get("vol_embedding", False))
-        self.vol_aug = bool(hparams.train.get("vol_aug", False)) and vol_aug
+        self.max_wav_value = data.max_wav_value
+        self.sampling_rate, self.hop_length = data.sampling_rate, data.hop_length
+        self.filter_length, self.win_length = data.filter_length, data.win_length
+        self.unit_interpolate_mode = data.training_unit_mode
+        self.spk_map: dict[str, int] = dict(cfg.spk)
+        self.ssl_dim = cfg.model.ssl_dim
+        self.speech_encoder = cfg.model.speech_encoder or "vec768l12"
+        self.vol_emb = cfg.model.vol_embedding
+        self.vol_aug = cfg.train.vol_aug and vol_aug
         paths = [p.replace("\\", "/") for p in read_filelist(self.list_path)]
         # Same permutation as 4.1's random.seed(1234); random.shuffle(...), without touching the global RNG.
         random.Random(1234).shuffle(paths)
@@ -139,7 +133,8 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         return usable
 
     def _wav_problem(self, path: str) -> tuple[str, float]:
-        """('', duration in s) for a 16-bit PCM mono WAV at the model rate, else (message, 0) (quirk 22)."""
+        """('', duration in s) for a 16-bit PCM mono WAV at the model rate, else (message, 0): 4.1 read
+        other WAVs with the wrong scale and trained on them silently."""
         try:
             info = sf.info(path)
         except (sf.LibsndfileError, RuntimeError) as err:
@@ -169,9 +164,9 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
                 raise DatasetError(self._width_message(path, width))
 
     def _width_message(self, path: str, width: int) -> str:
-        from vencoder import ENCODER_DIMS  # only the name table; no encoder is loaded
+        from vencoder import encoders_of_width  # only the name table; no encoder is loaded
 
-        fits = [n for n, d in ENCODER_DIMS.items() if d == width and not n.endswith("-onnx")]
+        fits = encoders_of_width(width, onnx=False)
         hint = f" (made by e.g. {', '.join(fits)})" if fits else ""
         return (f"{path}.soft.pt has {width} channels{hint} but the config expects {self.ssl_dim} "
                 f"(model.ssl_dim, speech_encoder {self.speech_encoder}). Delete old features or re-run "
@@ -204,7 +199,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         return spec
 
     def _read(self, path: str) -> Item:
-        """Steps 1-5 of pipeline.md §5.1; raises ValueError (with the path) for inconsistent files."""
+        """Read one clip and its features; raises ValueError (with the path) for inconsistent files."""
         pcm, rate = sf.read(path, dtype="int16", always_2d=True)
         if rate != self.sampling_rate:
             raise ValueError(f"sample rate {rate} Hz, expected {self.sampling_rate}")
@@ -256,8 +251,8 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
 
     def random_slice(self, c: torch.Tensor, f0: torch.Tensor, spec: torch.Tensor, audio_norm: torch.Tensor,
                      spk: torch.Tensor, uv: torch.Tensor, volume: torch.Tensor | None) -> Item:
-        """Volume augmentation and the 790-frame crop (pipeline.md §5.2); uses Python's global RNG,
-        which torch seeds per DataLoader worker."""
+        """Volume augmentation and the 790-frame crop; uses Python's global RNG, which torch seeds per
+        DataLoader worker."""
         # 4.1 draws the coin first, whether or not augmentation is on; kept for the same random stream.
         if random.choice([True, False]) and self.vol_aug and volume is not None:
             max_amp = float(torch.max(torch.abs(audio_norm))) + 1e-5
@@ -288,7 +283,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 
 
 class TextAudioCollate:
-    """Zero-padded batch sorted by frame count, longest first (pipeline.md §5.3).
+    """Zero-padded batch sorted by frame count, longest first.
 
     Returns `(c [B, C, T], f0 [B, T], spec [B, F, T], audio [B, 1, L], speaker ids [B, 1],
     lengths [B], uv [B, T], volume [B, T] or None)`; volume is None when any item lacks it.

@@ -1,7 +1,7 @@
 """Export `checkpoints/<name>/model.pth` + `config.json` to ONNX for MoeVoiceStudio.
 
 Writes `checkpoints/<name>/<name>_SoVits.onnx` (also reachable as `checkpoints/<name>/model.onnx`,
-the old exporter's name) and the MoeVS descriptor `checkpoints/<name>.json`; runs on the CPU (cli.md §10).
+the old exporter's name) and the MoeVS descriptor `checkpoints/<name>.json`; runs on the CPU.
 """
 from __future__ import annotations
 

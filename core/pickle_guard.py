@@ -40,12 +40,14 @@ class GuardedUnpickler(pickle.Unpickler):
     Args:
         file: binary file positioned at the pickle.
         source: file name for messages.
+        encoding: how Python 2 strings decode (torch.load passes its own).
+    Persistent ids are refused by `pickle.Unpickler` itself unless a caller (torch.load) installs a loader.
     """
 
     allowed: ClassVar[dict[tuple[str, str], Any]] = NUMPY_GLOBALS
 
-    def __init__(self, file: Any, source: str = "file") -> None:
-        super().__init__(file)
+    def __init__(self, file: Any, source: str = "file", encoding: str = "ASCII") -> None:
+        super().__init__(file, encoding=encoding)
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
@@ -59,6 +61,3 @@ class GuardedUnpickler(pickle.Unpickler):
         """Called for a global outside the table; raises (or returns an inert stand-in)."""
         raise pickle.UnpicklingError(f"{self.source}: refused to load; the file would import {module}.{name}. "
                                      "Nothing from the file was executed.")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(f"{self.source}: refused to load; it uses persistent ids")

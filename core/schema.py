@@ -336,7 +336,10 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
     built: dict[str, Any] = {}
     for name, tp in _section_types(cls).items():
         if not _is_section(tp):  # a top-level value such as `spk`
-            built[name] = _field(data, name, tp, True, problems)
+            top = next(f for f in dataclasses.fields(cls) if f.name == name)
+            value = _field(data, name, tp, top.default is dataclasses.MISSING, problems)
+            if value is not _ABSENT:
+                built[name] = value
             continue
         section_cls = tp if dataclasses.is_dataclass(tp) else next(a for a in typing.get_args(tp) if a is not type(None))
         optional = section_cls is not tp and not for_training

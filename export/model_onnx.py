@@ -1,4 +1,4 @@
-"""Export variant of ``SynthesizerTrn`` for MoeVoiceStudio (pipeline.md §9.3, formats.md §11).
+"""Export variant of ``SynthesizerTrn`` for MoeVoiceStudio.
 
 ``SynthesizerTrnOnnx`` wraps an existing, loaded ``models.SynthesizerTrn`` and runs its own modules
 (``pre``, ``emb_uv``, ``emb_vol``, ``emb_g``, ``enc_p``, ``flow``, ``dec``) with the graph interface
@@ -19,8 +19,9 @@ input       dtype, shape           meaning
 Output ``audio`` float32 [1, 1, T * hop]. Differences from ``SynthesizerTrn.infer``: the prior
 noise is an input (``z_p = m_p + noise * exp(logs_p)``), the mask is all ones, there is no
 automatic F0, and the decoder's harmonic source accumulates phase per frame and upsamples it
-linearly (the stand-alone vocoder's ``FrameSineGen``) instead of per sample, as 4.1's export does
-(quirks.md 13). The source's random start phases and noise stay inside the graph.
+linearly (the stand-alone vocoder's ``FrameSineGen``) instead of per sample, as 4.1's export does,
+so MoeVS hears what it heard from 4.1's graphs. The source's random start phases and noise stay inside
+the graph.
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def input_names(vol_embedding: bool) -> list[str]:
 
 
 def dynamic_axes(speaker_mix: bool, vol_embedding: bool) -> dict[str, dict[int, str]]:
-    """Dynamic axes of formats.md §11: c 0,1; f0/mel2ph/uv(/vol) 1; noise 2; sid 0 for the mix variant.
+    """Dynamic axes MoeVS expects: c 0,1; f0/mel2ph/uv(/vol) 1; noise 2; sid 0 for the mix variant.
 
     The axis names are the ones the exporter generates for 4.1's plain lists (``c_dynamic_axes_1``, ...).
     """
@@ -153,7 +154,7 @@ def dummy_inputs(model: SynthesizerTrnOnnx, frames: int = TRACE_FRAMES, seed: in
 def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int = TRACE_FRAMES) -> None:
     """Trace ``model`` on the CPU with ``frames`` frames of random data and write the ONNX file.
 
-    Opset 16, no constant folding, names and dynamic axes of formats.md §11. Uses the TorchScript
+    Opset 16, no constant folding, 4.1's names and dynamic axes. Uses the TorchScript
     exporter (``dynamo=False``): the graph is a trace, so the branches taken for the dummy input
     (id or mix speaker path, vol or not) are fixed in it.
     """

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 
 from core.config import HParams
-from core.device import resolve_device  # noqa: F401  (callers import the device rule from here too)
 from generator import ModelConfigMismatch, load_generator
 from models import SynthesizerTrn
 from vencoder import encoders_of_width

@@ -159,7 +159,7 @@ def _port_free(port: int) -> bool:
 def _spawn(world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
            threads: int | None) -> int:
     """One process per rank (4.1's torch.multiprocessing spawn); signals are passed on to them."""
-    port = str(hps.train.port).strip()  # 4.1 needed a JSON string; an integer works too (quirk 62)
+    port = str(hps.train.port).strip()  # 4.1 needed a JSON string; an integer works too
     if not _port_free(int(port)):
         raise TrainingError(f"train.port {port} is in use (another training running?); set another "
                             "port in the config")

@@ -1,14 +1,9 @@
-"""The So-VITS GAN training loop of one process (pipeline.md §5.4-§5.7).
+"""The So-VITS GAN training loop of one process.
 
-`Trainer` builds the data loaders, `SynthesizerTrn` + `MultiPeriodDiscriminator`, their AdamW
-optimisers and schedules, restores the newest checkpoint (training/resume.py) and runs the epochs.
-Rank 0 logs, evaluates and saves; with several processes every model is wrapped in DDP and each
-process trains on its own share of the (fixed-order) list.
-
-Behaviour beyond 4.1: a stop request (SIGINT/SIGTERM, see training/launch.py) ends the run after the
-current step with a checkpoint of that step; the end of the last epoch also saves one, so no finished
-step is ever lost; a DataLoader worker crash or running out of memory ends with advice instead of a
-bare traceback.
+`Trainer` builds the data loaders, generator and discriminator, their AdamW optimisers and schedules,
+restores the newest checkpoint and runs the epochs. Rank 0 logs, evaluates and saves; with several
+processes the models are wrapped in DDP and each trains on its share of the list. A stop request ends
+the run after the current step with a checkpoint of that step.
 """
 from __future__ import annotations
 
@@ -16,7 +11,6 @@ import logging
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -34,6 +28,8 @@ from models import MultiPeriodDiscriminator
 from core.checkpoint import clean_checkpoints, save_checkpoint, unwrap_model
 from modules.commons import slice_segments
 from core.config import HParams
+from core.schema import sovits_config
+from core.train_support import autocast, needs_final_save, out_of_memory_message
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 from training.resume import ResumeState, build_scheduler, restore
@@ -75,8 +71,8 @@ class Trainer:
         self.device = ctx.device
         self.is_main = ctx.rank == 0
         self.log = logging.getLogger(os.path.basename(os.path.normpath(model_dir)))
-        train = hps.train
-        self.segment_frames = int(train.segment_size) // int(hps.data.hop_length)
+        self.cfg = sovits_config(hps, for_training=True)
+        self.segment_frames = self.cfg.segment_frames
         self.amp_dtype = self._amp_dtype()
         self._build_data()
         self._build_models()
@@ -88,13 +84,13 @@ class Trainer:
 
     # -- construction -------------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
-        train = self.hps.train
+        train = self.cfg.train
         if not train.fp16_run:
             return None
         if self.device.type != "cuda":
             self.log.info("fp16_run is ignored on the CPU; training in float32")
             return None
-        if train.get("half_type") == "bf16":
+        if train.half_type == "bf16":
             if not torch.cuda.is_bf16_supported():
                 raise TrainingError("train.half_type is bf16 but this GPU has no bfloat16 support; "
                                     'set "half_type": "fp16" in the config')
@@ -102,64 +98,57 @@ class Trainer:
         return torch.float16
 
     def _build_data(self) -> None:
-        hps, ctx = self.hps, self.ctx
-        all_in_mem = bool(hps.train.all_in_mem)
+        hps, ctx, data = self.hps, self.ctx, self.cfg.data
+        all_in_mem = self.cfg.train.all_in_mem
         workers = 0 if all_in_mem else ctx.num_workers
-        self.train_set = TextAudioSpeakerLoader(hps.data.training_files, hps, all_in_mem=all_in_mem)
-        # Quirk 39 fixed: each process trains on its own share of the list (4.1 gave every GPU the
-        # same batches); the order stays 4.1's fixed shuffle, so epochs get N times shorter.
+        self.train_set = TextAudioSpeakerLoader(data.training_files, hps, all_in_mem=all_in_mem)
+        # Each process trains on its own share of the list (4.1 gave every GPU the same batches);
+        # the order stays 4.1's fixed shuffle, so epochs get N times shorter.
         sampler = (DistributedSampler(self.train_set, ctx.world_size, ctx.rank, shuffle=False)
                    if ctx.world_size > 1 else None)
         self.train_loader = DataLoader(
-            self.train_set, batch_size=int(hps.train.batch_size), shuffle=False, sampler=sampler,
+            self.train_set, batch_size=self.cfg.train.batch_size, shuffle=False, sampler=sampler,
             num_workers=workers, pin_memory=self.device.type == "cuda", collate_fn=TextAudioCollate(),
             worker_init_fn=_quiet_worker if workers else None, persistent_workers=workers > 0)
         self.eval_loader: DataLoader | None = None
         if self.is_main:
             try:
-                read_filelist(hps.data.validation_files)
+                read_filelist(data.validation_files)
             except DatasetError as err:  # no validation clips only means no evaluation audio
                 self.log.warning("no evaluation: %s", err)
                 return
-            eval_set = TextAudioSpeakerLoader(hps.data.validation_files, hps, all_in_mem=all_in_mem, vol_aug=False)
+            eval_set = TextAudioSpeakerLoader(data.validation_files, hps, all_in_mem=all_in_mem, vol_aug=False)
             self.eval_loader = DataLoader(eval_set, batch_size=1, shuffle=False, num_workers=0,
                                           collate_fn=TextAudioCollate())
 
     def _build_models(self) -> None:
-        hps, device = self.hps, self.device
-        train, model = hps.train, hps.model.to_dict()
-        net_g = build_synthesizer(hps).to(device)
-        net_d = MultiPeriodDiscriminator(bool(model.get("use_spectral_norm", False)),
-                                         width=float(train.get("discriminator_width", 1.0))).to(device)
-        betas = tuple(float(b) for b in train.betas)
-        self.optim_g = torch.optim.AdamW(net_g.parameters(), float(train.learning_rate), betas=betas,
-                                         eps=float(train.eps))
-        self.optim_d = torch.optim.AdamW(net_d.parameters(), float(train.learning_rate), betas=betas,
-                                         eps=float(train.eps))
+        device, train, model = self.device, self.cfg.train, self.cfg.model
+        net_g = build_synthesizer(self.cfg).to(device)
+        net_d = MultiPeriodDiscriminator(model.use_spectral_norm, width=train.discriminator_width).to(device)
+        self.optim_g = torch.optim.AdamW(net_g.parameters(), train.learning_rate, betas=train.betas, eps=train.eps)
+        self.optim_d = torch.optim.AdamW(net_d.parameters(), train.learning_rate, betas=train.betas, eps=train.eps)
         self.state: ResumeState = restore(self.model_dir, net_g, net_d, self.optim_g, self.optim_d,
-                                          int(model["ssl_dim"]), model.get("speech_encoder") or "vec768l12")
+                                          model.ssl_dim, model.speech_encoder or "vec768l12")
         if self.ctx.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             net_g = DistributedDataParallel(net_g, device_ids=ids)
             net_d = DistributedDataParallel(net_d, device_ids=ids)
         self.net_g, self.net_d = net_g, net_d
-        self.sched_g = build_scheduler(self.optim_g, float(train.lr_decay), self.state.epoch)
-        self.sched_d = build_scheduler(self.optim_d, float(train.lr_decay), self.state.epoch)
+        self.sched_g = build_scheduler(self.optim_g, train.lr_decay, self.state.epoch)
+        self.sched_d = build_scheduler(self.optim_d, train.lr_decay, self.state.epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.auto_f0 = bool(model.get("use_automatic_f0_prediction", True))
+        self.auto_f0 = model.use_automatic_f0_prediction
 
     # -- helpers ------------------------------------------------------------------------------
     def _autocast(self, enabled: bool = True) -> ContextManager[Any]:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
+        return autocast(self.device, self.amp_dtype, enabled)
 
     def _mel(self, spec: torch.Tensor) -> torch.Tensor:
-        d = self.hps.data
+        d = self.cfg.data
         return spec_to_mel_torch(spec, d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax)
 
     def _audio_mel(self, audio: torch.Tensor) -> torch.Tensor:
-        d = self.hps.data
+        d = self.cfg.data
         return mel_spectrogram_torch(audio.float(), d.filter_length, d.n_mel_channels, d.sampling_rate,
                                      d.hop_length, d.win_length, d.mel_fmin, d.mel_fmax)
 
@@ -181,13 +170,13 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, batch: tuple, log: bool) -> dict[str, Any]:
-        """Discriminator then generator update on one collated batch (pipeline.md §5.4).
+        """Discriminator then generator update on one collated batch.
 
         Returns loss tensors (and, when `log`, gradient norms and tensors for the images).
         """
         c, f0, spec, y, g, lengths, uv, volume = (
             None if x is None else x.to(self.device, non_blocking=True) for x in batch)
-        hop, seg = int(self.hps.data.hop_length), int(self.hps.train.segment_size)
+        hop, seg = self.cfg.data.hop_length, self.cfg.train.segment_size
         with self._autocast():
             (y_hat, ids_slice, z_mask, (_z, z_p, m_p, logs_p, _m_q, logs_q),
              pred_lf0, norm_lf0, lf0) = self.net_g(c, f0, uv, spec, g=g, c_lengths=lengths,
@@ -213,7 +202,7 @@ class Trainer:
                 y_d_r, y_d_g, fmap_r, fmap_g = disc(y, y_hat)
         finally:
             disc.requires_grad_(True)
-        train = self.hps.train
+        train = self.cfg.train
         loss_mel = F.l1_loss(y_mel, y_hat_mel) * float(train.c_mel)
         loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(train.c_kl)
         loss_fm = feature_loss(fmap_r, fmap_g)
@@ -266,7 +255,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval` (pipeline.md §5.7)."""
+        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval`."""
         if self.eval_loader is None or self.summary_eval is None:
             return
         gen = unwrap_model(self.net_g)
@@ -287,24 +276,23 @@ class Trainer:
             gen.train()
         rendered = {k: plot_spectrogram_to_numpy(v.float().cpu().numpy()) for k, v in images.items()}
         self.summary_eval.write(self.global_step, images=rendered, audios=audios,
-                                audio_sampling_rate=int(self.hps.data.sampling_rate))
+                                audio_sampling_rate=self.cfg.data.sampling_rate)
 
     def save(self, epoch: int, step: int) -> None:
         """G_<step>.pth and D_<step>.pth (atomic), then keep_ckpts cleanup; rank 0 only."""
         if not self.is_main:
             return
-        lr0 = float(self.hps.train.learning_rate)
+        lr0 = self.cfg.train.learning_rate
         save_checkpoint(self.net_g, self.optim_g, lr0, epoch, os.path.join(self.model_dir, f"G_{step}.pth"))
         save_checkpoint(self.net_d, self.optim_d, lr0, epoch, os.path.join(self.model_dir, f"D_{step}.pth"))
-        keep = int(self.hps.train.get("keep_ckpts", 0) or 0)
+        keep = self.cfg.train.keep_ckpts
         for path in clean_checkpoints(self.model_dir, keep):
             self.log.info(".. Free up space by deleting ckpt %s", path)
         self.last_saved_step = step
 
     def _save_latest(self, epoch: int) -> None:
-        last = self.global_step - 1
-        if last >= self.state.global_step and last != self.last_saved_step:
-            self.save(epoch, last)
+        if needs_final_save(self.global_step - 1, self.state.global_step, self.last_saved_step):
+            self.save(epoch, self.global_step - 1)
 
     # -- epochs ------------------------------------------------------------------------------
     def _batches(self) -> Any:
@@ -323,15 +311,15 @@ class Trainer:
                 raise
 
     def _out_of_memory(self) -> TrainingError:
-        t = self.hps.train
-        return TrainingError(
-            f"Out of memory on {self.device} at step {self.global_step}. Lower train.batch_size (now "
-            f"{t.batch_size}) or train.segment_size (now {t.segment_size}) in the config, or split very "
-            "long clips (over 20 s) before resample.py; fp16_run true also saves GPU memory.")
+        t = self.cfg.train
+        return TrainingError(out_of_memory_message(
+            self.device, self.global_step, f"Lower train.batch_size (now {t.batch_size}) or train.segment_size "
+            f"(now {t.segment_size}) in the config, or split very long clips (over 20 s) before resample.py; "
+            "fp16_run true also saves GPU memory."))
 
     def train_epoch(self, epoch: int) -> bool:
         """One pass over this process's share of the list; True when a stop was requested."""
-        train = self.hps.train
+        train = self.cfg.train
         n_batches = len(self.train_loader)
         for batch_idx, batch in enumerate(self._batches()):
             stop, skip = self._sync_flags(batch is None)
@@ -340,14 +328,14 @@ class Trainer:
             if skip:
                 self.log.warning("step %d: no usable clip in this batch; skipped", self.global_step)
                 continue
-            report = self.is_main and self.global_step % int(train.log_interval) == 0
+            report = self.is_main and self.global_step % train.log_interval == 0
             try:
                 out = self.train_step(batch, report)
             except torch.OutOfMemoryError:
                 raise self._out_of_memory() from None
             if report:
                 self._report(epoch, batch_idx, n_batches, out)
-            if self.is_main and self.global_step % int(train.eval_interval) == 0:
+            if self.is_main and self.global_step % train.eval_interval == 0:
                 self.evaluate()
                 self.save(epoch, self.global_step)
             self.global_step += 1
@@ -355,12 +343,12 @@ class Trainer:
 
     def fit(self) -> bool:
         """Run the remaining epochs; True when stopped early (a checkpoint of the last step is saved)."""
-        train = self.hps.train
-        warmup = int(train.get("warmup_epochs", 0) or 0)
+        train = self.cfg.train
+        warmup = train.warmup_epochs
         epoch = self.state.epoch
         started = time.perf_counter()
         try:
-            for epoch in range(self.state.epoch, int(train.epochs) + 1):
+            for epoch in range(self.state.epoch, train.epochs + 1):
                 if epoch <= warmup:
                     for optimizer in (self.optim_g, self.optim_d):
                         for group in optimizer.param_groups:

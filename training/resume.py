@@ -1,16 +1,9 @@
 """Where a So-VITS run starts: fresh, fine-tuning from `G_0`/`D_0`, or resuming from the newest `G_N`/`D_N`.
 
-Semantics of 4.1 (formats.md §6.2), kept on purpose:
-* G and D are located independently (largest step among `G_<digits>.pth`, quirk 32 fixed);
-* the first epoch run is the one stored in the checkpoint (`iteration`), so an interrupted epoch is
-  run again from its start (quirk 31), while the step counter continues at the D file's step + 1;
-* the learning-rate schedule is rebuilt from the optimizer's saved lr and decayed once more
-  (quirk 30: torch < 2.7 did that inside `ExponentialLR(last_epoch=...)`; newer torch does not, so it
-  is applied here explicitly).
-
-Unlike 4.1, a checkpoint that does not fit the config is an error with the reason (quirk 34), never a
-silent fresh start; so is a compress_model.py release file (inference-only, no enc_q); a missing D next
-to a G (a pretrained base without discriminator) is a warning.
+As in 4.1, G and D are found independently; the first epoch run is the one stored in the checkpoint
+(an interrupted epoch restarts), the step counter continues after the D file's step, and the saved
+learning rate is decayed once more. A checkpoint that does not fit the config, or a release file, is
+an error with the reason, never a silent fresh start.
 """
 from __future__ import annotations
 
@@ -94,7 +87,7 @@ def _load(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
         logger.warning("%s: %s is not in the checkpoint; it keeps its fresh initial values",
                        os.path.basename(path), key)
     if report.dtype is not None and report.dtype != torch.float32:
-        # A compressed fp16 file casts the model (quirk 21); training needs fp32 master weights.
+        # A compressed fp16 file casts the model to fp16; training needs fp32 master weights.
         model.float()
     if with_optimizer:
         try:
@@ -145,7 +138,8 @@ def restore(model_dir: str, net_g: nn.Module, net_d: nn.Module, optim_g: torch.o
 def build_scheduler(optimizer: torch.optim.Optimizer, lr_decay: float, first_epoch: int) -> ExponentialLR:
     """ExponentialLR(gamma=lr_decay) positioned for `first_epoch`, as 4.1 builds it.
 
-    On a resume (first_epoch >= 2) the saved lr is decayed once more, 4.1's extra decay (quirk 30).
+    On a resume (first_epoch >= 2) the saved lr is decayed once more: older torch did that inside
+    `ExponentialLR(last_epoch=...)`, and 4.1 runs were tuned with it.
     """
     for group in optimizer.param_groups:
         # Files without optimizer state (pretrained bases) lack it; torch requires it for last_epoch >= 0.

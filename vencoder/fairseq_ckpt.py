@@ -113,12 +113,8 @@ class RestrictedUnpickler(GuardedUnpickler):
     allowed: ClassVar[dict[tuple[str, str], Any]] = {**NUMPY_GLOBALS, **_TORCH_AND_BUILTINS}
     # torch.load assigns its storage loader to each instance; the base class's refusing method would
     # hide pickle's own (C-level) slot, so put the slot back. Unassigned, persistent ids still fail.
-    persistent_load = pickle.Unpickler.__dict__["persistent_load"]
-
     def __init__(self, file: BinaryIO, encoding: str = "ASCII", source: str = "fairseq checkpoint") -> None:
-        # The base constructor takes no `encoding`, which torch.load hands to every unpickler it makes.
-        pickle.Unpickler.__init__(self, file, encoding=encoding)
-        self.source = source
+        super().__init__(file, source, encoding)
 
     def refuse(self, module: str, name: str) -> Any:
         dotted = f"{module}.{name}"
