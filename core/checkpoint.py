@@ -1,9 +1,8 @@
 """The one weight-file path: safe loading, atomic saving, reported partial loads, release files.
 
-G/D files hold `{'model': state_dict, 'iteration': epoch, 'optimizer': AdamW state, 'learning_rate':
-initial lr}`. Every file is read with `torch.load(weights_only=True)`: a file that
-would need arbitrary Python objects is refused, never executed. Weight-normalised layers are stored
-under the legacy names `weight_g` / `weight_v`, whatever weight-norm API the model uses.
+G/D files hold `{'model': state_dict, 'iteration': epoch, 'optimizer': AdamW state, 'learning_rate': lr}`.
+Every file is read with `torch.load(weights_only=True)`: a file that needs arbitrary Python objects is
+refused, never executed. Weight-norm layers are stored under the legacy names `weight_g` / `weight_v`.
 """
 from __future__ import annotations
 
@@ -23,30 +22,11 @@ from torch import nn
 from core.atomic import write_atomic
 from core.pickle_guard import numpy_torch_safe_globals
 
-__all__ = [
-    "CheckpointError",
-    "POSTERIOR_ENCODER",
-    "ReleaseCheckpointError",
-    "check_optimizer",
-    "first_float_dtype",
-    "is_release_state",
-    "is_zip",
-    "unwrap_model",
-    "CheckpointNotFoundError",
-    "LoadReport",
-    "UnsafeCheckpointError",
-    "checkpoint_step",
-    "clean_checkpoints",
-    "latest_checkpoint_path",
-    "load_checkpoint",
-    "load_model_state",
-    "load_state_dict_strict",
-    "read_checkpoint",
-    "resume_refusal",
-    "safe_torch_load",
-    "save_checkpoint",
-    "to_legacy_weight_norm",
-]
+__all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "LoadReport", "ReleaseCheckpointError",
+           "UnsafeCheckpointError", "check_optimizer", "checkpoint_step", "clean_checkpoints", "first_float_dtype",
+           "is_release_state", "is_zip", "latest_checkpoint_path", "load_checkpoint", "load_model_state",
+           "load_state_dict_strict", "read_checkpoint", "resume_refusal", "safe_torch_load", "save_checkpoint",
+           "to_legacy_weight_norm", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +54,7 @@ POSTERIOR_ENCODER = "enc_q"  # every generator key containing this is training-o
 
 
 def is_release_state(keys: Any) -> bool:
-    """True for a generator `model` dict (or key names) without any enc_q entry: a compress_model.py
-    release file, which inference loads and training cannot resume from."""
+    """True for generator keys without any enc_q entry: a compress_model.py release file."""
     return not any(POSTERIOR_ENCODER in key for key in keys)
 
 
@@ -113,12 +92,9 @@ def _pickle_globals(path: PathLike, limit: int = 5) -> list[str]:
 
 def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "cpu",
                     allow_numpy: bool = False) -> Any:
-    """`torch.load(path, weights_only=True)` with errors that name the file.
+    """`torch.load(path, weights_only=True)` with errors that name the file; `allow_numpy` also accepts
+    plain NumPy arrays (e.g. `kmeans_10000.pt`).
 
-    Args:
-        path: torch file.
-        map_location: passed to torch.load.
-        allow_numpy: also accept plain NumPy arrays (e.g. `kmeans_10000.pt`).
     Raises:
         CheckpointNotFoundError: no such file.
         UnsafeCheckpointError: the file needs arbitrary objects (refused, not executed).
@@ -180,11 +156,8 @@ _PARAMETRIZED = re.compile(r"^(.*?)parametrizations\.(\w+)\.original([01])$")
 
 
 def _legacy_names(keys: list[str]) -> dict[str, str]:
-    """Map each key to its legacy weight-norm name (`X.parametrizations.weight.original0` ->
-    `X.weight_g`, `original1` -> `X.weight_v`); other keys map to themselves.
-
-    Only pairs with both original0 and original1 are weight norm; spectral norm has `original` only.
-    """
+    """Key -> legacy weight-norm name (`X.parametrizations.weight.original0/1` -> `X.weight_g/_v`); only
+    pairs with both original0 and original1 are weight norm (spectral norm has `original` only)."""
     keyset = set(keys)
     out: dict[str, str] = {}
     for key in keys:
@@ -206,7 +179,7 @@ def to_legacy_weight_norm(state_dict: Mapping[str, Any]) -> "OrderedDict[str, An
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel keep the real network in `.module`.
+    """The network inside a DistributedDataParallel / DataParallel wrapper (or `model` itself)."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, nn.Module) else model
 
@@ -233,14 +206,7 @@ class LoadReport:
 
     @property
     def complete(self) -> bool:
-        """True when every model tensor came from the file and nothing was left over."""
         return not (self.missing or self.unexpected or self.mismatched)
-
-    @property
-    def only_enc_q_missing(self) -> bool:
-        """Release files (compress_model.py) drop enc_q.*, which inference never uses."""
-        return bool(self.missing) and all(k.startswith("enc_q.") for k in self.missing) \
-            and not self.mismatched
 
     def summary(self, max_keys: int = 8) -> str:
         def some(keys: list[str]) -> str:
@@ -290,12 +256,9 @@ def first_float_dtype(state_dict: Mapping[str, Any]) -> torch.dtype | None:
 
 
 def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: str = "state dict") -> LoadReport:
-    """4.1's lenient load: cast the model to the dtype of the file's first float tensor, then copy
-    every tensor whose key and shape match; other model tensors keep their values, extras are ignored.
-
-    Logs one summary line: WARNING for mis-shaped or missing keys, DEBUG when only `enc_q.*` is
-    missing (release files), INFO for unused extras only.
-    """
+    """4.1's lenient load: cast the model to the dtype of the file's first float tensor, then copy every
+    tensor whose key and shape match; the rest keep their values. Logs a one-line summary (WARNING for
+    mis-shaped or missing keys other than the release files' enc_q.*)."""
     target = unwrap_model(model)
     dtype = first_float_dtype(state_dict)
     if dtype is not None:
@@ -305,12 +268,10 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], source: st
     full = target.state_dict()
     full.update(matched)
     target.load_state_dict(full)
-    if report.mismatched or (report.missing and not report.only_enc_q_missing):
+    if report.mismatched or any(not k.startswith(POSTERIOR_ENCODER) for k in report.missing):
         logger.warning(report.summary())
-    elif report.missing:
-        logger.debug("%s (enc_q is only used for training)", report.summary())
-    elif report.unexpected:
-        logger.info(report.summary())
+    elif report.missing or report.unexpected:
+        logger.debug(report.summary())
     return report
 
 
@@ -352,15 +313,8 @@ def check_optimizer(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
 def load_checkpoint(checkpoint_path: PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     skip_optimizer: bool = False) -> tuple[nn.Module, torch.optim.Optimizer | None, float, int]:
-    """Load a G/D checkpoint as 4.1's `utils.load_checkpoint` does.
-
-    The model is cast to the file's dtype and loaded leniently (see load_model_state); the optimizer
-    state is loaded strictly when an optimizer is given, `skip_optimizer` is False and the file's
-    optimizer is not None. A mismatching optimizer raises CheckpointError before anything is changed.
-
-    Returns:
-        (model, optimizer, learning_rate, iteration) — iteration is the epoch stored by the trainer.
-    """
+    """4.1's `utils.load_checkpoint`: the model loads leniently, the optimizer (when given, not skipped
+    and saved) strictly, checked before anything changes. Returns (model, optimizer, lr, iteration)."""
     path = str(checkpoint_path)
     ckpt = read_checkpoint(path)
     use_optimizer = optimizer is not None and not skip_optimizer and ckpt["optimizer"] is not None
@@ -381,11 +335,8 @@ def load_checkpoint(checkpoint_path: PathLike, model: nn.Module,
 # ------------------------------------------------------------------------------------------------
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, learning_rate: float,
                     iteration: int, checkpoint_path: PathLike) -> None:
-    """Write `{'model', 'iteration', 'optimizer', 'learning_rate'}` atomically (temp file + fsync +
-    os.replace), so an interrupted save leaves the previous file intact.
-
-    `model` state keys lose any DDP `module.` prefix and use legacy `weight_g`/`weight_v` names.
-    """
+    """Write `{'model', 'iteration', 'optimizer', 'learning_rate'}` atomically; model keys lose any DDP
+    `module.` prefix and use the legacy weight-norm names."""
     logger.info("Saving model and optimizer state at iteration %s to %s", iteration, checkpoint_path)
     state = to_legacy_weight_norm(_strip_module_prefix(unwrap_model(model).state_dict()))
     payload = {
@@ -432,11 +383,8 @@ def latest_checkpoint_path(dir_path: PathLike, regex: str = "G_*.pth") -> str:
 
 
 def clean_checkpoints(path_to_models: PathLike = "logs/44k/", n_ckpts_to_keep: int = 3) -> list[str]:
-    """Delete all but the newest `n_ckpts_to_keep` (by step) G_<step>.pth and D_<step>.pth files.
-
-    Only names matching `^[GD]_\\d+\\.pth$` are touched and step 0 (a pretrained base) is always kept;
-    `n_ckpts_to_keep <= 0` keeps everything. Returns the deleted paths.
-    """
+    """Delete all but the newest `n_ckpts_to_keep` G_<step>.pth / D_<step>.pth (exact names only); step 0,
+    a pretrained base, is always kept and `n_ckpts_to_keep <= 0` keeps everything. Returns the deleted paths."""
     if n_ckpts_to_keep <= 0:
         return []
     deleted = []

@@ -20,10 +20,8 @@ PathLike = str | os.PathLike
 
 
 class ConfigError(ValueError):
-    """A config file is unreadable or a field is missing / of the wrong type.
-
-    `path` is the file (may be empty) and `field` the dotted key (e.g. `model.ssl_dim`, may be empty).
-    """
+    """A config file is unreadable or a field is missing or mistyped; `path` is the file and `field` the
+    dotted key (e.g. `model.ssl_dim`), either may be empty."""
 
     def __init__(self, message: str, path: PathLike | None = None, field: str = "") -> None:
         super().__init__(message)
@@ -48,13 +46,8 @@ class HParams:
 
     __slots__ = ("_data", "_source", "_prefix", "_missing_as_none")
 
-    def __init__(
-        self,
-        data: Mapping[str, Any] | None = None,
-        source: PathLike | None = None,
-        prefix: str = "",
-        missing_as_none: bool = False,
-    ) -> None:
+    def __init__(self, data: Mapping[str, Any] | None = None, source: PathLike | None = None, prefix: str = "",
+                 missing_as_none: bool = False) -> None:
         object.__setattr__(self, "_data", {})
         object.__setattr__(self, "_source", "" if source is None else str(source))
         object.__setattr__(self, "_prefix", prefix)
@@ -178,9 +171,7 @@ def load_config(path: PathLike, missing_as_none: bool = False) -> HParams:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"{path_str} is not UTF-8 text (byte {err.start}); save it as UTF-8", path_str
-        ) from None
+        raise ConfigError(f"{path_str} is not UTF-8 text (byte {err.start}); save it as UTF-8", path_str) from None
     if _is_yaml(path):
         import yaml
 
@@ -192,10 +183,8 @@ def load_config(path: PathLike, missing_as_none: bool = False) -> HParams:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"{path_str}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}",
-                path_str,
-            ) from None
+            raise ConfigError(f"{path_str}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}",
+                              path_str) from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path_str}: top level must be a mapping, got {type(data).__name__}", path_str)
     return HParams(data, source=path_str, missing_as_none=missing_as_none)
@@ -207,11 +196,8 @@ def get_hparams_from_file(config_path: PathLike, infer_mode: bool = False) -> HP
 
 
 def dump_config(hps: HParams | Mapping[str, Any], yaml_style: bool = False) -> str:
-    """Text of a config in 4.1's style.
-
-    JSON: 2-space indent, non-ASCII as `\\uXXXX`, no trailing newline (what `json.dump(indent=2)`
-    writes). YAML: keys sorted, block style, non-ASCII escaped (what `yaml.dump` writes).
-    """
+    """Text of a config as 4.1 writes it: JSON with 2-space indent, `\\uXXXX` escapes and no trailing
+    newline (`json.dump(indent=2)`); YAML with sorted keys in block style (`yaml.dump`)."""
     data = hps.to_dict() if isinstance(hps, HParams) else _plain(hps)
     if yaml_style:
         import yaml
