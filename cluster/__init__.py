@@ -41,7 +41,8 @@ class ClusterModel:
         cluster_centers_: float32 `[K, C]`; n_features_in_: C; _n_threads: kept to write the file back.
     """
 
-    def __init__(self, cluster_centers_: np.ndarray, n_features_in_: int | None = None, _n_threads: int = 1) -> None:
+    def __init__(self, cluster_centers_: np.ndarray, n_features_in_: int | None = None,
+                 _n_threads: int = 1) -> None:
         centres = np.ascontiguousarray(cluster_centers_, dtype=np.float32)
         if centres.ndim != 2 or centres.shape[0] < 1:
             raise ClusterFileError(f"cluster_centers_ must be [K, C], got shape {centres.shape}")
@@ -85,7 +86,8 @@ def get_cluster_model(ckpt_path: PathLike) -> dict[str, ClusterModel]:
     """Load `kmeans_10000.pt` (weights-only, NumPy arrays allowed) as speaker name -> ClusterModel."""
     data = safe_torch_load(ckpt_path, allow_numpy=True)
     if not isinstance(data, Mapping) or not data:
-        raise ClusterFileError(f"{ckpt_path}: expected a dict of speaker -> k-means entry, got {type(data).__name__}")
+        raise ClusterFileError(f"{ckpt_path}: expected a dict of speaker -> k-means entry, "
+                               f"got {type(data).__name__}")
     models: dict[str, ClusterModel] = {}
     for spk, entry in data.items():
         if not isinstance(entry, Mapping) or "cluster_centers_" not in entry:

@@ -146,9 +146,10 @@ class _PickledIndex:
         return object.__new__(cls)
 
     def __setstate__(self, state: Any) -> None:
-        if not (isinstance(state, dict) and set(state) == {"this"} and isinstance(state["this"], (bytes, bytearray))):
+        blob = state.get("this") if isinstance(state, dict) and set(state) == {"this"} else None
+        if not isinstance(blob, (bytes, bytearray)):
             raise pickle.UnpicklingError(f"unexpected state for {self.qualname}: not faiss-serialised bytes")
-        self.blob = bytes(state["this"])
+        self.blob = bytes(blob)
 
 
 class _IndexUnpickler(GuardedUnpickler):
@@ -199,7 +200,8 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
     except UnsafeIndexFileError as err:
         raise UnsafeIndexFileError(f"{name}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all
-        raise IndexFileError(f"{name} is not a readable feature index ({type(err).__name__}: {str(err)[:200]})") from None
+        raise IndexFileError(f"{name} is not a readable feature index "
+                             f"({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(data, dict) or not data:
         raise IndexFileError(f"{name}: expected a dict of speaker id -> faiss index, got {type(data).__name__}")
     out: dict[int, Any] = {}

@@ -171,7 +171,8 @@ class FFT(nn.Module):
     """
 
     def __init__(self, hidden_channels: int, filter_channels: int, n_heads: int, n_layers: int = 1,
-                 kernel_size: int = 1, p_dropout: float = 0.0, isflow: bool = False, gin_channels: int = 0) -> None:
+                 kernel_size: int = 1, p_dropout: float = 0.0, isflow: bool = False,
+                 gin_channels: int = 0) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         self.n_layers = n_layers

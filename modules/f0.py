@@ -38,7 +38,8 @@ def f0_to_coarse(f0: torch.Tensor) -> torch.Tensor:
     return torch.where(coarse >= F0_BIN, torch.zeros_like(coarse), coarse)
 
 
-def normalize_f0(f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor, random_scale: bool = True) -> torch.Tensor:
+def normalize_f0(f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor,
+                 random_scale: bool = True) -> torch.Tensor:
     """Centre log-F0 on each item's voiced mean for the F0 decoder.
 
     Args:

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 
 
-def feature_loss(fmap_r: Sequence[Sequence[torch.Tensor]], fmap_g: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+def feature_loss(fmap_r: Sequence[Sequence[torch.Tensor]],
+                 fmap_g: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
     """Feature matching: 2 * sum over discriminators and layers of mean |real - generated|.
 
     fmap_r / fmap_g: per discriminator, per layer, feature maps of any matching shape. Real maps are

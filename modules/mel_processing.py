@@ -130,7 +130,8 @@ class VocoderMel:
         self.fmax = fmax
         self.clip_val = clip_val
 
-    def get_mel(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1, center: bool = False) -> torch.Tensor:
+    def get_mel(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1,
+                center: bool = False) -> torch.Tensor:
         """Log-mel [B, n_mels, T] of audio y [B, N] (or [N], treated as B = 1).
 
         keyshift (semitones) scales the FFT and window sizes by 2^(k/12) while keeping the un-shifted
@@ -162,7 +163,8 @@ class VocoderMel:
                                spec.device)
         return dynamic_range_compression(torch.matmul(basis, spec), self.clip_val)
 
-    def __call__(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1, center: bool = False) -> torch.Tensor:
+    def __call__(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1,
+                 center: bool = False) -> torch.Tensor:
         """Alias of `get_mel`."""
         return self.get_mel(y, keyshift=keyshift, speed=speed, center=center)
 

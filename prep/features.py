@@ -73,7 +73,8 @@ def settings_from_config(hps: HParams, f0_predictor: str, use_diff: bool, device
         speech_encoder=model.get("speech_encoder") or "vec768l12",
         vol_embedding=bool(model.get("vol_embedding", False)), f0_predictor=f0_predictor,
         use_diff=use_diff, device=device, overwrite=overwrite,
-        vocoder_ckpt=str(diffusion.vocoder.ckpt) if (use_diff and diffusion is not None) else "pretrain/nsf_hifigan/model",
+        vocoder_ckpt=(str(diffusion.vocoder.ckpt) if (use_diff and diffusion is not None)
+                      else "pretrain/nsf_hifigan/model"),
     )
 
 

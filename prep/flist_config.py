@@ -128,7 +128,8 @@ def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int =
     speakers = []
     for speaker in list_speakers(root):
         if any(c in speaker for c in _LIST_BREAKERS):
-            logger.warning(f"Skip speaker folder {speaker!r}: '|' and line breaks cannot appear in file-list paths")
+            logger.warning(f"Skip speaker folder {speaker!r}: '|' and line breaks cannot appear in "
+                           "file-list paths")
             continue
         speakers.append(speaker)
     if not speakers:
@@ -216,7 +217,8 @@ def patch_sovits_config(template: Mapping[str, Any], spk: Mapping[str, int], spe
     return config
 
 
-def patch_diffusion_config(template: Mapping[str, Any], spk: Mapping[str, int], speech_encoder: str) -> dict[str, Any]:
+def patch_diffusion_config(template: Mapping[str, Any], spk: Mapping[str, int],
+                           speech_encoder: str) -> dict[str, Any]:
     """diffusion.yaml from its template: speaker count and map, encoder name and width."""
     config = copy.deepcopy(dict(template))
     config["model"]["n_spk"] = max(spk.values(), default=-1) + 1
@@ -251,8 +253,9 @@ def _default_template_dir() -> str:
     return str(Path(__file__).resolve().parents[1] / "configs_template")
 
 
-def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt", val_list: PathLike = "./filelists/val.txt",
-                            source_dir: PathLike = "./dataset/44k", speech_encoder: str = "vec768l12",
+def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
+                            val_list: PathLike = "./filelists/val.txt", source_dir: PathLike = "./dataset/44k",
+                            speech_encoder: str = "vec768l12",
                             vol_aug: bool = False, tiny: bool = False, seed: int | None = None,
                             config_dir: PathLike = "configs", template_dir: PathLike | None = None,
                             progress: bool = True) -> FlistConfigResult:

@@ -126,7 +126,8 @@ def _is_up_to_date(src: str, dst: str, target_sr: int) -> bool:
         if os.path.getmtime(dst) < os.path.getmtime(src):
             return False
         with wave.open(dst, "rb") as w:
-            return (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, target_sr) and w.getnframes() > 0
+            layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
+            return layout == (1, 2, target_sr) and w.getnframes() > 0
     except (OSError, EOFError, wave.Error):
         return False
 
@@ -175,7 +176,8 @@ def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list
     """
     in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
     if not os.path.isdir(in_dir):
-        raise FileNotFoundError(f"input folder {in_dir} not found: put one sub-folder per speaker with its clips there")
+        raise FileNotFoundError(f"input folder {in_dir} not found: put one sub-folder per speaker with its "
+                                "clips there")
     speakers: list[tuple[str, list[ClipJob]]] = []
     conflicts: list[ClipOutcome] = []
     for speaker in list_speakers(in_dir):
@@ -204,9 +206,9 @@ def default_workers(cpu_count: int | None = None) -> int:
     return 30 if n > 60 else (n - 2 if n > 4 else 1)
 
 
-def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./dataset/44k", target_sr: int = 44100,
-                     loudnorm: bool = True, workers: int | None = None, overwrite: bool = False,
-                     progress: bool = True) -> ResampleSummary:
+def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./dataset/44k",
+                     target_sr: int = 44100, loudnorm: bool = True, workers: int | None = None,
+                     overwrite: bool = False, progress: bool = True) -> ResampleSummary:
     """Convert every speaker folder of `in_dir` into `out_dir/<speaker>/` (resample.py).
 
     Args:
