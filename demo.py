@@ -1,31 +1,16 @@
-"""Offline end-to-end demo: the whole tutorial on the bundled voices, on CPU, in a few minutes.
+"""Offline end-to-end demo: the whole tutorial on bundled voices, on the CPU, in a few minutes.
 
-    python demo.py [--data ../shared/data] [--workdir demo_run] [--steps 60] [--diff-steps 300]
-                   [--no-diffusion]
+    python demo.py [--data DIR] [--workdir demo_run] [--steps 60] [--diff-steps 300] [--no-diffusion]
 
-It lays out a fresh project folder (``demo_run/`` by default) the way the tutorial does and runs the
-real scripts in it, one after the other, exactly as a user types them:
+Lays out a fresh project folder and runs the real scripts in it as a user types them: resample.py,
+preprocess_flist_config.py (``--tiny``), preprocess_hubert_f0.py (fcpe, ``--use_diff``), train.py,
+train_diff.py, inference_main.py (So-VITS alone, ``_sovits_``), compress_model.py (the release file)
+and inference_main.py ``-shd`` on it (``_sovdiff_``). ``--no-diffusion`` leaves the diffusion parts out.
 
-1. ``resample.py``                 dataset_raw/<speaker>/*.wav -> dataset/44k/
-2. ``preprocess_flist_config.py``  file lists, configs/config.json (``--tiny``), configs/diffusion.yaml
-3. ``preprocess_hubert_f0.py --use_diff``  units, F0 (fcpe, offline weights), spectrograms, volumes
-   and the vocoder mels shallow diffusion trains on
-4. ``train.py -c configs/config.json -m 44k``   a small So-VITS model on the CPU
-5. ``train_diff.py -c configs/diffusion.yaml``  a small shallow-diffusion model into logs/44k/diffusion/
-6. ``inference_main.py``           converts a song from raw/ into results/ for each speaker: once with
-   So-VITS alone (``_sovits_``), once refined by shallow diffusion (``-shd``, ``_sovdiff_``)
-7. ``compress_model.py``           the inference-only release file (logs/44k/release.pth), which the
-   ``-shd`` pass converts with
-
-``--no-diffusion`` leaves out the diffusion parts (no ``--use_diff``, steps 5 and the ``-shd`` pass).
-
-When the toolkit's own ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) and
-``pretrain/nsf_hifigan/`` (NSF-HiFiGAN vocoder: ``model`` + ``config.json``) are present they are used.
-Otherwise — neither ships with the toolkit, both are downloads — the demo announces it and writes
-deterministic stand-ins: small random-weight networks in the real file formats. The models are small
-and trained only briefly either way (60 So-VITS steps of 2 short crops, 300 diffusion steps): the
-result shows every stage working end to end, not a finished voice. With the real ``pretrain/`` files
-and a longer training the same commands are the tutorial's.
+The toolkit's ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) and ``pretrain/nsf_hifigan/`` are
+used when present; otherwise (both are downloads) the demo says so and writes small random-weight
+stand-ins in the real file formats. The models are small and trained briefly: the result shows every
+stage working, not a finished voice.
 """
 from __future__ import annotations
 
@@ -40,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# Bundled voices: the reference data next to the checkout, or the folder in SOVITS_SHARED.
+DEFAULT_DATA = Path(os.environ.get("SOVITS_SHARED") or ROOT.parent / "shared") / "data"
 SPEAKERS = ("slt", "kal")
 CLIPS_PER_SPEAKER = 8
 SOURCE = "ked_src01.wav"
@@ -47,9 +34,8 @@ SOURCE = "ked_src01.wav"
 # A small model so that CPU training gets somewhere in a couple of minutes (4.1 config keys).
 DEMO_MODEL = {"inter_channels": 64, "hidden_channels": 64, "filter_channels": 128, "n_heads": 2,
               "n_layers": 3, "upsample_initial_channel": 128, "gin_channels": 64}
-# Batches of 2 crops of 10 frames: the 47 M-parameter discriminator (fixed by 4.1) dominates a CPU step,
-# and its cost follows batch x segment, so this keeps a step near 3 s on 2 cores.
-DEMO_TRAIN = {"batch_size": 2, "segment_size": 5120}
+# Batches of 2 crops of 10 frames, and the discriminator at 1/8 of 4.1's channels (0.8 M values, not 47 M).
+DEMO_TRAIN = {"batch_size": 2, "segment_size": 5120, "discriminator_width": 0.125}
 ENCODER_DIM = 64
 
 # Stand-in NSF-HiFiGAN: the public 44.1 kHz release's STFT settings and layout, a much narrower network.
@@ -92,11 +78,7 @@ def write_demo_encoder(path: Path) -> None:
 
 
 def write_demo_vocoder(folder: Path) -> None:
-    """A random-weight NSF-HiFiGAN in the release layout: `model` ({'generator': state_dict}) + `config.json`.
-
-    The network is the project's own builder with its default initialisation and weight norm
-    (weight_g / weight_v keys, as released); it is read back with the loader the scripts use.
-    """
+    """A random-weight NSF-HiFiGAN in the release layout (`model` {'generator': state dict} + `config.json`)."""
     import torch
 
     from vdecoder.nsf_hifigan.models import build_generator, load_model
@@ -184,10 +166,9 @@ def shrink_config(config_path: Path, steps: int, ssl_dim: int) -> None:
 
 
 def shrink_diffusion_config(config_path: Path, train_list: Path, steps: int, ssl_dim: int) -> int:
-    """Small diffusion model on the CPU, about `steps` training steps; returns the exact step count.
+    """Small diffusion model, whole epochs covering about `steps` steps; returns the exact step count.
 
-    train_diff.py runs `train.epochs` whole epochs of ceil(clips / batch_size) batches, so the epochs
-    are rounded up to cover `steps`; validation and the checkpoint come once, at the last step.
+    Validation and the checkpoint come once, at the last step.
     """
     from core.config import load_config, save_config
 
@@ -207,7 +188,7 @@ def shrink_diffusion_config(config_path: Path, train_list: Path, steps: int, ssl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder with voices/<speaker>/*.wav and source/*.wav")
     parser.add_argument("--workdir", type=Path, default=ROOT / "demo_run", help="project folder to create")
     parser.add_argument("--steps", type=int, default=60, help="So-VITS training steps (about)")

@@ -1,9 +1,17 @@
-"""Shared pytest fixtures: where the so-vits-svc 4.1 reference fixtures live."""
+"""Shared pytest fixtures: where the so-vits-svc 4.1 reference fixtures live, and a tutorial-prepared project.
+
+The reference folders are `../shared` next to the checkout, or the folder named by `SOVITS_SHARED`.
+Without them fixture tests skip; under `CI=true` the run stops at once instead, naming what is missing.
+"""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,10 +23,30 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("SOVITS_SHARED") or ROOT.parent / "shared").resolve()
 FIXTURES = SHARED / "fixtures" / "sovits41"
 VENCODER_FIXTURES = SHARED / "fixtures" / "vencoder"
 DATA = SHARED / "data"
+# Tests in these files build full-size networks in the named fixtures: `-m "not slow"` leaves them out.
+SLOW_FIXTURES = {"test_f0_rmvpe.py": {"workdir"}, "test_f0_crepe.py": {"predictor"}}
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI a missing reference folder fails the run: skipping ~40 files would pass silently."""
+    missing = [str(p) for p in (FIXTURES, VENCODER_FIXTURES, DATA) if not p.is_dir()]
+    if missing and _on_ci():
+        pytest.exit(f"CI: reference folder(s) missing: {', '.join(missing)} (set SOVITS_SHARED to the folder "
+                    "holding fixtures/ and data/)", returncode=1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.get(item.path.name, set()) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def load_fixture(sub: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -35,7 +63,7 @@ def load_fixture(sub: str) -> tuple[dict, dict[str, np.ndarray]]:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.exists():
-        pytest.skip("../shared/fixtures/sovits41 not available")
+        pytest.skip(f"{FIXTURES} not available")
     return FIXTURES
 
 
@@ -95,6 +123,63 @@ def f0_case_names(prefix: str) -> list[str]:
     if not path.exists():
         return []
     return [name for name in json.loads(path.read_text())["cases"] if name.startswith(prefix)]
+
+
+# Clips of the shared prepared project: speaker folder -> (source folder under DATA, file names).
+PROJECT_CLIPS = {"kal": ("voices/kal", ("kal_01.wav", "kal_02.wav", "kal_03.wav")),
+                 "slt": ("voices/slt", ("slt_01.wav", "slt_02.wav", "slt_03.wav", "slt_04.wav")),
+                 "lj": ("edge", ("stereo48k_slt.wav", "こんにちは_テスト.wav"))}
+PROJECT_STEPS = (("resample", ["--num_processes", "1"]),
+                 ("preprocess_flist_config", ["--speech_encoder", "vec768l12", "--vol_aug", "--seed", "1"]),
+                 ("preprocess_hubert_f0", ["--f0_predictor", "dio", "--use_diff", "--device", "cpu"]))
+
+
+@dataclass(frozen=True)
+class PreparedProject:
+    """A project after the tutorial's three preparation steps; `logs`: step name -> its console output."""
+
+    root: Path
+    logs: dict[str, str]
+
+    def copy_to(self, target: Path) -> Path:
+        """A private copy (file times kept, so features stay up to date) for tests that change files."""
+        shutil.copytree(self.root, target)
+        return target
+
+
+@pytest.fixture(scope="session")
+def prepared_project(tmp_path_factory: pytest.TempPathFactory) -> PreparedProject:
+    """resample -> preprocess_flist_config -> preprocess_hubert_f0 (dio, tiny ContentVec with 48-dim units,
+    --vol_aug, --use_diff), run in process once per session. A corrupt kal/corrupt.wav is among the clips.
+
+    Shared: never change it; use `copy_to` first.
+    """
+    import importlib
+
+    encoder = VENCODER_FIXTURES / "contentvec_reduced.pt"
+    vocoder = FIXTURES / "nsf_hifigan" / "model_dir"
+    for needed in (encoder, vocoder, *(DATA / sub / name for sub, names in PROJECT_CLIPS.values() for name in names)):
+        if not needed.exists():
+            pytest.skip(f"{needed} not available")
+    root = tmp_path_factory.mktemp("prepared")
+    for speaker, (sub, names) in PROJECT_CLIPS.items():
+        (root / "dataset_raw" / speaker).mkdir(parents=True)
+        for name in names:
+            shutil.copy(DATA / sub / name, root / "dataset_raw" / speaker / name)
+    (root / "dataset_raw" / "kal" / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    (root / "pretrain" / "nsf_hifigan").mkdir(parents=True)
+    shutil.copy(encoder, root / "pretrain" / "checkpoint_best_legacy_500.pt")
+    for name in ("config.json", "model"):
+        shutil.copy(vocoder / name, root / "pretrain" / "nsf_hifigan" / name)
+    logs = {}
+    with contextlib.chdir(root):
+        for script, args in PROJECT_STEPS:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                code = importlib.import_module(script).main(args)
+            assert code == 0, f"{script} failed:\n{out.getvalue()}"
+            logs[script] = out.getvalue()
+    return PreparedProject(root, logs)
 
 
 @pytest.fixture(scope="module")

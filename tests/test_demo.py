@@ -14,13 +14,14 @@ STEPS = ("2.4.1 resample", "2.4.2 file lists", "2.4.3 features", "2.5.1 training
          "3.1 conversion", "5.1 release file", "3.1 shallow diffusion")
 
 
+@pytest.mark.slow
 def test_demo_runs_every_tutorial_step(tmp_path) -> None:
     if not (DATA / "voices" / "slt").exists():
-        pytest.skip("../shared/data not available")
+        pytest.skip(f"{DATA} not available")
     work = tmp_path / "demo"
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONIOENCODING="utf-8")
     done = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--steps", "3", "--diff-steps", "3",
-                           "--workdir", str(work)],
+                           "--data", str(DATA), "--workdir", str(work)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for step in STEPS:

@@ -1,7 +1,7 @@
 """preprocess_hubert_f0.py end to end on shared voices, with tiny encoder / vocoder files in pretrain/.
 
-The chain is the tutorial's: resample.py -> preprocess_flist_config.py -> preprocess_hubert_f0.py,
-run through each script's ``main`` inside a temporary project folder.
+The project is the session's tutorial-prepared one (conftest `prepared_project`), copied because some
+tests change files; `test_second_run_does_nothing` runs the real command line.
 """
 from __future__ import annotations
 
@@ -16,37 +16,17 @@ import pytest
 import soundfile as sf
 import torch
 
-import preprocess_flist_config
 import preprocess_hubert_f0
-import resample
-from conftest import DATA, FIXTURES, ROOT, VENCODER_FIXTURES
+from conftest import PROJECT_CLIPS, ROOT, VENCODER_FIXTURES, PreparedProject
 from core.checkpoint import safe_torch_load
 from core.features import load_f0, load_npy
 
-SPEAKERS = {"kal": ["kal_01.wav", "kal_02.wav", "kal_03.wav"], "slt": ["slt_01.wav", "slt_02.wav", "slt_03.wav"],
-            "lj": ["stereo48k_slt.wav", "こんにちは_テスト.wav"]}
-N_CLIPS = 8
-STEP_LOGS: list[str] = []  # console output of the three steps, filled by the `prepared` fixture
+N_CLIPS = sum(len(names) for _, names in PROJECT_CLIPS.values())
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    if not (VENCODER_FIXTURES / "contentvec_reduced.pt").exists():
-        pytest.skip("vencoder fixtures not available")
-    root = tmp_path_factory.mktemp("project")
-    for speaker, names in SPEAKERS.items():
-        (root / "dataset_raw" / speaker).mkdir(parents=True)
-        for name in names:
-            src = DATA / ("edge" if speaker == "lj" else f"voices/{speaker}") / name
-            if not src.exists():
-                pytest.skip(f"{src} not available")
-            shutil.copy(src, root / "dataset_raw" / speaker / name)
-    (root / "dataset_raw" / "kal" / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
-    (root / "pretrain" / "nsf_hifigan").mkdir(parents=True)
-    shutil.copy(VENCODER_FIXTURES / "contentvec_reduced.pt", root / "pretrain" / "checkpoint_best_legacy_500.pt")
-    for name in ("config.json", "model"):
-        shutil.copy(FIXTURES / "nsf_hifigan" / "model_dir" / name, root / "pretrain" / "nsf_hifigan" / name)
-    return root
+def prepared(prepared_project: PreparedProject, tmp_path_factory: pytest.TempPathFactory):
+    return prepared_project.copy_to(tmp_path_factory.mktemp("hubert_f0") / "project")
 
 
 def _run(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
@@ -56,23 +36,8 @@ def _run(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, encoding="utf-8", timeout=600)
 
 
-@pytest.fixture(scope="module")
-def prepared(project):
-    """The tutorial's steps 2.4.1-2.4.3, each as a subprocess in the project folder."""
-    steps = [("resample.py", "--num_processes", "1"),
-             ("preprocess_flist_config.py", "--speech_encoder", "vec768l12", "--vol_aug", "--seed", "1"),
-             ("preprocess_hubert_f0.py", "--f0_predictor", "dio", "--use_diff", "--device", "cpu")]
-    logs = []
-    for script, *args in steps:
-        done = _run(script, *args, cwd=project)
-        assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
-        logs.append(done.stdout + done.stderr)
-    STEP_LOGS[:] = logs
-    return project
-
-
-def test_resample_reported_the_corrupt_file(prepared) -> None:
-    assert "corrupt.wav" in STEP_LOGS[0]
+def test_resample_reported_the_corrupt_file(prepared_project: PreparedProject, prepared) -> None:
+    assert "corrupt.wav" in prepared_project.logs["resample"]
     assert not (prepared / "dataset" / "44k" / "kal" / "corrupt.wav").exists()
 
 

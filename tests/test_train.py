@@ -1,9 +1,8 @@
-"""train.py end to end on CPU: a tiny model trained on shared voices prepared by the tutorial scripts.
+"""train.py end to end on CPU: a tiny model trained on the session's tutorial-prepared project.
 
-One project per module: resample.py -> preprocess_flist_config.py --tiny -> preprocess_hubert_f0.py
-(tiny random-weight ContentVec with 48-dim units, dio F0). 4 clips of one speaker give 2 training clips
-(one batch of 2, so one step per epoch) and one short validation clip. The So-VITS model is shrunk
-further; the discriminator keeps its fixed 4.1 size, which is what makes a CPU step take seconds.
+The project (conftest `prepared_project`: tiny random-weight ContentVec with 48-dim units, dio F0) is
+copied; training uses 2 of its slt clips (one batch of 2, so one step per epoch) and one short
+validation clip. The So-VITS model is shrunk and the discriminator runs at `D_WIDTH` of 4.1's channels.
 """
 from __future__ import annotations
 
@@ -18,26 +17,26 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
-import preprocess_flist_config
-import preprocess_hubert_f0
-import resample
 import train
-from conftest import DATA, FIXTURES, ROOT, VENCODER_FIXTURES
+from conftest import FIXTURES, ROOT, PreparedProject
 from data_utils import TextAudioSpeakerLoader
 from models import MultiPeriodDiscriminator, SynthesizerTrn
 from core.checkpoint import load_model_state, read_checkpoint, safe_torch_load
 from core.config import load_config
 from training.loop import RunContext, Trainer, TrainingError
 from training.resume import build_scheduler, restore
+from core.schema import model_section
+from generator import build_synthesizer
 
 GAMMA = 0.999875
 STEPS_MEL = 6
 TINY_MODEL = dict(ssl_dim=48, hidden_channels=16, inter_channels=8, filter_channels=16, gin_channels=8,
-                  upsample_initial_channel=128)
+                  upsample_initial_channel=128, flow_share_parameter=True, use_depthwise_conv=True,
+                  vol_embedding=False)
+D_WIDTH = 0.0625  # of 4.1's discriminator channels: 0.2 M values instead of 47 M
 
 
 def _free_port() -> int:
@@ -47,41 +46,26 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A prepared dataset (features made by the three tutorial scripts) inside a temporary folder."""
-    if not (VENCODER_FIXTURES / "contentvec_reduced.pt").exists():
-        pytest.skip("vencoder fixtures not available")
-    root = tmp_path_factory.mktemp("trainproj")
-    (root / "dataset_raw" / "slt").mkdir(parents=True)
-    for i in (1, 2, 3, 4):  # 2 go to validation, 2 to training
-        src = DATA / "voices" / "slt" / f"slt_0{i}.wav"
-        if not src.exists():
-            pytest.skip(f"{src} not available")
-        shutil.copy(src, root / "dataset_raw" / "slt" / src.name)
-    (root / "pretrain").mkdir()
-    shutil.copy(VENCODER_FIXTURES / "contentvec_reduced.pt", root / "pretrain" / "checkpoint_best_legacy_500.pt")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert resample.main(["--num_processes", "1"]) == 0
-        assert preprocess_flist_config.main(["--speech_encoder", "vec768l12", "--tiny", "--seed", "1"]) == 0
-        assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 0
-    finally:
-        os.chdir(cwd)
-    val = (root / "filelists" / "val.txt").read_text(encoding="utf-8").split()
+def project(prepared_project: PreparedProject, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the prepared project with filelists/train2.txt (2 slt clips) and val1.txt (one short clip)."""
+    root = prepared_project.copy_to(tmp_path_factory.mktemp("trainproj") / "project")
+    lists = root / "filelists"
+    slt = [p for p in lists.joinpath("train.txt").read_text(encoding="utf-8").split() if "/slt/" in p]
+    assert len(slt) == 2
+    lists.joinpath("train2.txt").write_text("\n".join(slt) + "\n", encoding="utf-8")
+    val = [p for p in lists.joinpath("val.txt").read_text(encoding="utf-8").split() if "/slt/" in p]
     shortest = min(val, key=lambda p: os.path.getsize(root / p))
-    (root / "filelists" / "val1.txt").write_text(shortest + "\n", encoding="utf-8")
-    assert len((root / "filelists" / "train.txt").read_text().split()) == 2
+    lists.joinpath("val1.txt").write_text(shortest + "\n", encoding="utf-8")
     return root
 
 
 def _config(root, name: str, **train_options) -> str:
-    """configs/<name>.json: the generated tiny config, shrunk, with the given train options."""
+    """configs/<name>.json: the generated config, shrunk, with the given train options."""
     data = json.loads((root / "configs" / "config.json").read_text())
     data["model"].update(TINY_MODEL)
-    data["data"]["validation_files"] = "filelists/val1.txt"
+    data["data"].update(training_files="filelists/train2.txt", validation_files="filelists/val1.txt")
     data["train"].update(batch_size=2, segment_size=2560, log_interval=1, eval_interval=1, keep_ckpts=1,
-                         port=str(_free_port()))
+                         port=str(_free_port()), vol_aug=False, discriminator_width=D_WIDTH)
     data["train"].update(train_options)
     path = root / "configs" / f"{name}.json"
     path.write_text(json.dumps(data, indent=2))
@@ -124,13 +108,14 @@ def test_fresh_run_writes_checkpoints_and_honours_keep_ckpts(first_run) -> None:
     assert "====> Epoch: 3, cost" in log and "Free up space by deleting ckpt logs/run/G_1.pth" in log
     assert "Training on the CPU" in log
     g2 = read_checkpoint(run / "G_2.pth")
-    assert g2["iteration"] == 3 and g2["learning_rate"] == 1e-4  # the epoch, and the initial lr (quirk 20)
+    assert g2["iteration"] == 3 and g2["learning_rate"] == 1e-4  # the epoch, and the initial lr (4.1 stores the initial lr)
     assert g2["optimizer"]["param_groups"][0]["lr"] == 1e-4 * GAMMA * GAMMA
     assert g2["optimizer"]["param_groups"][0]["weight_decay"] == 0.01
     assert "enc_q.pre.weight" in g2["model"] and "dec.conv_pre.weight_g" in g2["model"]
     assert read_checkpoint(run / "G_0.pth")["iteration"] == 1
     d2 = read_checkpoint(run / "D_2.pth")
-    assert len(d2["model"]) == 111
+    small = MultiPeriodDiscriminator(width=D_WIDTH).state_dict()
+    assert {k: v.shape for k, v in d2["model"].items()} == {k: v.shape for k, v in small.items()}
     assert len(d2["optimizer"]["state"]) == len(d2["optimizer"]["param_groups"][0]["params"])
 
 
@@ -158,7 +143,7 @@ def test_checkpoint_loads_in_inference(first_run, project, monkeypatch) -> None:
     run, cfg = first_run
     monkeypatch.chdir(project)
     hps = load_config(cfg)
-    net = SynthesizerTrn(1025, 5, **hps.model.to_dict()).eval()
+    net = SynthesizerTrn(1025, 5, **model_section(hps.model).network_args()).eval()
     report = load_model_state(net, read_checkpoint(run / "G_2.pth")["model"], source="G_2.pth")
     assert report.complete
     c, f0, _, audio, spk, uv, _ = TextAudioSpeakerLoader(hps.data.validation_files, hps, vol_aug=False)[0]
@@ -175,8 +160,8 @@ def test_restore_reads_41_checkpoint_with_optimizer_state(tmp_path, caplog) -> N
         pytest.skip("synth fixture not available")
     hps = load_config(src / "config.json")
     shutil.copy(src / "G_800.pth", tmp_path / "G_800.pth")
-    net_g = SynthesizerTrn(1025, 20, **hps.model.to_dict())
-    net_d = MultiPeriodDiscriminator()
+    net_g = build_synthesizer(hps)
+    net_d = MultiPeriodDiscriminator(width=D_WIDTH)
     optim_g = torch.optim.AdamW(net_g.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
     optim_d = torch.optim.AdamW(net_d.parameters(), 1e-4, betas=(0.8, 0.99), eps=1e-9)
     with caplog.at_level(logging.INFO):
@@ -205,9 +190,9 @@ def test_finetune_base_without_optimizer_skips_mismatched_tensors(tmp_path, capl
     torch.save(base, tmp_path / "G_0.pth")
     hps = load_config(src / "config.json")
     model = dict(hps.model.to_dict(), n_speakers=5)
-    net_g = SynthesizerTrn(1025, 20, **model)
+    net_g = SynthesizerTrn(1025, 20, **model_section(model).network_args())
     optim_g = torch.optim.AdamW(net_g.parameters(), 1e-4)
-    net_d = MultiPeriodDiscriminator()
+    net_d = MultiPeriodDiscriminator(width=D_WIDTH)
     optim_d = torch.optim.AdamW(net_d.parameters(), 1e-4)
     with caplog.at_level(logging.INFO):
         state = restore(str(tmp_path), net_g, net_d, optim_g, optim_d, 768, "vec768l12")
@@ -228,7 +213,8 @@ def test_base_model_for_another_encoder_is_refused(project, monkeypatch, capsys)
     shutil.copy(src, base / "G_0.pth")
     assert _train(project, monkeypatch, "-c", _config(project, "base", epochs=1), "-m", "base") == 1
     out = capsys.readouterr().out
-    assert "G_0.pth takes 768-dim units (a vec768l12" in out and "gives 48 (model.ssl_dim)" in out
+    assert "G_0.pth takes 768-dim units but the config (speech_encoder vec768l12) says model.ssl_dim = 48" in out
+    assert "vec768l12 / dphubert" in out and "Use the pretrained base model made for vec768l12" in out
     assert "Traceback" not in out and _files(base) == {"G_0.pth"}
 
 
@@ -276,6 +262,7 @@ def stopped_run(project):
     return proc.returncode, "".join(lines) + rest
 
 
+@pytest.mark.slow
 def test_sigint_saves_the_last_step(stopped_run, project) -> None:
     code, text = stopped_run
     assert code == 128 + signal.SIGINT, text
@@ -289,6 +276,7 @@ def test_sigint_saves_the_last_step(stopped_run, project) -> None:
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_rerun_continues_at_next_step_with_saved_optimizer(stopped_run, project, monkeypatch, caplog) -> None:
     _, text = stopped_run
     last = max(_steps_logged(text))
@@ -297,7 +285,7 @@ def test_rerun_continues_at_next_step_with_saved_optimizer(stopped_run, project,
     hps = load_config(_config(project, "sig2", epochs=last + 3, eval_interval=1000))
     saved_g, saved_d = read_checkpoint(run / f"G_{last}.pth"), read_checkpoint(run / f"D_{last}.pth")
     trainer = Trainer(hps, "logs/sig", RunContext(0, 1, torch.device("cpu"), 0, lambda: False))
-    # Training goes on in the stored epoch (quirk 31) with the step after the saved one.
+    # Training goes on in the stored epoch with the step after the saved one, as in 4.1.
     assert (trainer.state.epoch, trainer.global_step) == (last + 2, last + 1)
     for optimizer, saved in ((trainer.optim_g, saved_g), (trainer.optim_d, saved_d)):
         state = optimizer.state_dict()
@@ -305,7 +293,7 @@ def test_rerun_continues_at_next_step_with_saved_optimizer(stopped_run, project,
         for index, moments in saved["optimizer"]["state"].items():
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 assert torch.equal(state["state"][index][key], moments[key]), (index, key)
-        # One extra decay when the schedule is rebuilt (quirk 30).
+        # One extra decay when the schedule is rebuilt, as in 4.1.
         assert state["param_groups"][0]["lr"] == saved["optimizer"]["param_groups"][0]["lr"] * GAMMA
     with caplog.at_level(logging.INFO):
         assert trainer.fit() is False
@@ -321,6 +309,7 @@ def test_rerun_continues_at_next_step_with_saved_optimizer(stopped_run, project,
         trainer.train_epoch(last + 3)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(project, monkeypatch) -> None:
     cfg = _config(project, "ddp", epochs=1, batch_size=1)
     assert _train(project, monkeypatch, "-c", cfg, "-m", "ddp", "--nprocs", "2") == 0
@@ -331,3 +320,26 @@ def test_two_process_ddp_on_cpu(project, monkeypatch) -> None:
     assert _steps_logged(log) == [0] and "====> Epoch: 1" in log
     assert _files(run) == {"G_0.pth", "D_0.pth"}
     assert read_checkpoint(run / "G_0.pth")["iteration"] == 1
+
+
+def test_discriminator_width() -> None:
+    """Width 1.0 is 4.1's discriminator key for key; a narrow one keeps the names and the score shapes."""
+    path = FIXTURES / "manifests" / "multi_period_discriminator.json"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    manifest = json.loads(path.read_text())
+    expected = {e["key"]: e["shape"] for e in manifest["state_dict"]}
+    full = MultiPeriodDiscriminator(width=1.0).state_dict()
+    assert list(full) == list(expected) and all(list(full[k].shape) == shape for k, shape in expected.items())
+    y = torch.randn(1, 1, 10240)
+    for width in (0.5, D_WIDTH, 0.01):
+        narrow = MultiPeriodDiscriminator(width=width)
+        assert list(narrow.state_dict()) == list(expected)
+        with torch.no_grad():
+            y_d_r, y_d_g, fmap_r, _ = narrow(y, y)
+        assert [list(t.shape) for t in y_d_r] == manifest["forward_shapes_for_input_1x1x10240"]["y_d_r"]
+        assert all(torch.equal(a, b) for a, b in zip(y_d_r, y_d_g))
+    assert sum(p.numel() for p in MultiPeriodDiscriminator(width=D_WIDTH).parameters()) < 0.01 * sum(
+        v.numel() for v in full.values())
+    with pytest.raises(ValueError, match="width must be > 0"):
+        MultiPeriodDiscriminator(width=0)
