@@ -97,11 +97,9 @@ def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: flo
 
     Args:
         x: rows `[N, C]` float32, N >= n_clusters.
-        batch_size: rows per update.
         init_sample: rows used for seeding (default min(N, max(8 * n_clusters, 4096))).
         seed: seeds the sampling (None: nondeterministic).
-    Returns:
-        centres `[n_clusters, C]` float32 on x's device.
+    Returns centres `[n_clusters, C]` float32 on x's device.
     """
     n, dim = x.shape
     if n < n_clusters:
@@ -171,10 +169,7 @@ def train_cluster(dataset: PathLike = "./dataset/44k", output: PathLike = "logs/
     """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt` atomically.
 
     Every speaker's frame count is checked before any clustering starts, so a too-small one fails fast.
-    Args:
-        progress: wraps each speaker's file list (e.g. `tqdm.tqdm`).
-    Returns:
-        path of the written file.
+    `progress` wraps each speaker's file list (e.g. `tqdm.tqdm`). Returns the written path.
     Raises:
         DatasetError: no dataset folder or no speaker in it.
         UnitFileError: a speaker without `*.soft.pt` files, or an unreadable unit file.

@@ -112,12 +112,8 @@ def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int =
                   progress: bool = True) -> tuple[list[str], list[str], list[str]]:
     """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training.
 
-    Args:
-        source_dir: resampled dataset root; list paths are `<source_dir>/<speaker>/<file>` joined by "/".
-        rng: source of the shuffles (seeded for a reproducible split).
-        sampling_rate: rate every clip must have.
-    Returns:
-        (train paths, val paths, speakers); both lists shuffled.
+    List paths are `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at `sampling_rate`.
+    Returns (train paths, val paths, speakers), both lists shuffled by `rng`.
     Raises:
         DatasetError: no speaker folder, or clips that training cannot read (all of them listed).
     """
@@ -262,7 +258,6 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
     """Write the file lists, `<config_dir>/config.json` and `<config_dir>/diffusion.yaml`.
 
     Args:
-        speech_encoder: content encoder name, one of ENCODER_DIMS.
         vol_aug: set `train.vol_aug` and `model.vol_embedding`.
         tiny: start from `config_tiny_template.json` and force `filter_channels` 512.
         seed: seed of the split shuffles; None = unseeded like 4.1.

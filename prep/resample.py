@@ -96,14 +96,9 @@ def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
 def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: str = "clip") -> np.ndarray:
     """The chain from decoded mono float32 `x` `[L]` at `sr` to the int16 samples resample.py stores.
 
-    Args:
-        target_sr: output rate (44100 in the tutorial).
-        loudnorm: peak-normalise to full scale after resampling (off = `--skip_loudnorm`).
-        name: used in the error message.
-    Returns:
-        int16 [ceil(L_trimmed * target_sr / sr)].
-    Raises:
-        SilentAudioError: nothing but digital silence is left after trimming.
+    `loudnorm` peak-normalises to full scale after resampling (off = `--skip_loudnorm`). Returns int16
+    [ceil(L_trimmed * target_sr / sr)]; raises SilentAudioError (naming `name`) when only digital
+    silence is left.
     """
     x = trim_silence(x)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
