@@ -117,7 +117,7 @@ class FeatureExtractor:
         except CheckpointError as err:
             logger.warning("%s is unreadable (%s); recomputing", path, err)
             return False
-        if self.dim is not None and (units.dim() != 3 or units.shape[1] != self.dim):
+        if units.dim() != 3 or units.shape[1] != self.dim:
             logger.warning("%s has shape %s but %s gives %d channels (made by another encoder?); recomputing",
                            path, tuple(units.shape), self.s.speech_encoder, self.dim)
             return False
