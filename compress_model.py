@@ -1,12 +1,9 @@
-"""Strip training-only data from a So-VITS checkpoint: a release file about a third of the size.
+"""Strip training-only data (enc_q, optimizer moments) from a So-VITS checkpoint: a release file about a
+third of the size that inference loads like the full file (training cannot resume from it).
 
     python compress_model.py -c configs/config.json -i logs/44k/G_30400.pth [-o out.pth] [-hf]
 
-The release keeps every weight inference uses (enc_q, the posterior encoder, is dropped) and a fresh
-optimizer state; inference_main.py and 4.1 load it like the full file, training cannot resume from it.
-Default output: `<input stem>_release[_half]<ext>` next to the input. A release given again is refused
-(nothing to strip), except a float32 release with -hf, which gives its fp16 copy (`*_release_half`).
-Exit status 2 on refusal: missing files, a config that does not fit the model, output = input.
+A release is refused, except a float32 one with -hf (gives its fp16 copy). Exit status 2 on refusal.
 """
 from __future__ import annotations
 
@@ -27,7 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run compress_model.py with `argv` (default: sys.argv[1:]); returns the exit code."""
     args = build_parser().parse_args(argv)
     if not args.input:
         print("compress_model.py: give the checkpoint to compress with -i/--input (e.g. logs/44k/G_30400.pth)",
@@ -43,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(args.input):
             raise CheckpointError(f"input checkpoint {args.input} not found")
         hps = load_config(args.config)
-        net_g = build_synthesizer(hps)
-        result = compress_model(args.input, net_g, hps, args.config, args.output, args.half)
+        result = compress_model(args.input, build_synthesizer(hps), hps, args.config, args.output, args.half)
     except (CheckpointError, ConfigError) as err:
         print(f"compress_model.py: {err}", file=sys.stderr)
         return 2

@@ -1,11 +1,9 @@
-"""Static voice mixing (the web UI's tools tab as a command): one model from a weighted sum of several.
+"""Static voice mixing (the web UI's tools tab as a command): every weight tensor becomes Σ_i w_i · model_i.
 
     python model_mix.py -i a.pth b.pth c.pth -r 50 30 20 [--mode convex|linear] [-o output.pth] [-c config.json]
 
-Every weight tensor becomes Σ_i w_i · model_i; the other entries come from the first file. convex
-(default): w = softmax(percent / 100), so the weights always sum to 1 (50/30/20 -> 0.39/0.32/0.29);
-linear: w = percent / 100 as given. All models must share one config (same speakers and sizes).
-Default output ./output.pth as in 4.1. Exit status 2 on refusal.
+convex (default): w = softmax(percent / 100), summing to 1 (50/30/20 -> 0.39/0.32/0.29); linear: percent / 100.
+All models must share one config. Exit status 2 on refusal.
 """
 from __future__ import annotations
 
@@ -29,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run model_mix.py with `argv` (default: sys.argv[1:]); returns the exit code."""
     args = build_parser().parse_args(argv)
     rates = args.rate if args.rate is not None else [100.0] * len(args.input)
 

@@ -1,8 +1,5 @@
-"""Export `checkpoints/<name>/model.pth` + `config.json` to ONNX for MoeVoiceStudio.
-
-Writes `checkpoints/<name>/<name>_SoVits.onnx` (also reachable as `checkpoints/<name>/model.onnx`,
-the old exporter's name) and the MoeVS descriptor `checkpoints/<name>.json`; runs on the CPU.
-"""
+"""Export `checkpoints/<name>/model.pth` + `config.json` for MoeVoiceStudio: `<name>/<name>_SoVits.onnx`
+(linked as `<name>/model.onnx`) and the descriptor `<name>.json`."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--model_name", type=str, default="TransformerFlow",
                         help="model folder name under checkpoints/ (holding model.pth and config.json)")
     parser.add_argument("--checkpoints_dir", type=str, default="checkpoints",
@@ -19,7 +16,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run onnx_export.py with `argv` (default: sys.argv[1:]); returns the exit code."""
     args = build_parser().parse_args(argv)
 
     from core.checkpoint import CheckpointError

@@ -1,7 +1,6 @@
-"""Train the shallow-diffusion model: `python train_diff.py -c configs/diffusion.yaml`.
+"""Train the shallow-diffusion model into `env.expdir`: `python train_diff.py -c configs/diffusion.yaml`.
 
-Trains into `env.expdir` (`logs/44k/diffusion`) and resumes from its newest `model_<N>.pt` when run
-again (put a pretrained `model_0.pt` there to fine-tune). Ctrl+C saves the last finished step.
+Resumes from the newest `model_<N>.pt` there (a pretrained `model_0.pt` fine-tunes); Ctrl+C saves the last step.
 """
 from __future__ import annotations
 

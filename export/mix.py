@@ -1,5 +1,4 @@
-"""Static voice mixing (`model_mix.py`, the web UI's tools tab): sum_i w_i * model_i per tensor, with
-w = softmax(percent / 100) (convex) or percent / 100 (linear); the other entries come from the first file."""
+"""Static voice mixing (`model_mix.py`, the web UI's tools tab): sum_i w_i * model_i per tensor."""
 from __future__ import annotations
 
 import logging
@@ -31,11 +30,8 @@ def _mode_name(mode: int | str) -> str:
 
 
 def mix_weights(mix_rate: Sequence[float], mode: int | str = 0) -> torch.Tensor:
-    """Per-model weights [N] (float32) from percentages, as 4.1's web UI computes them.
-
-    mode 0 / "convex": softmax(percent / 100) — note this is not percent / Σpercent (50/30/20 gives
-    0.391/0.320/0.289); mode 1 / "linear": percent / 100 as is.
-    """
+    """Weights [N] float32 as 4.1's web UI computes them: mode 0 / "convex" softmax(percent / 100) (not
+    percent / Σpercent: 50/30/20 gives 0.391/0.320/0.289), mode 1 / "linear" percent / 100."""
     name = _mode_name(mode)
     rates = torch.tensor([float(r) for r in mix_rate], dtype=torch.float32) / 100
     if rates.numel() == 0 or not torch.isfinite(rates).all():
@@ -43,14 +39,10 @@ def mix_weights(mix_rate: Sequence[float], mode: int | str = 0) -> torch.Tensor:
     return torch.softmax(rates, dim=0) if name == "convex" else rates
 
 
-def mix_states(states: Sequence[Mapping[str, Any]], weights: torch.Tensor,
-               names: Sequence[str]) -> dict[str, Any]:
-    """Σ_i weights[i] · states[i][key] for every key of the first state dict.
-
-    Float tensors are accumulated in float32 (float64 if the first model is float64) and cast to the
-    first model's dtype, so fp16 releases mix without fp16 rounding at each step; non-float tensors
-    must be equal and are copied. Raises ModelFileError naming the files whose structure differs.
-    """
+def mix_states(states: Sequence[Mapping[str, Any]], weights: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """Σ_i weights[i] · states[i][key] for every key of the first state dict, summed in at least float32 (no
+    fp16 rounding per step) and cast to the first model's dtype; non-float tensors must be equal.
+    Raises ModelFileError naming the files whose structure differs."""
     first = states[0]
     for state, name in zip(states[1:], names[1:]):
         problems = state_differences(first, state, names[0], name)
@@ -86,20 +78,9 @@ def mix_states(states: Sequence[Mapping[str, Any]], weights: torch.Tensor,
 def mix_model(model_paths: Sequence[PathLike], mix_rate: Sequence[float], mode: int | str = 0,
               output: PathLike = os.path.join(os.curdir, "output.pth"), net_g: nn.Module | None = None,
               config_path: PathLike = "") -> str:
-    """Static voice mix of several checkpoints into one file (4.1 web UI's `mix_model`).
-
-    Args:
-        model_paths: G_*.pth files (full or release) of models with the same config and speakers.
-        mix_rate: one percentage per model.
-        mode: 0 / "convex" (softmax of percent/100) or 1 / "linear" (percent/100).
-        output: where to write (atomically); default ./output.pth as in 4.1.
-        net_g: optional freshly built model of `config_path` to check the first file against.
-    Returns:
-        The output path. The file is the first checkpoint's dict with `model` replaced.
-    Raises:
-        ModelFileError: count mismatch, bad mode, differing structures, output = an input.
-        CheckpointError: an unreadable input.
-    """
+    """Mix G_*.pth files (full or release, one config; one percentage each) into `output`, atomically: the first
+    checkpoint's dict with `model` replaced. net_g: an optional fresh model of `config_path` to check against.
+    Raises ModelFileError (counts, mode, structures, output = an input) or CheckpointError (unreadable)."""
     paths = [os.fspath(p) for p in model_paths]
     output = os.fspath(output)
     if not paths:
@@ -119,8 +100,6 @@ def mix_model(model_paths: Sequence[PathLike], mix_rate: Sequence[float], mode: 
                        "(give percentages that add up to 100)", total)
     result = dict(ckpts[0])
     result["model"] = mix_states([c["model"] for c in ckpts], weights, paths)
-    folder = os.path.dirname(output)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     write_atomic(output, lambda f: torch.save(result, f))
     return output

@@ -1,27 +1,11 @@
-"""Export variant of ``SynthesizerTrn`` for MoeVoiceStudio.
+"""``SynthesizerTrnOnnx``: a loaded ``SynthesizerTrn`` with the graph interface MoeVoiceStudio feeds.
 
-``SynthesizerTrnOnnx`` wraps an existing, loaded ``models.SynthesizerTrn`` and runs its own modules
-(``pre``, ``emb_uv``, ``emb_vol``, ``emb_g``, ``enc_p``, ``flow``, ``dec``) with the graph interface
-MoeVoiceStudio feeds:
-
-==========  =====================  ============================================================
-input       dtype, shape           meaning
-==========  =====================  ============================================================
-``c``       float32 [1, F, C]      content units, time-major (C = ssl_dim)
-``f0``      float32 [1, T]         F0 in Hz, 0 = unvoiced
-``mel2ph``  int64 [1, T]           unit index per frame: 0 = zero vector, k = unit k - 1
-``uv``      float32 [1, T]         voicing (0/1)
-``noise``   float32 [1, I, T]      prior noise (I = inter_channels), pre-scaled by the caller
-``sid``     int64 [1]              speaker id; float32 [T, S] per-frame weights (mix variant)
-``vol``     float32 [1, T]         loudness, only when the model has ``vol_embedding``
-==========  =====================  ============================================================
-
-Output ``audio`` float32 [1, 1, T * hop]. Differences from ``SynthesizerTrn.infer``: the prior
-noise is an input (``z_p = m_p + noise * exp(logs_p)``), the mask is all ones, there is no
-automatic F0, and the decoder's harmonic source accumulates phase per frame and upsamples it
-linearly (the stand-alone vocoder's ``FrameSineGen``) instead of per sample, as 4.1's export does,
-so MoeVS hears what it heard from 4.1's graphs. The source's random start phases and noise stay inside
-the graph.
+Inputs: ``c`` float32 [1, F, C] units (C = ssl_dim); ``f0`` float32 [1, T] Hz, 0 = unvoiced; ``mel2ph``
+int64 [1, T] unit per frame (0 = zero vector, k = unit k - 1); ``uv`` float32 [1, T]; ``noise`` float32
+[1, inter_channels, T] prior noise, pre-scaled; ``sid`` int64 [1], or float32 [T, S] weights (mix
+variant); ``vol`` float32 [1, T], only with ``vol_embedding``. Output ``audio`` float32 [1, 1, T * hop].
+Unlike ``infer``, the mask is all ones, there is no automatic F0, and the harmonic source works at
+frame rate (as 4.1's export, so MoeVS hears what it heard from 4.1's graphs).
 """
 from __future__ import annotations
 
@@ -38,22 +22,14 @@ from modules import f0 as f0_math
 from models import SynthesizerTrn
 from vdecoder.hifigan.models import Generator, SourceModuleHnNSF
 
-__all__ = ["OPSET", "OUTPUT_NAMES", "TRACE_FRAMES", "SynthesizerTrnOnnx", "dummy_inputs", "dynamic_axes",
-           "export_onnx", "frame_source_decoder", "input_names"]
+__all__ = ["OPSET", "TRACE_FRAMES", "SynthesizerTrnOnnx", "dummy_inputs", "export_onnx", "frame_source_decoder"]
 
 OPSET = 16
 TRACE_FRAMES = 200
-OUTPUT_NAMES = ["audio"]
 
 
 def frame_source_decoder(dec: Generator) -> Generator:
-    """``dec`` with a frame-rate harmonic source: every layer is shared, only the sine generator differs.
-
-    A shallow copy with its own module registry: ``ups``, ``resblocks``, ``noise_convs``,
-    ``conv_pre``/``conv_post``, ``cond`` (and the snake activations) are the very modules of
-    ``dec``, so their So-VITS paddings and weights are kept, and the new source reuses
-    ``dec.m_source.l_linear``. ``dec`` itself is not changed.
-    """
+    """A view of ``dec`` sharing every layer (``dec`` is unchanged) with a frame-rate harmonic source."""
     view = copy.copy(dec)
     for registry in ("_parameters", "_buffers", "_modules"):
         object.__setattr__(view, registry, OrderedDict(getattr(dec, registry)))
@@ -65,15 +41,8 @@ def frame_source_decoder(dec: Generator) -> Generator:
 
 
 class SynthesizerTrnOnnx(nn.Module):
-    """The ONNX graph of a loaded ``SynthesizerTrn`` (shares its modules; see the module docstring).
-
-    Args:
-        net: the loaded model, in eval mode.
-        n_speakers_mix: speakers of the config's ``spk`` map; with 2 or more, ``sid`` is a
-            [T, n_speakers_mix] weight matrix over the first ``n_speakers_mix`` rows of ``emb_g``
-            (this calls ``net.EnableCharacterMix`` like 4.1's exporter; integer ids keep working
-            in ``net.infer``). In PyTorch the mix path needs T >= 2; the graph has no such limit.
-    """
+    """The graph of a loaded ``SynthesizerTrn`` in eval mode (shares its modules); with ``n_speakers_mix`` >= 2,
+    ``sid`` weighs the first rows of ``emb_g`` per frame (calls ``net.EnableCharacterMix``, as 4.1 does)."""
 
     def __init__(self, net: SynthesizerTrn, n_speakers_mix: int = 0) -> None:
         super().__init__()
@@ -89,7 +58,7 @@ class SynthesizerTrnOnnx(nn.Module):
 
     def encode(self, c: Tensor, f0: Tensor, mel2ph: Tensor, uv: Tensor, noise: Tensor, sid: Tensor,
                vol: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Graph inputs (module docstring) -> (z [1, inter, T] after the reversed flow, g [1, gin, 1 or T])."""
+        """Graph inputs -> (z [1, inter, T] after the reversed flow, g [1, gin, 1 or T])."""
         # Row 0 of the gathered table is a zero frame, so mel2ph 0 marks frames without a unit.
         table = F.pad(c, (0, 0, 1, 0))
         units = torch.gather(table, 1, mel2ph.unsqueeze(2).expand(-1, -1, c.size(2))).transpose(1, 2)
@@ -106,34 +75,12 @@ class SynthesizerTrnOnnx(nn.Module):
 
     def forward(self, c: Tensor, f0: Tensor, mel2ph: Tensor, uv: Tensor, noise: Tensor, sid: Tensor,
                 vol: Tensor | None = None) -> Tensor:
-        """Graph inputs (module docstring) -> audio [1, 1, T * hop]."""
         z, g = self.encode(c, f0, mel2ph, uv, noise, sid, vol)
         return self.dec(z, f0, g=g)
 
 
-def input_names(vol_embedding: bool) -> list[str]:
-    """Graph input names in order: c, f0, mel2ph, uv, noise, sid (+ vol)."""
-    return ["c", "f0", "mel2ph", "uv", "noise", "sid"] + (["vol"] if vol_embedding else [])
-
-
-def dynamic_axes(speaker_mix: bool, vol_embedding: bool) -> dict[str, dict[int, str]]:
-    """Dynamic axes MoeVS expects: c 0,1; f0/mel2ph/uv(/vol) 1; noise 2; sid 0 for the mix variant.
-
-    The axis names are the ones the exporter generates for 4.1's plain lists (``c_dynamic_axes_1``, ...).
-    """
-    axes = {"c": [0, 1], "f0": [1], "mel2ph": [1], "uv": [1], "noise": [2]}
-    if speaker_mix:
-        axes["sid"] = [0]
-    if vol_embedding:
-        axes["vol"] = [1]
-    return {name: {dim: f"{name}_dynamic_axes_{i + 1}" for i, dim in enumerate(dims)} for name, dims in axes.items()}
-
-
 def dummy_inputs(model: SynthesizerTrnOnnx, frames: int = TRACE_FRAMES, seed: int = 0) -> tuple[Tensor, ...]:
-    """Random trace inputs of ``frames`` frames, one unit per frame (mel2ph = 0..T-1), all voiced.
-
-    The mix variant gets equal weights for every speaker, like 4.1's exporter.
-    """
+    """Random trace inputs, one unit per frame, all voiced; equal mix weights, like 4.1's exporter."""
     net = model.net
     gen = torch.Generator().manual_seed(seed)
     c = torch.rand(1, frames, net.ssl_dim, generator=gen)
@@ -145,33 +92,27 @@ def dummy_inputs(model: SynthesizerTrnOnnx, frames: int = TRACE_FRAMES, seed: in
         sid = torch.full((frames, model.n_speakers_mix), 1.0 / model.n_speakers_mix)
     else:
         sid = torch.LongTensor([0])
-    inputs = (c, f0, mel2ph, uv, noise, sid)
-    if net.vol_embedding:
-        inputs += (torch.rand(1, frames, generator=gen),)
-    return inputs
+    return (c, f0, mel2ph, uv, noise, sid) + ((torch.rand(1, frames, generator=gen),) if net.vol_embedding else ())
 
 
 def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int = TRACE_FRAMES) -> None:
-    """Trace ``model`` on the CPU with ``frames`` frames of random data and write the ONNX file.
-
-    Opset 16, no constant folding, 4.1's names and dynamic axes. Uses the TorchScript
-    exporter (``dynamo=False``): the graph is a trace, so the branches taken for the dummy input
-    (id or mix speaker path, vol or not) are fixed in it.
-    """
+    """Trace ``model`` on the CPU (TorchScript exporter, opset 16, no constant folding) into ``path``; the
+    branches taken for the dummy input (speaker id or mix, vol or not) are fixed in the graph."""
     model = model.eval()
-    vol = bool(model.net.vol_embedding)
+    names = ["c", "f0", "mel2ph", "uv", "noise", "sid"] + (["vol"] if model.net.vol_embedding else [])
+    # The dynamic axes MoeVS expects, named as the exporter names 4.1's plain lists (c_dynamic_axes_1, ...).
+    dims = {"c": [0, 1], "f0": [1], "mel2ph": [1], "uv": [1], "noise": [2], "vol": [1],
+            "sid": [0] if model.speaker_mix else []}
     with warnings.catch_warnings():
-        # Expected while tracing: shape checks and Python branches are evaluated once, for the dummy input.
+        # Tracing evaluates shape checks and branches once; the TorchScript exporter is chosen on purpose
+        # (a trace, as 4.1 exported), so its deprecation notices are noise too.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-        # The TorchScript exporter is chosen on purpose (a trace, as 4.1 exported; the dynamo
-        # exporter would need onnxscript), so its deprecation notices are noise here.
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
         torch.onnx.export(
-            model, dummy_inputs(model, frames), os.fspath(path),
-            input_names=input_names(vol), output_names=OUTPUT_NAMES,
-            dynamic_axes=dynamic_axes(model.speaker_mix, vol),
+            model, dummy_inputs(model, frames), os.fspath(path), input_names=names, output_names=["audio"],
             opset_version=OPSET, do_constant_folding=False, dynamo=False,
-        )
+            dynamic_axes={name: {dim: f"{name}_dynamic_axes_{i + 1}" for i, dim in enumerate(dims[name])}
+                          for name in names if dims[name]})

@@ -1,13 +1,7 @@
-"""ONNX export of a So-VITS model folder for MoeVoiceStudio.
-
-``export_folder("aziplayer")`` reads ``checkpoints/aziplayer/model.pth`` and ``config.json`` and writes
-``checkpoints/aziplayer/aziplayer_SoVits.onnx`` (with ``model.onnx``, the old exporter's name, as a
-hard link to it) and the MoeVS descriptor ``checkpoints/aziplayer.json``.
-"""
+"""ONNX export of a So-VITS model folder (`checkpoints/<name>/model.pth` + `config.json`) for MoeVoiceStudio."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,7 +10,7 @@ from typing import Any
 
 import torch
 
-from core.atomic import write_atomic
+from core.atomic import write_bytes_atomic
 from core.config import HParams, load_config
 from export.model_onnx import TRACE_FRAMES, SynthesizerTrnOnnx, export_onnx
 from generator import load_generator
@@ -24,16 +18,12 @@ from models import SynthesizerTrn
 
 __all__ = ["ExportResult", "SynthesizerTrnOnnx", "export_folder", "export_onnx", "load_model", "moevs_config"]
 
-logger = logging.getLogger(__name__)
-
 PathLike = str | os.PathLike
 LEGACY_NAME = "model.onnx"
 
 
 @dataclass
 class ExportResult:
-    """Paths written by ``export_folder`` and the speaker interface of the graph."""
-
     onnx_path: Path
     legacy_path: Path
     json_path: Path
@@ -42,8 +32,7 @@ class ExportResult:
 
 
 def load_model(model_path: PathLike, config_path: PathLike) -> tuple[SynthesizerTrn, HParams]:
-    """The float32 generator of `model_path` (G_*.pth or release file) in eval mode on the CPU, weight
-    norm still applied, and its config. Raises ConfigError, CheckpointError / FileNotFoundError."""
+    """(float32 generator in eval mode on the CPU, weight norm still applied; its config)."""
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"model file {os.fspath(model_path)} not found (copy your G_*.pth there "
                                 "and name it model.pth)")
@@ -55,40 +44,18 @@ def moevs_config(name: str, hps: HParams, net: SynthesizerTrn, speaker_mix: bool
     """The MoeVS model descriptor, keys in 4.1's order."""
     gin = int(net.gin_channels)
     layer = "layer-12" if gin == 768 else "layer-9"
-    return {
-        "Folder": name,
-        "Name": name,
-        "Type": "SoVits",
-        "Rate": hps.data.sampling_rate,
-        "Hop": hps.data.hop_length,
-        "Hubert": f"vec-{gin}-{layer}",
-        "SoVits4": True,
-        "SoVits3": False,
-        "CharaMix": speaker_mix,
-        "Volume": bool(net.vol_embedding),
-        "HiddenSize": gin,
-        "Characters": list(hps.spk.keys()),
-        "Cluster": "",
-    }
-
-
-def _link_or_copy(source: Path, link: Path) -> None:
-    """``link`` becomes a hard link to ``source`` (a copy where the file system has no hard links)."""
-    if link.exists() or link.is_symlink():
-        link.unlink()
-    try:
-        os.link(source, link)
-    except OSError:
-        shutil.copyfile(source, link)
+    return {"Folder": name, "Name": name, "Type": "SoVits", "Rate": hps.data.sampling_rate,
+            "Hop": hps.data.hop_length, "Hubert": f"vec-{gin}-{layer}", "SoVits4": True, "SoVits3": False,
+            "CharaMix": speaker_mix, "Volume": bool(net.vol_embedding), "HiddenSize": gin,
+            "Characters": list(hps.spk.keys()), "Cluster": ""}
 
 
 def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
                   frames: int = TRACE_FRAMES) -> ExportResult:
-    """Export ``<checkpoints_dir>/<name>/model.pth`` + ``config.json`` for MoeVoiceStudio.
+    """Write ``<name>/<name>_SoVits.onnx`` (hard-linked as ``<name>/model.onnx``, the old exporter's name) and
+    the MoeVS descriptor ``<name>.json`` under ``checkpoints_dir``; CPU only, the global RNG is not touched.
 
-    Weight norm is folded first (the same weights, computed once instead of in every run). The
-    graph takes per-frame speaker weights when the config's ``spk`` map has two or more speakers,
-    otherwise a speaker id. Runs on the CPU; the global RNG is not touched.
+    The graph takes per-frame speaker weights when the config's ``spk`` map has two or more speakers.
     """
     root = Path(checkpoints_dir)
     folder = root / name
@@ -96,12 +63,11 @@ def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
         raise FileNotFoundError(f"{folder} not found: create it and put the model there as model.pth "
                                 "with its config.json")
     net, hps = load_model(folder / "model.pth", folder / "config.json")
-    net.remove_weight_norm()
-    n_speakers = len(hps.spk)
-    model = SynthesizerTrnOnnx(net, n_speakers)
+    net.remove_weight_norm()  # the same weights, computed once instead of in every run
+    model = SynthesizerTrnOnnx(net, len(hps.spk))
 
     onnx_path = folder / f"{name}_SoVits.onnx"
-    # Written under a temporary name first, so an interrupted export leaves no truncated graph.
+    # A temporary name first, so an interrupted export leaves no truncated graph.
     tmp = folder / f".{onnx_path.name}.tmp"
     try:
         with torch.no_grad():
@@ -111,11 +77,12 @@ def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
         if os.path.exists(tmp):
             os.remove(tmp)
     legacy_path = folder / LEGACY_NAME
-    _link_or_copy(onnx_path, legacy_path)
-
+    legacy_path.unlink(missing_ok=True)
+    try:
+        os.link(onnx_path, legacy_path)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(onnx_path, legacy_path)
     json_path = root / f"{name}.json"
-    text = json.dumps(moevs_config(name, hps, net, model.speaker_mix), indent=4)
-    write_atomic(json_path, lambda f: f.write(text.encode("utf-8")))
-    logger.info("wrote %s (%s speaker input) and %s", onnx_path,
-                "per-frame mix" if model.speaker_mix else "id", json_path)
+    descriptor = moevs_config(name, hps, net, model.speaker_mix)
+    write_bytes_atomic(json_path, json.dumps(descriptor, indent=4).encode("utf-8"))
     return ExportResult(onnx_path, legacy_path, json_path, model.speaker_mix, bool(net.vol_embedding))

@@ -1,9 +1,5 @@
-"""Release files (`compress_model.py`): a G_<step>.pth without its training-only part.
-
-The `model` entries minus every key containing `enc_q` (the posterior encoder), optionally fp16, with
-iteration 0, a fresh AdamW state (no moments, one param group over every parameter of a fresh model,
-enc_q included) and learning_rate 0.0001: the dict 4.1 writes, so 4.1 and this toolkit both load it.
-Training refuses to resume from such a file.
+"""Release files (`compress_model.py`): 4.1's dict of a G_<step>.pth without `enc_q` (the posterior encoder),
+optionally fp16, with iteration 0, a fresh AdamW state and learning_rate 0.0001. Training cannot resume from it.
 """
 from __future__ import annotations
 
@@ -15,7 +11,8 @@ import torch
 from torch import nn
 
 from core.atomic import write_atomic
-from core.checkpoint import POSTERIOR_ENCODER, CheckpointError, first_float_dtype, is_release_state, read_checkpoint
+from core.checkpoint import (POSTERIOR_ENCODER, CheckpointError, first_float_dtype, is_release_state,
+                             read_checkpoint)
 from core.config import ConfigError, HParams
 from generator import check_fit, require_generator
 
@@ -32,8 +29,6 @@ class ModelFileError(CheckpointError):
 
 @dataclass
 class CompressResult:
-    """What `compress_model` wrote."""
-
     output: str
     kept: int  # model entries written
     removed: int  # enc_q entries dropped (0 when the input was already a release)
@@ -49,8 +44,7 @@ def alias_key(t: torch.Tensor) -> tuple:
 
 
 def default_release_path(input_path: PathLike, half: bool) -> str:
-    """`<input stem>_release[_half]<input ext>` next to the input; a `*_release` input given `--half`
-    becomes `*_release_half` (not `*_release_release_half`)."""
+    """`<stem>_release[_half]<ext>` next to the input; `*_release` with `half` gives `*_release_half`."""
     stem, ext = os.path.splitext(os.fspath(input_path))
     if half and stem.endswith("_release"):
         return f"{stem}_half{ext}"
@@ -58,37 +52,29 @@ def default_release_path(input_path: PathLike, half: bool) -> str:
 
 
 def release_state(state: Mapping[str, Any], half: bool) -> dict[str, torch.Tensor]:
-    """The release `model` dict: entries without `enc_q` in the name, order kept; `half` converts
-    every float tensor to float16 (shared tensors stay shared)."""
+    """The entries without `enc_q` in the name, in order; `half`: float tensors as float16, still shared."""
     out: dict[str, torch.Tensor] = {}
     converted: dict[tuple, torch.Tensor] = {}
     for key, value in state.items():
         if POSTERIOR_ENCODER in key:
             continue
         if half and isinstance(value, torch.Tensor) and value.is_floating_point():
-            alias = alias_key(value)
-            if alias not in converted:
-                converted[alias] = value.half()
-            value = converted[alias]
+            value = converted.setdefault(alias_key(value), value.half())
         out[key] = value
     return out
 
 
 def fresh_optimizer_state(net_g: nn.Module, hps: HParams, config_name: str) -> dict[str, Any]:
-    """State dict of a new AdamW over `net_g` with the config's lr/betas/eps (weight decay 0.01,
-    the AdamW default 4.1 relies on): empty `state`, params 0..N-1 in registration order."""
-    train = hps.get("train")
-    values = {}
+    """State dict of a new AdamW over `net_g` with the config's lr/betas/eps (4.1 relies on the default
+    weight decay 0.01): empty `state`, params 0..N-1 in registration order."""
+    train = hps.get("train") or {}
     for name in ("learning_rate", "betas", "eps"):
-        value = train.get(name) if train is not None else None
-        if value is None:
+        if train.get(name) is None:
             raise ConfigError(f"{config_name}: train.{name} is missing (needed for the release file's "
                               "optimizer state)", config_name, f"train.{name}")
-        values[name] = value
     try:
-        betas = tuple(float(b) for b in values["betas"])
-        optimizer = torch.optim.AdamW(net_g.parameters(), float(values["learning_rate"]), betas=betas,
-                                      eps=float(values["eps"]))
+        optimizer = torch.optim.AdamW(net_g.parameters(), float(train["learning_rate"]),
+                                      betas=tuple(float(b) for b in train["betas"]), eps=float(train["eps"]))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{config_name}: train.learning_rate / betas / eps are not usable ({err})",
                           config_name, "train") from None
@@ -97,23 +83,15 @@ def fresh_optimizer_state(net_g: nn.Module, hps: HParams, config_name: str) -> d
 
 def compress_model(input_path: PathLike, net_g: nn.Module, hps: HParams, config_path: PathLike,
                    output_path: PathLike | None = None, half: bool = False) -> CompressResult:
-    """Write the release file of a full G_<step>.pth, atomically.
+    """Write the release file of a full G_<step>.pth atomically (default path: `default_release_path`).
 
-    Args:
-        input_path: full training checkpoint.
-        net_g: a freshly built `SynthesizerTrn` for `hps` (checks the fit, sizes the optimizer state).
-        hps, config_path: the config and its file name (for messages).
-        output_path: default `default_release_path(input_path, half)`.
-        half: store float tensors as float16.
-    Raises:
-        ModelFileError: the input is already a release (except float32 release + `half`), does not fit
-            the config, or the output would overwrite the input.
-        CheckpointError (incl. CheckpointNotFoundError): unreadable input. ConfigError: bad train fields.
+    net_g: a freshly built generator of `hps` (checks the fit, sizes the optimizer state).
+    Raises ModelFileError when the input is already a release (except float32 + `half`), does not fit
+    the config or would be overwritten; CheckpointError for an unreadable input.
     """
     input_path, config_name = os.fspath(input_path), os.fspath(config_path)
     output = os.fspath(output_path) if output_path else default_release_path(input_path, half)
-    ckpt = read_checkpoint(input_path)
-    state = ckpt["model"]
+    state = read_checkpoint(input_path)["model"]
     dtype = first_float_dtype(state) or torch.float32
     require_generator(state, input_path)
     if is_release_state(state) and not (half and dtype == torch.float32):
@@ -127,15 +105,9 @@ def compress_model(input_path: PathLike, net_g: nn.Module, hps: HParams, config_
         raise ModelFileError(f"refusing to overwrite the input {input_path} with its release file; "
                              "choose another -o/--output")
     model = release_state(state, half)
-    payload = {
-        "model": model,
-        "iteration": 0,
-        "optimizer": fresh_optimizer_state(net_g, hps, config_name),
-        "learning_rate": RELEASE_LEARNING_RATE,
-    }
-    folder = os.path.dirname(output)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
+    payload = {"model": model, "iteration": 0, "optimizer": fresh_optimizer_state(net_g, hps, config_name),
+               "learning_rate": RELEASE_LEARNING_RATE}
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     write_atomic(output, lambda f: torch.save(payload, f))
     return CompressResult(output=output, kept=len(model), removed=len(state) - len(model),
                           dtype=torch.float16 if half else dtype, input_bytes=os.path.getsize(input_path),
