@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterator, Mapping
 
@@ -46,6 +47,7 @@ StageHook = Callable[[str], ContextManager[object]]
 ENHANCER_PATH = os.path.join("nsf_hifigan", "model")
 WHISPER_MAX_SECONDS = 30.0
 _COPY_BLOCK = 1 << 20  # samples per block when converting inputs to WAV
+_OPTION_NAMES = frozenset(f.name for f in fields(InferOptions))
 
 
 def format_wav(audio_path: PathLike) -> str:
@@ -75,6 +77,11 @@ def change_rms(data1: np.ndarray, sr1: int, data2: torch.Tensor, sr2: int, rate:
     return data2 * (torch.pow(env1, torch.tensor(1 - rate)) * torch.pow(env2, torch.tensor(rate - 1)))
 
 
+def _options(arguments: dict[str, object]) -> InferOptions:
+    """The options among a 4.1 method's arguments (`locals()`), which carry the field names."""
+    return InferOptions(**{k: v for k, v in arguments.items() if k in _OPTION_NAMES})
+
+
 def _is_oom(err: BaseException) -> bool:
     text = str(err).lower()
     return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
@@ -82,25 +89,18 @@ def _is_oom(err: BaseException) -> bool:
 
 
 class Svc:
-    """A So-VITS model ready for conversion (4.1's constructor arguments).
+    """A So-VITS model ready for conversion (4.1's constructor arguments; device None = auto).
 
-    Args:
-        net_g_path / config_path: G_*.pth (full or compressed) and its config.json; not read with -od.
-        device: torch device; None = CUDA if available, else CPU.
-        cluster_model_path: k-means `.pt` or retrieval `.pkl` (its content decides; `feature_retrieval`
-            only says what was expected); loaded when the file exists.
-        nsf_hifigan_enhance: NSF-HiFiGAN pass from `<pretrain_dir>/nsf_hifigan/model` (not with -shd).
-        shallow_diffusion (-shd) / only_diffusion (-od): use the diffusion model; without its file, So-VITS
-            runs with 4.1's "No diffusion model..." line (`output_mode` says what runs).
-        spk_mix_enable: prepare the speaker table for dynamic mixing.
-        unit_mixer: use this mixer instead of loading `cluster_model_path`.
-    Attributes:
-        stage_hook: `with svc.stage_hook(name):` wraps each conversion stage ("slicing", "reading", "piece
-            preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion",
-            "enhancer", "writing"); stages never nest. Default: no-op.
-    Raises:
-        ConfigError, CheckpointError, FileNotFoundError (missing files, incl. pretrain/), ModelConfigMismatch,
-        VocoderLoadError (diffusion vocoder), SvcError (missing diffusion config, shallow-only model with -od).
+    net_g_path / config_path: G_*.pth (full or compressed) and its config.json, not read with -od.
+    cluster_model_path: k-means `.pt` or retrieval `.pkl`, loaded when it exists (its content decides;
+    `feature_retrieval` says what was expected); `unit_mixer` replaces it. nsf_hifigan_enhance: NSF-HiFiGAN
+    pass from `<pretrain_dir>/nsf_hifigan/model` (not with -shd). shallow_diffusion (-shd) / only_diffusion
+    (-od): without the diffusion file So-VITS runs (`output_mode` says what runs).
+    `with svc.stage_hook(name):` (default no-op) wraps each conversion stage, never nested: "slicing", "reading",
+    "piece preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion",
+    "enhancer", "writing".
+    Raises ConfigError, CheckpointError, FileNotFoundError (incl. pretrain/), ModelConfigMismatch, VocoderLoadError
+    (diffusion vocoder), SvcError (missing diffusion config, shallow-only model with -od).
     """
 
     def __init__(self, net_g_path: PathLike, config_path: PathLike, device: str | torch.device | None = None,
@@ -117,12 +117,8 @@ class Svc:
             self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev)
         self.only_diffusion = bool(only_diffusion) and self.diffusion is not None
         self.shallow_diffusion = bool(shallow_diffusion) and self.diffusion is not None and not self.only_diffusion
-        self.hps_ms = None
-        self.net_g_ms = None
-        if self.only_diffusion:
-            units_width = self._init_from_diffusion(self.diffusion)
-        else:
-            units_width = self._init_sovits()
+        self.hps_ms = self.net_g_ms = None
+        units_width = self._init_from_diffusion(self.diffusion) if self.only_diffusion else self._init_sovits()
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
         if self.only_diffusion and self.hubert_model.dim != units_width:
             raise ModelConfigMismatch(
@@ -150,18 +146,16 @@ class Svc:
     def _init_sovits(self) -> int:
         """Load config.json + the So-VITS checkpoint; returns the model's unit width."""
         self.hps_ms = load_config(self.config_path, missing_as_none=True)
-        loaded = load_sovits(self.net_g_path, self.hps_ms, self.config_path, self.dev)  # validates the config
-        self.net_g_ms, self.dtype = loaded.net_g, loaded.dtype
-        data = self.hps_ms.get("data") or {}
-        self.target_sample = int(data.get("sampling_rate") or 44100)
-        self.hop_size = int(data.get("hop_length") or 512)
-        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"  # 4.0 configs: legacy mode
-        self.spk2id: dict[str, int] = dict(self.hps_ms.spk.to_dict())
+        loaded = load_sovits(self.net_g_path, self.hps_ms, self.config_path, self.dev)
+        self.net_g_ms, self.dtype, cfg = loaded.net_g, loaded.dtype, loaded.config
+        self.target_sample, self.hop_size = cfg.data.sampling_rate, cfg.data.hop_length
+        self.unit_interpolate_mode = cfg.data.inference_unit_mode
+        self.spk2id: dict[str, int] = dict(cfg.spk)
         self.spk_map_path = self.config_path
-        self.vol_embedding = bool(self.hps_ms.model.vol_embedding)
-        self.has_f0_decoder = loaded.has_f0_decoder and self.net_g_ms.use_automatic_f0_prediction
-        self.speech_encoder = infer_speech_encoder(self.hps_ms, loaded.units_width, self.config_path)
-        return loaded.units_width
+        self.vol_embedding = cfg.model.vol_embedding
+        self.has_f0_decoder = loaded.has_f0_decoder and cfg.model.use_automatic_f0_prediction
+        self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, cfg.model.ssl_dim, self.config_path)
+        return cfg.model.ssl_dim
 
     def _init_from_diffusion(self, side: DiffusionSide) -> int:
         """-od: rate, hop, speakers, encoder and unit mode come from the diffusion config (4.1)."""
@@ -190,7 +184,6 @@ class Svc:
 
     @property
     def diffusion_used(self) -> bool:
-        """Whether conversion runs the diffusion model (shallow or diffusion-only)."""
         return self.shallow_diffusion or self.only_diffusion
 
     @property
@@ -242,7 +235,7 @@ class Svc:
     def get_unit_f0(self, wav: np.ndarray, tran: float, cluster_infer_ratio: float, speaker: str | int,
                     f0_filter: bool, f0_predictor: str, cr_threshold: float = 0.05
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Units and F0 of a 44.1 kHz piece [L]: (c [1, C, T], f0 [1, T] Hz shifted by `tran`, uv [1, T])."""
+        """(units [1, C, T], f0 [1, T] in Hz shifted by `tran`, uv [1, T]) of a piece [L] at the model rate."""
         key = (f0_predictor, float(cr_threshold))
         if self._f0_key != key:
             with self.stage_hook("loading"):
@@ -280,7 +273,7 @@ class Svc:
 
     def _convert(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                  frame: int = 0) -> tuple[torch.Tensor, int]:
-        """Convert a 44.1 kHz piece [L]: (audio float32 [N] on CPU, frames T)."""
+        """Convert a piece [L] at the model rate: (audio float32 [N] on CPU, frames T)."""
         mixing = isinstance(speaker, torch.Tensor)
         ratio = 0.0 if mixing else opts.cluster_infer_ratio
         if not mixing:
@@ -336,14 +329,9 @@ class Svc:
               cr_threshold: float = 0.05, k_step: int = 100, frame: int = 0, spk_mix: bool = False,
               second_encoding: bool = False, loudness_envelope_adjustment: float = 1
               ) -> tuple[torch.Tensor, int, int]:
-        """4.1's `Svc.infer` on a WAV: (audio float32 [N] at 44.1 kHz, N, frames T).
-
-        `speaker`: a name, an id, or with `spk_mix` the song's mix weights [n_spk, frames] (from `frame` on).
-        """
-        opts = InferOptions(tran=tran, cluster_infer_ratio=cluster_infer_ratio, auto_predict_f0=auto_predict_f0,
-                            noice_scale=noice_scale, f0_filter=f0_filter, f0_predictor=f0_predictor,
-                            enhancer_adaptive_key=enhancer_adaptive_key, cr_threshold=cr_threshold, k_step=k_step,
-                            second_encoding=second_encoding, loudness_envelope_adjustment=loudness_envelope_adjustment)
+        """4.1's `Svc.infer` on a WAV: (audio float32 [N] at the model rate, N, frames T). `speaker`: a name,
+        an id, or with `spk_mix` the song's mix weights [n_spk, frames] (from `frame` on)."""
+        opts = _options(locals())
         if spk_mix and not isinstance(speaker, torch.Tensor):
             raise SvcError("spk_mix needs the mixing weights tensor as `speaker`")
         self.check_k_step(k_step)
@@ -397,9 +385,8 @@ class Svc:
                              progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
         """Convert a song slice by slice, yielding float32 blocks at the model rate.
 
-        `spk`: a speaker name or id, or with `opts.use_spk_mix` a speaker-mix map. `progress(i, n)` is
-        called before chunk i of n and with (n, n) at the end. Speaker, -cr, -ks and mix-map errors
-        (SvcError, SpkMixError) are raised at once.
+        `spk`: a speaker name or id, or with `opts.use_spk_mix` a speaker-mix map. `progress(i, n)`: before
+        chunk i of n, and (n, n) at the end. Speaker, -cr, -ks and mix-map errors are raised at once.
         """
         self.check_k_step(opts.k_step)
         speaker = self._song_speaker(spk, opts)
@@ -415,23 +402,15 @@ class Svc:
                         enhancer_adaptive_key: float = 0, cr_threshold: float = 0.05, k_step: int = 100,
                         use_spk_mix: bool = False, second_encoding: bool = False,
                         loudness_envelope_adjustment: float = 1) -> np.ndarray:
-        """4.1's `slice_inference`: the converted song as one float32 array [N] at 44.1 kHz."""
-        opts = InferOptions(tran=tran, slice_db=slice_db, cluster_infer_ratio=cluster_infer_ratio,
-                            auto_predict_f0=auto_predict_f0, noice_scale=noice_scale, pad_seconds=pad_seconds,
-                            clip_seconds=clip_seconds, lg_num=lg_num, lgr_num=lgr_num, f0_predictor=f0_predictor,
-                            enhancer_adaptive_key=enhancer_adaptive_key, cr_threshold=cr_threshold, k_step=k_step,
-                            use_spk_mix=use_spk_mix, second_encoding=second_encoding,
-                            loudness_envelope_adjustment=loudness_envelope_adjustment)
-        blocks = list(self.iter_slice_inference(raw_audio_path, spk, opts))
+        """4.1's `slice_inference`: the converted song as one float32 array [N] at the model rate."""
+        blocks = list(self.iter_slice_inference(raw_audio_path, spk, _options(locals())))
         return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
     def convert_file(self, audio: Audio, out_path: PathLike, spk: str | int | Mapping[int, list],
                      opts: InferOptions, wav_format: str = "flac",
                      progress: Callable[[int, int], None] | None = None) -> int:
-        """Stream the conversion into `<out_path>.part`, renamed when complete; returns samples written.
-
-        Audio is clipped to [-1, 1] (4.1 let libsndfile wrap).
-        """
+        """Stream the conversion, clipped to [-1, 1], into `<out_path>.part`, renamed when complete;
+        returns samples written."""
         out_path = os.fspath(out_path)
         tmp = f"{out_path}.part"
         blocks = self.iter_slice_inference(audio, spk, opts, progress)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from core.config import HParams
+from core.schema import SovitsConfig
 from generator import ModelConfigMismatch, load_generator
 from models import SynthesizerTrn
 from vencoder import encoders_of_width
@@ -23,17 +24,16 @@ _ENCODER_BY_WIDTH = {768: "vec768l12", 256: "vec256l9"}
 
 @dataclass
 class LoadedModel:
-    net_g: SynthesizerTrn
+    net_g: SynthesizerTrn  # eval mode, weight norm folded, on the device
+    config: SovitsConfig
     dtype: torch.dtype
-    units_width: int  # input channels of `pre`, i.e. the unit size the model was trained on
     has_f0_decoder: bool  # weights for -a/--auto_predict_f0 are present
 
 
-def infer_speech_encoder(hps: HParams, units_width: int, config_path: str) -> str:
-    """`model.speech_encoder`, or for configs without it the encoder implied by the unit width."""
-    name = hps.model.get("speech_encoder")
+def infer_speech_encoder(name: str | None, units_width: int, config_path: str) -> str:
+    """`model.speech_encoder` (`name`), or for configs without it the encoder implied by the unit width."""
     if name:
-        return str(name)
+        return name
     guess = _ENCODER_BY_WIDTH.get(units_width)
     if guess is None:
         raise ModelConfigMismatch(
@@ -48,29 +48,26 @@ def infer_speech_encoder(hps: HParams, units_width: int, config_path: str) -> st
 
 
 def check_encoder_width(encoder_name: str, encoder_dim: int, units_width: int, config_path: str) -> None:
-    """Raise when the speech encoder's output does not fit the model's `pre` layer."""
+    """Raise ModelConfigMismatch when the speech encoder's output does not fit the model's `pre` layer."""
     if encoder_dim == units_width:
         return
     options = encoders_of_width(units_width)
-    hint = f"Set \"speech_encoder\": \"{options[0]}\"" + (f" (or {', '.join(options[1:])})" if options[1:] else "") \
-        if options else "Use the speech encoder the model was trained with"
+    hint = f"Set \"speech_encoder\": \"{options[0]}\"" + (f" (or {', '.join(options[1:])})" if options[1:] else "")
     raise ModelConfigMismatch(
         f"This model takes {units_width}-dim units but speech_encoder '{encoder_name}' gives {encoder_dim}. "
-        f"{hint} in the model section of {config_path}.")
+        f"{hint if options else 'Use the speech encoder the model was trained with'} in the model section of "
+        f"{config_path}.")
 
 
 def load_sovits(model_path: PathLike, hps: HParams, config_path: PathLike, device: torch.device) -> LoadedModel:
-    """The generator of `model_path` in eval mode with weight norm folded, on `device`.
+    """The generator of `model_path` ready for conversion on `device`.
 
-    fp16 files (or, as in 4.1, a path containing "half" on CUDA) run in fp16 on CUDA and in fp32 on
-    the CPU, where fp16 convolutions are unsupported or very slow.
-    Raises:
-        ConfigError, CheckpointError / FileNotFoundError, ModelConfigMismatch: see `generator.load_generator`.
+    fp16 files (or, as in 4.1, a path containing "half" on CUDA) run in fp16 on CUDA and in fp32 on the CPU,
+    where fp16 convolutions are unsupported or very slow. Raises what `generator.load_generator` raises.
     """
     model_path = os.fspath(model_path)
     loaded = load_generator(model_path, hps, config_path)
-    net_g = loaded.net
-    if not loaded.has_f0_decoder and net_g.use_automatic_f0_prediction:
+    if not loaded.has_f0_decoder and loaded.net.use_automatic_f0_prediction:
         logger.warning("%s has no F0-predictor weights (4.0-era model?): -a/--auto_predict_f0 is unavailable",
                        model_path)
     dtype = loaded.report.dtype or torch.float32
@@ -78,7 +75,6 @@ def load_sovits(model_path: PathLike, hps: HParams, config_path: PathLike, devic
         dtype = torch.float32
     elif "half" in model_path:
         dtype = torch.float16
-    net_g = net_g.to(dtype).eval()
+    net_g = loaded.net.to(dtype).eval()
     net_g.remove_weight_norm()
-    net_g.to(device)
-    return LoadedModel(net_g, dtype, int(net_g.ssl_dim), loaded.has_f0_decoder)
+    return LoadedModel(net_g.to(device), loaded.config, dtype, loaded.has_f0_decoder)

@@ -1,8 +1,4 @@
-"""4.1's silence slicer, and random-access audio sources so a long song is sliced without loading it whole.
-
-``Slicer.slice`` / ``cut`` / ``chunks2audio`` keep 4.1's chunk-dict interface; ``slice_source`` gives the
-same boundaries while reading an ``AudioSource`` block by block.
-"""
+"""4.1's silence slicer, reading random-access audio sources so a long song is sliced without loading it whole."""
 from __future__ import annotations
 
 import os
@@ -20,9 +16,7 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
-# Frames of RMS computed per batch by the streaming slicer (256 windows of 3528 samples at 44.1 kHz
-# = 3.6 MB of squares).
-_RMS_BATCH_FRAMES = 256
+_RMS_BATCH_FRAMES = 256  # RMS windows per read: 3.6 MB of squares at 44.1 kHz
 
 
 @dataclass(frozen=True)
@@ -116,27 +110,10 @@ def open_audio(audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]
     return FileSource(audio)
 
 
-def _frame_power(padded: np.ndarray, n_frames: int, frame_length: int, hop_length: int) -> np.ndarray:
-    # Windows as rows [frames, frame_length] with contiguous samples, squared and averaged along
-    # the row: the summation order librosa's framed mean gets, so the values agree bit for bit.
-    view = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length][:n_frames]
-    return np.sqrt(np.mean(np.square(view, dtype=np.float32), axis=1))
-
-
-def rms_frames(samples: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
-    """librosa ``feature.rms(y, frame_length, hop_length)`` (centred, zero padded): float32 [frames].
-
-    frames = 1 + (N + 2 * (frame_length // 2) - frame_length) // hop_length.
-    """
-    y = np.asarray(samples, dtype=np.float32)
-    half = frame_length // 2
-    padded = np.pad(y, (half, half))
-    n_frames = 1 + (padded.shape[0] - frame_length) // hop_length
-    return _frame_power(padded, n_frames, frame_length, hop_length).astype(np.float32)
-
-
-def _rms_stream(source: AudioSource, frame_length: int, hop_length: int) -> np.ndarray:
-    """`rms_frames` of the whole source, reading at most one batch of frames at a time."""
+def rms_frames(audio: np.ndarray | AudioSource, frame_length: int, hop_length: int) -> np.ndarray:
+    """librosa ``feature.rms(y, frame_length, hop_length)`` (centred, zero padded) of samples [N] or a source,
+    read a batch of frames at a time: float32 [1 + (N + 2 * (frame_length // 2) - frame_length) // hop_length]."""
+    source = audio if isinstance(audio, AudioSource) else ArraySource(audio, 1)
     half = frame_length // 2
     n_frames = 1 + (source.n_samples + 2 * half - frame_length) // hop_length
     out = np.empty(max(n_frames, 0), dtype=np.float32)
@@ -144,16 +121,15 @@ def _rms_stream(source: AudioSource, frame_length: int, hop_length: int) -> np.n
         count = min(_RMS_BATCH_FRAMES, n_frames - first)
         start = first * hop_length - half
         block = source.read(start, start + (count - 1) * hop_length + frame_length)
-        out[first:first + count] = _frame_power(block, count, frame_length, hop_length)
+        # Windows as rows of contiguous samples, averaged along the row: librosa's summation order, bit for bit.
+        rows = np.lib.stride_tricks.sliding_window_view(block, frame_length)[::hop_length]
+        out[first:first + count] = np.sqrt(np.mean(np.square(rows, dtype=np.float32), axis=1))
     return out
 
 
 class Slicer:
     """4.1's silence slicer; lengths in milliseconds, threshold in dB (RMS below it is silence).
-
-    Raises:
-        ValueError: unless min_length >= min_interval >= hop_size and max_sil_kept >= hop_size.
-    """
+    ValueError unless min_length >= min_interval >= hop_size and max_sil_kept >= hop_size."""
 
     def __init__(self, sr: int, threshold: float = -40.0, min_length: int = 5000, min_interval: int = 300,
                  hop_size: int = 20, max_sil_kept: int = 5000) -> None:
@@ -215,23 +191,20 @@ class Slicer:
             tags.append((pos, total + 1))
         return tags
 
-    def chunks(self, rms: np.ndarray, n_samples: int) -> list[Chunk]:
+    def chunks(self, source: AudioSource) -> list[Chunk]:
         """All chunks in 4.1 order, including the empty ones (start == end) that 4.1 lists too."""
+        n_samples, hop = source.n_samples, self.hop_size
         if n_samples <= self.min_length:  # 4.1 compares samples with frames: kept so chunks match
             return [Chunk(0, n_samples, False)]
-        tags = self.silence_tags(rms)
-        if not tags:
-            return [Chunk(0, n_samples, False)]
-        hop = self.hop_size
         out: list[Chunk] = []
-        if tags[0][0]:
-            out.append(Chunk(0, min(n_samples, tags[0][0] * hop), False))
-        for k, (first, last) in enumerate(tags):
-            if k:
-                out.append(Chunk(tags[k - 1][1] * hop, min(n_samples, first * hop), False))
+        end = 0
+        for k, (first, last) in enumerate(self.silence_tags(rms_frames(source, self.win_size, hop))):
+            if k or first:
+                out.append(Chunk(end, min(n_samples, first * hop), False))
             out.append(Chunk(first * hop, min(n_samples, last * hop), True))
-        if tags[-1][1] * hop < n_samples:
-            out.append(Chunk(tags[-1][1] * hop, n_samples, False))
+            end = last * hop
+        if end < n_samples or not out:
+            out.append(Chunk(end, n_samples, False))
         return out
 
     def slice(self, waveform: np.ndarray) -> dict[str, dict[str, object]]:
@@ -239,7 +212,7 @@ class Slicer:
         samples = np.asarray(waveform, dtype=np.float32)
         if samples.ndim > 1:
             samples = samples.mean(axis=0, dtype=np.float32)
-        return _as_dict(self.chunks(rms_frames(samples, self.win_size, self.hop_size), samples.shape[0]))
+        return _as_dict(self.chunks(ArraySource(samples, 1)))
 
 
 def _as_dict(chunks: list[Chunk]) -> dict[str, dict[str, object]]:
@@ -247,26 +220,24 @@ def _as_dict(chunks: list[Chunk]) -> dict[str, dict[str, object]]:
 
 
 def slice_source(source: AudioSource, db_thresh: float = -40, min_len: int = 5000) -> list[Chunk]:
-    """Non-empty chunks of a source, found while reading it in batches (what `cut` + `chunks2audio`
-    keep). Memory: one batch of RMS windows plus the frame RMS vector (~86 floats per second)."""
-    slicer = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len)
-    chunks = slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples)
+    """The non-empty chunks of a source (what `cut` + `chunks2audio` keep), reading it in batches."""
+    chunks = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len).chunks(source)
     return [c for c in chunks if c.start != c.end]
 
 
 def cut(audio_path: PathLike, db_thresh: float = -30, min_len: int = 5000) -> dict[str, dict[str, object]]:
     """4.1's `cut`: the chunk dict of a file read at its native rate (channels averaged)."""
     with FileSource(audio_path) as source:
-        slicer = Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len)
-        return _as_dict(slicer.chunks(_rms_stream(source, slicer.win_size, slicer.hop_size), source.n_samples))
+        return _as_dict(Slicer(source.sample_rate, threshold=db_thresh, min_length=min_len).chunks(source))
 
 
-def chunks2audio(audio_path: PathLike, chunks: dict[str, dict[str, object]]) -> tuple[list[tuple[bool, np.ndarray]], int]:
+def chunks2audio(audio_path: PathLike,
+                 chunks: dict[str, dict[str, object]]) -> tuple[list[tuple[bool, np.ndarray]], int]:
     """4.1's `chunks2audio`: (list of (silent, float32 samples), sample rate), empty chunks dropped."""
-    parsed = []
-    for value in chunks.values():
-        start, end = str(value["split_time"]).split(",")
-        if start != end:
-            parsed.append(Chunk(int(start), int(end), bool(value["slice"])))
     with FileSource(audio_path) as source:
-        return [(c.silent, source.read(c.start, c.end)) for c in parsed], source.sample_rate
+        parts = []
+        for value in chunks.values():
+            start, end = map(int, str(value["split_time"]).split(","))
+            if start != end:
+                parts.append((bool(value["slice"]), source.read(start, end)))
+        return parts, source.sample_rate
