@@ -1,2 +1,1 @@
-"""Shallow diffusion: `unit2mel.Unit2Mel` (loaders too), `diffusion.GaussianDiffusion`, the `wavenet`
-denoiser, `samplers` keyed by `infer.method`, the NSF-HiFiGAN `vocoder`, and training (`solver`)."""
+"""Shallow diffusion: the Unit2Mel model and its loaders, samplers, vocoder and training (`solver`)."""

@@ -1,15 +1,8 @@
-"""Training and validation data of `train_diff.py`.
+"""Training and validation data of `train_diff.py`, read from the `preprocess_hubert_f0.py --use_diff` files.
 
-Each file-list line names a clip `X.wav` whose `preprocess_hubert_f0.py --use_diff` features lie next
-to it: units [1, C, Tu], (f0, uv), volumes and key/volume-shifted volumes [T], mels [T, M] and the
-shifted mel with its key shift. An item is a dict:
-
-    mel [L, M], f0 [L, 1] Hz, volume [L, 1], units [L, C], spk_id [1] long, aug_shift [1, 1] semitones,
-    name (path without `.wav`), name_ext (the list entry)
-
-with L = floor(duration / (hop / sr)) frames from a random start (training) or the whole clip
-(validation). Half of the training items use the shifted copy (aug_mel, aug_vol, f0 * 2^(k/12),
-aug_shift = k).
+An item: mel [L, M], f0 [L, 1] Hz, volume [L, 1], units [L, C], spk_id [1] long, aug_shift [1, 1] semitones,
+name (path without `.wav`), name_ext (the list entry); L = duration / (hop / sr) frames from a random start
+(training) or the whole clip (validation). Half of the training items use the key/volume-shifted copy.
 """
 from __future__ import annotations
 
@@ -35,12 +28,10 @@ __all__ = ["AudioDataset", "DIFFUSION_FEATURES", "DatasetError", "get_data_loade
 
 # Feature kinds (core.features.FEATURE_SUFFIXES) `preprocess_hubert_f0.py --use_diff` writes per clip.
 DIFFUSION_FEATURES = ("units", "f0", "volume", "aug_vol", "mel", "aug_mel")
-# 4.1's diffusion loader stretches units to frames by nearest neighbour when the key is absent.
-DEFAULT_UNIT_MODE = "nearest"
+DEFAULT_UNIT_MODE = "nearest"  # 4.1's diffusion loader stretches units so when the key is absent
 PREP_HINT = "run python preprocess_hubert_f0.py --use_diff"
 # Frame streams of one clip may disagree by a frame or two (4.1 never checked); more means stale files.
 MAX_FRAME_GAP = 3
-# Unit files opened up front in non-cached mode to compare their width with the config.
 UNIT_PROBES = 4
 LIST_PROBLEMS = 8
 
@@ -73,18 +64,11 @@ def _as_frames(array: Any, path: str, what: str) -> np.ndarray:
 class AudioDataset(Dataset):
     """Clips of one file list with their diffusion features.
 
-    Args:
-        filelist: e.g. `filelists/train.txt`.
-        waveform_sec: crop in seconds (`data.duration`); shorter clips (+ 0.1 s) are left out unless
-            `whole_audio` (items are whole clips, for validation).
-        hop_size, sample_rate, n_spk: `data.block_size`, `data.sampling_rate`, `model.n_spk`.
-        spk: speaker map; used only when n_spk > 1 (an unknown speaker trains as 0).
-        load_all_data, device, fp16: `train.cache_all_data`, `train.cache_device`, `train.cache_fp16`.
-        use_aug: draw the key/volume-shifted copy for half of the items.
-        unit_interpolate_mode: how units are stretched to frames (`modules.f0.repeat_expand_2d`).
-        n_units, n_mels: expected unit width and mel bins (None: not checked).
-    Raises:
-        DatasetError: list or files unusable; the message names the file and what to run.
+    waveform_sec: crop in seconds (`data.duration`); shorter clips (+ 0.1 s) are left out unless
+    `whole_audio` (whole clips, for validation). spk: speaker map, used when n_spk > 1 (unknown speakers
+    train as 0). load_all_data / device / fp16: the `train.cache_*` settings. use_aug: draw the shifted copy
+    for half of the items. n_units, n_mels: expected unit width and mel bins (None: not checked).
+    Raises DatasetError when the list or its files are unusable; the message names the file and what to run.
     """
 
     def __init__(self, filelist: str, waveform_sec: float, hop_size: int, sample_rate: int,
@@ -112,11 +96,12 @@ class AudioDataset(Dataset):
         self.paths = paths if whole_audio else self._long_enough(paths, seconds)
         self._check_files(self.paths)
         self.spk_ids = self._speaker_ids(self.paths, spk, n_spk)
-        if not load_all_data:
-            self._probe_units(self.paths)
+        if not load_all_data:  # check the unit width of a few files up front
+            step = max(1, len(self.paths) // UNIT_PROBES)
+            for path in self.paths[::step][:UNIT_PROBES]:
+                self._units(path)
         self.buffers = [self._load(p, seconds[p], self.spk_ids[p]) for p in self.paths]
 
-    # -- checks when the set is built ------------------------------------------------------------
     def _seconds(self, path: str) -> float:
         if not os.path.isfile(path):
             raise DatasetError(f"{path} (listed in {self.filelist}) not found; re-run python "
@@ -140,16 +125,14 @@ class AudioDataset(Dataset):
         return kept
 
     def _check_files(self, paths: list[str]) -> None:
-        missing = [(p, [feature_path(p, k) for k in DIFFUSION_FEATURES
-                                if not os.path.isfile(feature_path(p, k))]) for p in paths]
-        missing = [(p, files) for p, files in missing if files]
-        if not missing:
-            return
-        lines = [f"{p}: missing {', '.join(os.path.basename(f) for f in files)}" for p, files in missing]
-        more = f"\n... and {len(lines) - LIST_PROBLEMS} more" if len(lines) > LIST_PROBLEMS else ""
-        raise DatasetError(f"{len(missing)} clips of {self.filelist} lack diffusion features:\n"
-                           + "\n".join(lines[:LIST_PROBLEMS]) + more
-                           + f"\nThe diffusion model trains on these files: {PREP_HINT}")
+        missing = [(p, [os.path.basename(feature_path(p, k)) for k in DIFFUSION_FEATURES
+                        if not os.path.isfile(feature_path(p, k))]) for p in paths]
+        lines = [f"{p}: missing {', '.join(files)}" for p, files in missing if files]
+        if lines:
+            more = f"\n... and {len(lines) - LIST_PROBLEMS} more" if len(lines) > LIST_PROBLEMS else ""
+            raise DatasetError(f"{len(lines)} clips of {self.filelist} lack diffusion features:\n"
+                               + "\n".join(lines[:LIST_PROBLEMS]) + more
+                               + f"\nThe diffusion model trains on these files: {PREP_HINT}")
 
     def _speaker_ids(self, paths: list[str], spk: dict[str, int], n_spk: int) -> dict[str, int]:
         if n_spk <= 1:
@@ -169,12 +152,6 @@ class AudioDataset(Dataset):
                            ", ".join(sorted(strangers)), self.filelist)
         return ids
 
-    def _probe_units(self, paths: list[str]) -> None:
-        step = max(1, len(paths) // UNIT_PROBES)
-        for path in paths[::step][:UNIT_PROBES]:
-            self._units(path)
-
-    # -- reading one clip -----------------------------------------------------------------------
     def _units(self, path: str) -> torch.Tensor:
         """Units of a clip -> [C, Tu] float32, width checked against `n_units`."""
         file = feature_path(path, "units")
@@ -249,7 +226,6 @@ class AudioDataset(Dataset):
                    spk_id=torch.LongTensor([spk_id]).to(self.device))
         return buf
 
-    # -- items ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -295,11 +271,9 @@ def _cache_device(args: HParams) -> str:
 
 def get_data_loaders(args: HParams, num_workers: int | None = None,
                      n_mels: int | None = None) -> tuple[DataLoader, DataLoader | None]:
-    """(training loader, validation loader) of a diffusion config; the second is None (with a warning)
-    when `data.validation_files` is missing or empty.
+    """(training loader, validation loader or None when `data.validation_files` is unusable).
 
-    num_workers overrides `train.num_workers` (0 when the cache lives on a GPU); n_mels: vocoder mel
-    bins, checked against the files.
+    num_workers overrides `train.num_workers` (0 when the cache lives on a GPU); n_mels: vocoder mel bins.
     """
     data, train = args.data, args.train
     cache_device = _cache_device(args)

@@ -1,8 +1,5 @@
-"""Gaussian diffusion over normalised mels (DDPM, Ho et al. 2020) with shallow-start sampling.
-
-Training: t ~ U{0, .., k_step_max - 1}, x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
-loss = MSE(eps, denoiser(x_t, t, cond)). Inference: from a vocoder mel with k steps of noise added
-(shallow diffusion) or from pure noise (full diffusion), run a sampler of `diffusion.samplers`.
+"""Gaussian diffusion over normalised mels (DDPM): noise-prediction loss for training; sampling from a vocoder
+mel with k steps of noise added (shallow) or from pure noise (full), with a sampler of `diffusion.samplers`.
 Every Gaussian draw goes through `noise_like`, so a `noise_fn` given to `forward` controls them all.
 """
 from __future__ import annotations
@@ -23,8 +20,7 @@ NoiseFn = Callable[[Tensor], Tensor]
 
 
 class DiffusionStepError(ValueError):
-    """A diffusion depth the model cannot serve (k_step > k_step_max or < 1, full diffusion with a
-    shallow-only model); the leading text is 4.1's."""
+    """A diffusion depth the model cannot serve; the leading text is 4.1's."""
 
 
 def effective_k_step_max(k_step_max: int | None, timesteps: int) -> int:
@@ -35,15 +31,10 @@ def effective_k_step_max(k_step_max: int | None, timesteps: int) -> int:
 
 
 class GaussianDiffusion(nn.Module):
-    """DDPM wrapper around a noise-predicting denoiser.
+    """DDPM around a denoiser eps(x [B, 1, M, T], t [B], cond [B, H, T]) -> [B, 1, M, T] over M = out_dims bins.
 
-    Args:
-        denoise_fn: network eps(x [B, 1, M, T], t [B], cond [B, H, T]) -> [B, 1, M, T].
-        out_dims: mel bins M.
-        timesteps: length of the noise schedule.
-        k_step: deepest step the model is trained for (`k_step_max`; <= 0 or >= timesteps = all).
-        max_beta: last beta of the linear schedule.
-        spec_min / spec_max: log-mel range mapped to [-1, 1].
+    k_step: deepest step the model is trained for (<= 0 or >= timesteps: all); max_beta: last beta of the
+    linear schedule; spec_min / spec_max: log-mel range mapped to [-1, 1].
     """
 
     def __init__(self, denoise_fn: nn.Module, out_dims: int = 128, timesteps: int = 1000, k_step: int = 1000,
@@ -60,7 +51,6 @@ class GaussianDiffusion(nn.Module):
         self.register_buffer("spec_min", torch.tensor([float(spec_min)])[None, None, :out_dims])
         self.register_buffer("spec_max", torch.tensor([float(spec_max)])[None, None, :out_dims])
 
-    # -- helpers --------------------------------------------------------------------------------
     def noise_like(self, x: Tensor) -> Tensor:
         """Gaussian noise shaped like x, from the active `noise_fn` (default torch.randn_like)."""
         return torch.randn_like(x) if self.noise_fn is None else self.noise_fn(x)
@@ -74,7 +64,7 @@ class GaussianDiffusion(nn.Module):
         return (x + 1) / 2 * (self.spec_max - self.spec_min) + self.spec_min
 
     def q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Forward process: x_start [B, 1, M, T], t [B] or [1] long -> x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps."""
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for x_start [B, 1, M, T], t [B] or [1] long."""
         if noise is None:
             noise = self.noise_like(x_start)
         return (extract(self.sqrt_alphas_cumprod, t, x_start.dim()) * x_start
@@ -91,18 +81,14 @@ class GaussianDiffusion(nn.Module):
                 + extract(self.posterior_mean_coef2, t, x_t.dim()) * x_t)
         return mean, extract(self.posterior_log_variance_clipped, t, x_t.dim())
 
-    # -- entry point ----------------------------------------------------------------------------
     def forward(self, condition: Tensor, gt_spec: Tensor | None = None, infer: bool = True,
                 infer_speedup: int = 10, method: str | None = "dpm-solver", k_step: int = 300,
                 use_tqdm: bool = True, *, t: Tensor | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
-        """Training loss (infer=False) or sampled mel [B, T, M].
+        """Training loss (infer=False) or sampled mel [B, T, M] for a condition [B, T, H].
 
-        Args:
-            condition: [B, T, H] per-frame condition.
-            gt_spec: [B, T, M] log-mel: the training target, or the shallow start (None: full diffusion).
-            infer_speedup / method: sampler stride and `infer.method` (stride <= 1: plain DDPM).
-            k_step: shallow-diffusion depth (1 .. k_step_max).
-            t: training steps [B] instead of random ones; noise_fn: source of every Gaussian draw.
+        gt_spec [B, T, M]: the training target, or the shallow start (None: full diffusion). infer_speedup /
+        method: sampler stride and `infer.method` (stride <= 1: plain DDPM); k_step: shallow depth
+        (1 .. k_step_max); t: training steps [B] instead of random ones; noise_fn: every Gaussian draw.
         """
         previous = self.noise_fn
         if noise_fn is not None:

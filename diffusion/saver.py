@@ -1,10 +1,6 @@
-"""The experiment folder of `train_diff.py` (`env.expdir`): what 4.1's diffusion `Saver` wrote, in the
-same places, plus the resume and retention rules.
-
-`config.yaml` (the loaded config, keys sorted), `log_info.txt` (every console line, appended),
-TensorBoard events under `logs/`, and `model_<step>.pt` = {'global_step': int, 'model': state_dict}
-(+ 'optimizer' with `train.save_opt`).
-"""
+"""The `train_diff.py` experiment folder (`env.expdir`) as 4.1 writes it: `config.yaml` (keys sorted),
+`log_info.txt`, TensorBoard `logs/`, and `model_<step>.pt` = {'global_step', 'model'[, 'optimizer']};
+plus the resume and retention rules."""
 from __future__ import annotations
 
 import datetime
@@ -21,7 +17,8 @@ import torch
 from torch import nn
 
 from core.atomic import write_atomic
-from core.checkpoint import CheckpointError, LoadReport, load_model_state, safe_torch_load
+from core.checkpoint import (CheckpointError, CheckpointNotFoundError, LoadReport, latest_checkpoint_path,
+                             load_model_state, safe_torch_load)
 from core.config import HParams, save_config
 from core.runlog import Summary, attached_handlers, plot_spectrogram_to_numpy
 
@@ -36,7 +33,7 @@ SPEC_VMIN = -14.0
 
 @contextmanager
 def run_logging(expdir: str) -> Iterator[None]:
-    """Console lines (bare messages, as 4.1 printed them) and `log_info.txt` for one run."""
+    """Bare console lines (as 4.1 printed them), also appended to `log_info.txt`."""
     os.makedirs(expdir, exist_ok=True)
     handlers = [logging.StreamHandler(sys.stdout),
                 logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")]
@@ -47,14 +44,11 @@ def run_logging(expdir: str) -> Iterator[None]:
 
 
 def find_resume_checkpoint(expdir: str) -> str | None:
-    """Path of `model_<N>.pt` with the largest N directly in `expdir`, or None; other `*.pt` files
-    below it are named in a warning and never loaded."""
-    if not os.path.isdir(expdir):
-        return None
-    steps = {int(m.group(1)): name for name in os.listdir(expdir)
-             if (m := _MODEL_NAME.match(name)) and os.path.isfile(os.path.join(expdir, name))}
-    if steps:
-        return os.path.join(expdir, steps[max(steps)])
+    """The `model_<N>.pt` with the largest N directly in `expdir`, or None (other `*.pt` files get a warning)."""
+    try:
+        return latest_checkpoint_path(expdir, "model_*.pt")
+    except CheckpointNotFoundError:
+        pass
     others = sorted(os.path.join(folder, name) for folder, _dirs, files in os.walk(expdir) for name in files
                     if name.endswith(".pt") and not name.startswith("."))
     if others:
@@ -65,8 +59,6 @@ def find_resume_checkpoint(expdir: str) -> str | None:
 
 @dataclass
 class ResumeState:
-    """What `load_model` restored: the step to continue from and how the weights fitted."""
-
     global_step: int = 0
     path: str | None = None
     report: LoadReport | None = None
@@ -75,12 +67,8 @@ class ResumeState:
 
 def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                device: torch.device | str = "cpu") -> ResumeState:
-    """Restore the newest checkpoint of `expdir` into `model` (and `optimizer`).
-
-    Weights load non-strictly with a report (`core.checkpoint.load_model_state`); the optimizer state
-    only when every model tensor came from the file (else its moments belong to other shapes).
-    Raises CheckpointError when the newest file is unreadable or not a diffusion checkpoint.
-    """
+    """Restore the newest checkpoint of `expdir` into `model` non-strictly, and into `optimizer` only when
+    every model tensor came from the file. Raises CheckpointError for an unreadable or foreign file."""
     path = find_resume_checkpoint(expdir)
     if path is None:
         return ResumeState()
@@ -112,9 +100,8 @@ def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer |
 
 
 def retention_victims(expdir: str, step: int, interval_val: int, interval_force_save: int) -> list[str]:
-    """Checkpoints to delete after `model_<step>.pt` was saved: every `model_<k>.pt` with
-    step - interval_val <= k < step and k not a multiple of `interval_force_save` (4.1's rule, which
-    also covers extra saves at a stop; a pretrained `model_0.pt` always stays)."""
+    """After saving `model_<step>.pt`: every `model_<k>.pt` with step - interval_val <= k < step and k not a
+    multiple of `interval_force_save` (4.1's rule; it also drops extra saves at a stop, never `model_0.pt`)."""
     if not os.path.isdir(expdir) or interval_val <= 0:
         return []
     victims = []
@@ -130,12 +117,7 @@ def retention_victims(expdir: str, step: int, interval_val: int, interval_force_
 
 
 class Saver:
-    """Experiment folder writer: config copy, logs, TensorBoard, checkpoints.
-
-    Args:
-        args: the diffusion config (`env.expdir` and `data.sampling_rate` are read).
-        initial_global_step: step restored from the checkpoint (0 for a fresh run).
-    """
+    """Experiment folder writer (config copy, logs, TensorBoard, checkpoints) of a diffusion config."""
 
     def __init__(self, args: HParams, initial_global_step: int = 0) -> None:
         self.expdir = str(args.env.expdir)
@@ -147,13 +129,10 @@ class Saver:
         save_config(args, os.path.join(self.expdir, "config.yaml"))
         self.summary = Summary(os.path.join(self.expdir, "logs"))
 
-    # -- console and TensorBoard ------------------------------------------------------------------
     def log_info(self, msg: str) -> None:
-        """One console + `log_info.txt` line."""
         logger.info("%s", msg)
 
     def log_value(self, values: Mapping[str, float]) -> None:
-        """Scalars at the current step (`train/loss`, `train/lr`, `validation/loss`)."""
         self.summary.write(self.global_step, scalars=values)
 
     def log_spec(self, name: str, spec: torch.Tensor, spec_out: torch.Tensor) -> None:
@@ -163,14 +142,14 @@ class Saver:
         self.summary.write(self.global_step, images={name: image})
 
     def log_audio(self, audios: Mapping[str, torch.Tensor]) -> None:
-        """Audio clips ([1, N] or [N], in [-1, 1]) at the data sample rate."""
+        """Clips [1, N] or [N] in [-1, 1] at the data sample rate."""
         self.summary.write(self.global_step, audios=audios, audio_sampling_rate=self.sample_rate)
 
     def global_step_increment(self) -> None:
         self.global_step += 1
 
     def get_interval_time(self) -> float:
-        """Seconds since the previous call (or the start)."""
+        """Seconds since the previous call."""
         now = time.time()
         interval, self.last_time = now - self.last_time, now
         return interval
@@ -182,7 +161,6 @@ class Saver:
     def close(self) -> None:
         self.summary.close()
 
-    # -- checkpoints ------------------------------------------------------------------------------
     def save_model(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int) -> str:
         """Write `model_<step>.pt` atomically; returns its path."""
         payload: dict[str, Any] = {"global_step": int(step), "model": model.state_dict()}
@@ -194,7 +172,7 @@ class Saver:
         return path
 
     def apply_retention(self, step: int, interval_val: int, interval_force_save: int) -> list[str]:
-        """Delete the checkpoints `retention_victims` names; returns their paths."""
+        """Delete the `retention_victims`; returns their paths."""
         deleted = []
         for path in retention_victims(self.expdir, step, interval_val, interval_force_save):
             try:

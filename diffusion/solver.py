@@ -1,10 +1,4 @@
-"""The training loop of `train_diff.py`: Unit2Mel on the `preprocess_hubert_f0.py --use_diff` features.
-
-`DiffusionTrainer` builds the vocoder (validation audio, mel width), the model and AdamW, resumes
-from the newest `model_<N>.pt` of `env.expdir` and runs `train.epochs` epochs: one optimiser step
-per batch, a log line every `interval_log` steps, a checkpoint and validation every `interval_val`.
-A stop request (Ctrl+C / SIGTERM) or the end of training saves the last step.
-"""
+"""The training loop of `train_diff.py`: Unit2Mel on the `preprocess_hubert_f0.py --use_diff` features."""
 from __future__ import annotations
 
 import logging
@@ -86,14 +80,10 @@ def learning_rate_at(step: int, lr: float, gamma: float, decay_step: int) -> flo
 
 
 class DiffusionTrainer:
-    """One `train_diff.py` run; call `fit()`, which returns the exit status.
+    """One `train_diff.py` run: builds vocoder, model and AdamW, resumes from `env.expdir`; `fit()` trains.
 
-    Args:
-        args: the diffusion config (checked with `check_config`).
-        device: training device (see `select_device`).
-        num_workers: loader workers, overriding `train.num_workers`.
-        stop_requested: polled after every step; True saves that step and ends the run.
-        vocoder: a ready `diffusion.vocoder.Vocoder` (None builds it from `vocoder.type`/`vocoder.ckpt`).
+    stop_requested: polled after every step; True saves that step and ends the run. vocoder: a ready
+    Vocoder (None builds it from the config); num_workers overrides `train.num_workers`.
     """
 
     def __init__(self, args: HParams, device: torch.device, num_workers: int | None = None,
@@ -102,13 +92,12 @@ class DiffusionTrainer:
         self.cfg = cfg = check_config(args)
         self.device = device
         self.stop_requested = stop_requested or (lambda: False)
-        self.vocoder = vocoder if vocoder is not None else Vocoder(cfg.vocoder.type, cfg.vocoder.ckpt, device=device)
+        self.vocoder = vocoder or Vocoder(cfg.vocoder.type, cfg.vocoder.ckpt, device=device)
         self._check_vocoder()
         self.model = build_unit2mel(args, self.vocoder.dimension).to(device)
         logger.info(" > Now model timesteps is %d, and k_step_max is %d", self.model.timesteps,
                     self.model.k_step_max)
         # AdamW defaults (betas 0.9/0.999, eps 1e-8); lr and weight decay are set from the config below.
-        # A restored optimizer state follows the parameters onto the device.
         self.optimizer = torch.optim.AdamW(self.model.parameters())
         self.resume: ResumeState = load_model(cfg.env.expdir, self.model, self.optimizer, device="cpu")
         for group in self.optimizer.param_groups:
@@ -130,16 +119,13 @@ class DiffusionTrainer:
                               f"{vocoder.vocoder_sample_rate}/{vocoder.vocoder_hop_size}; the mels were made for "
                               "the vocoder, so set the config to its values")
 
-    # -- one step -------------------------------------------------------------------------------
-    def _set_lr(self, step: int) -> float:
+    def _set_lr(self, step: int) -> None:
         t = self.cfg.train
-        lr = learning_rate_at(step, t.lr, t.gamma, t.decay_step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+            group["lr"] = learning_rate_at(step, t.lr, t.gamma, t.decay_step)
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Tensors of a collated batch on the device; mels, units, f0 and volumes as float32."""
+        """Tensors of a collated batch on the device; the float ones as float32."""
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, Tensor)}
         for key in ("mel", "units", "f0", "volume", "aug_shift"):
             out[key] = out[key].float()
@@ -167,7 +153,6 @@ class DiffusionTrainer:
         self.scaler.update()
         return value
 
-    # -- validation -------------------------------------------------------------------------------
     def _gt_audio(self, path: str) -> Tensor:
         audio, rate = read_audio_mono(path)
         target = self.cfg.data.sampling_rate
@@ -218,10 +203,8 @@ class DiffusionTrainer:
         logger.info(" Real Time Factor %s", float(np.mean(rtfs)) if rtfs else 0.0)
         return test_loss
 
-    # -- checkpoints ------------------------------------------------------------------------------
     def save(self, step: int, retention: bool = True) -> str:
-        """`model_<step>.pt` (with the optimizer when `train.save_opt`); extra saves (stop, end) skip
-        retention, and the next regular save removes them (see `saver.retention_victims`)."""
+        """Save `model_<step>.pt` (+ optimizer with `train.save_opt`); extra saves (stop, end) skip retention."""
         t = self.cfg.train
         optimizer = self.optimizer if bool(self.args.train.get("save_opt", False)) else None
         path = self.saver.save_model(self.model, optimizer, step)
@@ -230,7 +213,6 @@ class DiffusionTrainer:
         self.last_saved = step
         return path
 
-    # -- the run ---------------------------------------------------------------------------------
     def _log_step(self, epoch: int, batch_idx: int, n_batches: int, loss: float) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
         rate = self.cfg.train.interval_log / max(self.saver.get_interval_time(), 1e-9)
@@ -245,8 +227,8 @@ class DiffusionTrainer:
             self.save(step, retention=False)
 
     def fit(self) -> int:
-        """Train `train.epochs` epochs (counted afresh on every start, as in 4.1); returns 0, or
-        128 + signal number when stopped by `stop_requested` (the current step is saved)."""
+        """Train `train.epochs` epochs (counted afresh on every start, as in 4.1); returns 0, or 128 + signal
+        number when stopped by `stop_requested` (the current step is saved)."""
         t, saver = self.cfg.train, self.saver
         saver.log_info("--- model size ---")
         saver.log_info(f"model: {sum(p.numel() for p in self.model.parameters()):,}")
@@ -290,11 +272,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, Check
 
 
 def run_training(config_path: str, num_workers: int | None = None) -> int:
-    """`python train_diff.py -c <config>`: train into `env.expdir`, resuming from its newest checkpoint.
-
-    Returns 0 when `train.epochs` are done, 1 after an error with advice (printed without a
-    traceback), 128 + signal number after Ctrl+C / SIGTERM (the current step is saved).
-    """
+    """`python train_diff.py -c <config>`: 0 when done, 1 after an error with advice (no traceback),
+    128 + signal number after Ctrl+C / SIGTERM (the current step is saved)."""
     try:
         args = load_config(config_path)
         cfg = check_config(args, config_path)

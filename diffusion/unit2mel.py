@@ -1,10 +1,8 @@
-"""Unit2Mel: content units + F0 + loudness (+ speaker, + key shift) -> mel by Gaussian diffusion,
-and the loaders of train_diff.py checkpoints.
+"""Unit2Mel (units + F0 + loudness [+ speaker, key shift] -> mel by Gaussian diffusion) and its file loaders.
 
-The condition per frame is the sum of linear embeddings
-    unit_embed(units) + f0_embed(ln(1 + f0 / 700)) + volume_embed(volume)
-    [+ spk_embed(id), only when n_spk > 1] [+ aug_shift_embed(key_shift / 5), with use_pitch_aug]
-and drives `GaussianDiffusion(WaveNet)`.
+The per-frame condition unit_embed(units) + f0_embed(ln(1 + f0 / 700)) + volume_embed(volume)
+[+ spk_embed(id) when n_spk > 1] [+ aug_shift_embed(key_shift / 5) with use_pitch_aug] drives
+`GaussianDiffusion(WaveNet)`.
 """
 from __future__ import annotations
 
@@ -30,17 +28,9 @@ PathLike = str | os.PathLike
 
 
 class Unit2Mel(nn.Module):
-    """Conditioning embeddings plus the diffusion decoder.
-
-    Args:
-        input_channel: unit channels C (`data.encoder_out_channels`).
-        n_spk: speakers; an embedding table exists only when > 1.
-        use_pitch_aug: add the key-shift embedding (`aug_shift_embed`).
-        out_dims: mel bins M (the vocoder's `num_mels`).
-        n_layers / n_chans / n_hidden: WaveNet depth, residual width, condition width H.
-        timesteps: diffusion schedule length.
-        k_step_max: deepest trained step; <= 0 or >= timesteps = all (full diffusion possible).
-    """
+    """Conditioning embeddings plus the diffusion decoder: input_channel = unit channels C, out_dims = mel
+    bins M, n_layers / n_chans / n_hidden = WaveNet depth, residual width, condition width H; k_step_max <= 0
+    or >= timesteps: all steps trained (full diffusion possible)."""
 
     def __init__(self, input_channel: int, n_spk: int, use_pitch_aug: bool = False, out_dims: int = 128,
                  n_layers: int = 20, n_chans: int = 384, n_hidden: int = 256, timesteps: int = 1000,
@@ -62,8 +52,7 @@ class Unit2Mel(nn.Module):
         self.register_buffer("speaker_map", None, persistent=False)
 
     def init_spkmix(self, n_spk: int) -> None:
-        """Freeze the first n_spk speaker embeddings as `speaker_map` [n_spk, H] for per-frame mixing
-        (a no-op for single-speaker models, which ignore speakers)."""
+        """Freeze the first n_spk speaker embeddings as `speaker_map` [n_spk, H] (no-op with one speaker)."""
         if self.spk_embed is None:
             return
         if not 1 <= n_spk <= self.n_spk:
@@ -108,11 +97,7 @@ class Unit2Mel(nn.Module):
                 gt_spec: Tensor | None = None, infer: bool = True, infer_speedup: int = 10,
                 method: str | None = "dpm-solver", k_step: int = 300, use_tqdm: bool = True, *,
                 t: Tensor | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
-        """Training loss (infer=False) or mel [B, T, M] (see `GaussianDiffusion.forward`).
-
-        gt_spec [B, T, M]: training target, or the shallow-diffusion start (None = full diffusion).
-        `t` (training steps [B]) and `noise_fn` (Gaussian source) make a call reproducible.
-        """
+        """Training loss (infer=False) or mel [B, T, M]; the other arguments as in `GaussianDiffusion.forward`."""
         cond = self.embed(units, f0, volume, spk_id, spk_mix_dict, aug_shift)
         return self.decoder(cond, gt_spec=gt_spec, infer=infer, infer_speedup=infer_speedup, method=method,
                             k_step=k_step, use_tqdm=use_tqdm, t=t, noise_fn=noise_fn)
@@ -158,7 +143,8 @@ def build_unit2mel(args: HParams, out_dims: int, config_file: PathLike = "diffus
         raise ConfigError(f"{config_file}: invalid diffusion model settings: {err}", str(config_file)) from None
 
 
-def _load(model_path: Path, args: HParams, config_file: Path, out_dims: int, device: str | torch.device) -> Unit2Mel:
+def _load(model_path: Path, args: HParams, config_file: Path, out_dims: int,
+          device: str | torch.device) -> Unit2Mel:
     """Unit2Mel built from the config, strictly loaded from `model_path`, in eval mode on `device`."""
     model = build_unit2mel(args, out_dims, config_file)
     if not model_path.is_file():
@@ -183,12 +169,9 @@ def _load(model_path: Path, args: HParams, config_file: Path, out_dims: int, dev
 
 def load_diffusion_model(model_path: PathLike, device: str | torch.device = "cpu",
                          config_path: PathLike | None = None, out_dims: int = 128) -> tuple[Unit2Mel, HParams]:
-    """Unit2Mel from a train_diff.py checkpoint, strictly loaded, in eval mode, without the vocoder.
-
-    config_path None reads `config.yaml` beside the model. `out_dims` is the vocoder's num_mels.
-    Raises ConfigNotFoundError / ConfigError for the config, CheckpointNotFoundError / CheckpointError
-    for the model (a mismatch names the config fields that disagree with the file).
-    """
+    """Unit2Mel of a train_diff.py checkpoint (strict, eval mode) and its config (default: `config.yaml`
+    beside it); out_dims = the vocoder's num_mels. Raises ConfigError / CheckpointError (a mismatch names
+    the config fields that disagree with the file), or their NotFound variants."""
     path = Path(model_path)
     args, config_file = _read_config(path, config_path)
     return _load(path, args, config_file, out_dims, device), args

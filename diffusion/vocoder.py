@@ -1,8 +1,4 @@
-"""The diffusion side's vocoder: an NSF-HiFiGAN release (`pretrain/nsf_hifigan/`) with 4.1's interface.
-
-`extract` turns audio into the log-mel the diffusion model works on (resampled to the vocoder rate),
-`infer` turns a mel and F0 back into audio.
-"""
+"""The diffusion side's vocoder: an NSF-HiFiGAN release (`pretrain/nsf_hifigan/`) with 4.1's interface."""
 from __future__ import annotations
 
 import os
@@ -28,18 +24,13 @@ _RESAMPLE_WIDTH = 128
 
 
 class Vocoder:
-    """NSF-HiFiGAN with 4.1's diffusion interface.
+    """NSF-HiFiGAN of `vocoder.type` (a key of VOCODERS) from the release `model` file with its `config.json`.
 
-    Args:
-        vocoder_type: `vocoder.type` (a key of VOCODERS).
-        vocoder_ckpt: the release `model` file, with its `config.json` beside it.
-        device: where it runs (None / "auto": `core.device.resolve_device`).
-    Raises:
-        ValueError: unknown vocoder type (the message lists the valid ones).
-        VocoderNotFoundError / VocoderLoadError: from the release loader (missing or unfit files).
+    Raises ValueError for an unknown type, VocoderNotFoundError / VocoderLoadError for missing or unfit files.
     """
 
-    def __init__(self, vocoder_type: str, vocoder_ckpt: PathLike, device: str | torch.device | None = None) -> None:
+    def __init__(self, vocoder_type: str, vocoder_ckpt: PathLike,
+                 device: str | torch.device | None = None) -> None:
         if vocoder_type not in VOCODERS:
             raise ValueError(f"unknown vocoder type {vocoder_type!r} (vocoder.type); valid: {', '.join(VOCODERS)}")
         self.vocoder_type = vocoder_type
@@ -54,7 +45,8 @@ class Vocoder:
         """Log-mel [B, T, dimension] of audio [B, N] at `sample_rate`; keyshift in semitones."""
         audio = audio.to(self.device)
         if int(sample_rate) != self.vocoder_sample_rate:
-            audio = resample(audio, int(sample_rate), self.vocoder_sample_rate, lowpass_filter_width=_RESAMPLE_WIDTH)
+            audio = resample(audio, int(sample_rate), self.vocoder_sample_rate,
+                             lowpass_filter_width=_RESAMPLE_WIDTH)
         return self.vocoder.extract(audio, keyshift=keyshift)
 
     def infer(self, mel: Tensor, f0: Tensor) -> Tensor:

@@ -12,8 +12,7 @@ __all__ = ["ResidualBlock", "WaveNet", "step_embedding"]
 
 def _conv1d(in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
             dilation: int = 1) -> nn.Conv1d:
-    """Conv1d with He-normal weights for the outer projections; the residual blocks keep torch's init
-    (as in 4.1, so a seeded fresh model equals 4.1's)."""
+    """Conv1d with He-normal weights (outer projections only, as in 4.1, so seeded fresh models match)."""
     conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation)
     nn.init.kaiming_normal_(conv.weight)
     return conv
