@@ -137,20 +137,16 @@ class AudioDataset(Dataset):
     def _speaker_ids(self, paths: list[str], spk: dict[str, int], n_spk: int) -> dict[str, int]:
         if n_spk <= 1:
             return {p: 0 for p in paths}
-        ids, strangers = {}, set()
-        for path in paths:
-            name = speaker_of(path)
-            if name not in spk:
-                strangers.add(name)
-            sid = int(spk.get(name, 0))
-            if not 0 <= sid < n_spk:
-                raise DatasetError(f"spk[{name!r}] = {sid} is outside 0..{n_spk - 1} (model.n_spk) in "
+        names = {path: speaker_of(path) for path in paths}
+        for name in names.values():
+            if not 0 <= int(spk.get(name, 0)) < n_spk:
+                raise DatasetError(f"spk[{name!r}] = {spk[name]} is outside 0..{n_spk - 1} (model.n_spk) in "
                                    "diffusion.yaml; fix the speaker map or model.n_spk")
-            ids[path] = sid
+        strangers = sorted(set(names.values()) - set(spk))
         if strangers:
             logger.warning(" [!] speakers %s of %s are not in spk of diffusion.yaml; they train as speaker 0",
-                           ", ".join(sorted(strangers)), self.filelist)
-        return ids
+                           ", ".join(strangers), self.filelist)
+        return {path: int(spk.get(name, 0)) for path, name in names.items()}
 
     def _units(self, path: str) -> torch.Tensor:
         """Units of a clip -> [C, Tu] float32, width checked against `n_units`."""

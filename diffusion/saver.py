@@ -104,16 +104,9 @@ def retention_victims(expdir: str, step: int, interval_val: int, interval_force_
     multiple of `interval_force_save` (4.1's rule; it also drops extra saves at a stop, never `model_0.pt`)."""
     if not os.path.isdir(expdir) or interval_val <= 0:
         return []
-    victims = []
-    for name in sorted(os.listdir(expdir)):
-        match = _MODEL_NAME.match(name)
-        if not match:
-            continue
-        k = int(match.group(1))
-        protected = interval_force_save > 0 and k % interval_force_save == 0
-        if step - interval_val <= k < step and not protected:
-            victims.append(os.path.join(expdir, name))
-    return victims
+    steps = [(int(m.group(1)), name) for name in sorted(os.listdir(expdir)) if (m := _MODEL_NAME.match(name))]
+    return [os.path.join(expdir, name) for k, name in steps
+            if step - interval_val <= k < step and not (interval_force_save > 0 and k % interval_force_save == 0)]
 
 
 class Saver:

@@ -9,18 +9,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from diffusion.diffusion import GaussianDiffusion, NoiseFn, effective_k_step_max
-from diffusion.wavenet import WaveNet
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
 from core.config import ConfigError, ConfigNotFoundError, HParams, load_config
-
-if TYPE_CHECKING:
-    from diffusion.vocoder import Vocoder
+from diffusion.diffusion import GaussianDiffusion, NoiseFn, effective_k_step_max
+from diffusion.vocoder import Vocoder
+from diffusion.wavenet import WaveNet
+from vdecoder.nsf_hifigan.models import VocoderNotFoundError
 
 __all__ = ["Unit2Mel", "build_unit2mel", "load_diffusion_model", "load_model_vocoder"]
 
@@ -178,11 +177,8 @@ def load_diffusion_model(model_path: PathLike, device: str | torch.device = "cpu
 
 
 def load_model_vocoder(model_path: PathLike, device: str | torch.device = "cpu",
-                       config_path: PathLike | None = None) -> tuple[Unit2Mel, "Vocoder", HParams]:
+                       config_path: PathLike | None = None) -> tuple[Unit2Mel, Vocoder, HParams]:
     """4.1's loader: (Unit2Mel in eval mode, Vocoder(vocoder.type, vocoder.ckpt), config HParams)."""
-    from diffusion.vocoder import Vocoder
-    from vdecoder.nsf_hifigan.models import VocoderNotFoundError
-
     path = Path(model_path)
     args, config_file = _read_config(path, config_path)
     try:

@@ -19,8 +19,7 @@ def _conv1d(in_channels: int, out_channels: int, kernel_size: int, padding: int 
 
 
 def step_embedding(step: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
-    """Sinusoidal embedding of steps [B] (float for DPM-Solver / UniPC) -> [B, dim] =
-    [sin(step * w_j), cos(step * w_j)], w_j = 10000^(-j / (dim/2 - 1))."""
+    """Steps [B] (float for DPM-Solver / UniPC) -> [B, dim]: sin, cos of step * 10000^(-j / (dim/2 - 1))."""
     half = dim // 2
     scale = math.log(10000) / (half - 1)
     freqs = torch.exp(torch.arange(half, device=step.device, dtype=dtype) * -scale)
@@ -29,8 +28,7 @@ def step_embedding(step: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """Gated residual layer (step bias, kernel-3 conv, condition, tanh/sigmoid gate); n_hidden = condition
-    channels H, n_chans = residual channels C."""
+    """Gated residual layer (step bias, kernel-3 conv, condition, tanh/sigmoid gate) over C = n_chans channels."""
 
     def __init__(self, n_hidden: int, n_chans: int, dilation: int = 1) -> None:
         super().__init__()
@@ -52,8 +50,7 @@ class ResidualBlock(nn.Module):
 
 
 class WaveNet(nn.Module):
-    """Noise predictor eps(x_t, t, cond): in_dims = mel bins M, n_layers residual blocks of n_chans
-    channels, n_hidden = condition channels H."""
+    """Noise predictor eps(x_t, t, cond) over in_dims mel bins M with condition channels H = n_hidden."""
 
     def __init__(self, in_dims: int = 128, n_layers: int = 20, n_chans: int = 384, n_hidden: int = 256) -> None:
         super().__init__()

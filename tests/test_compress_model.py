@@ -1,4 +1,4 @@
-"""compress_model.py / modules.model_files release files against 4.1's (synth/base_vec768 release_files),
+"""compress_model.py / export.release release files against 4.1's (synth/base_vec768 release_files),
 their use by inference, and the refusal to resume training from them (training/resume.py)."""
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_release_reproduces_full_checkpoint_audio(made: Path) -> None:
 
 
 def test_half_release_runs_in_float32_on_cpu(made: Path) -> None:
-    """Quirk 21 fix: the fp16 file becomes a float32 model on the CPU, fed fp16-rounded weights."""
+    """The fp16 file becomes a float32 model on the CPU, fed fp16-rounded weights."""
     _, arrays = load_fixture("synth/base_vec768")
     audio, dtype = _infer(made / "G_800_release_half.pth", BASE, arrays)
     assert dtype == torch.float32

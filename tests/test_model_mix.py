@@ -1,4 +1,4 @@
-"""model_mix.py / modules.model_files static voice mixing (formats.md §8.2) on the synth fixtures."""
+"""model_mix.py / export.mix static voice mixing on the synth fixtures."""
 from __future__ import annotations
 
 import json

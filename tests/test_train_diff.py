@@ -295,7 +295,7 @@ def test_learning_rate_matches_4_1_step_lr() -> None:
 
 
 def test_cache_off_uses_aug_mel_for_shifted_items(project) -> None:
-    """Quirk 40: the key-shifted item must carry the shifted mel, in both cache modes alike."""
+    """The key-shifted item must carry the shifted mel, in both cache modes alike."""
     sets = {cached: _dataset(project, cached, use_aug=True) for cached in (True, False)}
     assert len(sets[True]) == 4  # the 0.4 s clip is left out
     shifted = 0
