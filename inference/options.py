@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator
 
 import numpy as np
@@ -12,6 +12,9 @@ import torch
 __all__ = ["F0FilterException", "InferOptions", "SEED", "SvcError", "fill_a_to_b", "pad_array", "seeded"]
 
 SEED = 52468  # 4.1 seeds every conversion with this
+# inference_main.py's option names where they differ from the field names
+_CLI_NAMES = {"clip_seconds": "clip", "lg_num": "linear_gradient", "lgr_num": "linear_gradient_retain",
+              "cr_threshold": "f0_filter_threshold"}
 
 
 class SvcError(RuntimeError):
@@ -24,7 +27,8 @@ class F0FilterException(Exception):
 
 @dataclass(frozen=True)
 class InferOptions:
-    """Per-conversion options; names and defaults of 4.1's `inference_main.py` / `Svc` arguments."""
+    """Per-conversion options; names and defaults of 4.1's `Svc` arguments. SvcError for negative
+    pad/clip/lg seconds or lgr_num outside (0, 1]."""
 
     tran: float = 0  # semitones
     cluster_infer_ratio: float = 0.0
@@ -44,16 +48,17 @@ class InferOptions:
     lgr_num: float = 0.75  # -lgr
     use_spk_mix: bool = False
 
+    def __post_init__(self) -> None:
+        if min(self.pad_seconds, self.clip_seconds, self.lg_num) < 0:
+            raise SvcError("pad_seconds, clip (-cl) and linear_gradient (-lg) must be >= 0")
+        if not 0 < self.lgr_num <= 1:
+            raise SvcError(f"linear_gradient_retain (-lgr) must be in (0, 1], got {self.lgr_num}")
+
     @classmethod
     def from_args(cls, args: Namespace, tran: float = 0) -> "InferOptions":
-        """The options of an `inference_main.py` command line, for an input transposed by `tran`."""
-        return cls(tran=tran, slice_db=args.slice_db, cluster_infer_ratio=args.cluster_infer_ratio,
-                   auto_predict_f0=args.auto_predict_f0, noice_scale=args.noice_scale, pad_seconds=args.pad_seconds,
-                   clip_seconds=args.clip, lg_num=args.linear_gradient, lgr_num=args.linear_gradient_retain,
-                   f0_predictor=args.f0_predictor, enhancer_adaptive_key=args.enhancer_adaptive_key,
-                   cr_threshold=args.f0_filter_threshold, k_step=args.k_step, use_spk_mix=args.use_spk_mix,
-                   second_encoding=args.second_encoding,
-                   loudness_envelope_adjustment=args.loudness_envelope_adjustment)
+        """The options of an `inference_main.py` command line (it has no f0_filter), for transposition `tran`."""
+        return cls(tran=tran, **{f.name: getattr(args, _CLI_NAMES.get(f.name, f.name)) for f in fields(cls)
+                                 if f.name not in ("tran", "f0_filter")})
 
 
 def fill_a_to_b(a: list, b: list) -> None:
@@ -72,8 +77,8 @@ def pad_array(arr: np.ndarray, target_length: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def seeded(device: torch.device) -> Iterator[None]:
-    """Run the block on a forked global RNG seeded with `SEED` (as 4.1 seeds each conversion): vocoder
-    and diffusion noise repeat exactly, and the caller's RNG stream is untouched."""
+    """Run the block on a forked global RNG seeded with `SEED` (as 4.1 seeds each conversion), leaving the
+    caller's RNG stream untouched."""
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(SEED)
         yield

@@ -1,9 +1,8 @@
 """Song assembly: slice a song at silences, convert each piece with a callback, cross-fade, stream out.
 
-Each voiced chunk is optionally cut into forced pieces of `clip_seconds` that start `lg_num` seconds
-early; every piece is padded, handed to `convert`, trimmed, and cross-faded with its neighbour;
-silent chunks become zeros. Output leaves in blocks as soon as it can no longer change, so memory is
-bounded by the longest slice, not by the song. No model is involved here.
+Voiced chunks are optionally cut into forced pieces of `clip_seconds` starting `lg_num` seconds early; each
+piece is padded, converted, trimmed and cross-faded with its neighbour; silent chunks become zeros. Blocks
+leave as soon as they can no longer change, so memory is bounded by the longest slice, not the song.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from inference.options import InferOptions, SvcError, pad_array
+from inference.options import InferOptions, pad_array
 from inference.slicer import AudioSource, Chunk, open_audio, slice_source
 from inference.speaker_mix import build_mix_weights
 from modules.audio_resample import resample
@@ -32,10 +31,8 @@ Convert = Callable[[np.ndarray, "str | int | torch.Tensor", int], "tuple[np.ndar
 
 
 def out_length(n_in: int, sr_in: int, sr_out: int) -> int:
-    """Samples at `sr_out` for `n_in` input samples: ceil(n_in * sr_out / sr_in) in exact integers.
-
-    4.1 computes this in floating point and sometimes gains a sample (306 / 44100 * 44100 > 306).
-    """
+    """Samples at `sr_out` for `n_in` input samples: ceil(n_in * sr_out / sr_in) in exact integers
+    (4.1's floating-point version sometimes gains a sample: 306 / 44100 * 44100 > 306)."""
     return -(-n_in * sr_out // sr_in)
 
 
@@ -48,16 +45,13 @@ def piece_ranges(n: int, per: int, lg: int) -> list[tuple[int, int]]:
 
 def mix_frame_budget(chunks: list[Chunk], sr: int, opts: InferOptions, sr_out: int, hop: int) -> int:
     """Speaker-mix frames 4.1 allots to a song: padded pieces (pad counted in input-rate samples), +1 per chunk."""
-    per, lg = int(opts.clip_seconds * sr), int(opts.lg_num * sr)
-    pad = int(sr * opts.pad_seconds)
-    total = 0
+    per, lg, pad = int(opts.clip_seconds * sr), int(opts.lg_num * sr), int(sr * opts.pad_seconds)
+    total = len(chunks)
     for chunk in chunks:
-        if chunk.silent:
-            total += out_length(chunk.length, sr, sr_out) // hop
-            continue
-        for start, end in piece_ranges(chunk.length, per, lg):
-            total += (out_length(end - start, sr, sr_out) + 2 * pad) // hop
-    return total + len(chunks)
+        pieces = [(0, chunk.length)] if chunk.silent else piece_ranges(chunk.length, per, lg)
+        total += sum((out_length(end - start, sr, sr_out) + (0 if chunk.silent else 2 * pad)) // hop
+                     for start, end in pieces)
+    return total
 
 
 def read_wav(raw: PathLike | BinaryIO, sr_out: int) -> np.ndarray:
@@ -89,30 +83,21 @@ class _Joiner:
         ready, self.tail = self.tail[:cut], self.tail[cut:]
         return ready
 
-    def crossfade(self, piece: np.ndarray, lg: int, r: int, cl: int, cr: int, retain_all: bool) -> np.ndarray:
-        """Blend the start of `piece` into the held tail; returns the part of `piece` still to push."""
-        fade = np.linspace(0, 1, lg if retain_all else r)
-        keep, skip = (0, 0) if retain_all else (cr, cl)
-        span = len(fade)
-        if len(self.tail) < span + keep or len(piece) < skip + span:
+    def crossfade(self, piece: np.ndarray, span: int, skip: int, drop: int) -> np.ndarray:
+        """Blend piece[skip:skip + span] into the tail before its last `drop` samples (which go); returns
+        the part of `piece` still to push."""
+        if len(self.tail) < span + drop or len(piece) < skip + span:
             logger.warning("cross-fade skipped: a piece is shorter than the -lg overlap")
             return piece
-        end = len(self.tail) - keep
-        before = self.tail[end - span:end].astype(np.float64)
-        blended = before * (1 - fade) + piece[skip:skip + span].astype(np.float64) * fade
+        fade = np.linspace(0, 1, span)
+        end = len(self.tail) - drop
+        blended = self.tail[end - span:end].astype(np.float64) * (1 - fade) + piece[skip:skip + span] * fade
         self.tail = np.concatenate([self.tail[:end - span], blended.astype(np.float32)])
         return piece[skip + span:]
 
     def flush(self) -> np.ndarray:
         ready, self.tail = self.tail, np.zeros(0, dtype=np.float32)
         return ready
-
-
-def _check_options(opts: InferOptions) -> None:
-    if opts.pad_seconds < 0 or opts.clip_seconds < 0 or opts.lg_num < 0:
-        raise SvcError("pad_seconds, clip (-cl) and linear_gradient (-lg) must be >= 0")
-    if not 0 < opts.lgr_num <= 1:
-        raise SvcError(f"linear_gradient_retain (-lgr) must be in (0, 1], got {opts.lgr_num}")
 
 
 def iter_song(convert: Convert, sr_out: int, hop: int,
@@ -125,11 +110,8 @@ def iter_song(convert: Convert, sr_out: int, hop: int,
     convert: see `Convert`; sr_out, hop: output rate and samples per frame. speaker: passed to `convert`
     as is, or a validated speaker-mix map, which becomes the song's weights [n_spk, frames].
     progress(i, n): before chunk i of n, and (n, n) at the end. stage: wraps "slicing", "reading" and
-    "piece preparation".
-    Raises:
-        SvcError: negative -p / -cl / -lg, or -lgr outside (0, 1]. SpkMixError: a mix segment covers no frame.
+    "piece preparation". SpkMixError: a mix segment covers no frame.
     """
-    _check_options(opts)
     source = open_audio(audio)
     try:
         sr = source.sample_rate
@@ -138,18 +120,17 @@ def iter_song(convert: Convert, sr_out: int, hop: int,
         if isinstance(speaker, Mapping):
             speaker = build_mix_weights(speaker, mix_frame_budget(chunks, sr, opts, sr_out, hop))
         per, lg = int(opts.clip_seconds * sr), int(opts.lg_num * sr)
-        r = int(lg * opts.lgr_num)
+        r = int(lg * opts.lgr_num)  # 4.1 blends the middle r samples of each -lg overlap and drops the rest
         cl = (lg - r) // 2
-        cr = lg - r - cl
         pad_in, pad_out = int(sr * opts.pad_seconds), int(sr_out * opts.pad_seconds)
         joiner = _Joiner(hold=lg)
         frame = 0
+        progress = progress or (lambda i, n: None)
         for index, chunk in enumerate(chunks):
             length = out_length(chunk.length, sr, sr_out)
             logger.info("#=====segment start, %ss====== (slice %d/%d)", round(chunk.length / sr, 3),
                         index + 1, len(chunks))
-            if progress is not None:
-                progress(index, len(chunks))
+            progress(index, len(chunks))
             if chunk.silent:
                 logger.info("jump empty segment")
                 frame += length // hop
@@ -172,11 +153,10 @@ def iter_song(convert: Convert, sr_out: int, hop: int,
                     out = out[pad_out:-pad_out]
                 out = pad_array(out, target)
                 if lg > 0 and k > 0:
-                    out = joiner.crossfade(out, lg, r, cl, cr, retain_all=opts.lgr_num == 1)
+                    out = joiner.crossfade(out, r, skip=cl, drop=lg - r - cl)
                 yield joiner.push(out)
         yield joiner.flush()
-        if progress is not None:
-            progress(len(chunks), len(chunks))
+        progress(len(chunks), len(chunks))
     finally:
         if source is not audio:
             source.close()

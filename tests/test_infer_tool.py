@@ -224,6 +224,13 @@ def test_mix_budget_and_weights_follow_the_4_1_formulas() -> None:
     np.testing.assert_allclose(weights.numpy(), [[1] * 5 + [0.5] * 5, [0] * 5 + [0.5] * 5])
 
 
+@pytest.mark.parametrize("bad", [{"pad_seconds": -1}, {"clip_seconds": -0.5}, {"lg_num": -1}, {"lgr_num": 0},
+                                 {"lgr_num": 1.5}])
+def test_invalid_slicing_options_are_refused(bad: dict) -> None:
+    with pytest.raises(SvcError, match=r"must be >= 0|must be in \(0, 1\]"):
+        InferOptions(**bad)
+
+
 def test_song_loop_without_a_model() -> None:
     """iter_song alone: padding reaches `convert` and is trimmed, silence stays zero, frames advance."""
     sr, hop, pad = 16000, 320, 0.125

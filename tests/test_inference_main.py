@@ -154,3 +154,15 @@ def test_defaults_and_long_names() -> None:
          "--linear_gradient", "1", "--cluster_model_path", "k.pt", "--diffusion_model_path", "d.pt",
          "--diffusion_config_path", "d.yaml", "--device", "cpu", "--wav_format", "wav"])
     assert long.trans == [2] and long.use_spk_mix and long.only_diffusion and long.clip == 3.0
+
+
+def test_command_line_reaches_the_conversion_options() -> None:
+    from inference.options import InferOptions
+
+    args = inference_main.build_parser().parse_args(
+        ["-cl", "3", "-lg", "1", "-lgr", "0.5", "-ft", "0.1", "-sd", "-30", "-ks", "40", "-se", "-lea", "0.5",
+         "-eak", "2", "-ns", "0.3", "-p", "0.2", "-f0p", "dio", "-a", "-cr", "0.4", "-usm"])
+    assert InferOptions.from_args(args, 5) == InferOptions(
+        tran=5, clip_seconds=3, lg_num=1, lgr_num=0.5, cr_threshold=0.1, slice_db=-30, k_step=40, second_encoding=True,
+        loudness_envelope_adjustment=0.5, enhancer_adaptive_key=2, noice_scale=0.3, pad_seconds=0.2,
+        f0_predictor="dio", auto_predict_f0=True, cluster_infer_ratio=0.4, use_spk_mix=True)
