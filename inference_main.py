@@ -3,9 +3,8 @@
     python inference_main.py -m logs/44k/G_30400.pth -c configs/config.json -n song.wav -t 0 -s speaker
 
 Every input (-n) is converted for every speaker (-s); -t gives one transposition per input (the first
-value repeats for inputs without one). Output: results/{name}_{key}_{speaker}[_{ratio}]_{mode}_{f0p}.{format}
-with mode sovits, sovdiff (-shd: shallow diffusion after So-VITS) or diff (-od: diffusion only, the -m
-checkpoint is not loaded), named by what actually ran.
+value repeats for inputs without one). Output: results/{name}_{key}_{speaker}[_{ratio}]_{mode}_{f0p}.{format},
+mode saying what ran: sovits, sovdiff (-shd: shallow diffusion after So-VITS) or diff (-od: diffusion only).
 """
 from __future__ import annotations
 
@@ -21,46 +20,38 @@ from modules.F0Predictor import F0_PREDICTORS
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    # main settings
-    add("-m", "--model_path", type=str, default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
-    add("-c", "--config_path", type=str, default="logs/44k/config.json", help="config.json of the model")
+    add("-m", "--model_path", default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
+    add("-c", "--config_path", default="logs/44k/config.json", help="config.json of the model")
     add("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = slice at silences only")
-    add("-n", "--clean_names", type=str, nargs="+", default=["君の知らない物語-src.wav"],
+    add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"],
         help="input file names inside raw/ (.wav added when there is no extension)")
     add("-t", "--trans", type=int, nargs="+", default=[0], help="transposition in semitones, one per input")
-    add("-s", "--spk_list", type=str, nargs="+", default=["buyizi"], help="target speaker names (config spk)")
-    # optional settings
-    add("-a", "--auto_predict_f0", action="store_true", default=False,
-        help="predict F0 with the model (speech only; -t then has no effect)")
-    add("-cm", "--cluster_model_path", type=str, default="",
+    add("-s", "--spk_list", nargs="+", default=["buyizi"], help="target speaker names (config spk)")
+    add("-a", "--auto_predict_f0", action="store_true", help="predict F0 with the model (speech only; ignores -t)")
+    add("-cm", "--cluster_model_path", default="",
         help="k-means model or feature index; empty = logs/44k/kmeans_10000.pt (feature_and_index.pkl with -fr)")
-    add("-cr", "--cluster_infer_ratio", type=float, default=0,
-        help="share of clustering / feature retrieval, 0-1; 0 = off")
+    add("-cr", "--cluster_infer_ratio", type=float, default=0, help="share of clustering / feature retrieval, 0-1")
     add("-lg", "--linear_gradient", type=float, default=0, help="cross-fade length (s) between forced slices")
-    add("-f0p", "--f0_predictor", type=str, default="pm", help="F0 predictor: " + ", ".join(F0_PREDICTORS))
-    add("-eh", "--enhance", action="store_true", default=False,
-        help="NSF-HiFiGAN enhancer post-pass (needs pretrain/nsf_hifigan/)")
-    add("-shd", "--shallow_diffusion", action="store_true", default=False,
+    add("-f0p", "--f0_predictor", default="pm", help="F0 predictor: " + ", ".join(F0_PREDICTORS))
+    add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer pass (needs pretrain/nsf_hifigan/)")
+    add("-shd", "--shallow_diffusion", action="store_true",
         help="refine the So-VITS output with shallow diffusion (-dm/-dc; -eh is then ignored)")
-    add("-usm", "--use_spk_mix", action="store_true", default=False, help="dynamic speaker mix from spkmix.py")
+    add("-usm", "--use_spk_mix", action="store_true", help="dynamic speaker mix from spkmix.py")
     add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
         help="1 = keep the output's loudness envelope, 0 = impose the input's")
-    add("-fr", "--feature_retrieval", action="store_true", default=False,
-        help="use -cm/-cr as feature retrieval instead of clustering")
-    # shallow diffusion settings
-    add("-dm", "--diffusion_model_path", type=str, default="logs/44k/diffusion/model_0.pt", help="diffusion model")
-    add("-dc", "--diffusion_config_path", type=str, default="logs/44k/diffusion/config.yaml", help="diffusion config")
+    add("-fr", "--feature_retrieval", action="store_true", help="use -cm/-cr as feature retrieval, not clustering")
+    add("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt", help="diffusion model")
+    add("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml", help="diffusion config")
     add("-ks", "--k_step", type=int, default=100, help="shallow-diffusion steps (at most the model's k_step_max)")
-    add("-se", "--second_encoding", action="store_true", default=False,
+    add("-se", "--second_encoding", action="store_true",
         help="re-encode the So-VITS output with the speech encoder before shallow diffusion")
-    add("-od", "--only_diffusion", action="store_true", default=False,
+    add("-od", "--only_diffusion", action="store_true",
         help="diffusion-only conversion; -m/-c are not read (speakers and encoder come from -dc)")
-    # rarely changed
     add("-sd", "--slice_db", type=int, default=-40, help="silence threshold of the slicer (dB)")
-    add("-d", "--device", type=str, default=None, help="torch device (default: cuda if available, else cpu)")
+    add("-d", "--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add("-ns", "--noice_scale", type=float, default=0.4, help="noise scale of the prior sampling")
     add("-p", "--pad_seconds", type=float, default=0.5, help="silence padded around each slice, then removed")
-    add("-wf", "--wav_format", type=str, default="flac", help="output format (flac, wav, ogg, ...)")
+    add("-wf", "--wav_format", default="flac", help="output format (flac, wav, ogg, ...)")
     add("-lgr", "--linear_gradient_retain", type=float, default=0.75,
         help="fraction of the -lg overlap that is cross-faded (0 < x <= 1)")
     add("-eak", "--enhancer_adaptive_key", type=int, default=0, help="shift the enhancer's range up (semitones)")
@@ -87,7 +78,7 @@ def resolve_input(clean_name: str) -> Path:
         present = sorted(p.name for p in Path("raw").iterdir() if p.is_file() and p.name != "README.md") \
             if os.path.isdir("raw") else []
         listing = f" (raw/ has: {', '.join(present[:10])})" if present else " (raw/ is empty)"
-        raise FileNotFoundError(f"{path} not found: inputs are read from raw/; put the file there or fix -n{listing}")
+        raise FileNotFoundError(f"{path} not found: inputs are read from raw/; put it there or fix -n{listing}")
     return Path(format_wav(path))
 
 
@@ -116,13 +107,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from core.checkpoint import CheckpointError
     from core.config import ConfigError
     from inference.infer_tool import SvcError
-    from inference.model_loader import ModelConfigMismatch
     from inference.speaker_mix import SpkMixError
     from modules.audio_io import AudioReadError
     from vdecoder.nsf_hifigan.models import VocoderLoadError
 
-    return (SvcError, ModelConfigMismatch, SpkMixError, ConfigError, CheckpointError, VocoderLoadError,
-            AudioReadError, FileNotFoundError, NotImplementedError)
+    # CheckpointError covers ModelConfigMismatch
+    return (SvcError, SpkMixError, ConfigError, CheckpointError, VocoderLoadError, AudioReadError,
+            FileNotFoundError, NotImplementedError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,5 @@
-"""NSF-HiFiGAN enhancer (`-eh`): re-synthesise So-VITS output with the stand-alone vocoder.
-
-The adaptive key shifts the vocoder's working range up by resampling the audio to a higher nominal
-rate before the mel and back afterwards; F0 is scaled and re-timed to match.
-"""
+"""NSF-HiFiGAN enhancer (`-eh`): re-synthesise So-VITS output with the stand-alone vocoder. The adaptive key
+shifts the vocoder's range up by resampling to a higher nominal rate before the mel and back after."""
 from __future__ import annotations
 
 import os
@@ -20,8 +17,7 @@ from vdecoder.nsf_hifigan.models import NsfHifiGAN
 __all__ = ["Enhancer"]
 
 PathLike = str | os.PathLike
-# F0 above which the automatic adaptive key starts shifting ("auto" comes from DDSP-SVC; 4.1's
-# command line only passes integers).
+# F0 above which adaptive_key="auto" starts shifting (4.1's command line only passes integers)
 AUTO_KEY_REFERENCE_HZ = 760.0
 
 
@@ -48,13 +44,9 @@ class Enhancer:
     @torch.no_grad()
     def enhance(self, audio: Tensor, sample_rate: int, f0: Tensor, hop_size: int,
                 adaptive_key: float | Literal["auto"] = 0, silence_front: float = 0) -> tuple[Tensor, int]:
-        """Re-synthesise audio [1, N] at `sample_rate` given its F0 [1, frames, 1] (Hz, `hop_size`).
-
-        adaptive_key: semitones (or "auto") by which the vocoder's range is shifted up.
-        silence_front: seconds at the start that are skipped and returned as zeros.
-        Returns (audio [N'], rate) at the vocoder's rate; N' covers whole vocoder frames of the
-        (resampled) input plus the skipped front.
-        """
+        """Re-synthesise audio [1, N] at `sample_rate` given its F0 [1, frames, 1] (Hz, `hop_size`), the range
+        shifted up by `adaptive_key` semitones (or "auto"), the first `silence_front` seconds skipped (zeros).
+        Returns (audio [N'], rate) at the vocoder's rate; N' covers whole vocoder frames plus the skipped front."""
         start_frame = int(silence_front * sample_rate / hop_size)
         real_silence_front = start_frame * hop_size / sample_rate
         audio = audio[:, int(np.round(real_silence_front * sample_rate)):].to(self.device)

@@ -159,7 +159,7 @@ class Svc:
 
     def _init_from_diffusion(self, side: DiffusionSide) -> int:
         """-od: rate, hop, speakers, encoder and unit mode come from the diffusion config (4.1)."""
-        side.check_full()
+        side.check_k_step(0, shallow=False)
         self.dtype = torch.float32
         self.target_sample, self.hop_size = side.sample_rate, side.hop_size
         self.unit_interpolate_mode = side.unit_interpolate_mode
@@ -194,7 +194,7 @@ class Svc:
     def check_k_step(self, k_step: int) -> None:
         """Fail before any audio work when -ks does not fit the shallow-diffusion model."""
         if self.shallow_diffusion:
-            self.diffusion.check_shallow(k_step)
+            self.diffusion.check_k_step(k_step, shallow=True)
 
     def enable_spk_mix(self) -> None:
         """Freeze the speaker-embedding tables so per-frame mixing weights can be used."""

@@ -1,8 +1,5 @@
-"""The diffusion side of `Svc`: shallow diffusion (-shd) and diffusion-only conversion (-od).
-
-Shallow: `k_step` steps of noise on the vocoder mel of the So-VITS audio, walked back by the diffusion
-model; -od starts from pure noise. Noise comes from a seeded, forked RNG (`options.seeded`).
-"""
+"""The diffusion side of `Svc`: shallow diffusion (-shd: `k_step` steps of noise on the vocoder mel of the
+So-VITS audio, walked back by the diffusion model) and diffusion-only conversion (-od: from pure noise)."""
 from __future__ import annotations
 
 import logging
@@ -28,12 +25,8 @@ NO_DIFFUSION = "No diffusion model or config found. Shallow diffusion mode will 
 
 
 class DiffusionSide:
-    """A loaded Unit2Mel (eval mode) + its vocoder, and the diffusion config's settings.
-
-    Attributes:
-        sample_rate, hop_size, encoder, unit_interpolate_mode, spk2id: from `data.*` and `spk` (they
-            drive -od conversion). method, speedup: `infer.*`. use_tqdm: show the sampler's progress bar.
-    """
+    """A loaded Unit2Mel (eval mode) + its vocoder, with the settings of its config: sample_rate, hop_size,
+    encoder, unit_interpolate_mode, spk2id (they drive -od), method, speedup; use_tqdm: sampler progress bar."""
 
     def __init__(self, model: "Unit2Mel", vocoder: "Vocoder", args: "HParams", model_path: str,
                  config_path: str) -> None:
@@ -66,21 +59,15 @@ class DiffusionSide:
         """Deepest step the model was trained for (timesteps for a full model)."""
         return int(self.model.k_step_max)
 
-    def _check(self, k_step: int, shallow: bool) -> None:
+    def check_k_step(self, k_step: int, shallow: bool) -> None:
+        """SvcError (4.1's text plus the numbers) when shallow -ks exceeds k_step_max, or when -od
+        (`shallow=False`) asks a shallow-only model for full diffusion."""
         from diffusion.diffusion import DiffusionStepError
 
         try:
             self.model.decoder.check_k_step(int(k_step), shallow=shallow)
         except DiffusionStepError as err:
             raise SvcError(f"{err} [diffusion model {self.model_path}]") from err
-
-    def check_shallow(self, k_step: int) -> None:
-        """Raise SvcError (4.1's text plus the numbers) when -ks exceeds the model's k_step_max."""
-        self._check(k_step, shallow=True)
-
-    def check_full(self) -> None:
-        """Raise SvcError when the model is shallow-only (k_step_max < timesteps) and -od asks for more."""
-        self._check(0, shallow=False)
 
     # -- speakers ---------------------------------------------------------------------------------
     def _id_of_name(self, name: str) -> int:
@@ -93,8 +80,8 @@ class DiffusionSide:
         return 0
 
     def enable_spk_mix(self, spk2id: dict[str, int]) -> None:
-        """Prepare mixing with weights over the caller's speakers `spk2id` (name -> row); rows map to
-        diffusion speakers by name (missing -> speaker 0), since the two configs may number them differently."""
+        """Prepare mixing with weights over the caller's speakers `spk2id` (name -> row), mapped to diffusion
+        speakers by name (missing -> 0): the two configs may number them differently."""
         if self.n_spk <= 1:
             return
         self.model.init_spkmix(self.n_spk)
@@ -104,8 +91,7 @@ class DiffusionSide:
         self._mix_map = table
 
     def speaker_input(self, speaker: str | int | Tensor, spk2id: dict[str, int]) -> Tensor:
-        """`spk_id` for Unit2Mel: [[id]] (long) for a name / caller id, or for mix weights [T, S_caller]
-        the weights over the diffusion speakers [T, n_spk]."""
+        """Unit2Mel's `spk_id`: [[id]] (long) for a name / caller id; mix weights [T, S_caller] -> [T, n_spk]."""
         device = self.model.unit_embed.weight.device
         if isinstance(speaker, Tensor):
             if self.n_spk <= 1:
@@ -123,12 +109,9 @@ class DiffusionSide:
     # -- one piece --------------------------------------------------------------------------------
     def render(self, units: Tensor, f0: Tensor, volume: Tensor | None, audio: Tensor, speaker: Tensor,
                k_step: int, shallow: bool) -> Tensor:
-        """Diffusion + vocoder for one piece: audio float32 [T * hop] at the vocoder rate.
-
-        units [1, C, T]; f0 [1, T] Hz (what So-VITS used); volume [1, T] or None to measure it on `audio`;
-        audio [N]: the So-VITS output (shallow: start from its mel, `k_step` deep) or the input (-od: noise);
-        speaker: from `speaker_input`.
-        """
+        """Diffusion + vocoder for one piece: audio float32 [T * hop] at the vocoder rate, from units [1, C, T],
+        f0 [1, T] Hz, volume [1, T] (None: measured on `audio`), audio [N] (the So-VITS output, whose mel
+        shallow diffusion starts from, or the input with -od) and speaker (from `speaker_input`)."""
         device = self.model.unit_embed.weight.device
         audio = audio.float().to(device)
         gt_spec = self.vocoder.extract(audio[None], self.sample_rate) if shallow else None  # [1, T, M]
@@ -147,12 +130,8 @@ class DiffusionSide:
 
 def load_diffusion(model_path: PathLike, config_path: PathLike, device: torch.device) -> DiffusionSide | None:
     """Load the diffusion model, its config and vocoder; None (with 4.1's line) without the model file.
-
-    Raises:
-        SvcError: the config is missing (4.1 checked the model path twice and failed later).
-        VocoderNotFoundError / VocoderLoadError: pretrain/nsf_hifigan (vocoder.ckpt) missing or unfit.
-        ConfigError / CheckpointError: unreadable config, model file not matching its config.
-    """
+    Raises SvcError (no config), VocoderNotFoundError / VocoderLoadError (pretrain/nsf_hifigan missing or
+    unfit), ConfigError / CheckpointError (unreadable config, model not matching it)."""
     model_path, config_path = os.fspath(model_path), os.fspath(config_path)
     if not os.path.isfile(model_path):
         logger.warning("%s (%s not found)", NO_DIFFUSION, model_path)

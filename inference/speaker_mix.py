@@ -1,7 +1,5 @@
-"""Dynamic speaker mix (`-usm`): load and validate a `spk_mix_map` and turn it into per-frame weights.
-
-The format, `{speaker_id: [[t_start, t_end, v_start, v_end], ...]}`, is described in spkmix.py.
-"""
+"""Dynamic speaker mix (`-usm`): load and validate a `spk_mix_map` (format: see spkmix.py) and turn it into
+per-frame weights."""
 from __future__ import annotations
 
 import importlib
@@ -23,11 +21,8 @@ def _number(value: Any) -> bool:
 
 
 def load_spk_mix_map(module: str = "spkmix") -> dict:
-    """The `spk_mix_map` dict defined by `spkmix.py` (imported from the working directory / sys.path).
-
-    Raises:
-        SpkMixError: the file does not parse or defines no `spk_mix_map` dict.
-    """
+    """The `spk_mix_map` dict of `spkmix.py` (imported from sys.path); SpkMixError if it does not parse or
+    defines no such dict."""
     try:
         loaded = importlib.import_module(module)
     except SyntaxError as err:
@@ -40,18 +35,11 @@ def load_spk_mix_map(module: str = "spkmix") -> dict:
 
 def validate_spk_mix_map(spk_mix_map: Any, speakers: Mapping[str, int] | None = None,
                          source: str = "spkmix.py") -> dict[int, list[list[float]]]:
-    """Check a mixing map and return it as plain lists, sorted by id.
-
-    speakers: the model's `spk` map (name -> id); when given, the ids must be exactly 0..n-1.
-    source: where the map came from, for messages.
-    Raises:
-        SpkMixError: naming the entry, e.g. "spkmix.py: spk_mix_map[1][2] = [...]: ...".
-    """
+    """Check a mixing map and return it as plain lists, sorted by id; with the model's `spk` map (name -> id)
+    its ids must be exactly 0..n-1. SpkMixError names `source` and the entry ("spkmix.py: spk_mix_map[1][2]")."""
     if not isinstance(spk_mix_map, Mapping) or not spk_mix_map:
         raise SpkMixError(f"{source}: spk_mix_map must be a non-empty dict {{speaker_id: track}}")
-    names = {}
-    if speakers is not None:
-        names = {int(i): n for n, i in speakers.items()}
+    names = {int(i): n for n, i in (speakers or {}).items()}
     out: dict[int, list[list[float]]] = {}
     for key, track in spk_mix_map.items():
         where = f"{source}: spk_mix_map[{key!r}]"
@@ -83,10 +71,8 @@ def validate_spk_mix_map(spk_mix_map: Any, speakers: Mapping[str, int] | None = 
         expected = set(range(len(names)))
         if set(out) != expected:
             listing = ", ".join(f"{i}={names[i]}" for i in sorted(names))
-            missing = sorted(expected - set(out))
-            extra = sorted(set(out) - expected)
-            detail = "; ".join(p for p in (f"missing ids {missing}" if missing else "",
-                                           f"unknown ids {extra}" if extra else "") if p)
+            gaps = (("missing", sorted(expected - set(out))), ("unknown", sorted(set(out) - expected)))
+            detail = "; ".join(f"{what} ids {ids}" for what, ids in gaps if ids)
             raise SpkMixError(f"{source}: spk_mix_map must give a track for every speaker id of the model "
                               f"({listing}); {detail}. Use [[0., 1., 0., 0.]] for an unused speaker.")
     return dict(sorted(out.items()))
@@ -106,11 +92,8 @@ def _ramp(v0: float, v1: float, n: int) -> torch.Tensor:
 
 def build_mix_weights(spk_mix_map: Mapping[int, Sequence[Sequence[float]]], n_frames: int,
                       source: str = "spkmix.py") -> torch.Tensor:
-    """Per-frame weights float32 [n_speakers, n_frames] of a validated map; every column sums to 1.
-
-    Raises:
-        SpkMixError: a segment covers no frame at this song length.
-    """
+    """Per-frame weights float32 [n_speakers, n_frames] of a validated map, every column summing to 1;
+    SpkMixError when a segment covers no frame at this song length."""
     n_spk = len(spk_mix_map)
     weights = torch.zeros(n_spk, n_frames)
     for i in range(n_spk):
