@@ -1,14 +1,31 @@
 """Atomic file writes: a crash mid-write leaves the previous file intact and no partial file behind."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["write_atomic", "write_bytes_atomic"]
+__all__ = ["DiskFullError", "TEMP_SUFFIX", "remove_stale_temps", "write_atomic", "write_bytes_atomic"]
 
 PathLike = str | os.PathLike
+TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp" beside their target
+
+
+class DiskFullError(OSError):
+    """The disk filled up during a write; the previous file is intact and no partial file is left."""
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch.save's zip writer reports a full disk as a RuntimeError ("unexpected pos", "file write failed").
+    try:
+        return isinstance(err, RuntimeError) and shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _umask() -> int:
@@ -26,7 +43,7 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o666 & ~_umask())
@@ -35,11 +52,19 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if _disk_full(err, folder):
+            free = shutil.disk_usage(folder).free
+            full = DiskFullError(f"the disk of {folder} is full: writing {target.name} stopped after "
+                                 f"{written / 2**20:.1f} MB ({free / 2**20:.1f} MB free). Free some space and run "
+                                 "again; nothing was overwritten")
+            full.errno = errno.ENOSPC
+            raise full from None
         raise
     # Make the rename itself durable; not possible on every platform (Windows), so best effort.
     try:
@@ -57,3 +82,14 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically."""
     write_atomic(path, lambda f: f.write(data))
+
+
+def remove_stale_temps(folder: PathLike, names: str = "") -> list[str]:
+    """Delete the temp files an interrupted `write_atomic` left in `folder` (only those whose target name
+    starts with `names`); returns their paths."""
+    removed = []
+    for entry in os.scandir(folder) if os.path.isdir(folder) else ():
+        if entry.name.startswith(f".{names}") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+            os.remove(entry.path)
+            removed.append(entry.path)
+    return removed

@@ -15,7 +15,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,8 +22,8 @@ from core.atomic import write_atomic
 from core.pickle_guard import numpy_torch_safe_globals
 
 __all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "LoadReport", "ReleaseCheckpointError",
-           "UnsafeCheckpointError", "check_optimizer", "checkpoint_step", "clean_checkpoints", "first_float_dtype",
-           "is_release_state", "is_zip", "latest_checkpoint_path", "load_checkpoint", "load_model_state",
+           "UnsafeCheckpointError", "check_optimizer", "checkpoint_step", "checkpoint_steps", "clean_checkpoints",
+           "first_float_dtype", "is_release_state", "is_zip", "latest_checkpoint_path", "load_checkpoint", "load_model_state",
            "load_state_dict_strict", "read_checkpoint", "resume_refusal", "safe_torch_load", "save_checkpoint",
            "to_legacy_weight_norm", "unwrap_model"]
 
@@ -334,9 +333,9 @@ def load_checkpoint(checkpoint_path: PathLike, model: nn.Module,
 # saving and housekeeping
 # ------------------------------------------------------------------------------------------------
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, learning_rate: float,
-                    iteration: int, checkpoint_path: PathLike) -> None:
-    """Write `{'model', 'iteration', 'optimizer', 'learning_rate'}` atomically; model keys lose any DDP
-    `module.` prefix and use the legacy weight-norm names."""
+                    iteration: int, checkpoint_path: PathLike, extra: Mapping[str, Any] | None = None) -> None:
+    """Write `{'model', 'iteration', 'optimizer', 'learning_rate'}` (plus `extra` entries, which 4.1
+    ignores) atomically; model keys lose any DDP `module.` prefix and use the legacy weight-norm names."""
     logger.info("Saving model and optimizer state at iteration %s to %s", iteration, checkpoint_path)
     state = to_legacy_weight_norm(_strip_module_prefix(unwrap_model(model).state_dict()))
     payload = {
@@ -344,6 +343,7 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
         "iteration": int(iteration),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "learning_rate": float(learning_rate),
+        **(extra or {}),
     }
     write_atomic(checkpoint_path, lambda f: torch.save(payload, f))
 
@@ -355,7 +355,8 @@ def _step_pattern(glob_pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{re.escape(head)}(\\d+){re.escape(tail)}$")
 
 
-def _steps(dir_path: PathLike, glob_pattern: str) -> list[tuple[int, str]]:
+def checkpoint_steps(dir_path: PathLike, glob_pattern: str) -> list[tuple[int, str]]:
+    """Sorted (step, file name) of the files in `dir_path` named like `glob_pattern` (one `*` = the step)."""
     pattern = _step_pattern(glob_pattern)
     found = []
     for entry in os.scandir(dir_path):
@@ -376,7 +377,7 @@ def checkpoint_step(path: PathLike) -> int:
 def latest_checkpoint_path(dir_path: PathLike, regex: str = "G_*.pth") -> str:
     """Path of the checkpoint with the largest step among files named like `regex` (a glob with one
     `*` that must be all digits: `G_800.pth` counts, `G_800_copy2.pth` does not, unlike 4.1's sort)."""
-    found = _steps(dir_path, regex) if os.path.isdir(dir_path) else []
+    found = checkpoint_steps(dir_path, regex) if os.path.isdir(dir_path) else []
     if not found:
         raise CheckpointNotFoundError(f"no checkpoint named {regex.replace('*', '<step>')} in {dir_path}")
     return os.path.join(str(dir_path), found[-1][1])
@@ -389,7 +390,7 @@ def clean_checkpoints(path_to_models: PathLike = "logs/44k/", n_ckpts_to_keep: i
         return []
     deleted = []
     for prefix in ("G", "D"):
-        candidates = [(s, n) for s, n in _steps(path_to_models, f"{prefix}_*.pth") if s != 0]
+        candidates = [(s, n) for s, n in checkpoint_steps(path_to_models, f"{prefix}_*.pth") if s != 0]
         for _, name in candidates[:-n_ckpts_to_keep]:
             full = os.path.join(str(path_to_models), name)
             os.remove(full)

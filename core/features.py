@@ -11,7 +11,6 @@ pickle is written with `numpy.core` module names, which NumPy 1.x and 2.x both i
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from typing import Any

@@ -18,8 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,11 +27,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core.features import DatasetError
+from core.atomic import DiskFullError, remove_stale_temps, write_atomic
 from core.checkpoint import CheckpointError
-from core.runlog import StopFlag, attached_handlers
-from core.atomic import write_atomic
 from core.config import ConfigError, HParams, load_config
+from core.features import DatasetError
+from core.lock import FolderLockedError, folder_lock
+from core.runlog import StopFlag, attached_handlers
 from core.schema import validate_sovits_config
 from training.loop import RunContext, Trainer, TrainingError
 
@@ -44,7 +44,7 @@ SOURCE_DIR = Path(__file__).resolve().parents[1]
 CONSOLE_FORMAT = "%(levelname)s:%(name)s:%(message)s"
 FILE_FORMAT = "%(asctime)s\t%(name)s\t%(levelname)s\t%(message)s"
 # Errors whose message already says what to do: printed without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingError, DiskFullError, FolderLockedError)
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -94,8 +94,19 @@ def _check_git_hash(model_dir: str, run_log: logging.Logger) -> None:
         write_atomic(path, lambda f: f.write(current.encode()))
 
 
+def _write_run_config(model_dir: str, raw: bytes, run_log: logging.Logger) -> None:
+    """`logs/<model>/config.json` = the config this run trains with; a different previous one is kept as
+    `config.json.bak`. Called only once every check has passed, so a refused run changes nothing."""
+    path = os.path.join(model_dir, "config.json")
+    if os.path.isfile(path) and Path(path).read_bytes() != raw:
+        old = Path(path).read_bytes()
+        write_atomic(path + ".bak", lambda f: f.write(old))
+        run_log.info("%s changed; the previous one is kept as config.json.bak", path)
+    write_atomic(path, lambda f: f.write(raw))
+
+
 def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: HParams, model_dir: str,
-            num_workers: int, threads: int | None, parent_stops: bool) -> int:
+            num_workers: int, threads: int | None, parent_stops: bool, config_bytes: bytes) -> int:
     """Body of every training process; returns its exit status (0, 1 or 128 + signal)."""
     stop = StopFlag()
     stop.install()
@@ -125,6 +136,8 @@ def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: 
                 random.seed(int(hps.train.seed))
                 ctx = RunContext(rank, world_size, device, num_workers, stop)
                 trainer = Trainer(hps, model_dir, ctx)
+                if rank == 0:
+                    _write_run_config(model_dir, config_bytes, run_log)
                 stopped = trainer.fit()
                 if stopped and not parent_stops:
                     return stop.exit_code()
@@ -141,8 +154,8 @@ def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: 
 
 
 def _spawned(rank: int, world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
-             threads: int | None) -> None:
-    code = _worker(rank, world_size, rank, device_type, hps, model_dir, num_workers, threads, True)
+             threads: int | None, config_bytes: bytes) -> None:
+    code = _worker(rank, world_size, rank, device_type, hps, model_dir, num_workers, threads, True, config_bytes)
     if code:
         sys.exit(code)
 
@@ -157,7 +170,7 @@ def _port_free(port: int) -> bool:
 
 
 def _spawn(world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
-           threads: int | None) -> int:
+           threads: int | None, config_bytes: bytes) -> int:
     """One process per rank (4.1's torch.multiprocessing spawn); signals are passed on to them."""
     port = str(hps.train.port).strip()  # 4.1 needed a JSON string; an integer works too
     if not _port_free(int(port)):
@@ -165,7 +178,7 @@ def _spawn(world_size: int, device_type: str, hps: HParams, model_dir: str, num_
                             "port in the config")
     os.environ["MASTER_ADDR"] = "localhost"
     os.environ["MASTER_PORT"] = port
-    ctx = mp.start_processes(_spawned, args=(world_size, device_type, hps, model_dir, num_workers, threads),
+    ctx = mp.start_processes(_spawned, args=(world_size, device_type, hps, model_dir, num_workers, threads, config_bytes),
                              nprocs=world_size, join=False, start_method="spawn")
     stop = StopFlag()
 
@@ -216,31 +229,41 @@ def _default_workers(options: TrainOptions) -> int:
 def run_training(options: TrainOptions) -> int:
     """Train as `python train.py -c <config> -m <model>`; returns the process exit status.
 
-    Copies the config to `logs/<model>/config.json`, then trains until `train.epochs` (0), a stop
-    signal (128 + signal number, after saving) or an error with advice (1).
+    Holds the folder's lock, trains until `train.epochs` (0), a stop signal (128 + signal number, after
+    saving) or an error with advice (1); the config is copied to `logs/<model>/config.json` only once
+    training could start.
     """
     model_dir = os.path.join("logs", options.model)
     try:
         hps = load_config(options.config)
         validate_sovits_config(hps, options.config, for_training=True)
         device_type, nprocs = _device_plan(options)
+        raw = Path(options.config).read_bytes()
+        torchrun = all(v in os.environ for v in TORCHRUN_VARS)
+        with folder_lock(model_dir, "train.py") if not torchrun or os.environ["RANK"] == "0" else nullcontext():
+            if not torchrun or os.environ["RANK"] == "0":
+                _remove_interrupted_saves(model_dir)
+            return _run(options, hps, model_dir, device_type, nprocs, raw, torchrun)
     except USER_ERRORS as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
-    os.makedirs(model_dir, exist_ok=True)
-    raw = Path(options.config).read_bytes()
-    write_atomic(os.path.join(model_dir, "config.json"), lambda f: f.write(raw))
+
+
+def _remove_interrupted_saves(model_dir: str) -> None:
+    removed = remove_stale_temps(model_dir, "G_") + remove_stale_temps(model_dir, "D_")
+    if removed:
+        logger.warning("removed %d temporary file(s) left by an interrupted save in %s", len(removed), model_dir)
+
+
+def _run(options: TrainOptions, hps: HParams, model_dir: str, device_type: str, nprocs: int, raw: bytes,
+         torchrun: bool) -> int:
     workers = _default_workers(options)
-    if all(v in os.environ for v in TORCHRUN_VARS):
+    if torchrun:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ["LOCAL_RANK"])
         threads = max(1, (os.cpu_count() or 1) // world) if device_type == "cpu" and world > 1 else None
-        return _worker(rank, world, local, device_type, hps, model_dir, workers, threads, False)
+        return _worker(rank, world, local, device_type, hps, model_dir, workers, threads, False, raw)
     if nprocs == 1:
-        return _worker(0, 1, 0, device_type, hps, model_dir, workers, None, False)
+        return _worker(0, 1, 0, device_type, hps, model_dir, workers, None, False, raw)
     threads = max(1, (os.cpu_count() or 1) // nprocs) if device_type == "cpu" else None
-    try:
-        return _spawn(nprocs, device_type, hps, model_dir, workers, threads)
-    except TrainingError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
+    return _spawn(nprocs, device_type, hps, model_dir, workers, threads, raw)

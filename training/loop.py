@@ -7,8 +7,10 @@ the run after the current step with a checkpoint of that step.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass
@@ -17,9 +19,8 @@ from typing import Any, Callable, ContextManager
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
 
 from core.features import DatasetError, read_filelist
 from data_utils import TextAudioCollate, TextAudioSpeakerLoader
@@ -53,6 +54,19 @@ class RunContext:
     device: torch.device
     num_workers: int
     stop_requested: Callable[[], bool]
+
+
+class _SkipFirst(Sampler[int]):
+    """The inner sampler's order without its first `skip` items (the epoch a run resumes inside)."""
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner, self.skip = inner, 0
+
+    def __iter__(self) -> Any:
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)  # type: ignore[arg-type]
 
 
 def _quiet_worker(_: int) -> None:
@@ -104,10 +118,10 @@ class Trainer:
         self.train_set = TextAudioSpeakerLoader(data.training_files, hps, all_in_mem=all_in_mem)
         # Each process trains on its own share of the list (4.1 gave every GPU the same batches);
         # the order stays 4.1's fixed shuffle, so epochs get N times shorter.
-        sampler = (DistributedSampler(self.train_set, ctx.world_size, ctx.rank, shuffle=False)
-                   if ctx.world_size > 1 else None)
+        self.sampler = _SkipFirst(DistributedSampler(self.train_set, ctx.world_size, ctx.rank, shuffle=False)
+                                  if ctx.world_size > 1 else SequentialSampler(self.train_set))
         self.train_loader = DataLoader(
-            self.train_set, batch_size=self.cfg.train.batch_size, shuffle=False, sampler=sampler,
+            self.train_set, batch_size=self.cfg.train.batch_size, shuffle=False, sampler=self.sampler,
             num_workers=workers, pin_memory=self.device.type == "cuda", collate_fn=TextAudioCollate(),
             worker_init_fn=_quiet_worker if workers else None, persistent_workers=workers > 0)
         self.eval_loader: DataLoader | None = None
@@ -134,8 +148,9 @@ class Trainer:
             net_g = DistributedDataParallel(net_g, device_ids=ids)
             net_d = DistributedDataParallel(net_d, device_ids=ids)
         self.net_g, self.net_d = net_g, net_d
-        self.sched_g = build_scheduler(self.optim_g, train.lr_decay, self.state.epoch)
-        self.sched_d = build_scheduler(self.optim_d, train.lr_decay, self.state.epoch)
+        self.sched_g = build_scheduler(self.optim_g, train.lr_decay, self.state.epoch, not self.state.exact)
+        self.sched_d = build_scheduler(self.optim_d, train.lr_decay, self.state.epoch, not self.state.exact)
+        self.batches_done, self._resume_batch, self._pending_rng = 0, self.state.batch, self.state.rng
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.auto_f0 = model.use_automatic_f0_prediction
 
@@ -283,8 +298,14 @@ class Trainer:
         if not self.is_main:
             return
         lr0 = self.cfg.train.learning_rate
-        save_checkpoint(self.net_g, self.optim_g, lr0, epoch, os.path.join(self.model_dir, f"G_{step}.pth"))
-        save_checkpoint(self.net_d, self.optim_d, lr0, epoch, os.path.join(self.model_dir, f"D_{step}.pth"))
+        # Where the run stands, so that a resumed run goes on with the next batch and the same random draws.
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        extra = {"resume": {"epoch": epoch, "batch": self.batches_done, "rng": rng}}
+        # D first: a G_<step>.pth on disk then means its D was saved (resume also checks both).
+        save_checkpoint(self.net_d, self.optim_d, lr0, epoch, os.path.join(self.model_dir, f"D_{step}.pth"), extra)
+        save_checkpoint(self.net_g, self.optim_g, lr0, epoch, os.path.join(self.model_dir, f"G_{step}.pth"), extra)
         keep = self.cfg.train.keep_ckpts
         for path in clean_checkpoints(self.model_dir, keep):
             self.log.info(".. Free up space by deleting ckpt %s", path)
@@ -297,6 +318,12 @@ class Trainer:
     # -- epochs ------------------------------------------------------------------------------
     def _batches(self) -> Any:
         iterator = iter(self.train_loader)
+        if self._pending_rng is not None:  # after iter(), which draws a seed the interrupted run drew before
+            torch.set_rng_state(self._pending_rng["torch"])
+            random.setstate(self._pending_rng["python"])
+            if "cuda" in self._pending_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+            self._pending_rng = None
         while True:
             try:
                 yield next(iterator)
@@ -320,11 +347,15 @@ class Trainer:
     def train_epoch(self, epoch: int) -> bool:
         """One pass over this process's share of the list; True when a stop was requested."""
         train = self.cfg.train
-        n_batches = len(self.train_loader)
-        for batch_idx, batch in enumerate(self._batches()):
+        start = self.batches_done = self._resume_batch  # non-zero only in the first epoch of an exact resume
+        self._resume_batch = 0
+        self.sampler.skip = start * train.batch_size
+        n_batches = start + len(self.train_loader)
+        for batch_idx, batch in enumerate(self._batches(), start):
             stop, skip = self._sync_flags(batch is None)
             if stop:
                 return True
+            self.batches_done = batch_idx + 1
             if skip:
                 self.log.warning("step %d: no usable clip in this batch; skipped", self.global_step)
                 continue
