@@ -162,29 +162,20 @@ class Slicer:
                 continue
             if run_start is None:
                 continue
-            s = run_start
-            run_start = None
+            s, run_start = run_start, None
             leading = s == 0 and i > keep
             long_enough = i - s >= self.min_interval and i - clip_start >= self.min_length
             if not leading and not long_enough:
                 continue
-            if i - s <= keep:
-                pos = argmin(s, i)
-                tags.append((0, pos) if s == 0 else (pos, pos))
-                clip_start = pos
-            elif i - s <= 2 * keep:
-                pos = argmin(i - keep, s + keep)
+            if i - s <= keep:  # a short silence is cut at its quietest frame
+                left = right = argmin(s, i)
+            else:  # a longer one keeps up to `keep` frames on each side
                 left, right = argmin(s, s + keep), argmin(i - keep, i)
-                if s == 0:
-                    tags.append((0, right))
-                    clip_start = right
-                else:
-                    tags.append((min(left, pos), max(right, pos)))
-                    clip_start = max(right, pos)
-            else:
-                left, right = argmin(s, s + keep), argmin(i - keep, i)
-                tags.append((0, right) if s == 0 else (left, right))
-                clip_start = right
+                if s and i - s <= 2 * keep:
+                    pos = argmin(i - keep, s + keep)
+                    left, right = min(left, pos), max(right, pos)
+            tags.append((0 if s == 0 else left, right))
+            clip_start = right
         total = len(rms)
         if run_start is not None and total - run_start >= self.min_interval:
             pos = argmin(run_start, min(total, run_start + keep))
