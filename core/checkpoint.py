@@ -122,10 +122,12 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
             ) from None
         raise CheckpointError(f"{name} is not a readable torch checkpoint ({detail.strip()[:200]})") from None
     except EOFError:
-        raise CheckpointError(f"{name} is empty or truncated (not a complete torch checkpoint)") from None
+        raise CheckpointError(f"{name} is empty or truncated (not a complete torch checkpoint): it was cut off "
+                              "while being copied or saved; copy it again, or delete it") from None
     except Exception as err:  # zip reader, legacy-format and pickle errors all mean "bad file" here
         kind = "corrupt or truncated" if is_zip(path) else "not a torch checkpoint"
-        raise CheckpointError(f"{name} is {kind} ({type(err).__name__}: {str(err)[:200]})") from None
+        raise CheckpointError(f"{name} is {kind} ({type(err).__name__}: {str(err)[:200]}); copy it again from "
+                              "where it came from, or delete it") from None
 
 
 def is_zip(path: PathLike) -> bool:

@@ -146,6 +146,10 @@ def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: 
                 if rank == 0 or not isinstance(err, (ConfigError, DatasetError)):
                     run_log.error("%s", err)
                 return 1
+            except KeyboardInterrupt:  # a second Ctrl+C: saves are atomic, so every file on disk is whole
+                run_log.warning("Aborted at once; the checkpoints saved before are intact. Run the same command "
+                                "to resume from the newest one.")
+                return 128 + (stop.signum or signal.SIGINT)
             finally:
                 if dist.is_initialized():
                     dist.destroy_process_group()

@@ -205,3 +205,17 @@ def test_kill_9_at_random_moments_never_loses_a_saved_step(project: Path) -> Non
     assert last == 11  # 6 epochs x 2 steps, counted from 0
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_second_ctrl_c_ends_with_the_promised_message(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys) -> None:
+    from training.loop import Trainer
+
+    def abort(self) -> bool:
+        raise KeyboardInterrupt  # what StopFlag raises on a second Ctrl+C more than a second after the first
+
+    monkeypatch.setattr(Trainer, "fit", abort)
+    assert _train(project, monkeypatch, _config(project, "abort", epochs=1), "abort") == 128 + signal.SIGINT
+    out = capsys.readouterr()
+    assert "Aborted at once; the checkpoints saved before are intact" in out.out
+    assert "Traceback" not in out.out + out.err
