@@ -216,6 +216,11 @@ class DiffusionData:
     encoder_out_channels: PositiveInt
     training_files: NonEmpty
     validation_files: NonEmpty
+    unit_interpolate_mode: str | None = None
+
+    @property
+    def training_unit_mode(self) -> str:
+        return self.unit_interpolate_mode or "nearest"
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class DiffusionInfer:
 @dataclass(frozen=True)
 class DiffusionEnv:
     expdir: NonEmpty
+    gpu_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,11 @@ class DiffusionTrain:
     gamma: Positive
     weight_decay: float
     amp_dtype: Literal["fp32", "fp16", "bf16"]
+    cache_all_data: bool = True
+    cache_device: str = "cpu"
+    cache_fp16: bool = False
+    num_workers: int = 0
+    save_opt: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +279,8 @@ class DiffusionConfig:
     infer: DiffusionInfer
     env: DiffusionEnv
     train: DiffusionTrain
+    device: str = "cpu"
+    spk: SpeakerMap | None = None  # None: absent or null (one speaker)
 
 
 # ------------------------------------------------------------------------------------------------
