@@ -4,7 +4,7 @@
 
 Every input (-n) is converted for every speaker (-s); -t gives one transposition per input (the first
 value repeats for inputs without one). Output: results/{name}_{key}_{speaker}[_{ratio}]_{mode}_{f0p}.{format},
-mode saying what ran: sovits, sovdiff (-shd: shallow diffusion after So-VITS) or diff (-od: diffusion only).
+mode saying what ran: sovits, sovdiff (-shd: shallow diffusion after So-VITS) or diff (-od: no -m/-c read).
 """
 from __future__ import annotations
 
@@ -34,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-lg", "--linear_gradient", type=float, default=0, help="cross-fade length (s) between forced slices")
     add("-f0p", "--f0_predictor", default="pm", help="F0 predictor: " + ", ".join(F0_PREDICTORS))
     add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer pass (needs pretrain/nsf_hifigan/)")
-    add("-shd", "--shallow_diffusion", action="store_true",
-        help="refine the So-VITS output with shallow diffusion (-dm/-dc; -eh is then ignored)")
+    add("-shd", "--shallow_diffusion", action="store_true", help="add shallow diffusion (-dm/-dc; -eh off)")
     add("-usm", "--use_spk_mix", action="store_true", help="dynamic speaker mix from spkmix.py")
     add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
         help="1 = keep the output's loudness envelope, 0 = impose the input's")
@@ -43,20 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt", help="diffusion model")
     add("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml", help="diffusion config")
     add("-ks", "--k_step", type=int, default=100, help="shallow-diffusion steps (at most the model's k_step_max)")
-    add("-se", "--second_encoding", action="store_true",
-        help="re-encode the So-VITS output with the speech encoder before shallow diffusion")
-    add("-od", "--only_diffusion", action="store_true",
-        help="diffusion-only conversion; -m/-c are not read (speakers and encoder come from -dc)")
+    add("-se", "--second_encoding", action="store_true", help="re-encode So-VITS output before -shd")
+    add("-od", "--only_diffusion", action="store_true", help="diffusion only: -dc gives speakers, encoder")
     add("-sd", "--slice_db", type=int, default=-40, help="silence threshold of the slicer (dB)")
     add("-d", "--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add("-ns", "--noice_scale", type=float, default=0.4, help="noise scale of the prior sampling")
     add("-p", "--pad_seconds", type=float, default=0.5, help="silence padded around each slice, then removed")
     add("-wf", "--wav_format", default="flac", help="output format (flac, wav, ogg, ...)")
-    add("-lgr", "--linear_gradient_retain", type=float, default=0.75,
-        help="fraction of the -lg overlap that is cross-faded (0 < x <= 1)")
+    add("-lgr", "--linear_gradient_retain", type=float, default=0.75, help="cross-faded share of -lg (0-1]")
     add("-eak", "--enhancer_adaptive_key", type=int, default=0, help="shift the enhancer's range up (semitones)")
-    add("-ft", "--f0_filter_threshold", type=float, default=0.05,
-        help="F0 confidence threshold of crepe, rmvpe and fcpe (0-1)")
+    add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="crepe/rmvpe/fcpe F0 confidence threshold")
     return p
 
 

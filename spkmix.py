@@ -1,20 +1,16 @@
-"""Dynamic speaker-mix track for `python inference_main.py ... -usm` (edit the map below).
-
-Format (the so-vits-svc 4.1 format; checked when inference_main.py loads it):
+"""Dynamic speaker-mix track for `python inference_main.py ... -usm`: edit the map below (4.1's format).
 
     spk_mix_map = {speaker_id: [[t_start, t_end, v_start, v_end], [t_start, t_end, v_start, v_end], ...]}
 
-* speaker_id: integer id of a speaker, as in the model's config.json "spk" map. Every id of the
-  model must be listed (0 .. number of speakers - 1); an unused speaker is [[0., 1., 0., 0.]].
-* t_start / t_end: where a segment starts and ends, as a fraction of the whole output (0..1). The
-  first segment starts at 0, the last ends at 1, and each segment starts where the previous ended.
-* v_start / v_end: mix value (>= 0) at the segment's start and end; it changes linearly in between.
-  Values can be any size: at every frame the values of all speakers are scaled to sum to 1 (a frame
-  where all are 0 gets equal shares).
+* speaker_id: integer id from the model's config.json "spk" map. List every id of the model
+  (0 .. number of speakers - 1); an unused speaker is [[0., 1., 0., 0.]].
+* t_start / t_end: segment bounds as a fraction of the whole output (0..1). The first segment starts
+  at 0, the last ends at 1, and each starts where the previous ended.
+* v_start / v_end: mix value (>= 0) at the segment's ends, linear in between. At every frame the values
+  of all speakers are scaled to sum to 1 (a frame where all are 0 gets equal shares).
 
-With a map of only one entry, -usm is ignored and the speakers given with -s are used.
-`python spkmix.py` checks the map's structure (the speaker count is checked against the model
-when converting).
+With a one-entry map, -usm is ignored and the -s speakers are used. `python spkmix.py` checks the map's
+structure; the speaker count is checked against the model when converting.
 """
 
 spk_mix_map = {

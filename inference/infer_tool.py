@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, ContextManager, Iterator, Mapping
+from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping
 
 import numpy as np
 import soundfile as sf
@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from cluster import UnitMixer, load_cluster_or_index
 from core.config import load_config
 from core.device import resolve_device
+from inference.enhancer import Enhancer
 from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits
 from inference.options import SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b, pad_array, seeded
 from inference.shallow import DiffusionSide, load_diffusion
-from inference.slice_loop import Convert, iter_song, read_wav
-from inference.slicer import AudioSource, FileSource, rms_frames
+from inference.slice_loop import iter_song, read_wav
+from inference.slicer import Audio, FileSource, rms_frames
 from inference.speaker_mix import validate_spk_mix_map
 from modules import f0 as f0_math
 from modules.audio_resample import resample
@@ -34,15 +35,11 @@ from modules.F0Predictor import get_f0_predictor
 from modules.mel_processing import volume_extract
 from vencoder import get_speech_encoder
 
-if TYPE_CHECKING:
-    from inference.enhancer import Enhancer
-
 __all__ = ["F0FilterException", "InferOptions", "SEED", "StageHook", "Svc", "SvcError", "change_rms",
            "fill_a_to_b", "format_wav", "pad_array"]
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
-Audio = PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]
 StageHook = Callable[[str], ContextManager[object]]
 ENHANCER_PATH = os.path.join("nsf_hifigan", "model")
 WHISPER_MAX_SECONDS = 30.0
@@ -64,10 +61,8 @@ def format_wav(audio_path: PathLike) -> str:
 
 
 def change_rms(data1: np.ndarray, sr1: int, data2: torch.Tensor, sr2: int, rate: float) -> torch.Tensor:
-    """Impose the loudness envelope of `data1` [N1] on `data2` [N2]; returns a new tensor.
-
-    rate 1 keeps data2's envelope, 0 takes data1's. Envelopes: RMS of 1 s frames, hop 0.5 s, stretched to N2.
-    """
+    """`data2` [N2] with the loudness envelope of `data1` [N1] imposed: rate 1 keeps data2's, 0 takes data1's.
+    Envelopes: RMS of 1 s frames, hop 0.5 s, stretched to N2."""
     rms1 = rms_frames(data1, sr1 // 2 * 2, sr1 // 2)
     rms2 = rms_frames(data2.detach().float().cpu().numpy(), sr2 // 2 * 2, sr2 // 2)
     size = data2.shape[0]
@@ -136,7 +131,12 @@ class Svc:
         if nsf_hifigan_enhance and self.diffusion is not None and shallow_diffusion:
             logger.info("-eh/--enhance is ignored with shallow diffusion")
         elif nsf_hifigan_enhance:
-            self.enhancer = self._load_enhancer(os.path.join(os.fspath(pretrain_dir), ENHANCER_PATH))
+            path = os.path.join(os.fspath(pretrain_dir), ENHANCER_PATH)
+            if not os.path.isfile(path) and os.path.isfile(path + ".ckpt"):
+                raise FileNotFoundError(f"{path} not found but {path}.ckpt is there: the 2024.02 NSF-HiFiGAN "
+                                        f"release ships model.ckpt; rename it to {path} (keep config.json "
+                                        "next to it)")
+            self.enhancer = Enhancer("nsf-hifigan", path, device=self.dev)
         self.spk_mix_enable = False
         if spk_mix_enable and len(self.spk2id) > 1:
             self.enable_spk_mix()
@@ -204,15 +204,6 @@ class Svc:
             self.diffusion.enable_spk_mix(self.spk2id)
         self.spk_mix_enable = True
 
-    def _load_enhancer(self, path: str) -> "Enhancer":
-        from inference.enhancer import Enhancer
-
-        if not os.path.isfile(path) and os.path.isfile(path + ".ckpt"):
-            raise FileNotFoundError(f"{path} not found but {path}.ckpt is there: the 2024.02 NSF-HiFiGAN release "
-                                    f"ships model.ckpt; rename it to {path} (keep config.json next to it)")
-        return Enhancer("nsf-hifigan", path, device=self.dev)
-
-    # -- speakers ---------------------------------------------------------------------------------
     def speaker_id(self, speaker: str | int) -> int:
         """Config id of a speaker name (or a valid integer id)."""
         if isinstance(speaker, int) and not isinstance(speaker, bool):
@@ -231,7 +222,6 @@ class Svc:
                 else "python cluster/train_cluster.py"
             raise SvcError(f"cluster ratio {ratio} given but {path} not found; train it ({how}) or set -cr 0")
 
-    # -- one piece --------------------------------------------------------------------------------
     def get_unit_f0(self, wav: np.ndarray, tran: float, cluster_infer_ratio: float, speaker: str | int,
                     f0_filter: bool, f0_predictor: str, cr_threshold: float = 0.05
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -352,7 +342,6 @@ class Svc:
             raise SvcError(f"Out of {where} on a {seconds:.1f} s slice — use -cl 30 (forced slicing), "
                            f"raise -sd to -30 (more silence cuts){cpu}") from err
 
-    # -- whole songs ------------------------------------------------------------------------------
     def _song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
         """The checked speaker, or the validated mix map when mixing (enabling it on first use)."""
         if isinstance(spk, Mapping):
@@ -367,20 +356,6 @@ class Svc:
         self.check_cluster(opts.cluster_infer_ratio)
         return spk
 
-    def _piece_converter(self, opts: InferOptions) -> Convert:
-        """`convert_piece` for the song loop, checking the Whisper encoders' length limit first."""
-        limit = WHISPER_MAX_SECONDS if self.speech_encoder.startswith("whisper") else math.inf
-
-        def convert(wav: np.ndarray, speaker: str | int | torch.Tensor, frame: int) -> tuple[np.ndarray, int]:
-            seconds = len(wav) / self.target_sample
-            if seconds > limit:
-                raise SvcError(f"{self.speech_encoder} takes at most {limit:g} s per slice, -p padding included "
-                               f"(this one is {seconds:.1f} s); use -cl 25 -lg 1")
-            audio, n_frames = self.convert_piece(wav, speaker, opts, frame)
-            return audio.numpy(), n_frames
-
-        return convert
-
     def iter_slice_inference(self, audio: Audio, spk: str | int | Mapping[int, list], opts: InferOptions,
                              progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
         """Convert a song slice by slice, yielding float32 blocks at the model rate.
@@ -392,8 +367,17 @@ class Svc:
         speaker = self._song_speaker(spk, opts)
         if opts.auto_predict_f0 and not self.has_f0_decoder:
             logger.warning("this model has no F0 predictor: -a/--auto_predict_f0 is ignored")
-        return iter_song(self._piece_converter(opts), self.target_sample, self.hop_size, audio, speaker, opts,
-                         progress, lambda name: self.stage_hook(name))
+        limit = WHISPER_MAX_SECONDS if self.speech_encoder.startswith("whisper") else math.inf
+
+        def convert(wav: np.ndarray, speaker: str | int | torch.Tensor, frame: int) -> tuple[np.ndarray, int]:
+            if len(wav) / self.target_sample > limit:
+                raise SvcError(f"{self.speech_encoder} takes at most {limit:g} s per slice, -p padding included "
+                               f"(this one is {len(wav) / self.target_sample:.1f} s); use -cl 25 -lg 1")
+            audio, n_frames = self.convert_piece(wav, speaker, opts, frame)
+            return audio.numpy(), n_frames
+
+        return iter_song(convert, self.target_sample, self.hop_size, audio, speaker, opts, progress,
+                         lambda name: self.stage_hook(name))
 
     def slice_inference(self, raw_audio_path: Audio, spk: str | int | Mapping[int, list], tran: float,
                         slice_db: float = -40, cluster_infer_ratio: float = 0, auto_predict_f0: bool = False,

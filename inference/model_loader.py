@@ -70,11 +70,8 @@ def load_sovits(model_path: PathLike, hps: HParams, config_path: PathLike, devic
     if not loaded.has_f0_decoder and loaded.net.use_automatic_f0_prediction:
         logger.warning("%s has no F0-predictor weights (4.0-era model?): -a/--auto_predict_f0 is unavailable",
                        model_path)
-    dtype = loaded.report.dtype or torch.float32
-    if device.type != "cuda":
-        dtype = torch.float32
-    elif "half" in model_path:
-        dtype = torch.float16
+    dtype = torch.float32 if device.type != "cuda" else torch.float16 if "half" in model_path \
+        else loaded.report.dtype or torch.float32
     net_g = loaded.net.to(dtype).eval()
     net_g.remove_weight_norm()
     return LoadedModel(net_g.to(device), loaded.config, dtype, loaded.has_f0_decoder)

@@ -70,9 +70,7 @@ def fill_a_to_b(a: list, b: list) -> None:
 def pad_array(arr: np.ndarray, target_length: int) -> np.ndarray:
     """Centre-pad with zeros to `target_length` (left gets the smaller half); never truncates."""
     missing = target_length - arr.shape[0]
-    if missing <= 0:
-        return arr
-    return np.pad(arr, (missing // 2, missing - missing // 2))
+    return np.pad(arr, (missing // 2, missing - missing // 2)) if missing > 0 else arr
 
 
 @contextlib.contextmanager

@@ -13,9 +13,9 @@ from inference.options import SvcError, seeded
 from modules.mel_processing import volume_extract
 
 if TYPE_CHECKING:
+    from core.config import HParams
     from diffusion.unit2mel import Unit2Mel
     from diffusion.vocoder import Vocoder
-    from core.config import HParams
 
 __all__ = ["DiffusionSide", "NO_DIFFUSION", "load_diffusion"]
 
@@ -69,7 +69,6 @@ class DiffusionSide:
         except DiffusionStepError as err:
             raise SvcError(f"{err} [diffusion model {self.model_path}]") from err
 
-    # -- speakers ---------------------------------------------------------------------------------
     def _id_of_name(self, name: str) -> int:
         if name in self.spk2id:
             return self.spk2id[name]
@@ -99,14 +98,11 @@ class DiffusionSide:
             if self._mix_map is None:
                 raise SvcError("per-frame speaker mixing needs enable_spk_mix() first")
             return speaker.float().to(device) @ self._mix_map.to(device)
-        if isinstance(speaker, int) and not isinstance(speaker, bool):
-            names = [n for n, i in spk2id.items() if int(i) == speaker]
-            sid = self._id_of_name(names[0]) if names else 0
-        else:
-            sid = self._id_of_name(str(speaker))
+        if isinstance(speaker, int) and not isinstance(speaker, bool):  # a caller id: its name decides
+            speaker = next((n for n, i in spk2id.items() if int(i) == speaker), None)
+        sid = 0 if speaker is None else self._id_of_name(str(speaker))
         return torch.tensor([[sid]], dtype=torch.long, device=device)
 
-    # -- one piece --------------------------------------------------------------------------------
     def render(self, units: Tensor, f0: Tensor, volume: Tensor | None, audio: Tensor, speaker: Tensor,
                k_step: int, shallow: bool) -> Tensor:
         """Diffusion + vocoder for one piece: audio float32 [T * hop] at the vocoder rate, from units [1, C, T],

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from inference.options import InferOptions, pad_array
-from inference.slicer import AudioSource, Chunk, open_audio, slice_source
+from inference.slicer import Audio, Chunk, open_audio, slice_source
 from inference.speaker_mix import build_mix_weights
 from modules.audio_resample import resample
 
@@ -100,10 +100,8 @@ class _Joiner:
         return ready
 
 
-def iter_song(convert: Convert, sr_out: int, hop: int,
-              audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int],
-              speaker: str | int | Mapping[int, list], opts: InferOptions,
-              progress: Callable[[int, int], None] | None = None,
+def iter_song(convert: Convert, sr_out: int, hop: int, audio: Audio, speaker: str | int | Mapping[int, list],
+              opts: InferOptions, progress: Callable[[int, int], None] | None = None,
               stage: Callable[[str], ContextManager[object]] = contextlib.nullcontext) -> Iterator[np.ndarray]:
     """Convert a song piece by piece; yield float32 blocks at `sr_out` whose concatenation is the song.
 
@@ -145,8 +143,7 @@ def iter_song(convert: Convert, sr_out: int, hop: int,
                 if per > 0:
                     logger.info("###=====segment clip start, %ss======", round(len(piece) / sr, 3))
                 with stage("piece preparation"):
-                    padded = np.concatenate([np.zeros(pad_in), piece.astype(np.float64), np.zeros(pad_in)])
-                    wav = pcm16_piece(padded, sr, sr_out)
+                    wav = pcm16_piece(np.pad(piece, pad_in), sr, sr_out)
                 out, n_frames = convert(wav, speaker, frame)
                 frame += n_frames
                 if pad_out > 0:  # with -p 0, 4.1 sliced [0:-0] and lost every piece; the audio is kept

@@ -11,7 +11,7 @@ import soundfile as sf
 from modules.audio_io import AudioReadError
 
 __all__ = [
-    "ArraySource", "AudioSource", "Chunk", "FileSource", "Slicer", "chunks2audio", "cut", "open_audio",
+    "ArraySource", "Audio", "AudioSource", "Chunk", "FileSource", "Slicer", "chunks2audio", "cut", "open_audio",
     "rms_frames", "slice_source",
 ]
 
@@ -68,9 +68,7 @@ class ArraySource(AudioSource):
             data = data.mean(axis=1, dtype=np.float32)
         if data.ndim != 1:
             raise ValueError(f"audio must be [N] or [N, channels], got shape {data.shape}")
-        self.samples = data
-        self.sample_rate = int(sample_rate)
-        self.n_samples = int(data.shape[0])
+        self.samples, self.sample_rate, self.n_samples = data, int(sample_rate), int(data.shape[0])
 
     def _read(self, start: int, end: int) -> np.ndarray:
         return self.samples[start:end]
@@ -88,8 +86,7 @@ class FileSource(AudioSource):
         except (sf.LibsndfileError, RuntimeError) as err:
             name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<audio>"
             raise AudioReadError(name, f"not a readable audio file ({err})") from None
-        self.sample_rate = int(self._file.samplerate)
-        self.n_samples = int(self._file.frames)
+        self.sample_rate, self.n_samples = int(self._file.samplerate), int(self._file.frames)
 
     def _read(self, start: int, end: int) -> np.ndarray:
         self._file.seek(start)
@@ -101,7 +98,10 @@ class FileSource(AudioSource):
         self._file.close()
 
 
-def open_audio(audio: PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]) -> AudioSource:
+Audio = PathLike | BinaryIO | AudioSource | tuple[np.ndarray, int]
+
+
+def open_audio(audio: Audio) -> AudioSource:
     """A path or file object, an existing source, or (samples, sample_rate) -> AudioSource."""
     if isinstance(audio, AudioSource):
         return audio

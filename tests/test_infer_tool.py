@@ -36,8 +36,6 @@ UNITS = 48
 
 def build_workspace(root: Path) -> Path:
     """logs/44k/{G_1.pth, config.json}, pretrain/ (ContentVec + NSF-HiFiGAN), raw/ with short clips."""
-    from models import SynthesizerTrn
-
     if not (SYNTH / "G_800.pth").exists() or not (VENCODER_FIXTURES / "contentvec_reduced.pt").exists():
         pytest.skip("synth / vencoder fixtures not available")
     for sub in ("logs/44k", "pretrain/nsf_hifigan", "raw"):
