@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from inference.infer_tool import InferOptions, Svc, fill_a_to_b
-    from inference.speaker_mix import load_spk_mix_map, validate_spk_mix_map
+    from inference.speaker_mix import load_spk_mix_map
 
     trans = list(args.trans)
     fill_a_to_b(trans, args.clean_names)
@@ -134,14 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
                   args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
         args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1
-        if args.use_spk_mix:
-            speakers: list = [validate_spk_mix_map(spk_mix_map, svc.spk2id)]
-        else:
-            speakers = list(args.spk_list)
-            for spk in speakers:  # fail before converting anything
-                svc.speaker_id(spk)
-        svc.check_cluster(args.cluster_infer_ratio)
-        svc.check_k_step(args.k_step)
+        first = InferOptions.from_args(args)  # fail before converting anything
+        speakers = [svc.song_speaker(s, first) for s in ([spk_mix_map] if args.use_spk_mix else args.spk_list)]
         mode = svc.output_mode
         if (args.shallow_diffusion or args.only_diffusion) and mode == "sovits":
             log.warning("diffusion did not run: converting with So-VITS only, files are named _sovits_")

@@ -33,14 +33,6 @@ class Enhancer:
         self.enhancer_sample_rate = self.enhancer.sample_rate
         self.enhancer_hop_size = self.enhancer.hop_size
 
-    @staticmethod
-    def _auto_key(f0: Tensor) -> float:
-        # Whole semitones needed to bring the highest F0 down to the reference, never negative.
-        peak = float(f0.max()) if f0.numel() else 0.0
-        if peak <= 0:
-            return 0.0
-        return max(0.0, float(np.ceil(12 * np.log2(peak / AUTO_KEY_REFERENCE_HZ))))
-
     @torch.no_grad()
     def enhance(self, audio: Tensor, sample_rate: int, f0: Tensor, hop_size: int,
                 adaptive_key: float | Literal["auto"] = 0, silence_front: float = 0) -> tuple[Tensor, int]:
@@ -56,7 +48,10 @@ class Enhancer:
         if isinstance(adaptive_key, str):
             if adaptive_key != "auto":
                 raise ValueError(f"adaptive_key must be a number or 'auto', got {adaptive_key!r}")
-            adaptive_key = self._auto_key(torch.from_numpy(f0_np))
+            # whole semitones that bring the highest F0 down to the reference, never negative
+            peak = float(f0_np.max()) if f0_np.size else 0.0
+            semitones = np.ceil(12 * np.log2(peak / AUTO_KEY_REFERENCE_HZ)) if peak > 0 else 0.0
+            adaptive_key = max(0.0, float(semitones))
         adaptive_factor = 2 ** (-adaptive_key / 12)
         adaptive_sample_rate = 100 * int(np.round(self.enhancer_sample_rate / adaptive_factor / 100))
         real_factor = self.enhancer_sample_rate / adaptive_sample_rate
@@ -74,8 +69,7 @@ class Enhancer:
 
         mel = self.enhancer.extract(audio_res)  # [1, T, n_mels], T = n_frames - 1
         enhanced = self.enhancer(mel, f0_res).view(-1)
-        enhanced = resample(enhanced, adaptive_sample_rate, self.enhancer_sample_rate,
-                            lowpass_filter_width=128)
+        enhanced = resample(enhanced, adaptive_sample_rate, self.enhancer_sample_rate, lowpass_filter_width=128)
         if start_frame > 0:
             enhanced = F.pad(enhanced, (int(np.round(self.enhancer_sample_rate * real_silence_front)), 0))
         return enhanced, self.enhancer_sample_rate

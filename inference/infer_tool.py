@@ -280,9 +280,8 @@ class Svc:
         c, f0, uv = c.to(self.dtype), f0.to(self.dtype), uv.to(self.dtype)
         start = time.time()
         with torch.no_grad():
-            vol = None
-            if self.vol_embedding:
-                vol = volume_extract(torch.from_numpy(wav).to(self.dev)[None], self.hop_size)[None].to(self.dtype)
+            vol = volume_extract(torch.from_numpy(wav).to(self.dev)[None], self.hop_size)[None].to(self.dtype) \
+                if self.vol_embedding else None
             if self.only_diffusion:
                 audio = torch.from_numpy(wav).to(self.dev)  # as in 4.1: no So-VITS pass, the input goes on
             else:
@@ -336,14 +335,15 @@ class Svc:
         except (RuntimeError, MemoryError) as err:
             if not _is_oom(err):
                 raise
-            seconds = len(wav) / self.target_sample
-            where = "GPU memory" if self.dev.type == "cuda" else "memory"
-            cpu = ", or --device cpu" if self.dev.type == "cuda" else ""
-            raise SvcError(f"Out of {where} on a {seconds:.1f} s slice — use -cl 30 (forced slicing), "
-                           f"raise -sd to -30 (more silence cuts){cpu}") from err
+            gpu = self.dev.type == "cuda"
+            raise SvcError(f"Out of {'GPU ' if gpu else ''}memory on a {len(wav) / self.target_sample:.1f} s "
+                           "slice — use -cl 30 (forced slicing), raise -sd to -30 (more silence cuts)"
+                           + (", or --device cpu" if gpu else "")) from err
 
-    def _song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
-        """The checked speaker, or the validated mix map when mixing (enabling it on first use)."""
+    def song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
+        """Check -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;
+        returns the speaker, or the validated map when mixing. SvcError / SpkMixError otherwise."""
+        self.check_k_step(opts.k_step)
         if isinstance(spk, Mapping):
             if not opts.use_spk_mix:
                 raise SvcError("a speaker-mix map was given without use_spk_mix")
@@ -358,13 +358,9 @@ class Svc:
 
     def iter_slice_inference(self, audio: Audio, spk: str | int | Mapping[int, list], opts: InferOptions,
                              progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
-        """Convert a song slice by slice, yielding float32 blocks at the model rate.
-
-        `spk`: a speaker name or id, or with `opts.use_spk_mix` a speaker-mix map. `progress(i, n)`: before
-        chunk i of n, and (n, n) at the end. Speaker, -cr, -ks and mix-map errors are raised at once.
-        """
-        self.check_k_step(opts.k_step)
-        speaker = self._song_speaker(spk, opts)
+        """Convert a song slice by slice, yielding float32 blocks at the model rate; `spk`: see `song_speaker`.
+        `progress(i, n)`: before chunk i of n, and (n, n) at the end. `song_speaker`'s errors come at once."""
+        speaker = self.song_speaker(spk, opts)
         if opts.auto_predict_f0 and not self.has_f0_decoder:
             logger.warning("this model has no F0 predictor: -a/--auto_predict_f0 is ignored")
         limit = WHISPER_MAX_SECONDS if self.speech_encoder.startswith("whisper") else math.inf

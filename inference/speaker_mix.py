@@ -84,8 +84,7 @@ def _ramp(v0: float, v1: float, n: int) -> torch.Tensor:
     if step == 0.0:
         return torch.zeros(n) + v0
     values = torch.arange(v0, v1, step)
-    if len(values) < n:
-        # float rounding can make arange one value short; 4.1 reflect-pads
+    if len(values) < n:  # float rounding can make arange one value short; 4.1 reflect-pads
         values = F.pad(values[None], [0, n - len(values)], mode="reflect")[0]
     return values[:n]
 
