@@ -107,9 +107,8 @@ class Svc:
         self.stage_hook: StageHook = contextlib.nullcontext
         self.dev = resolve_device(device)
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
-        self.diffusion: DiffusionSide | None = None
-        if shallow_diffusion or only_diffusion:
-            self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev)
+        self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev) \
+            if shallow_diffusion or only_diffusion else None
         self.only_diffusion = bool(only_diffusion) and self.diffusion is not None
         self.shallow_diffusion = bool(shallow_diffusion) and self.diffusion is not None and not self.only_diffusion
         self.hps_ms = self.net_g_ms = None
@@ -271,12 +270,8 @@ class Svc:
         c, f0, uv = self.get_unit_f0(wav, opts.tran, ratio, None if mixing else speaker, opts.f0_filter,
                                      opts.f0_predictor, opts.cr_threshold)
         n_frames = f0.size(1)
-        if mixing:
-            sid = speaker[:, frame:frame + n_frames].transpose(0, 1)
-            if sid.shape[0] < n_frames:  # frame budget ran short (non-44.1 kHz input): hold the last mix
-                sid = torch.cat([sid, sid[-1:].expand(n_frames - sid.shape[0], -1)]) if len(sid) \
-                    else speaker[:, -1:].T.expand(n_frames, -1)
-            sid = sid.to(self.dev)
+        if mixing:  # where the frame budget runs short (non-44.1 kHz input) the last mix holds
+            sid = speaker[:, torch.arange(frame, frame + n_frames).clamp(max=speaker.shape[1] - 1)].T.to(self.dev)
         c, f0, uv = c.to(self.dtype), f0.to(self.dtype), uv.to(self.dtype)
         start = time.time()
         with torch.no_grad():

@@ -41,8 +41,7 @@ class DiffusionSide:
         # Absent keys take the template's values; an explicit null method means the plain DDPM loop.
         self.method = infer.get("method", "dpm-solver++")
         self.speedup = int(infer.get("speedup", 10))
-        spk = args.get("spk")
-        self.spk2id: dict[str, int] = {str(k): int(v) for k, v in (spk.items() if spk else [])}
+        self.spk2id: dict[str, int] = {str(k): int(v) for k, v in (args.get("spk") or {}).items()}
         self.n_spk = int(model.n_spk)
         self.units_width = int(model.input_channel)
         self.use_tqdm = True

@@ -80,7 +80,6 @@ class FileSource(AudioSource):
     def __init__(self, path: PathLike | BinaryIO) -> None:
         if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
             raise FileNotFoundError(f"audio file {os.fspath(path)} not found")
-        self.path = path
         try:
             self._file = sf.SoundFile(path)
         except (sf.LibsndfileError, RuntimeError) as err:
