@@ -66,9 +66,7 @@ def resolve_input(clean_name: str) -> Path:
     """raw/<name> (+.wav without extension); other formats are converted to raw/<stem>.wav as 4.1 does."""
     from inference.infer_tool import format_wav
 
-    path = f"raw/{clean_name}"
-    if "." not in path:
-        path += ".wav"
+    path = f"raw/{clean_name}" + ("" if "." in clean_name else ".wav")
     if not os.path.isfile(path):
         present = sorted(p.name for p in Path("raw").iterdir() if p.is_file() and p.name != "README.md") \
             if os.path.isdir("raw") else []
@@ -99,14 +97,13 @@ def _cluster_path(args: argparse.Namespace) -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that end the run with their message and exit status 1 (no traceback)."""
-    from core.checkpoint import CheckpointError
+    from core.checkpoint import CheckpointError  # covers ModelConfigMismatch
     from core.config import ConfigError
     from inference.infer_tool import SvcError
     from inference.speaker_mix import SpkMixError
     from modules.audio_io import AudioReadError
     from vdecoder.nsf_hifigan.models import VocoderLoadError
 
-    # CheckpointError covers ModelConfigMismatch
     return (SvcError, SpkMixError, ConfigError, CheckpointError, VocoderLoadError, AudioReadError,
             FileNotFoundError, NotImplementedError)
 
@@ -115,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("inference_main")
-    problem = _check_args(args)
-    if problem:
+    if problem := _check_args(args):
         print(f"error: {problem}", file=sys.stderr)
         return 2
 

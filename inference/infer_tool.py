@@ -86,16 +86,14 @@ def _is_oom(err: BaseException) -> bool:
 class Svc:
     """A So-VITS model ready for conversion (4.1's constructor arguments; device None = auto).
 
-    net_g_path / config_path: G_*.pth (full or compressed) and its config.json, not read with -od.
-    cluster_model_path: k-means `.pt` or retrieval `.pkl`, loaded when it exists (its content decides;
-    `feature_retrieval` says what was expected); `unit_mixer` replaces it. nsf_hifigan_enhance: NSF-HiFiGAN
-    pass from `<pretrain_dir>/nsf_hifigan/model` (not with -shd). shallow_diffusion (-shd) / only_diffusion
-    (-od): without the diffusion file So-VITS runs (`output_mode` says what runs).
-    `with svc.stage_hook(name):` (default no-op) wraps each conversion stage, never nested: "slicing", "reading",
-    "piece preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion",
-    "enhancer", "writing".
-    Raises ConfigError, CheckpointError, FileNotFoundError (incl. pretrain/), ModelConfigMismatch, VocoderLoadError
-    (diffusion vocoder), SvcError (missing diffusion config, shallow-only model with -od).
+    net_g_path / config_path (G_*.pth, full or compressed) are not read with only_diffusion (-od).
+    cluster_model_path: k-means `.pt` or retrieval `.pkl`, loaded if it exists (its content decides);
+    `unit_mixer` replaces it. nsf_hifigan_enhance reads `<pretrain_dir>/nsf_hifigan/model` (not with -shd).
+    Without the diffusion file, -shd / -od run So-VITS alone (`output_mode` says what runs).
+    `with svc.stage_hook(name):` (default no-op) wraps each stage, never nested: "slicing", "reading", "piece
+    preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion", "enhancer",
+    "writing". Raises ConfigError, CheckpointError (ModelConfigMismatch), FileNotFoundError, VocoderLoadError,
+    SvcError (missing diffusion config, shallow-only model with -od).
     """
 
     def __init__(self, net_g_path: PathLike, config_path: PathLike, device: str | torch.device | None = None,

@@ -60,11 +60,8 @@ def check_encoder_width(encoder_name: str, encoder_dim: int, units_width: int, c
 
 
 def load_sovits(model_path: PathLike, hps: HParams, config_path: PathLike, device: torch.device) -> LoadedModel:
-    """The generator of `model_path` ready for conversion on `device`.
-
-    fp16 files (or, as in 4.1, a path containing "half" on CUDA) run in fp16 on CUDA and in fp32 on the CPU,
-    where fp16 convolutions are unsupported or very slow. Raises what `generator.load_generator` raises.
-    """
+    """The generator of `model_path` ready for conversion on `device` (raises what `load_generator` raises).
+    fp16 files (or, as in 4.1, a path containing "half") run in fp16 on CUDA, in fp32 on the CPU (slow there)."""
     model_path = os.fspath(model_path)
     loaded = load_generator(model_path, hps, config_path)
     if not loaded.has_f0_decoder and loaded.net.use_automatic_f0_prediction:

@@ -1,9 +1,5 @@
-"""Song assembly: slice a song at silences, convert each piece with a callback, cross-fade, stream out.
-
-Voiced chunks are optionally cut into forced pieces of `clip_seconds` starting `lg_num` seconds early; each
-piece is padded, converted, trimmed and cross-faded with its neighbour; silent chunks become zeros. Blocks
-leave as soon as they can no longer change, so memory is bounded by the longest slice, not the song.
-"""
+"""Song assembly: slice a song at silences, convert each (forced) piece with a callback, cross-fade, and stream
+the result out in blocks as soon as they can no longer change, so memory is bounded by the longest slice."""
 from __future__ import annotations
 
 import contextlib
@@ -103,13 +99,10 @@ class _Joiner:
 def iter_song(convert: Convert, sr_out: int, hop: int, audio: Audio, speaker: str | int | Mapping[int, list],
               opts: InferOptions, progress: Callable[[int, int], None] | None = None,
               stage: Callable[[str], ContextManager[object]] = contextlib.nullcontext) -> Iterator[np.ndarray]:
-    """Convert a song piece by piece; yield float32 blocks at `sr_out` whose concatenation is the song.
-
-    convert: see `Convert`; sr_out, hop: output rate and samples per frame. speaker: passed to `convert`
-    as is, or a validated speaker-mix map, which becomes the song's weights [n_spk, frames].
-    progress(i, n): before chunk i of n, and (n, n) at the end. stage: wraps "slicing", "reading" and
-    "piece preparation". SpkMixError: a mix segment covers no frame.
-    """
+    """Convert a song piece by piece; yield float32 blocks at `sr_out` (hop: samples per frame) that join into
+    the song. speaker: passed to `convert` as is, or a validated mix map, made the song's weights [n_spk, frames]
+    (SpkMixError when a segment covers no frame). progress(i, n): before chunk i of n, and (n, n) at the end.
+    stage: wraps "slicing", "reading" and "piece preparation"."""
     source = open_audio(audio)
     try:
         sr = source.sample_rate

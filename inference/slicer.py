@@ -10,10 +10,8 @@ import soundfile as sf
 
 from modules.audio_io import AudioReadError
 
-__all__ = [
-    "ArraySource", "Audio", "AudioSource", "Chunk", "FileSource", "Slicer", "chunks2audio", "cut", "open_audio",
-    "rms_frames", "slice_source",
-]
+__all__ = ["ArraySource", "Audio", "AudioSource", "Chunk", "FileSource", "Slicer", "chunks2audio", "cut",
+           "open_audio", "rms_frames", "slice_source"]
 
 PathLike = str | os.PathLike
 _RMS_BATCH_FRAMES = 256  # RMS windows per read: 3.6 MB of squares at 44.1 kHz
