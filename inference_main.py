@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import soundfile as sf
+
 from modules.F0Predictor import F0_PREDICTORS
 
 
@@ -36,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer pass (needs pretrain/nsf_hifigan/)")
     add("-shd", "--shallow_diffusion", action="store_true", help="add shallow diffusion (-dm/-dc; -eh off)")
     add("-usm", "--use_spk_mix", action="store_true", help="dynamic speaker mix from spkmix.py")
-    add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
-        help="1 = keep the output's loudness envelope, 0 = impose the input's")
+    add("-lea", "--loudness_envelope_adjustment", type=float, default=1, help="1 keeps output loudness, 0 input's")
     add("-fr", "--feature_retrieval", action="store_true", help="use -cm/-cr as feature retrieval, not clustering")
     add("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt", help="diffusion model")
     add("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml", help="diffusion config")
@@ -76,8 +77,6 @@ def resolve_input(clean_name: str) -> Path:
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
-    import soundfile as sf
-
     if args.f0_predictor not in F0_PREDICTORS:
         return f"unknown F0 predictor {args.f0_predictor!r}; choose one of {', '.join(F0_PREDICTORS)}"
     if args.wav_format.upper() not in sf.available_formats():

@@ -63,11 +63,9 @@ def format_wav(audio_path: PathLike) -> str:
 def change_rms(data1: np.ndarray, sr1: int, data2: torch.Tensor, sr2: int, rate: float) -> torch.Tensor:
     """`data2` [N2] with the loudness envelope of `data1` [N1] imposed: rate 1 keeps data2's, 0 takes data1's.
     Envelopes: RMS of 1 s frames, hop 0.5 s, stretched to N2."""
-    rms1 = rms_frames(data1, sr1 // 2 * 2, sr1 // 2)
-    rms2 = rms_frames(data2.detach().float().cpu().numpy(), sr2 // 2 * 2, sr2 // 2)
-    size = data2.shape[0]
-    env1 = F.interpolate(torch.from_numpy(rms1)[None, None].to(data2.device), size=size, mode="linear")[0, 0]
-    env2 = F.interpolate(torch.from_numpy(rms2)[None, None].to(data2.device), size=size, mode="linear")[0, 0]
+    env1, env2 = (F.interpolate(torch.from_numpy(rms_frames(x, sr // 2 * 2, sr // 2))[None, None].to(data2.device),
+                                size=data2.shape[0], mode="linear")[0, 0]
+                  for x, sr in ((data1, sr1), (data2.detach().float().cpu().numpy(), sr2)))
     env2 = torch.clamp(env2, min=1e-6)
     return data2 * (torch.pow(env1, torch.tensor(1 - rate)) * torch.pow(env2, torch.tensor(rate - 1)))
 

@@ -75,8 +75,7 @@ def pad_array(arr: np.ndarray, target_length: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def seeded(device: torch.device) -> Iterator[None]:
-    """Run the block on a forked global RNG seeded with `SEED` (as 4.1 seeds each conversion), leaving the
-    caller's RNG stream untouched."""
+    """Run the block on a forked global RNG (the caller's stream is untouched) seeded with `SEED`, as in 4.1."""
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(SEED)
         yield

@@ -59,8 +59,7 @@ class DiffusionSide:
         return int(self.model.k_step_max)
 
     def check_k_step(self, k_step: int, shallow: bool) -> None:
-        """SvcError (4.1's text plus the numbers) when shallow -ks exceeds k_step_max, or when -od
-        (`shallow=False`) asks a shallow-only model for full diffusion."""
+        """SvcError (4.1's text + numbers) for -ks > k_step_max, or -od (shallow=False) on a shallow-only model."""
         from diffusion.diffusion import DiffusionStepError
 
         try:

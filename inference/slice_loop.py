@@ -27,16 +27,13 @@ Convert = Callable[[np.ndarray, "str | int | torch.Tensor", int], "tuple[np.ndar
 
 
 def out_length(n_in: int, sr_in: int, sr_out: int) -> int:
-    """Samples at `sr_out` for `n_in` input samples: ceil(n_in * sr_out / sr_in) in exact integers
-    (4.1's floating-point version sometimes gains a sample: 306 / 44100 * 44100 > 306)."""
+    """ceil(n_in * sr_out / sr_in) in exact integers (4.1's floating-point version sometimes gains a sample)."""
     return -(-n_in * sr_out // sr_in)
 
 
 def piece_ranges(n: int, per: int, lg: int) -> list[tuple[int, int]]:
     """[start, end) of the forced pieces of an n-sample chunk (one piece when per = 0)."""
-    if per <= 0:
-        return [(0, n)]
-    return [(i - lg if i - lg >= 0 else i, min(i + per, n)) for i in range(0, n, per)]
+    return [(0, n)] if per <= 0 else [(i - lg if i - lg >= 0 else i, min(i + per, n)) for i in range(0, n, per)]
 
 
 def mix_frame_budget(chunks: list[Chunk], sr: int, opts: InferOptions, sr_out: int, hop: int) -> int:

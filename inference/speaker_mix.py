@@ -21,8 +21,7 @@ def _number(value: Any) -> bool:
 
 
 def load_spk_mix_map(module: str = "spkmix") -> dict:
-    """The `spk_mix_map` dict of `spkmix.py` (imported from sys.path); SpkMixError if it does not parse or
-    defines no such dict."""
+    """`spkmix.py`'s `spk_mix_map` dict (imported from sys.path); SpkMixError if it does not parse or lacks one."""
     try:
         loaded = importlib.import_module(module)
     except SyntaxError as err:
