@@ -1,6 +1,7 @@
 """Train the shallow-diffusion model into `env.expdir`: `python train_diff.py -c configs/diffusion.yaml`.
 
-Resumes from the newest `model_<N>.pt` there (a pretrained `model_0.pt` fine-tunes); Ctrl+C saves the last step.
+Resumes from the newest readable `model_<N>.pt` there, at the batch after it (a pretrained `model_0.pt`
+fine-tunes); Ctrl+C saves the last step. One run per folder.
 """
 from __future__ import annotations
 
@@ -20,11 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run_training(args.config, num_workers=args.num_workers)
-    except KeyboardInterrupt:
-        print("Interrupted; the newest saved checkpoint is kept.", file=sys.stderr)
-        return 130
+    return run_training(args.config, num_workers=args.num_workers)
 
 
 if __name__ == "__main__":

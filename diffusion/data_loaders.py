@@ -9,26 +9,25 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import soundfile as sf
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.checkpoint import CheckpointError, safe_torch_load
-from core.config import HParams
 from core.features import DatasetError, feature_path, load_f0, load_npy, read_filelist, speaker_of
+from core.schema import DiffusionConfig
 from modules import f0 as f0_math
 
 logger = logging.getLogger("diffusion")
 T = TypeVar("T")
 
-__all__ = ["AudioDataset", "DIFFUSION_FEATURES", "DatasetError", "get_data_loaders"]
+__all__ = ["AudioDataset", "DIFFUSION_FEATURES", "DatasetError", "EpochShuffle", "get_data_loaders"]
 
 # Feature kinds (core.features.FEATURE_SUFFIXES) `preprocess_hubert_f0.py --use_diff` writes per clip.
 DIFFUSION_FEATURES = ("units", "f0", "volume", "aug_vol", "mel", "aug_mel")
-DEFAULT_UNIT_MODE = "nearest"  # 4.1's diffusion loader stretches units so when the key is absent
 PREP_HINT = "run python preprocess_hubert_f0.py --use_diff"
 # Frame streams of one clip may disagree by a frame or two (4.1 never checked); more means stale files.
 MAX_FRAME_GAP = 3
@@ -74,7 +73,7 @@ class AudioDataset(Dataset):
     def __init__(self, filelist: str, waveform_sec: float, hop_size: int, sample_rate: int,
                  spk: dict[str, int], n_spk: int = 1, load_all_data: bool = True, whole_audio: bool = False,
                  device: str | torch.device = "cpu", fp16: bool = False, use_aug: bool = False,
-                 unit_interpolate_mode: str = DEFAULT_UNIT_MODE, n_units: int | None = None,
+                 unit_interpolate_mode: str = "nearest", n_units: int | None = None,
                  n_mels: int | None = None) -> None:
         super().__init__()
         self.filelist = str(filelist)
@@ -178,14 +177,6 @@ class AudioDataset(Dataset):
             raise DatasetError(f"{file} has shape {mel.shape}, expected {want}; delete it and {PREP_HINT}")
         return mel
 
-    def _keyshift(self, path: str) -> tuple[float, int]:
-        """(keyshift in semitones, frames) of the shifted mel."""
-        def read(file: str) -> tuple[float, int]:
-            mel, keyshift = _aug_pair(file)
-            return keyshift, int(np.shape(mel)[0])
-
-        return _read(feature_path(path, "aug_mel"), read)
-
     def _plain(self, path: str, kind: str, what: str) -> np.ndarray:
         return _read(feature_path(path, kind), lambda f: _as_frames(load_npy(f), f, what))
 
@@ -194,8 +185,9 @@ class AudioDataset(Dataset):
         f0_np, _uv = _read(feature_path(path, "f0"), load_f0)
         volume = self._plain(path, "volume", "volume")
         aug_vol = self._plain(path, "aug_vol", "aug volume")
-        keyshift, aug_frames = self._keyshift(path)
-        lengths = {"f0": len(f0_np), "volume": len(volume), "aug_vol": len(aug_vol), "aug_mel": aug_frames}
+        aug_mel, keyshift = _read(feature_path(path, "aug_mel"), _aug_pair)
+        lengths = {"f0": len(f0_np), "volume": len(volume), "aug_vol": len(aug_vol),
+                   "aug_mel": int(np.shape(aug_mel)[0])}
         buf: dict[str, Any] = {"duration": seconds, "keyshift": keyshift}
         if self.load_all_data:
             mel, aug_mel = self._mel_array(path, "mel"), self._mel_array(path, "aug_mel")
@@ -239,60 +231,59 @@ class AudioDataset(Dataset):
         aug = random.choice([True, False]) and self.use_aug
         end = start + length
         mel = buf.get("aug_mel" if aug else "mel")
-        if mel is not None:
-            mel = mel[start:end]
-        elif aug:  # the shifted item needs the shifted mel (4.1 read the plain one here)
-            mel = torch.from_numpy(self._mel_array(name_ext, "aug_mel")[start:end])
-        else:
-            mel = torch.from_numpy(np.array(np.load(feature_path(name_ext, "mel"), mmap_mode="r")[start:end],
-                                            dtype=np.float32))
+        if mel is None:  # not cached; the shifted item needs the shifted mel (4.1 read the plain one here)
+            mel = torch.from_numpy(self._mel_array(name_ext, "aug_mel" if aug else "mel"))
+        mel = mel[start:end]
         shift = float(buf["keyshift"]) if aug else 0.0
         f0 = 2 ** (shift / 12) * buf["f0"][start:end]
-        units = buf.get("units")
-        if units is None:
-            units = self._stretched_units(name_ext, int(buf["f0"].shape[0]))
+        units = buf["units"] if "units" in buf else self._stretched_units(name_ext, int(buf["f0"].shape[0]))
         volume = buf["aug_vol" if aug else "volume"][start:end]
         return dict(mel=mel, f0=f0, volume=volume, units=units[start:end], spk_id=buf["spk_id"],
                     aug_shift=torch.tensor([[shift]], dtype=torch.float32),
                     name=os.path.splitext(name_ext)[0], name_ext=name_ext)
 
 
-def _cache_device(args: HParams) -> str:
-    wanted = str(args.train.get("cache_device", "cpu") or "cpu")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(" [!] train.cache_device is %s but CUDA is not available; caching on the CPU", wanted)
-        return "cpu"
-    return wanted
+class EpochShuffle(Sampler[int]):
+    """RandomSampler's order (one seed drawn from torch's RNG per epoch) that a resumed run can replay:
+    `seed` is the running epoch's; set `resume_seed` and `skip` (items) before `iter()` to continue it."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.seed, self.resume_seed, self.skip = size, 0, None, 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.resume_seed is None:
+            self.seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        else:
+            self.seed, self.resume_seed = self.resume_seed, None
+        skip, self.skip = self.skip, 0
+        return iter(torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()[skip:])
+
+    def __len__(self) -> int:
+        return self.size
 
 
-def get_data_loaders(args: HParams, num_workers: int | None = None,
+def get_data_loaders(cfg: DiffusionConfig, num_workers: int | None = None,
                      n_mels: int | None = None) -> tuple[DataLoader, DataLoader | None]:
-    """(training loader, validation loader or None when `data.validation_files` is unusable).
-
-    num_workers overrides `train.num_workers` (0 when the cache lives on a GPU); n_mels: vocoder mel bins.
-    """
-    data, train = args.data, args.train
-    cache_device = _cache_device(args)
-    cached = bool(train.get("cache_all_data", True))
-    workers = int(train.get("num_workers", 0) if num_workers is None else num_workers)
-    if cache_device != "cpu":
-        workers = 0
+    """(training loader, validation loader or None when `data.validation_files` is unusable); num_workers
+    overrides `train.num_workers` (0 when the cache lives on a GPU); n_mels: vocoder mel bins."""
+    data, train = cfg.data, cfg.train
+    cache_device = train.cache_device
+    if cache_device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(" [!] train.cache_device is %s but CUDA is not available; caching on the CPU", cache_device)
+        cache_device = "cpu"
+    workers = 0 if cache_device != "cpu" else train.num_workers if num_workers is None else num_workers
     pin = cache_device == "cpu" and torch.cuda.is_available()
-    common = dict(hop_size=int(data.block_size), sample_rate=int(data.sampling_rate),
-                  spk={str(k): int(v) for k, v in (args.get("spk") or {}).items()},
-                  n_spk=int(args.model.get("n_spk", 1) or 1), load_all_data=cached,
-                  unit_interpolate_mode=str(data.get("unit_interpolate_mode") or DEFAULT_UNIT_MODE),
-                  n_units=int(data.encoder_out_channels), n_mels=n_mels, waveform_sec=float(data.duration))
-    train_set = AudioDataset(str(data.training_files), device=cache_device,
-                             fp16=bool(train.get("cache_fp16", False)), use_aug=True, **common)
-    loader_train = DataLoader(train_set, batch_size=int(train.batch_size), shuffle=True,
+    common = dict(hop_size=data.block_size, sample_rate=data.sampling_rate, n_spk=cfg.model.n_spk,
+                  spk={str(k): v for k, v in (cfg.spk or {}).items()}, load_all_data=train.cache_all_data,
+                  unit_interpolate_mode=data.training_unit_mode, n_units=data.encoder_out_channels, n_mels=n_mels,
+                  waveform_sec=data.duration, device=cache_device)
+    train_set = AudioDataset(data.training_files, fp16=train.cache_fp16, use_aug=True, **common)
+    loader_train = DataLoader(train_set, batch_size=train.batch_size, sampler=EpochShuffle(len(train_set)),
                               num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
     try:
-        read_filelist(str(data.validation_files))
+        read_filelist(data.validation_files)
     except DatasetError as err:
         logger.warning(" [!] no validation: %s", err)
         return loader_train, None
-    valid_set = AudioDataset(str(data.validation_files), whole_audio=True, device=cache_device, fp16=False,
-                             use_aug=False, **common)
-    loader_valid = DataLoader(valid_set, batch_size=1, shuffle=False, num_workers=0, pin_memory=pin)
-    return loader_train, loader_valid
+    valid_set = AudioDataset(data.validation_files, whole_audio=True, fp16=False, use_aug=False, **common)
+    return loader_train, DataLoader(valid_set, batch_size=1, shuffle=False, num_workers=0, pin_memory=pin)

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from core.atomic import DiskFullError, remove_stale_temps
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, HParams, load_config
+from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag
 from core.schema import DiffusionConfig, read_config
 from core.train_support import autocast, needs_final_save, out_of_memory_message
@@ -30,7 +34,6 @@ __all__ = ["AMP_DTYPES", "DiffusionTrainer", "TrainDiffError", "check_config", "
            "run_training", "select_amp_dtype", "select_device"]
 
 AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-HEADER = "epoch|batch_idx/num_batches|output_dir|batch/s|lr|time|step"
 
 
 class TrainDiffError(RuntimeError):
@@ -49,16 +52,13 @@ def check_config(args: HParams, path: str = "") -> DiffusionConfig:
     return read_config(args, DiffusionConfig, path, for_training=True, rules=_method_rule)
 
 
-def select_device(name: str | None, gpu_id: int = 0) -> torch.device:
+def select_device(name: str, gpu_id: int = 0) -> torch.device:
     """Config `device` -> torch device; `cuda` without CUDA warns and gives the CPU."""
-    name = str(name or "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            logger.warning(" [!] device is %s in the config but CUDA is not available; training on the CPU "
-                           "(works, but slowly)", name)
-            return torch.device("cpu")
-        return torch.device(f"cuda:{int(gpu_id)}" if name == "cuda" else name)
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(" [!] device is %s in the config but CUDA is not available; training on the CPU "
+                       "(works, but slowly)", name)
+        return torch.device("cpu")
+    return torch.device(f"cuda:{gpu_id}" if name == "cuda" else name)
 
 
 def select_amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -70,6 +70,21 @@ def select_amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.amp_dtype is bf16 but this GPU has no bfloat16 support; use fp16 or fp32")
     return dtype
+
+
+def _rng_state() -> dict[str, Any]:
+    """The random-number states training draws from: torch (CPU, CUDA) and Python's `random` (crops)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def learning_rate_at(step: int, lr: float, gamma: float, decay_step: int) -> float:
@@ -86,7 +101,6 @@ class DiffusionTrainer:
 
     def __init__(self, args: HParams, device: torch.device, num_workers: int | None = None,
                  stop_requested: Callable[[], bool] | None = None, vocoder: Vocoder | None = None) -> None:
-        self.args = args
         self.cfg = cfg = check_config(args)
         self.device = device
         self.stop_requested = stop_requested or (lambda: False)
@@ -97,17 +111,21 @@ class DiffusionTrainer:
                     self.model.k_step_max)
         # AdamW defaults (betas 0.9/0.999, eps 1e-8); lr and weight decay are set from the config below.
         self.optimizer = torch.optim.AdamW(self.model.parameters())
-        self.resume: ResumeState = load_model(cfg.env.expdir, self.model, self.optimizer, device="cpu")
+        self.resume: ResumeState = load_model(cfg.env.expdir, self.model, self.optimizer)
         for group in self.optimizer.param_groups:
-            group["initial_lr"] = float(cfg.train.lr)
-            group["weight_decay"] = float(cfg.train.weight_decay)
+            group.update(initial_lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay))
         self._set_lr(self.resume.global_step + 1)
         self.amp_dtype = select_amp_dtype(cfg.train.amp_dtype, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
-        self.loader_train, self.loader_valid = get_data_loaders(args, num_workers=num_workers,
-                                                                n_mels=self.vocoder.dimension)
+        self.loader_train, self.loader_valid = get_data_loaders(cfg, num_workers, self.vocoder.dimension)
         self.saver = Saver(args, initial_global_step=self.resume.global_step)
         self.last_saved = self.resume.global_step if self.resume.path else None
+        position = self.resume.position or {}
+        self.epoch, self._resume_batch = int(position.get("epoch", 0)), int(position.get("batch", 0))
+        self.batches_done, self._pending_rng = 0, position.get("rng")
+        if position:
+            logger.info(" [*] resuming in epoch %d after batch %d", self.epoch, self._resume_batch)
+            self.loader_train.sampler.resume_seed = int(position["order_seed"])
 
     def _check_vocoder(self) -> None:
         data, vocoder = self.cfg.data, self.vocoder
@@ -151,25 +169,19 @@ class DiffusionTrainer:
         self.scaler.update()
         return value
 
-    def _gt_audio(self, path: str) -> Tensor:
-        audio, rate = read_audio_mono(path)
-        target = self.cfg.data.sampling_rate
-        if rate != target:
-            audio = resample_audio(audio, rate, target)
-        return torch.from_numpy(audio).unsqueeze(0)
-
     @torch.no_grad()
     def validate(self) -> float | None:
         """Sample, vocode and log every validation clip; returns the mean validation loss (None: no set)."""
         if self.loader_valid is None:
             return None
-        cfg, model = self.cfg, self.model
+        cfg, model, sr = self.cfg, self.model, self.cfg.data.sampling_rate
         model.eval()
         full = model.k_step_max == model.timesteps
         n_batches = len(self.loader_valid)
         test_loss, rtfs = 0.0, []
         repeats = cfg.train.batch_size
         logger.info(" [*] testing...")
+        rng = _rng_state()  # validation draws must not change the training run's random sequence
         try:
             for bidx, batch in enumerate(self.loader_valid):
                 name = batch["name"][0].replace("\\", "/")
@@ -184,7 +196,7 @@ class DiffusionTrainer:
                             k_step=model.k_step_max, use_tqdm=False)
                 signal = self.vocoder.infer(mel, x["f0"])
                 run_time = time.time() - started
-                song_time = signal.shape[-1] / cfg.data.sampling_rate
+                song_time = signal.shape[-1] / sr
                 rtfs.append(run_time / max(song_time, 1e-9))
                 logger.info("RTF: %s  | %s / %s", rtfs[-1], run_time, song_time)
                 for _ in range(repeats):
@@ -192,51 +204,69 @@ class DiffusionTrainer:
                                  k_step=model.k_step_max)
                     test_loss += float(loss)
                 self.saver.log_spec(f"{speaker}_{fn}.wav", x["mel"], mel)
-                self.saver.log_audio({f"{speaker}_{fn}_gt.wav": self._gt_audio(batch["name_ext"][0]),
-                                      f"{speaker}_{fn}_pred.wav": signal.reshape(1, -1)})
+                gt = resample_audio(*read_audio_mono(batch["name_ext"][0]), sr)
+                audios = {f"{speaker}_{fn}_gt.wav": torch.from_numpy(gt).unsqueeze(0),
+                          f"{speaker}_{fn}_pred.wav": signal.reshape(1, -1)}
+                self.saver.summary.write(self.saver.global_step, audios=audios, audio_sampling_rate=sr)
         finally:
             model.train()
+            _set_rng_state(rng)
         test_loss /= repeats * max(n_batches, 1)
         logger.info(" [test_loss] test_loss: %s", test_loss)
         logger.info(" Real Time Factor %s", float(np.mean(rtfs)) if rtfs else 0.0)
         return test_loss
 
-    def save(self, step: int, retention: bool = True) -> str:
-        """Save `model_<step>.pt` (+ optimizer with `train.save_opt`); extra saves (stop, end) skip retention."""
+    def save(self, step: int, retention: bool = True) -> None:
+        """Save `model_<step>.pt` (+ optimizer with `train.save_opt`, + where the run stands for an exact
+        resume); extra saves (stop, end) skip retention."""
         t = self.cfg.train
-        optimizer = self.optimizer if bool(self.args.train.get("save_opt", False)) else None
-        path = self.saver.save_model(self.model, optimizer, step)
+        optimizer = self.optimizer if t.save_opt else None
+        position = {"epoch": self.epoch, "batch": self.batches_done, "rng": _rng_state(),
+                    "order_seed": self.loader_train.sampler.seed}
+        self.saver.save_model(self.model, optimizer, step, extra={"resume": position})
         if retention:
             self.saver.apply_retention(step, t.interval_val, t.interval_force_save)
         self.last_saved = step
-        return path
 
     def _log_step(self, epoch: int, batch_idx: int, n_batches: int, loss: float) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
         rate = self.cfg.train.interval_log / max(self.saver.get_interval_time(), 1e-9)
-        self.saver.log_info(f"epoch: {epoch} | {batch_idx:3d}/{n_batches:3d} | {self.cfg.env.expdir} | "
-                            f"batch/s: {rate:.2f} | lr: {lr:.6} | loss: {loss:.3f} | "
-                            f"time: {self.saver.get_total_time()} | step: {self.saver.global_step}")
-        self.saver.log_value({"train/loss": loss, "train/lr": lr})
+        logger.info(f"epoch: {epoch} | {batch_idx:3d}/{n_batches:3d} | {self.cfg.env.expdir} | "
+                    f"batch/s: {rate:.2f} | lr: {lr:.6} | loss: {loss:.3f} | "
+                    f"time: {self.saver.get_total_time()} | step: {self.saver.global_step}")
+        self.saver.summary.write(self.saver.global_step, scalars={"train/loss": loss, "train/lr": lr})
 
     def _save_latest(self) -> None:
         step = self.saver.global_step
         if needs_final_save(step, self.resume.global_step + 1, self.last_saved):
             self.save(step, retention=False)
 
+    def _batches(self, skip: int) -> Iterator[dict[str, Any]]:
+        """This epoch's batches after the first `skip`; an exact resume continues the saved random draws."""
+        self.loader_train.sampler.skip = skip * self.cfg.train.batch_size
+        iterator = iter(self.loader_train)
+        if self._pending_rng is not None:  # after iter(), which draws a seed the saved run drew before
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        yield from iterator
+
     def fit(self) -> int:
-        """Train `train.epochs` epochs (counted afresh on every start, as in 4.1); returns 0, or 128 + signal
-        number when stopped by `stop_requested` (the current step is saved)."""
+        """Train until `train.epochs` epochs are done (files without a resume record, like 4.1's, count them
+        afresh); returns 0, or 128 + signal number when stopped by `stop_requested` (the current step is saved)."""
         t, saver = self.cfg.train, self.saver
-        saver.log_info("--- model size ---")
-        saver.log_info(f"model: {sum(p.numel() for p in self.model.parameters()):,}")
-        saver.log_info("======= start training =======")
-        saver.log_info(HEADER)
+        logger.info("--- model size ---")
+        logger.info(f"model: {sum(p.numel() for p in self.model.parameters()):,}")
+        logger.info("======= start training =======")
+        logger.info("epoch|batch_idx/num_batches|output_dir|batch/s|lr|time|step")
         n_batches = len(self.loader_train)
+        if self.epoch + (self._resume_batch >= n_batches) >= t.epochs:
+            logger.info(f" [*] all {t.epochs} epochs (train.epochs) are done; raise it to train on")
         try:
-            for epoch in range(t.epochs):
-                for batch_idx, batch in enumerate(self.loader_train):
-                    saver.global_step_increment()
+            for self.epoch in range(self.epoch, t.epochs):
+                epoch, start, self._resume_batch = self.epoch, self._resume_batch, 0
+                for batch_idx, batch in enumerate(self._batches(start), start):
+                    self.batches_done = batch_idx + 1
+                    saver.global_step += 1
                     step = saver.global_step
                     self._set_lr(step)
                     try:
@@ -252,11 +282,11 @@ class DiffusionTrainer:
                         self.save(step)
                         test_loss = self.validate()
                         if test_loss is not None:
-                            saver.log_info(f" --- <validation> --- \nloss: {test_loss:.3f}. ")
-                            saver.log_value({"validation/loss": test_loss})
+                            logger.info(f" --- <validation> --- \nloss: {test_loss:.3f}. ")
+                            saver.summary.write(step, scalars={"validation/loss": test_loss})
                     if self.stop_requested():
                         self._save_latest()
-                        saver.log_info(f" [*] stopped after step {step}; run the same command to resume")
+                        logger.info(f" [*] stopped after step {step}; run the same command to resume")
                         signum = getattr(self.stop_requested, "signum", None)
                         return 128 + int(signum) if signum else 130
             self._save_latest()
@@ -266,27 +296,41 @@ class DiffusionTrainer:
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, CheckpointError, TrainDiffError,
-                                                VocoderLoadError)
+                                                VocoderLoadError, DiskFullError)
 
 
 def run_training(config_path: str, num_workers: int | None = None) -> int:
     """`python train_diff.py -c <config>`: 0 when done, 1 after an error with advice (no traceback),
-    128 + signal number after Ctrl+C / SIGTERM (the current step is saved)."""
+    128 + signal number after Ctrl+C / SIGTERM (the current step is saved), 130 after a second Ctrl+C."""
+    expdir = None
     try:
         args = load_config(config_path)
         cfg = check_config(args, config_path)
-    except ConfigError as err:
+        expdir = cfg.env.expdir
+        with folder_lock(expdir, "train_diff.py"):
+            return _train(args, cfg, config_path, num_workers)
+    except (ConfigError, FolderLockedError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"Stopped at once; the last saved checkpoint{f' in {expdir}' if expdir else ''} is intact.",
+              file=sys.stderr)
+        return 130
+
+
+def _train(args: HParams, cfg: DiffusionConfig, config_path: str, num_workers: int | None) -> int:
     stop = StopFlag()
     with run_logging(cfg.env.expdir):
         logger.info(" > config: %s", config_path)
         logger.info(" >    exp: %s", cfg.env.expdir)
+        removed = remove_stale_temps(cfg.env.expdir)
+        if removed:
+            logger.warning(" [!] removed %d temporary file(s) left by an interrupted save: %s", len(removed),
+                           ", ".join(os.path.basename(p) for p in removed))
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
             stop.install()
         try:
-            device = select_device(args.get("device"), int(args.env.get("gpu_id", 0) or 0))
-            trainer = DiffusionTrainer(args, device, num_workers=num_workers, stop_requested=stop)
+            trainer = DiffusionTrainer(args, select_device(cfg.device, cfg.env.gpu_id), num_workers, stop)
             return trainer.fit()
         except USER_ERRORS as err:
             logger.error("ERROR: %s", err)

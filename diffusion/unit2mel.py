@@ -21,7 +21,7 @@ from diffusion.vocoder import Vocoder
 from diffusion.wavenet import WaveNet
 from vdecoder.nsf_hifigan.models import VocoderNotFoundError
 
-__all__ = ["Unit2Mel", "build_unit2mel", "load_diffusion_model", "load_model_vocoder"]
+__all__ = ["Unit2Mel", "build_unit2mel", "load_diffusion_model", "load_model_vocoder", "read_diffusion_checkpoint"]
 
 PathLike = str | os.PathLike
 
@@ -122,6 +122,18 @@ def _describe_state(state: Mapping[str, Tensor]) -> dict[str, object]:
     }
 
 
+def read_diffusion_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, object]:
+    """A `model_<step>.pt` dict; CheckpointError unless it holds a 'model' state dict and a valid 'global_step'."""
+    ckpt = safe_torch_load(path, map_location=map_location)
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
+        found = f"keys {', '.join(map(str, ckpt))}" if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a diffusion checkpoint {{'global_step', 'model'}} ({found})")
+    step = ckpt.get("global_step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: 'global_step' must be a non-negative integer, got {step!r}")
+    return dict(ckpt)
+
+
 def _read_config(model_path: Path, config_path: PathLike | None) -> tuple[HParams, Path]:
     config_file = Path(config_path) if config_path is not None else model_path.parent / "config.yaml"
     if not config_file.is_file():
@@ -148,11 +160,7 @@ def _load(model_path: Path, args: HParams, config_file: Path, out_dims: int,
     model = build_unit2mel(args, out_dims, config_file)
     if not model_path.is_file():
         raise CheckpointNotFoundError(f"diffusion model {model_path} not found")
-    ckpt = safe_torch_load(model_path, map_location=device)
-    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
-        found = f"keys {', '.join(map(str, ckpt))}" if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(f"{model_path} is not a diffusion checkpoint {{'global_step', 'model'}} ({found})")
-    state = ckpt["model"]
+    state = read_diffusion_checkpoint(model_path, device)["model"]
     try:
         load_state_dict_strict(model, state, source=str(model_path))
     except CheckpointError as err:

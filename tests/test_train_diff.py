@@ -60,7 +60,8 @@ def _write_clip(wav, seconds: float, f0_hz: float, vocoder: Vocoder, rng: np.ran
     with torch.no_grad():
         save_npy(f"{wav}.mel.npy", vocoder.extract(x, SR)[0].numpy())
         keyshift, scale = float(rng.uniform(-5, 5)), float(10 ** rng.uniform(-1, 0))
-        save_object_npy(f"{wav}.aug_mel.npy", [vocoder.extract(x * scale, SR, keyshift=keyshift)[0].numpy(), keyshift])
+        aug_mel = vocoder.extract(x * scale, SR, keyshift=keyshift)[0].numpy()
+        save_object_npy(f"{wav}.aug_mel.npy", [aug_mel, keyshift])
     save_npy(f"{wav}.aug_vol.npy", volume_extract(x * scale, HOP).numpy())
 
 
@@ -135,7 +136,8 @@ def test_fresh_run_then_resume_with_the_same_command(project, capsys) -> None:
     # 2 batches per epoch (4 usable clips, batch 2) x 3 epochs; saves at 3 and 6, 3 dropped at 6.
     assert _models(expdir) == {"model_6.pt"}
     ckpt = safe_torch_load(expdir / "model_6.pt")
-    assert set(ckpt) == {"global_step", "model"} and ckpt["global_step"] == 6
+    assert set(ckpt) == {"global_step", "model", "resume"} and ckpt["global_step"] == 6
+    assert {k: ckpt["resume"][k] for k in ("epoch", "batch")} == {"epoch": 2, "batch": 2}
     reference = safe_torch_load(DIFF / "model_2000.pt")
     assert list(ckpt["model"]) == list(reference["model"])  # the 4.1 state-dict layout
     assert ckpt["model"]["unit_embed.weight"].shape == (32, UNITS)
@@ -150,7 +152,12 @@ def test_fresh_run_then_resume_with_the_same_command(project, capsys) -> None:
     out = capsys.readouterr().out
     assert "======= start training =======" in out and "| step: 6" in out
 
-    assert train_diff.main(["-c", cfg]) == 0  # resumes from model_6.pt and runs 3 more epochs
+    assert train_diff.main(["-c", cfg]) == 0  # the same command again: all 3 epochs are done
+    log = (expdir / "log_info.txt").read_text(encoding="utf-8")
+    assert " [*] all 3 epochs (train.epochs) are done; raise it to train on" in log
+    assert _steps_logged(log) == [1, 2, 3, 4, 5, 6] and _models(expdir) == {"model_6.pt"}
+    cfg = _config(project, interval_val=3, interval_force_save=6, epochs=6)
+    assert train_diff.main(["-c", cfg]) == 0  # resumes from model_6.pt and runs epochs 3 to 5
     log = (expdir / "log_info.txt").read_text(encoding="utf-8")
     assert " [*] restoring model from logs/44k/diffusion/model_6.pt" in log
     assert _steps_logged(log) == list(range(1, 13))
@@ -222,17 +229,19 @@ def test_retention_rule(tmp_path) -> None:
     assert names(7000) == ["model_6000.pt", "model_6500.pt"]  # 5000 is a force save; 6500 an extra save
     assert names(8000) == ["model_6000.pt", "model_6500.pt"]
     assert names(10000) == ["model_8000.pt"]
-    assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / "model_8000.pt")
 
 
-def test_resume_picks_the_highest_step_and_ignores_other_names(tmp_path) -> None:
+def test_resume_picks_the_highest_step_and_ignores_other_names(tmp_path, caplog) -> None:
     (tmp_path / "sub").mkdir()
     for name in ("model_900.pt", "model_1000.pt", "model_best.pt", "sub/model_5000.pt"):
-        (tmp_path / name).write_bytes(b"")
-    assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / "model_1000.pt")
+        torch.save({"global_step": 1, "model": {}}, tmp_path / name)
+    path, ckpt = find_resume_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / "model_1000.pt") and ckpt == {"global_step": 1, "model": {}}
     (tmp_path / "model_900.pt").unlink()
     (tmp_path / "model_1000.pt").unlink()
-    assert find_resume_checkpoint(str(tmp_path)) is None
+    with caplog.at_level("WARNING"):
+        assert find_resume_checkpoint(str(tmp_path)) is None
+    assert "only model_<step>.pt files in" in caplog.text and "model_best.pt" in caplog.text
 
 
 def test_finetune_from_model_0_reports_mismatched_keys(project, caplog) -> None:
@@ -264,7 +273,7 @@ def test_resume_restores_step_and_optimizer(project) -> None:
     assert train_diff.main(["-c", cfg]) == 0
     expdir = project / "logs" / "44k" / "diffusion"
     ckpt = safe_torch_load(expdir / "model_2.pt")
-    assert set(ckpt) == {"global_step", "model", "optimizer"}
+    assert set(ckpt) == {"global_step", "model", "optimizer", "resume"}
     assert ckpt["optimizer"]["param_groups"][0]["initial_lr"] == 0.002
     trainer = DiffusionTrainer(load_config(cfg), torch.device("cpu"))
     trainer.saver.close()
