@@ -78,8 +78,7 @@ class AudioDataset(Dataset):
         super().__init__()
         self.filelist = str(filelist)
         self.waveform_sec = float(waveform_sec)
-        self.hop_size = int(hop_size)
-        self.sample_rate = int(sample_rate)
+        self.frame_seconds = hop_size / sample_rate
         self.whole_audio = whole_audio
         self.use_aug = use_aug
         self.load_all_data = load_all_data
@@ -166,8 +165,7 @@ class AudioDataset(Dataset):
 
     def _stretched_units(self, path: str, frames: int) -> torch.Tensor:
         """Units stretched to the F0 frame count: [frames, C]."""
-        units = self._units(path)
-        return f0_math.repeat_expand_2d(units, frames, self.unit_interpolate_mode).transpose(0, 1)
+        return f0_math.repeat_expand_2d(self._units(path), frames, self.unit_interpolate_mode).transpose(0, 1)
 
     def _mel_array(self, path: str, kind: str) -> np.ndarray:
         file = feature_path(path, kind)
@@ -222,12 +220,11 @@ class AudioDataset(Dataset):
 
     def get_data(self, name_ext: str, buf: dict[str, Any]) -> dict[str, Any]:
         """One item (see the module docstring); uses Python's `random` like 4.1 (seeded per worker)."""
-        frame_seconds = self.hop_size / self.sample_rate
         if self.whole_audio:
             start, length = 0, int(buf["frames"])
         else:
             idx_from = random.uniform(0, buf["duration"] - self.waveform_sec - 0.1)
-            start, length = int(idx_from / frame_seconds), int(self.waveform_sec / frame_seconds)
+            start, length = int(idx_from / self.frame_seconds), int(self.waveform_sec / self.frame_seconds)
         aug = random.choice([True, False]) and self.use_aug
         end = start + length
         mel = buf.get("aug_mel" if aug else "mel")

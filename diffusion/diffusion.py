@@ -25,9 +25,7 @@ class DiffusionStepError(ValueError):
 
 def effective_k_step_max(k_step_max: int | None, timesteps: int) -> int:
     """`model.k_step_max` -> steps the model is trained for; None, <= 0 or >= timesteps mean all."""
-    if k_step_max is None or k_step_max <= 0 or k_step_max >= timesteps:
-        return int(timesteps)
-    return int(k_step_max)
+    return int(k_step_max if k_step_max is not None and 0 < k_step_max < timesteps else timesteps)
 
 
 class GaussianDiffusion(nn.Module):

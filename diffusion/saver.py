@@ -31,8 +31,7 @@ SPEC_VMIN = -14.0
 
 @contextmanager
 def run_logging(expdir: str) -> Iterator[None]:
-    """Bare console lines (as 4.1 printed them), also appended to `log_info.txt`."""
-    os.makedirs(expdir, exist_ok=True)
+    """Bare console lines (as 4.1 printed them), also appended to `log_info.txt` of the existing `expdir`."""
     handlers = [logging.StreamHandler(sys.stdout),
                 logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")]
     for handler in handlers:
@@ -69,8 +68,7 @@ class ResumeState:
     path: str | None = None
     report: LoadReport | None = None
     optimizer_restored: bool = False
-    # Where the saved run stood (exact resume); None for files without that record (4.1's).
-    position: dict[str, Any] | None = None
+    position: dict[str, Any] | None = None  # where the saved run stood (exact resume); None in 4.1's files
 
 
 def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> ResumeState:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sys
 import threading
@@ -83,7 +82,7 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if len(state.get("cuda", ())) == torch.cuda.device_count() > 0:  # not when the GPUs changed
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -94,10 +93,8 @@ def learning_rate_at(step: int, lr: float, gamma: float, decay_step: int) -> flo
 
 class DiffusionTrainer:
     """One `train_diff.py` run: builds vocoder, model and AdamW, resumes from `env.expdir`; `fit()` trains.
-
-    stop_requested: polled after every step; True saves that step and ends the run. vocoder: a ready
-    Vocoder (None builds it from the config); num_workers overrides `train.num_workers`.
-    """
+    stop_requested: polled after every step (True saves that step and ends the run); vocoder: a ready Vocoder
+    (None: built from the config); num_workers overrides `train.num_workers`."""
 
     def __init__(self, args: HParams, device: torch.device, num_workers: int | None = None,
                  stop_requested: Callable[[], bool] | None = None, vocoder: Vocoder | None = None) -> None:
@@ -142,10 +139,8 @@ class DiffusionTrainer:
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Tensors of a collated batch on the device; the float ones as float32."""
-        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, Tensor)}
-        for key in ("mel", "units", "f0", "volume", "aug_shift"):
-            out[key] = out[key].float()
-        return out
+        return {k: v.to(self.device, torch.float32 if v.is_floating_point() else v.dtype, non_blocking=True)
+                for k, v in batch.items() if isinstance(v, Tensor)}
 
     def train_step(self, batch: dict[str, Any]) -> float:
         """One optimiser step on a collated batch: units [B, L, C], f0/volume [B, L, 1], mel [B, L, M],
@@ -220,10 +215,9 @@ class DiffusionTrainer:
         """Save `model_<step>.pt` (+ optimizer with `train.save_opt`, + where the run stands for an exact
         resume); extra saves (stop, end) skip retention."""
         t = self.cfg.train
-        optimizer = self.optimizer if t.save_opt else None
         position = {"epoch": self.epoch, "batch": self.batches_done, "rng": _rng_state(),
                     "order_seed": self.loader_train.sampler.seed}
-        self.saver.save_model(self.model, optimizer, step, extra={"resume": position})
+        self.saver.save_model(self.model, self.optimizer if t.save_opt else None, step, extra={"resume": position})
         if retention:
             self.saver.apply_retention(step, t.interval_val, t.interval_force_save)
         self.last_saved = step
@@ -326,7 +320,7 @@ def _train(args: HParams, cfg: DiffusionConfig, config_path: str, num_workers: i
         removed = remove_stale_temps(cfg.env.expdir)
         if removed:
             logger.warning(" [!] removed %d temporary file(s) left by an interrupted save: %s", len(removed),
-                           ", ".join(os.path.basename(p) for p in removed))
+                           ", ".join(removed))
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
             stop.install()
         try:

@@ -6,7 +6,6 @@ The per-frame condition unit_embed(units) + f0_embed(ln(1 + f0 / 700)) + volume_
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Mapping
@@ -15,15 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
-from core.config import ConfigError, ConfigNotFoundError, HParams, load_config
+from core.config import ConfigError, ConfigNotFoundError, HParams, PathLike, load_config
 from diffusion.diffusion import GaussianDiffusion, NoiseFn, effective_k_step_max
 from diffusion.vocoder import Vocoder
 from diffusion.wavenet import WaveNet
 from vdecoder.nsf_hifigan.models import VocoderNotFoundError
 
 __all__ = ["Unit2Mel", "build_unit2mel", "load_diffusion_model", "load_model_vocoder", "read_diffusion_checkpoint"]
-
-PathLike = str | os.PathLike
 
 
 class Unit2Mel(nn.Module):
@@ -37,7 +34,6 @@ class Unit2Mel(nn.Module):
         super().__init__()
         self.input_channel = input_channel
         self.n_spk = n_spk
-        self.n_hidden = n_hidden
         self.timesteps = int(timesteps)
         self.k_step_max = effective_k_step_max(k_step_max, timesteps)
         self.unit_embed = nn.Linear(input_channel, n_hidden)

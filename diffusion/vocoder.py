@@ -1,18 +1,15 @@
 """The diffusion side's vocoder: an NSF-HiFiGAN release (`pretrain/nsf_hifigan/`) with 4.1's interface."""
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
+from core.config import PathLike
 from core.device import resolve_device
 from modules.audio_resample import resample
 from vdecoder.nsf_hifigan.models import NsfHifiGAN
 
 __all__ = ["VOCODERS", "Vocoder"]
-
-PathLike = str | os.PathLike
 
 # `vocoder.type` -> factor on the natural-log mel before the generator (log10 vocoders: log10(e)).
 VOCODERS: dict[str, float] = {
@@ -51,6 +48,4 @@ class Vocoder:
 
     def infer(self, mel: Tensor, f0: Tensor) -> Tensor:
         """mel [B, T, dimension] (natural log), f0 [B, T', 1] Hz with T' >= T -> audio [B, 1, T * hop]."""
-        if self.mel_scale != 1.0:
-            mel = mel * self.mel_scale
-        return self.vocoder(mel, f0).unsqueeze(1)
+        return self.vocoder(mel * self.mel_scale, f0).unsqueeze(1)

@@ -101,7 +101,7 @@ def test_unreadable_newest_step_is_skipped_and_temps_removed(project: Path) -> N
     assert re.search(r"step 4 is unusable \(.*model_4\.pt is corrupt or truncated.*\); trying the step before",
                      log)
     assert " [*] restoring model from logs/skip/model_2.pt" in log
-    assert "removed 1 temporary file(s) left by an interrupted save: .model_6.pt.abc123.tmp" in log
+    assert "removed 1 temporary file(s) left by an interrupted save: logs/skip/.model_6.pt.abc123.tmp" in log
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     assert _models(run) == {"model_4.pt"} and safe_torch_load(run / "model_4.pt")["global_step"] == 4
 
