@@ -118,6 +118,14 @@ def test_second_trainer_on_a_folder_is_refused(project: Path, capsys: pytest.Cap
     assert _models(project / "logs/locked") == {"model_2.pt"}
 
 
+def test_stale_lock_of_a_dead_process_is_taken_over(project: Path) -> None:
+    config = _cfg(project, "stale", epochs=1)
+    (project / "logs/stale").mkdir(parents=True)
+    (project / "logs/stale/.train.lock").write_text("999999 train_diff.py 2026-01-01 00:00:00")
+    assert train_diff.main(["-c", config]) == 0
+    assert _models(project / "logs/stale") == {"model_2.pt"}
+
+
 def test_full_disk_during_a_save_says_so(project: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import core.atomic
 
