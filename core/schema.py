@@ -350,7 +350,7 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
     for name, tp in _section_types(cls).items():
         if not _is_section(tp):  # a top-level value such as `spk`
             top = next(f for f in dataclasses.fields(cls) if f.name == name)
-            value = _field(data, name, tp, top.default is dataclasses.MISSING, problems)
+            value = _field(data, name, tp, _required(top), problems)
             if value is not _ABSENT:
                 built[name] = value
             continue
@@ -366,7 +366,7 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
             continue
         values, hints, complete = {}, _section_types(section_cls), True
         for f in dataclasses.fields(section_cls):
-            required = f.default is dataclasses.MISSING or (for_training and f.metadata.get("train", False))
+            required = _required(f) or (for_training and f.metadata.get("train", False))
             value = _field(node, f.name, hints[f.name], required and not optional, problems, prefix=f"{name}.")
             if value is not _ABSENT:
                 values[f.name] = tuple(value) if typing.get_origin(hints[f.name]) is tuple else value
@@ -382,6 +382,10 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
 
 
 _ABSENT = object()
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _field(node: Mapping[str, Any], key: str, tp: Any, required: bool, problems: list[tuple[str, str]],

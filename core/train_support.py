@@ -2,12 +2,13 @@
 and the rule for the extra checkpoint written when a run stops or ends."""
 from __future__ import annotations
 
+import random
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
 import torch
 
-__all__ = ["autocast", "needs_final_save", "out_of_memory_message"]
+__all__ = ["autocast", "needs_final_save", "out_of_memory_message", "rng_state", "set_rng_state"]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None, enabled: bool = True) -> ContextManager[Any]:
@@ -26,3 +27,19 @@ def needs_final_save(last_done: int, first_of_run: int, last_saved: int | None) 
     """Whether step `last_done` was trained by this run (>= `first_of_run`) and is not saved yet,
     i.e. a stop request or the end of training should write one more checkpoint."""
     return last_done >= first_of_run and last_done != last_saved
+
+
+def rng_state() -> dict[str, Any]:
+    """The random-number states training draws from: torch (CPU, CUDA) and Python's `random` (crops)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`; CUDA states only when the GPU count is the same as at the save."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if len(state.get("cuda", ())) == torch.cuda.device_count() > 0:
+        torch.cuda.set_rng_state_all(state["cuda"])

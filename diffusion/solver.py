@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import threading
 import time
@@ -18,7 +17,7 @@ from core.config import ConfigError, HParams, load_config
 from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag
 from core.schema import DiffusionConfig, read_config
-from core.train_support import autocast, needs_final_save, out_of_memory_message
+from core.train_support import autocast, needs_final_save, out_of_memory_message, rng_state, set_rng_state
 from diffusion.data_loaders import DatasetError, get_data_loaders
 from diffusion.samplers import SAMPLERS
 from diffusion.saver import ResumeState, Saver, load_model, run_logging
@@ -69,21 +68,6 @@ def select_amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.amp_dtype is bf16 but this GPU has no bfloat16 support; use fp16 or fp32")
     return dtype
-
-
-def _rng_state() -> dict[str, Any]:
-    """The random-number states training draws from: torch (CPU, CUDA) and Python's `random` (crops)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if len(state.get("cuda", ())) == torch.cuda.device_count() > 0:  # not when the GPUs changed
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def learning_rate_at(step: int, lr: float, gamma: float, decay_step: int) -> float:
@@ -176,7 +160,7 @@ class DiffusionTrainer:
         test_loss, rtfs = 0.0, []
         repeats = cfg.train.batch_size
         logger.info(" [*] testing...")
-        rng = _rng_state()  # validation draws must not change the training run's random sequence
+        rng = rng_state()  # validation draws must not change the training run's random sequence
         try:
             for bidx, batch in enumerate(self.loader_valid):
                 name = batch["name"][0].replace("\\", "/")
@@ -205,7 +189,7 @@ class DiffusionTrainer:
                 self.saver.summary.write(self.saver.global_step, audios=audios, audio_sampling_rate=sr)
         finally:
             model.train()
-            _set_rng_state(rng)
+            set_rng_state(rng)
         test_loss /= repeats * max(n_batches, 1)
         logger.info(" [test_loss] test_loss: %s", test_loss)
         logger.info(" Real Time Factor %s", float(np.mean(rtfs)) if rtfs else 0.0)
@@ -215,7 +199,7 @@ class DiffusionTrainer:
         """Save `model_<step>.pt` (+ optimizer with `train.save_opt`, + where the run stands for an exact
         resume); extra saves (stop, end) skip retention."""
         t = self.cfg.train
-        position = {"epoch": self.epoch, "batch": self.batches_done, "rng": _rng_state(),
+        position = {"epoch": self.epoch, "batch": self.batches_done, "rng": rng_state(),
                     "order_seed": self.loader_train.sampler.seed}
         self.saver.save_model(self.model, self.optimizer if t.save_opt else None, step, extra={"resume": position})
         if retention:
@@ -240,7 +224,7 @@ class DiffusionTrainer:
         self.loader_train.sampler.skip = skip * self.cfg.train.batch_size
         iterator = iter(self.loader_train)
         if self._pending_rng is not None:  # after iter(), which draws a seed the saved run drew before
-            _set_rng_state(self._pending_rng)
+            set_rng_state(self._pending_rng)
             self._pending_rng = None
         yield from iterator
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import signal
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from core.checkpoint import clean_checkpoints, save_checkpoint, unwrap_model
 from modules.commons import slice_segments
 from core.config import HParams
 from core.schema import sovits_config
-from core.train_support import autocast, needs_final_save, out_of_memory_message
+from core.train_support import autocast, needs_final_save, out_of_memory_message, rng_state, set_rng_state
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 from training.resume import ResumeState, build_scheduler, restore
@@ -299,10 +298,7 @@ class Trainer:
             return
         lr0 = self.cfg.train.learning_rate
         # Where the run stands, so that a resumed run goes on with the next batch and the same random draws.
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        extra = {"resume": {"epoch": epoch, "batch": self.batches_done, "rng": rng}}
+        extra = {"resume": {"epoch": epoch, "batch": self.batches_done, "rng": rng_state()}}
         # D first: a G_<step>.pth on disk then means its D was saved (resume also checks both).
         save_checkpoint(self.net_d, self.optim_d, lr0, epoch, os.path.join(self.model_dir, f"D_{step}.pth"), extra)
         save_checkpoint(self.net_g, self.optim_g, lr0, epoch, os.path.join(self.model_dir, f"G_{step}.pth"), extra)
@@ -319,10 +315,7 @@ class Trainer:
     def _batches(self) -> Any:
         iterator = iter(self.train_loader)
         if self._pending_rng is not None:  # after iter(), which draws a seed the interrupted run drew before
-            torch.set_rng_state(self._pending_rng["torch"])
-            random.setstate(self._pending_rng["python"])
-            if "cuda" in self._pending_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+            set_rng_state(self._pending_rng)
             self._pending_rng = None
         while True:
             try:
