@@ -16,6 +16,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from inference.options import MAX_TRANSPOSE, MIN_CLIP_FRAMES
 from modules.F0Predictor import F0_PREDICTORS
 
 
@@ -24,10 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
     add("-c", "--config_path", default="logs/44k/config.json", help="config.json of the model")
-    add("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = slice at silences only")
+    add("-cl", "--clip", type=float, default=0,
+        help=f"forced slice length in seconds; 0 = slice at silences only; else at least {MIN_CLIP_FRAMES} model "
+        f"frames ({MIN_CLIP_FRAMES} x hop / sampling rate, 0.046 s at 44.1 kHz)")
     add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"],
         help="input file names inside raw/ (.wav added when there is no extension)")
-    add("-t", "--trans", type=int, nargs="+", default=[0], help="transposition in semitones, one per input")
+    add("-t", "--trans", type=int, nargs="+", default=[0],
+        help=f"transposition in semitones (-{MAX_TRANSPOSE}..{MAX_TRANSPOSE}), one per input")
     add("-s", "--spk_list", nargs="+", default=["buyizi"], help="target speaker names (config spk)")
     add("-a", "--auto_predict_f0", action="store_true", help="predict F0 with the model (speech only; ignores -t)")
     add("-cm", "--cluster_model_path", default="",
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-wf", "--wav_format", default="flac", help="output format (flac, wav, ogg, ...)")
     add("-lgr", "--linear_gradient_retain", type=float, default=0.75, help="cross-faded share of -lg (0-1]")
     add("-eak", "--enhancer_adaptive_key", type=int, default=0, help="shift the enhancer's range up (semitones)")
-    add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="crepe/rmvpe/fcpe F0 confidence threshold")
+    add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="crepe/rmvpe/fcpe F0 threshold, 0-1")
     return p
 
 
@@ -63,17 +67,15 @@ def result_name(clean_name: str, tran: int, spk: str, args: argparse.Namespace, 
     return f"{clean_name}_{key}_{spk}{cluster}_{mode}_{args.f0_predictor}.{args.wav_format}"
 
 
-def resolve_input(clean_name: str) -> Path:
-    """raw/<name> (+.wav without extension); other formats are converted to raw/<stem>.wav as 4.1 does."""
-    from inference.infer_tool import format_wav
-
+def resolve_input(clean_name: str) -> str:
+    """raw/<name> (+.wav without extension); FileNotFoundError listing raw/ when it is not there."""
     path = f"raw/{clean_name}" + ("" if "." in clean_name else ".wav")
     if not os.path.isfile(path):
         present = sorted(p.name for p in Path("raw").iterdir() if p.is_file() and p.name != "README.md") \
             if os.path.isdir("raw") else []
         listing = f" (raw/ has: {', '.join(present[:10])})" if present else " (raw/ is empty)"
         raise FileNotFoundError(f"{path} not found: inputs are read from raw/; put it there or fix -n{listing}")
-    return Path(format_wav(path))
+    return path
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -98,13 +100,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that end the run with their message and exit status 1 (no traceback)."""
     from core.checkpoint import CheckpointError  # covers ModelConfigMismatch
     from core.config import ConfigError
+    from core.atomic import DiskFullError
     from inference.infer_tool import SvcError
     from inference.speaker_mix import SpkMixError
     from modules.audio_io import AudioReadError
     from vdecoder.nsf_hifigan.models import VocoderLoadError
 
     return (SvcError, SpkMixError, ConfigError, CheckpointError, VocoderLoadError, AudioReadError,
-            FileNotFoundError, NotImplementedError)
+            DiskFullError, FileNotFoundError, NotImplementedError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
-    from inference.infer_tool import InferOptions, Svc, fill_a_to_b
+    from inference.infer_tool import InferOptions, Svc, fill_a_to_b, format_wav
     from inference.speaker_mix import load_spk_mix_map
+    from modules.audio_io import AudioReadError
 
     trans = list(args.trans)
     fill_a_to_b(trans, args.clean_names)
@@ -124,30 +128,38 @@ def main(argv: list[str] | None = None) -> int:
         inputs = [resolve_input(name) for name in args.clean_names]
         spk_mix_map = load_spk_mix_map() if args.use_spk_mix else {}
         args.use_spk_mix = len(spk_mix_map) > 1  # 4.1: a one-entry map silently turns mixing off
+        options = [InferOptions.from_args(args, tran) for tran in trans]  # fail before loading anything
         log.info("Using F0 predictor: %s", args.f0_predictor)
         svc = Svc(args.model_path, args.config_path, args.device, _cluster_path(args), args.enhance,
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
                   args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
         args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1
-        first = InferOptions.from_args(args)  # fail before converting anything
-        speakers = [svc.song_speaker(s, first) for s in ([spk_mix_map] if args.use_spk_mix else args.spk_list)]
+        speakers = [svc.song_speaker(spk, options[0]) for spk in ([spk_mix_map] if args.use_spk_mix
+                                                                   else args.spk_list)]
         mode = svc.output_mode
         if (args.shallow_diffusion or args.only_diffusion) and mode == "sovits":
             log.warning("diffusion did not run: converting with So-VITS only, files are named _sovits_")
-        os.makedirs("raw", exist_ok=True)
-        for clean_name, path, tran in zip(args.clean_names, inputs, trans):
-            opts = InferOptions.from_args(args, tran)
-            for spk in speakers:
-                out = Path("results") / result_name(clean_name, tran, "spk_mix" if args.use_spk_mix else spk,
-                                                    args, mode)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                log.info("converting %s -> %s", path, out)
-                svc.convert_file(path, out, spk, opts, args.wav_format)
-                log.info("saved %s", out)
+        failed = []
+        for clean_name, path, tran, opts in zip(args.clean_names, inputs, trans, options):
+            try:  # an unusable input is skipped; the others are still converted
+                wav = format_wav(path)
+                for spk in speakers:
+                    out = Path("results") / result_name(clean_name, tran, "spk_mix" if args.use_spk_mix else spk,
+                                                        args, mode)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    log.info("converting %s -> %s", wav, out)
+                    svc.convert_file(wav, out, spk, opts, args.wav_format)
+                    log.info("saved %s", out)
+            except AudioReadError as err:
+                print(f"error: {err}", file=sys.stderr)
+                failed.append(path)
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    if failed and len(inputs) > 1:
+        print(f"error: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); "
+              f"{len(inputs) - len(failed)} converted", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from cluster import UnitMixer, load_cluster_or_index
+from core.atomic import DiskFullError, _disk_full
 from core.config import load_config
 from core.device import resolve_device
 from inference.enhancer import Enhancer
 from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits
-from inference.options import SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b, pad_array, seeded
+from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
+                               pad_array, seeded)
 from inference.shallow import DiffusionSide, load_diffusion
 from inference.slice_loop import iter_song, read_wav
 from inference.slicer import Audio, FileSource, rms_frames
@@ -332,8 +334,13 @@ class Svc:
                            + (", or --device cpu" if gpu else "")) from err
 
     def song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
-        """Check -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;
+        """Check -cl, -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;
         returns the speaker, or the validated map when mixing. SvcError / SpkMixError otherwise."""
+        shortest = MIN_CLIP_FRAMES * self.hop_size / self.target_sample
+        if 0 < opts.clip_seconds < shortest:
+            raise SvcError(f"forced slices (-cl) must be at least {shortest:.3f} s ({MIN_CLIP_FRAMES} frames of "
+                           f"{self.hop_size} samples at {self.target_sample} Hz), got {opts.clip_seconds:g} s; "
+                           "-cl 0 slices at silences only")
         self.check_k_step(opts.k_step)
         if isinstance(spk, Mapping):
             if not opts.use_spk_mix:
@@ -374,20 +381,33 @@ class Svc:
                         use_spk_mix: bool = False, second_encoding: bool = False,
                         loudness_envelope_adjustment: float = 1) -> np.ndarray:
         """4.1's `slice_inference`: the converted song as one float32 array [N] at the model rate."""
-        blocks = list(self.iter_slice_inference(raw_audio_path, spk, _options(locals())))
-        return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+        return np.concatenate(list(self.iter_slice_inference(raw_audio_path, spk, _options(locals()))))
 
     def convert_file(self, audio: Audio, out_path: PathLike, spk: str | int | Mapping[int, list],
                      opts: InferOptions, wav_format: str = "flac",
                      progress: Callable[[int, int], None] | None = None) -> int:
         """Stream the conversion, clipped to [-1, 1], into `<out_path>.part`, renamed when complete;
-        returns samples written."""
+        returns samples written. DiskFullError when the disk fills up (no file is left)."""
         out_path = os.fspath(out_path)
         tmp = f"{out_path}.part"
         blocks = self.iter_slice_inference(audio, spk, opts, progress)
         written = 0
-        try:
+
+        @contextlib.contextmanager
+        def writing() -> Iterator[None]:
             with self.stage_hook("writing"):
+                try:
+                    yield
+                except (OSError, RuntimeError) as err:
+                    folder = Path(out_path).parent
+                    if not _disk_full(err, folder):
+                        raise
+                    raise DiskFullError(f"the disk of {folder} is full: writing {Path(out_path).name} stopped "
+                                        f"after {written / self.target_sample:.1f} s of audio; free some space "
+                                        "and run again") from None
+
+        try:
+            with writing():
                 out = sf.SoundFile(tmp, "w", samplerate=self.target_sample, channels=1, format=wav_format.upper())
             try:
                 for block in blocks:
@@ -396,13 +416,14 @@ class Svc:
                                              + ([self.diffusion.model_path] if self.diffusion_used else []))
                         raise SvcError(f"the model produced NaN/inf audio; {models} looks broken "
                                        "(did its training diverge?); nothing was written")
-                    with self.stage_hook("writing"):
+                    with writing():
                         out.write(np.clip(block, -1.0, 1.0))
                     written += len(block)
             finally:
-                with self.stage_hook("writing"):
+                with writing():
                     out.close()
-            os.replace(tmp, out_path)
+            with writing():
+                os.replace(tmp, out_path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from argparse import Namespace
 from dataclasses import dataclass, fields
 from typing import Iterator
@@ -9,9 +10,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["F0FilterException", "InferOptions", "SEED", "SvcError", "fill_a_to_b", "pad_array", "seeded"]
+from modules.f0 import F0_MAX, F0_MIN
+
+__all__ = ["F0FilterException", "InferOptions", "MAX_TRANSPOSE", "MIN_CLIP_FRAMES", "SEED", "SvcError",
+           "fill_a_to_b", "pad_array", "seeded"]
 
 SEED = 52468  # 4.1 seeds every conversion with this
+MAX_TRANSPOSE = int(12 * math.log2(F0_MAX / F0_MIN))  # 53 semitones: a larger shift leaves the model's F0 range
+# Shortest forced slice (-cl) in model frames; at every 4.1 hop this also exceeds the speech encoders' minimum
+# input (400 samples at 16 kHz).
+MIN_CLIP_FRAMES = 4
 # inference_main.py's option names where they differ from the field names
 _CLI_NAMES = {"clip_seconds": "clip", "lg_num": "linear_gradient", "lgr_num": "linear_gradient_retain",
               "cr_threshold": "f0_filter_threshold"}
@@ -28,7 +36,7 @@ class F0FilterException(Exception):
 @dataclass(frozen=True)
 class InferOptions:
     """Per-conversion options; names and defaults of 4.1's `Svc` arguments. SvcError for negative
-    pad/clip/lg seconds or lgr_num outside (0, 1]."""
+    pad/clip/lg seconds, lgr_num outside (0, 1], cr_threshold outside [0, 1] or |tran| > MAX_TRANSPOSE."""
 
     tran: float = 0  # semitones
     cluster_infer_ratio: float = 0.0
@@ -53,6 +61,13 @@ class InferOptions:
             raise SvcError("pad_seconds, clip (-cl) and linear_gradient (-lg) must be >= 0")
         if not 0 < self.lgr_num <= 1:
             raise SvcError(f"linear_gradient_retain (-lgr) must be in (0, 1], got {self.lgr_num}")
+        if not -MAX_TRANSPOSE <= self.tran <= MAX_TRANSPOSE:
+            raise SvcError(f"transposition (-t) must be between -{MAX_TRANSPOSE} and {MAX_TRANSPOSE} semitones, "
+                           f"got {self.tran:g}: a larger shift moves every pitch out of the model's "
+                           f"{F0_MIN:g}-{F0_MAX:g} Hz range")
+        if not 0 <= self.cr_threshold <= 1:
+            raise SvcError(f"F0 filter threshold (-ft) is a voicing confidence between 0 and 1, "
+                           f"got {self.cr_threshold:g}")
 
     @classmethod
     def from_args(cls, args: Namespace, tran: float = 0) -> "InferOptions":

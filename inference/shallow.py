@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from core.schema import SpeakerMap, read_config
 from inference.options import SvcError, seeded
 from modules.mel_processing import volume_extract
 
@@ -22,6 +24,11 @@ __all__ = ["DiffusionSide", "NO_DIFFUSION", "load_diffusion"]
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 NO_DIFFUSION = "No diffusion model or config found. Shallow diffusion mode will False"
+
+
+@dataclass(frozen=True)
+class _Speakers:
+    spk: SpeakerMap | None = None  # checked as train_diff.py checks it
 
 
 class DiffusionSide:
@@ -41,7 +48,8 @@ class DiffusionSide:
         # Absent keys take the template's values; an explicit null method means the plain DDPM loop.
         self.method = infer.get("method", "dpm-solver++")
         self.speedup = int(infer.get("speedup", 10))
-        self.spk2id: dict[str, int] = {str(k): int(v) for k, v in (args.get("spk") or {}).items()}
+        speakers = read_config(args, _Speakers, config_path, for_training=False).spk or {}
+        self.spk2id: dict[str, int] = {str(k): v for k, v in speakers.items()}
         self.n_spk = int(model.n_spk)
         self.units_width = int(model.input_channel)
         self.use_tqdm = True

@@ -15,6 +15,7 @@ import torch
 from inference.options import InferOptions, pad_array
 from inference.slicer import Audio, Chunk, open_audio, slice_source
 from inference.speaker_mix import build_mix_weights
+from modules.audio_io import AudioReadError
 from modules.audio_resample import resample
 
 __all__ = ["Convert", "iter_song", "mix_frame_budget", "out_length", "pcm16_piece", "piece_ranges", "read_wav"]
@@ -48,8 +49,11 @@ def mix_frame_budget(chunks: list[Chunk], sr: int, opts: InferOptions, sr_out: i
 
 
 def read_wav(raw: PathLike | BinaryIO, sr_out: int) -> np.ndarray:
-    """First channel of a WAV (path or file object) resampled to `sr_out`: float32 [L]."""
+    """First channel of a WAV (path or file object) resampled to `sr_out`: float32 [L]. AudioReadError: NaN/inf."""
     data, sr = sf.read(raw, dtype="float32", always_2d=True)
+    if not np.isfinite(data[:, 0]).all():
+        name = raw if isinstance(raw, (str, os.PathLike)) else "<audio>"
+        raise AudioReadError(name, "contains NaN or infinite samples; fix the input")
     wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     return resample(wav[None], int(sr), sr_out)[0].numpy()
 
@@ -102,6 +106,8 @@ def iter_song(convert: Convert, sr_out: int, hop: int, audio: Audio, speaker: st
     stage: wraps "slicing", "reading" and "piece preparation"."""
     source = open_audio(audio)
     try:
+        if source.n_samples == 0:
+            raise AudioReadError(source.name, "has no audio samples")
         sr = source.sample_rate
         with stage("slicing"):
             chunks = slice_source(source, opts.slice_db)

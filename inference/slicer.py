@@ -35,13 +35,18 @@ class AudioSource:
 
     sample_rate: int
     n_samples: int
+    name = "<audio>"  # for messages
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Samples [start, end) as float32 [end - start]; positions outside the signal read as 0."""
+        """Samples [start, end) as float32 [end - start]; positions outside the signal read as 0.
+        AudioReadError for NaN/inf samples."""
         lo, hi = max(start, 0), min(end, self.n_samples)
         out = np.zeros(max(end - start, 0), dtype=np.float32)
         if hi > lo:
             out[lo - start:hi - start] = self._read(lo, hi)
+        if not np.isfinite(out).all():
+            at = (start + int(np.argmin(np.isfinite(out)))) / self.sample_rate
+            raise AudioReadError(self.name, f"contains NaN or infinite samples (at {at:.2f} s); fix the input")
         return out
 
     def _read(self, start: int, end: int) -> np.ndarray:
@@ -78,11 +83,12 @@ class FileSource(AudioSource):
     def __init__(self, path: PathLike | BinaryIO) -> None:
         if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
             raise FileNotFoundError(f"audio file {os.fspath(path)} not found")
+        if isinstance(path, (str, os.PathLike)):
+            self.name = os.fspath(path)
         try:
             self._file = sf.SoundFile(path)
         except (sf.LibsndfileError, RuntimeError) as err:
-            name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<audio>"
-            raise AudioReadError(name, f"not a readable audio file ({err})") from None
+            raise AudioReadError(self.name, f"not a readable audio file ({err})") from None
         self.sample_rate, self.n_samples = int(self._file.samplerate), int(self._file.frames)
 
     def _read(self, start: int, end: int) -> np.ndarray:
