@@ -336,11 +336,9 @@ class Svc:
     def song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
         """Check -cl, -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;
         returns the speaker, or the validated map when mixing. SvcError / SpkMixError otherwise."""
-        shortest = MIN_CLIP_FRAMES * self.hop_size / self.target_sample
-        if 0 < opts.clip_seconds < shortest:
-            raise SvcError(f"forced slices (-cl) must be at least {shortest:.3f} s ({MIN_CLIP_FRAMES} frames of "
-                           f"{self.hop_size} samples at {self.target_sample} Hz), got {opts.clip_seconds:g} s; "
-                           "-cl 0 slices at silences only")
+        if 0 < opts.clip_seconds < (shortest := MIN_CLIP_FRAMES * self.hop_size / self.target_sample):
+            raise SvcError(f"forced slices (-cl) must be 0 or at least {shortest:.3f} s ({MIN_CLIP_FRAMES} frames "
+                           f"of {self.hop_size} samples at {self.target_sample} Hz), got {opts.clip_seconds:g} s")
         self.check_k_step(opts.k_step)
         if isinstance(spk, Mapping):
             if not opts.use_spk_mix:
@@ -399,8 +397,7 @@ class Svc:
                 try:
                     yield
                 except (OSError, RuntimeError) as err:
-                    folder = Path(out_path).parent
-                    if not _disk_full(err, folder):
+                    if not _disk_full(err, folder := Path(out_path).parent):
                         raise
                     raise DiskFullError(f"the disk of {folder} is full: writing {Path(out_path).name} stopped "
                                         f"after {written / self.target_sample:.1f} s of audio; free some space "

@@ -17,9 +17,7 @@ __all__ = ["F0FilterException", "InferOptions", "MAX_TRANSPOSE", "MIN_CLIP_FRAME
 
 SEED = 52468  # 4.1 seeds every conversion with this
 MAX_TRANSPOSE = int(12 * math.log2(F0_MAX / F0_MIN))  # 53 semitones: a larger shift leaves the model's F0 range
-# Shortest forced slice (-cl) in model frames; at every 4.1 hop this also exceeds the speech encoders' minimum
-# input (400 samples at 16 kHz).
-MIN_CLIP_FRAMES = 4
+MIN_CLIP_FRAMES = 4  # shortest -cl; at any 4.1 hop also above the speech encoders' 400 samples at 16 kHz
 # inference_main.py's option names where they differ from the field names
 _CLI_NAMES = {"clip_seconds": "clip", "lg_num": "linear_gradient", "lgr_num": "linear_gradient_retain",
               "cr_threshold": "f0_filter_threshold"}
@@ -62,12 +60,10 @@ class InferOptions:
         if not 0 < self.lgr_num <= 1:
             raise SvcError(f"linear_gradient_retain (-lgr) must be in (0, 1], got {self.lgr_num}")
         if not -MAX_TRANSPOSE <= self.tran <= MAX_TRANSPOSE:
-            raise SvcError(f"transposition (-t) must be between -{MAX_TRANSPOSE} and {MAX_TRANSPOSE} semitones, "
-                           f"got {self.tran:g}: a larger shift moves every pitch out of the model's "
-                           f"{F0_MIN:g}-{F0_MAX:g} Hz range")
+            raise SvcError(f"transposition (-t) must be between -{MAX_TRANSPOSE} and {MAX_TRANSPOSE} semitones "
+                           f"(beyond, every pitch leaves the model's {F0_MIN:g}-{F0_MAX:g} Hz), got {self.tran:g}")
         if not 0 <= self.cr_threshold <= 1:
-            raise SvcError(f"F0 filter threshold (-ft) is a voicing confidence between 0 and 1, "
-                           f"got {self.cr_threshold:g}")
+            raise SvcError(f"F0 filter threshold (-ft) must be between 0 and 1, got {self.cr_threshold:g}")
 
     @classmethod
     def from_args(cls, args: Namespace, tran: float = 0) -> "InferOptions":

@@ -83,8 +83,7 @@ class FileSource(AudioSource):
     def __init__(self, path: PathLike | BinaryIO) -> None:
         if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
             raise FileNotFoundError(f"audio file {os.fspath(path)} not found")
-        if isinstance(path, (str, os.PathLike)):
-            self.name = os.fspath(path)
+        self.name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else self.name
         try:
             self._file = sf.SoundFile(path)
         except (sf.LibsndfileError, RuntimeError) as err:

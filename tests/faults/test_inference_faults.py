@@ -57,11 +57,11 @@ def _results(ws: Path) -> list[str]:
 
 
 def test_forced_slices_shorter_than_four_frames_are_refused(cli, ws: Path, svc: Svc, capsys) -> None:
-    with pytest.raises(SvcError, match=r"-cl\) must be at least 0\.046 s \(4 frames of 512 samples at 44100 Hz\), "
-                                       r"got 0\.0001 s"):
+    with pytest.raises(SvcError, match=r"-cl\) must be 0 or at least 0\.046 s \(4 frames of 512 samples at "
+                                       r"44100 Hz\), got 0\.0001 s"):
         svc.iter_slice_inference(ws / "raw/a.wav", "speaker0", InferOptions(clip_seconds=0.0001))
     assert cli(*MODEL, "-n", "a.wav", "-s", "speaker0", "-cl", "0.04") == 1
-    assert "must be at least 0.046 s" in capsys.readouterr().err and _results(ws) == []
+    assert "must be 0 or at least 0.046 s" in capsys.readouterr().err and _results(ws) == []
     assert "at least 4 model frames" in " ".join(inference_main.build_parser().format_help().split())
     assert len(svc.slice_inference(ws / "raw/a.wav", "speaker0", 0, clip_seconds=0.05)) == SR  # the minimum works
 
@@ -85,9 +85,10 @@ def test_nan_input_is_blamed_on_the_input_not_the_model(cli, ws: Path, svc: Svc,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-t", "10000"], "transposition (-t) must be between -53 and 53 semitones, got 10000"),
-    (["-t", "0", "-54"], "transposition (-t) must be between -53 and 53 semitones, got -54"),
-    (["-ft", "-3"], "F0 filter threshold (-ft) is a voicing confidence between 0 and 1, got -3"),
+    (["-t", "10000"], "transposition (-t) must be between -53 and 53 semitones (beyond, every pitch leaves the "
+                      "model's 50-1100 Hz), got 10000"),
+    (["-t", "0", "-54"], "transposition (-t) must be between -53 and 53 semitones"),
+    (["-ft", "-3"], "F0 filter threshold (-ft) must be between 0 and 1, got -3"),
 ])
 def test_options_out_of_range_name_their_range(cli, ws: Path, capsys, args: list[str], message: str) -> None:
     assert cli(*MODEL, "-n", "a.wav", "a.wav", "-s", "speaker0", *args) == 1
