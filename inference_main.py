@@ -16,7 +16,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-from inference.options import MAX_TRANSPOSE, MIN_CLIP_FRAMES
 from modules.F0Predictor import F0_PREDICTORS
 
 
@@ -26,12 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
     add("-c", "--config_path", default="logs/44k/config.json", help="config.json of the model")
     add("-cl", "--clip", type=float, default=0,
-        help=f"forced slice length in seconds; 0 = slice at silences only; else at least {MIN_CLIP_FRAMES} model "
-        f"frames ({MIN_CLIP_FRAMES} x hop / sampling rate, 0.046 s at 44.1 kHz)")
+        # The numbers are inference.options.MIN_CLIP_FRAMES / MAX_TRANSPOSE (a test keeps them equal); importing
+        # that module here would load torch just to print --help.
+        help="forced slice length in seconds; 0 = slice at silences only; else at least 4 model "
+        "frames (4 x hop / sampling rate, 0.046 s at 44.1 kHz)")
     add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"],
         help="input file names inside raw/ (.wav added when there is no extension)")
     add("-t", "--trans", type=int, nargs="+", default=[0],
-        help=f"transposition in semitones (-{MAX_TRANSPOSE}..{MAX_TRANSPOSE}), one per input")
+        help="transposition in semitones (-53..53), one per input")
     add("-s", "--spk_list", nargs="+", default=["buyizi"], help="target speaker names (config spk)")
     add("-a", "--auto_predict_f0", action="store_true", help="predict F0 with the model (speech only; ignores -t)")
     add("-cm", "--cluster_model_path", default="",

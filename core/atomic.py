@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["DiskFullError", "TEMP_SUFFIX", "remove_stale_temps", "write_atomic", "write_bytes_atomic"]
+__all__ = ["DiskFullError", "is_disk_full", "TEMP_SUFFIX", "remove_stale_temps", "write_atomic", "write_bytes_atomic"]
 
 PathLike = str | os.PathLike
 TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp" beside their target
@@ -18,7 +18,8 @@ class DiskFullError(OSError):
     """The disk filled up during a write; the previous file is intact and no partial file is left."""
 
 
-def _disk_full(err: BaseException, folder: Path) -> bool:
+def is_disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether `err`, raised while writing into `folder`, means the disk is full."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     # torch.save's zip writer reports a full disk as a RuntimeError ("unexpected pos", "file write failed").
@@ -58,7 +59,7 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if _disk_full(err, folder):
+        if is_disk_full(err, folder):
             free = shutil.disk_usage(folder).free
             full = DiskFullError(f"the disk of {folder} is full: writing {target.name} stopped after "
                                  f"{written / 2**20:.1f} MB ({free / 2**20:.1f} MB free). Free some space and run "

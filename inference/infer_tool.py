@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster import UnitMixer, load_cluster_or_index
-from core.atomic import DiskFullError, _disk_full
+from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import resolve_device
 from inference.enhancer import Enhancer
@@ -397,7 +397,7 @@ class Svc:
                 try:
                     yield
                 except (OSError, RuntimeError) as err:
-                    if not _disk_full(err, folder := Path(out_path).parent):
+                    if not is_disk_full(err, folder := Path(out_path).parent):
                         raise
                     raise DiskFullError(f"the disk of {folder} is full: writing {Path(out_path).name} stopped "
                                         f"after {written / self.target_sample:.1f} s of audio; free some space "

@@ -166,3 +166,12 @@ def test_command_line_reaches_the_conversion_options() -> None:
         tran=5, clip_seconds=3, lg_num=1, lgr_num=0.5, cr_threshold=0.1, slice_db=-30, k_step=40, second_encoding=True,
         loudness_envelope_adjustment=0.5, enhancer_adaptive_key=2, noice_scale=0.3, pad_seconds=0.2,
         f0_predictor="dio", auto_predict_f0=True, cluster_infer_ratio=0.4, use_spk_mix=True)
+
+
+def test_help_states_the_limits_the_options_enforce(capsys) -> None:
+    from inference.options import MAX_TRANSPOSE, MIN_CLIP_FRAMES
+
+    with pytest.raises(SystemExit):
+        inference_main.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(-{MAX_TRANSPOSE}..{MAX_TRANSPOSE})" in text and f"at least {MIN_CLIP_FRAMES} model frames" in text
