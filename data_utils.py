@@ -18,9 +18,9 @@ import torch
 import torch.utils.data
 
 from core.atomic import write_atomic
-from core.checkpoint import CheckpointError, safe_torch_load
 from core.config import HParams
-from core.features import DatasetError, feature_path, load_f0, load_npy, read_filelist, spec_path, speaker_of
+from core.features import (DatasetError, FeatureError, feature_path, read_feature, read_filelist, spec_path,
+                           speaker_of)
 from core.schema import sovits_config
 from modules import f0 as f0_math
 from modules.mel_processing import spectrogram_torch
@@ -36,12 +36,8 @@ Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
 # 4.1's hard-coded crop: clips over 800 frames train on a random 790-frame window.
 CROP_ABOVE = 800
 CROP_TO = 790
-# Frames by which units (stretched to the F0 length) and the spectrogram may disagree (4.1's assert).
-MAX_FRAME_GAP = 3
 # How many unit files are opened up front to compare their width with model.ssl_dim.
 UNIT_PROBES = 4
-# Units come at 50 per second; a file far off that rate belongs to another clip or encoder.
-UNITS_PER_SECOND = 50.0
 LIST_PROBLEMS = 20
 # Clips longer than this are worth a warning: loading them costs memory although only 790 frames train.
 LONG_CLIP_SECONDS = 20
@@ -104,7 +100,8 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
                 continue
             if seconds > LONG_CLIP_SECONDS:
                 long_clips.append(path)
-            missing = [p for p in (feature_path(path, k) for k in ("units", "f0", "volume") if k != "volume" or self.vol_emb) if not os.path.isfile(p)]
+            kinds = ("units", "f0", "volume") if self.vol_emb else ("units", "f0")
+            missing = [feature_path(path, k) for k in kinds if not os.path.isfile(feature_path(path, k))]
             if missing:
                 skipped.append((path, f"missing {', '.join(missing)} (run python preprocess_hubert_f0.py)"))
                 continue
@@ -159,7 +156,10 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         """Units from another encoder make every step fail later; test a few files now."""
         step = max(1, len(usable) // UNIT_PROBES)
         for path in usable[::step][:UNIT_PROBES]:
-            width = self._units(path).shape[0]
+            try:
+                width = read_feature(path, "units").shape[0]
+            except FeatureError:
+                continue  # reported by name when the clip is loaded
             if width != self.ssl_dim:
                 raise DatasetError(self._width_message(path, width))
 
@@ -173,81 +173,53 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
                 "python preprocess_hubert_f0.py --overwrite, or fix speech_encoder/ssl_dim in the config.")
 
     # -- loading one clip ------------------------------------------------------------------------
-    def _units(self, path: str) -> torch.Tensor:
-        units = safe_torch_load(f"{path}.soft.pt")
-        if not isinstance(units, torch.Tensor) or units.dim() not in (2, 3):
-            raise ValueError(f"{path}.soft.pt does not hold a [1, C, Tu] tensor")
-        return units[0] if units.dim() == 3 else units
-
     def _spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
         """[1, L] -> [n_fft // 2 + 1, L // hop]."""
         return spectrogram_torch(audio, self.filter_length, self.sampling_rate, self.hop_length,
                                  self.win_length)[0]
 
-    def _load_spec(self, path: str, audio: torch.Tensor) -> torch.Tensor:
-        target = spec_path(path)
-        bins = self.filter_length // 2 + 1
-        spec = safe_torch_load(target) if os.path.isfile(target) else None
-        if isinstance(spec, torch.Tensor) and spec.dim() == 3 and spec.shape[0] == 1:
-            spec = spec[0]
-        if isinstance(spec, torch.Tensor) and spec.dim() == 2 and spec.shape[0] == bins:
-            return spec.float()
-        if spec is not None:
-            logger.warning("%s is not a [%d, T] spectrogram; recomputing it", target, bins)
+    def _load_spec(self, path: str, audio: torch.Tensor, clip: tuple[int, int, int]) -> torch.Tensor:
+        """The saved spectrogram, or a new one (saved) when it is missing or does not fit the clip."""
+        try:
+            return read_feature(path, "spec", *clip, self.filter_length // 2 + 1)
+        except FeatureError as err:
+            if os.path.isfile(spec_path(path)):
+                logger.warning("%s; recomputing it", err)
         spec = self._spectrogram(audio)
-        write_atomic(target, lambda f: torch.save(spec, f))
+        write_atomic(spec_path(path), lambda f: torch.save(spec, f))
         return spec
 
     def _read(self, path: str) -> Item:
-        """Read one clip and its features; raises ValueError (with the path) for inconsistent files."""
+        """Read one clip and its features, each checked against the clip (FeatureError naming the file)."""
         pcm, rate = sf.read(path, dtype="int16", always_2d=True)
         if rate != self.sampling_rate:
             raise ValueError(f"sample rate {rate} Hz, expected {self.sampling_rate}")
         audio = torch.from_numpy(pcm[:, 0].astype(np.float32) / self.max_wav_value).unsqueeze(0)
-        spec = self._load_spec(path, audio)
-        speaker = torch.LongTensor([self.spk_map[speaker_of(path)]])
-        f0_np, uv_np = load_f0(f"{path}.f0.npy")
-        if not np.isfinite(f0_np).all():
-            raise ValueError(f"{path}.f0.npy contains NaN or infinite values")
-        f0 = torch.FloatTensor(f0_np)
-        uv = torch.FloatTensor(uv_np)
-        units = self._units(path)
+        clip = (audio.shape[1], self.hop_length, self.sampling_rate)
+        spec = self._load_spec(path, audio, clip)
+        f0_np, uv_np = read_feature(path, "f0", *clip)
+        units = read_feature(path, "units", *clip)
         if units.shape[0] != self.ssl_dim:
             raise ValueError(self._width_message(path, units.shape[0]))
-        seconds = audio.shape[1] / self.sampling_rate
-        if not 0.5 * seconds * UNITS_PER_SECOND - 2 <= units.shape[1] <= 1.5 * seconds * UNITS_PER_SECOND + 2:
-            raise ValueError(f"{path}.soft.pt has {units.shape[1]} unit frames for a {seconds:.2f} s clip "
-                             "(stale file from another clip?)")
-        c = f0_math.repeat_expand_2d(units.float(), f0.shape[0], mode=self.unit_interpolate_mode)
-        volume = None
-        if self.vol_emb:
-            volume = torch.from_numpy(np.asarray(load_npy(f"{path}.vol.npy"), dtype=np.float32)).reshape(-1)
-        frames = spec.shape[-1]
-        lmin = min(c.shape[-1], frames)
-        gaps = {"f0/units": c.shape[-1] - frames,
-                "audio": (audio.shape[1] - lmin * self.hop_length) / self.hop_length}
-        if volume is not None:
-            gaps["volume"] = volume.shape[0] - c.shape[-1]
-        bad = {k: v for k, v in gaps.items() if abs(v) >= MAX_FRAME_GAP}
-        if volume is not None and volume.shape[0] < lmin:
-            bad["volume"] = volume.shape[0] - lmin
-        if bad or lmin == 0:
-            detail = ", ".join(f"{k} off by {v:g} frames" for k, v in bad.items()) or "no frames"
-            raise ValueError(f"features disagree with the {frames}-frame spectrogram ({detail}); delete its "
-                             "feature files and re-run python preprocess_hubert_f0.py")
-        spec, c, f0, uv = spec[:, :lmin], c[:, :lmin], f0[:lmin], uv[:lmin]
-        audio = audio[:, :lmin * self.hop_length]
-        if volume is not None:
-            volume = volume[:lmin]
-        return c, f0, spec, audio, speaker, uv, volume
+        c = f0_math.repeat_expand_2d(units, len(f0_np), mode=self.unit_interpolate_mode)
+        volume = torch.from_numpy(read_feature(path, "volume", *clip)) if self.vol_emb else None
+        lmin = min(c.shape[-1], spec.shape[-1], *([] if volume is None else [len(volume)]))
+        if lmin == 0:
+            raise ValueError("shorter than one frame")
+        speaker = torch.LongTensor([self.spk_map[speaker_of(path)]])
+        f0, uv = torch.FloatTensor(f0_np[:lmin]), torch.FloatTensor(uv_np[:lmin])
+        volume = None if volume is None else volume[:lmin]
+        return c[:, :lmin], f0, spec[:, :lmin], audio[:, :lmin * self.hop_length], speaker, uv, volume
 
     def get_audio(self, filename: str) -> Item | None:
         """Load one clip; None (with a warning naming the file) when its files are unusable."""
         try:
             return self._read(filename)
-        except (ValueError, OSError, CheckpointError, sf.LibsndfileError) as err:
+        except FeatureError as err:
+            logger.warning("skipping %s: %s; run python preprocess_hubert_f0.py to recompute it", filename, err)
+        except (ValueError, OSError, sf.LibsndfileError) as err:
             logger.warning("skipping %s: %s", filename, err)
-            return None
+        return None
 
     def random_slice(self, c: torch.Tensor, f0: torch.Tensor, spec: torch.Tensor, audio_norm: torch.Tensor,
                      spk: torch.Tensor, uv: torch.Tensor, volume: torch.Tensor | None) -> Item:

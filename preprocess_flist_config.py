@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loudness embedding and volume augmentation (train.vol_aug, model.vol_embedding)")
     parser.add_argument("--tiny", action="store_true", help="start from the tiny template (faster, smaller model)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the train/val split (default: random)")
+    parser.add_argument("--overwrite_config", action="store_true",
+                        help="write the templates over your values in configs/ (speaker ids are kept)")
     return parser
 
 
@@ -36,13 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     if stage_logger.level == logging.NOTSET:
         stage_logger.setLevel(logging.INFO)
 
+    from core.atomic import DiskFullError
     from prep.flist_config import DatasetError, preprocess_flist_config
 
     try:
-        preprocess_flist_config(args.train_list, args.val_list, args.source_dir, args.speech_encoder,
-                                vol_aug=args.vol_aug, tiny=args.tiny, seed=args.seed)
-    except DatasetError as err:
+        result = preprocess_flist_config(args.train_list, args.val_list, args.source_dir, args.speech_encoder,
+                                         vol_aug=args.vol_aug, tiny=args.tiny, seed=args.seed,
+                                         overwrite_config=args.overwrite_config)
+    except (DatasetError, DiskFullError) as err:
         print(f"preprocess_flist_config.py: {err}", file=sys.stderr)
+        return 1
+    if result.skipped:
+        print(f"preprocess_flist_config.py: {len(result.skipped)} skipped (not in the file lists): "
+              + ", ".join(result.skipped), file=sys.stderr)
         return 1
     return 0
 

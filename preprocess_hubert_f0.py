@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     log = logging.getLogger("preprocess_hubert_f0")
 
+    from core.atomic import DiskFullError
     from core.checkpoint import CheckpointError
     from core.config import ConfigError, load_config
     from prep.features import extract_features, settings_from_config
@@ -49,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Using diff Mode: %s", settings.use_diff)
     try:
         summary = extract_features(settings, args.in_dir, args.num_processes)
-    except (FileNotFoundError, CheckpointError, NotImplementedError, ImportError) as err:
+    except (FileNotFoundError, CheckpointError, NotImplementedError, ImportError, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     log.info("%d clips processed, %d already up to date, %d failed",
              summary.done, summary.up_to_date, len(summary.failed))
     for clip, reason in summary.failed:
         log.error("skipped %s: %s", clip, reason)
-    return 0
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -29,17 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_processes is not None and args.num_processes < 0:
         parser.error(f"--num_processes must be >= 0, got {args.num_processes}")
 
+    from core.atomic import DiskFullError
     from prep.resample import format_summary, resample_dataset
 
     try:
         summary = resample_dataset(args.in_dir, args.out_dir2, target_sr=args.sr2,
                                    loudnorm=not args.skip_loudnorm, workers=args.num_processes,
                                    overwrite=args.overwrite)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, DiskFullError) as err:
         print(f"resample.py: {err}", file=sys.stderr)
         return 1
     print(format_summary(summary, args.sr2))
-    return 0
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""Per-clip feature files: their names, the file lists that point at them, and their .npy I/O.
+"""Per-clip feature files: their names, the file lists that point at them, their I/O and validation.
 
 Next to every `X.wav` of `dataset/44k/<speaker>/` preprocessing writes `X.wav.soft.pt` (units),
 `X.wav.f0.npy` ((f0, uv)), `X.spec.pt` (linear spectrogram) and, for volume embedding or shallow
 diffusion, `X.wav.vol.npy`, `X.wav.mel.npy`, `X.wav.aug_mel.npy`, `X.wav.aug_vol.npy`.
 
-`.f0.npy` is written as a plain float64 (2, T) array, which 4.1 unpacks the same way as its own
-pickled pair; both forms are read. Object arrays go through the guarded unpickler, so a crafted file
-cannot run code. `.aug_mel.npy` must stay an object array ([mel, keyshift]) for 4.1 to read it; its
-pickle is written with `numpy.core` module names, which NumPy 1.x and 2.x both import.
+`.f0.npy` is a plain float64 (2, T) array, which 4.1 unpacks like its own pickled pair; both forms are
+read. Object arrays go through the guarded unpickler, so a crafted file cannot run code. `.aug_mel.npy`
+stays an object array ([mel, keyshift]) for 4.1 to read it, pickled with `numpy.core` module names,
+which NumPy 1.x and 2.x both import.
 """
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ import pickle
 from typing import Any
 
 import numpy as np
+import torch
 
 from core.atomic import write_atomic
-from core.checkpoint import UnsafeCheckpointError
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, safe_torch_load
 from core.pickle_guard import GuardedUnpickler
 
 PathLike = str | os.PathLike
 
-__all__ = ["DatasetError", "FEATURE_SUFFIXES", "feature_path", "list_speakers", "load_f0", "load_npy", "read_filelist",
-           "save_f0", "save_npy", "save_object_npy", "spec_path", "speaker_of"]
+__all__ = ["DatasetError", "FEATURE_SUFFIXES", "FeatureError", "feature_path", "feature_problem", "list_speakers",
+           "load_f0", "load_npy", "read_feature", "read_filelist", "save_f0", "save_npy", "save_object_npy",
+           "spec_path", "speaker_of"]
 
 # Suffix appended to `X.wav` for each per-clip feature (the spectrogram is named by `spec_path`).
 FEATURE_SUFFIXES = {
@@ -35,6 +37,10 @@ FEATURE_SUFFIXES = {
 
 class DatasetError(ValueError):
     """The file lists, the config and the files on disk do not fit together (message says how to fix)."""
+
+
+class FeatureError(DatasetError):
+    """A feature file is missing, unreadable or not of the shape its clip implies (message names it)."""
 
 
 def feature_path(wav: str | os.PathLike, kind: str) -> str:
@@ -51,10 +57,7 @@ def spec_path(wav_path: str | os.PathLike) -> str:
 
 def read_filelist(path: str | os.PathLike) -> list[str]:
     """Clip paths of a file list: field 0 of each `|`-separated line, blank lines ignored (UTF-8).
-
-    Raises:
-        DatasetError: the list is missing, not UTF-8, or names no clip.
-    """
+    Raises DatasetError when the list is missing, not UTF-8, or names no clip."""
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise DatasetError(f"file list {name} not found; run python preprocess_flist_config.py first")
@@ -79,12 +82,8 @@ def speaker_of(path: str) -> str:
 
 
 def list_speakers(dataset: str | os.PathLike) -> list[str]:
-    """Speaker folders of a dataset: non-hidden sub-directories, sorted by name (hidden folders such as
-    `.ipynb_checkpoints` are no speakers, although 4.1 took some of them for one).
-
-    Raises:
-        DatasetError: the folder is missing.
-    """
+    """Speaker folders of a dataset: non-hidden sub-directories (`.ipynb_checkpoints` is no speaker), sorted
+    by name; DatasetError when the folder is missing."""
     if not os.path.isdir(dataset):
         raise DatasetError(f"dataset folder {os.fspath(dataset)} not found: run python resample.py first")
     return sorted(name for name in os.listdir(dataset)
@@ -109,7 +108,10 @@ def load_npy(path: PathLike) -> np.ndarray:
         if not dtype.hasobject:
             f.seek(0)
             return np.load(f, allow_pickle=False)
-        array = _NpyUnpickler(f, name).load()
+        try:
+            array = _NpyUnpickler(f, name).load()
+        except (EOFError, pickle.UnpicklingError) as err:
+            raise ValueError(f"{name} is truncated or corrupt ({err or type(err).__name__})") from None
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{name} does not hold an array")
     return array
@@ -153,3 +155,89 @@ def save_object_npy(path: PathLike, items: list[Any]) -> None:
         f.write(payload)
 
     write_atomic(path, write)
+
+
+UNITS_PER_SECOND = 50.0  # every speech encoder gives about 50 unit frames per second
+MAX_FRAME_GAP = 3  # frames by which a feature may differ from its clip's samples // hop (4.1's tolerance)
+
+
+def _frames(data: Any) -> np.ndarray:
+    array = np.asarray(data, dtype=np.float32)
+    if array.ndim != 1 and not (array.ndim == 2 and 1 in array.shape):
+        raise ValueError(f"should be a [T] array, found shape {array.shape}")
+    return array.reshape(-1)
+
+
+def _matrix(data: Any) -> torch.Tensor:
+    tensor = data[0] if isinstance(data, torch.Tensor) and data.dim() == 3 and len(data) == 1 else data
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2:
+        raise ValueError(f"should hold a [1, C, T] or [C, T] tensor, found {getattr(data, 'shape', type(data))}")
+    return tensor.float()
+
+
+def _aug_mel(path: str) -> tuple[np.ndarray, float]:
+    data = load_npy(path)
+    if data.dtype != object or len(data) != 2:
+        raise ValueError("should be an object array [mel, keyshift]")
+    return np.asarray(data[0], dtype=np.float32), float(data[1])
+
+
+_READERS = {"units": lambda p: _matrix(safe_torch_load(p)), "spec": lambda p: _matrix(safe_torch_load(p)),
+            "f0": load_f0, "volume": lambda p: _frames(load_npy(p)), "aug_vol": lambda p: _frames(load_npy(p)),
+            "mel": lambda p: np.asarray(load_npy(p), dtype=np.float32), "aug_mel": _aug_mel}
+
+
+def read_feature(wav: PathLike, kind: str, samples: int | None = None, hop_length: int = 512,
+                 sampling_rate: int = 44100, channels: int | None = None) -> Any:
+    """Read the `kind` feature file of clip `wav` (see FEATURE_SUFFIXES) and check it against the clip.
+
+    samples: the clip's length at `sampling_rate` (None: frames not checked); frame counts must be within
+    2 of samples // hop_length (units: about 50 per second). channels: unit width, spec or mel bins.
+    Returns units [C, Tu] / spec [F, T] float tensors, (f0, uv) [T] float64, volume [T] / mel [T, M] float32
+    arrays, or (aug mel [T, M], keyshift). Raises FeatureError naming the file and the problem.
+    """
+    path = feature_path(wav, kind)
+    if not os.path.isfile(path):
+        raise FeatureError(f"{path} is missing")
+    try:
+        data = _READERS[kind](path)
+    except (OSError, ValueError, TypeError, IndexError, CheckpointError) as err:
+        raise FeatureError(f"{path} is unreadable ({err})") from None
+    array = data[0] if kind in ("f0", "aug_mel") else data
+    if kind == "f0" and not np.isfinite(array).all():
+        raise FeatureError(f"{path} contains NaN or infinite values")
+    if kind in ("mel", "aug_mel") and array.ndim != 2:
+        raise FeatureError(f"{path} should be a [T, M] mel, found shape {array.shape}")
+    matrix = kind in ("units", "spec")
+    width = array.shape[0] if matrix else array.shape[-1]
+    if channels is not None and kind in ("units", "spec", "mel", "aug_mel") and width != channels:
+        raise FeatureError(f"{path} has {width} channels where {channels} are expected (made by another "
+                           "encoder or config?)")
+    if samples is not None:
+        frames = array.shape[-1 if matrix else 0]
+        if kind == "units":
+            expected = samples / sampling_rate * UNITS_PER_SECOND
+            fits = 0.5 * expected - 2 <= frames <= 1.5 * expected + 2
+        else:
+            expected = samples // hop_length
+            fits = abs(frames - expected) < MAX_FRAME_GAP
+        if not fits:
+            raise FeatureError(f"{path} has {frames} frames where its {samples / sampling_rate:.2f} s clip gives "
+                               f"{expected:.0f} (stale file of another clip?)")
+    return data
+
+
+def feature_problem(wav: PathLike, kind: str, samples: int | None = None, hop_length: int = 512,
+                    sampling_rate: int = 44100, channels: int | None = None) -> str:
+    """Why the `kind` feature file of `wav` must be (re)computed: "" when it is up to date (read_feature
+    accepts it and it is not older than the clip), "missing", or the problem naming the file."""
+    path = feature_path(wav, kind)
+    if not os.path.isfile(path):
+        return "missing"
+    if os.path.getmtime(path) < os.path.getmtime(wav):
+        return f"{path} is older than its clip"
+    try:
+        read_feature(wav, kind, samples, hop_length, sampling_rate, channels)
+    except FeatureError as err:
+        return str(err)
+    return ""

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from core.atomic import write_atomic
-from core.checkpoint import CheckpointError, safe_torch_load
+from core.atomic import DiskFullError, remove_stale_temps, write_atomic
 from core.config import HParams
 from core.device import resolve_device
-from core.features import feature_path, list_speakers, save_f0, save_npy, save_object_npy
+from core.features import feature_path, feature_problem, list_speakers, save_f0, save_npy, save_object_npy
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
 from modules.mel_processing import spectrogram_torch, volume_extract
 
@@ -105,38 +105,32 @@ class FeatureExtractor:
 
             self.vocoder = NsfHifiGAN(settings.vocoder_ckpt, device=self.device)
 
-    def _needed(self, path: Path) -> bool:
-        return self.s.overwrite or not path.exists()
-
-    def _units_ok(self, path: Path) -> bool:
-        """An existing unit file is reused only when it has this encoder's channel count."""
-        if self._needed(path):
-            return False
-        try:
-            units = safe_torch_load(path)
-        except CheckpointError as err:
-            logger.warning("%s is unreadable (%s); recomputing", path, err)
-            return False
-        if units.dim() != 3 or units.shape[1] != self.dim:
-            logger.warning("%s has shape %s but %s gives %d channels (made by another encoder?); recomputing",
-                           path, tuple(units.shape), self.s.speech_encoder, self.dim)
-            return False
-        return True
+    def _outdated(self, clip: Path) -> dict[str, bool]:
+        """Which files of `clip` to (re)compute: all with `overwrite`, else the ones feature_problem rejects."""
+        s = self.s
+        info = sf.info(str(clip))
+        samples = info.frames * s.sampling_rate // info.samplerate
+        kinds = ["units", "f0", "spec"] + (["volume"] if s.vol_embedding or s.use_diff else [])
+        kinds += ["mel", "aug_mel", "aug_vol"] if s.use_diff else []
+        bins = {"units": self.dim, "spec": s.filter_length // 2 + 1,
+                "mel": self.vocoder and self.vocoder.dimension, "aug_mel": self.vocoder and self.vocoder.dimension}
+        todo = {}
+        for kind in kinds:
+            problem = "" if s.overwrite else feature_problem(clip, kind, samples, s.hop_length, s.sampling_rate,
+                                                             bins.get(kind))
+            if problem not in ("", "missing"):
+                logger.warning("%s; recomputing", problem)
+            todo[kind] = s.overwrite or bool(problem)
+        # Both files of the augmented copy come from one random draw.
+        todo["aug"] = todo.pop("aug_mel", False) | todo.pop("aug_vol", False)
+        return todo
 
     def process(self, clip: Path) -> bool:
-        """Write the missing feature files of one clip; returns True when anything was computed."""
+        """Write the missing, stale or damaged feature files of one clip; returns True when any was computed."""
         s = self.s
         targets = {kind: Path(feature_path(clip, kind))
                    for kind in ("units", "f0", "spec", "volume", "mel", "aug_mel", "aug_vol")}
-        want_vol = s.vol_embedding or s.use_diff
-        todo = {
-            "units": not self._units_ok(targets["units"]),
-            "f0": self._needed(targets["f0"]),
-            "spec": self._needed(targets["spec"]),
-            "volume": want_vol and self._needed(targets["volume"]),
-            "mel": s.use_diff and self._needed(targets["mel"]),
-            "aug": s.use_diff and (self._needed(targets["aug_mel"]) or self._needed(targets["aug_vol"])),
-        }
+        todo = self._outdated(clip)
         if not any(todo.values()):
             return False
         wav, sr = read_audio_mono(clip)
@@ -158,9 +152,9 @@ class FeatureExtractor:
             spec = spectrogram_torch(audio, s.filter_length, s.sampling_rate, s.hop_length, s.win_length)
             spec = spec.squeeze(0)
             write_atomic(targets["spec"], lambda f: torch.save(spec, f))
-        if todo["volume"]:
+        if todo.get("volume"):
             save_npy(targets["volume"], volume_extract(audio, s.hop_length).numpy().astype(np.float32))
-        if todo["mel"] or todo["aug"]:
+        if todo.get("mel") or todo["aug"]:
             self._diffusion_files(audio, targets, todo)
         return True
 
@@ -168,7 +162,7 @@ class FeatureExtractor:
         assert self.vocoder is not None
         s = self.s
         with torch.inference_mode():
-            if todo["mel"]:
+            if todo.get("mel"):
                 mel = self.vocoder.extract(audio.to(self.device)).squeeze(0).float().cpu().numpy()
                 save_npy(targets["mel"], mel)
             if todo["aug"]:
@@ -199,6 +193,8 @@ def _work(settings: FeatureSettings, clips: list[str], rank: int, progress: bool
                 summary.done += 1
             else:
                 summary.up_to_date += 1
+        except DiskFullError:
+            raise
         except (AudioReadError, ValueError, RuntimeError, OSError) as err:
             summary.failed.append((clip, str(err)))
             logger.error("%s: %s; skipped", clip, err)
@@ -214,6 +210,8 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
     if num_processes == 0:
         num_processes = os.cpu_count() or 1
     num_processes = max(1, min(num_processes, len(clips)))
+    for folder in {os.path.dirname(clip) for clip in clips}:
+        remove_stale_temps(folder)  # left by a run that was killed mid-write
     random.shuffle(clips)  # spreads long and short clips over the workers, as 4.1 does
     chunks = [clips[i::num_processes] for i in range(num_processes)]
     summary = FeatureSummary()

@@ -3,11 +3,12 @@
 Per speaker folder of `dataset/44k`, clips shorter than 0.3 s are dropped, the rest shuffled, 2 go to
 validation and the others to training; both lists are shuffled again and written one UTF-8 path per
 line. `configs/config.json` and `configs/diffusion.yaml` are the templates with the speaker map, the
-encoder name and width, `--vol_aug` and `--tiny` applied.
+encoder name and width, `--vol_aug` and `--tiny` applied; the user's own values in existing configs are kept.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import random
@@ -23,8 +24,9 @@ from core.config import ConfigError, dump_config, load_config
 from core.features import DatasetError, list_speakers
 from vencoder import ENCODER_DIMS  # output width per `--speech_encoder` name
 
-__all__ = ["FlistConfigResult", "assign_speaker_ids", "clip_duration", "patch_diffusion_config",
-           "patch_sovits_config", "preprocess_flist_config", "risky_characters", "split_dataset", "write_filelist"]
+__all__ = ["FlistConfigResult", "assign_speaker_ids", "clip_duration", "keep_user_values",
+           "patch_diffusion_config", "patch_sovits_config", "preprocess_flist_config", "risky_characters",
+           "split_dataset", "write_filelist"]
 
 PathLike = str | os.PathLike
 logger = logging.getLogger(__name__)
@@ -32,19 +34,22 @@ logger = logging.getLogger(__name__)
 MIN_CLIP_SECONDS = 0.3
 VAL_CLIPS_PER_SPEAKER = 2
 TINY_FILTER_CHANNELS = 512
+TINY_KEYS = ("model.filter_channels", "model.upsample_initial_channel", "model.use_depthwise_conv",
+             "model.flow_share_parameter")  # where the tiny template differs from the full one
 # Characters that break the one-path-per-line list format (the reader splits on "|").
 _LIST_BREAKERS = ("|", "\n", "\r")
 
 
 @dataclass
 class FlistConfigResult:
-    """What one run produced: list lines, the speaker map and the written files."""
+    """What one run produced: list lines, the speaker map, the written files and the skipped paths."""
 
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     spk: dict[str, int] = field(default_factory=dict)
     config_path: str = ""
     diffusion_path: str = ""
+    skipped: list[str] = field(default_factory=list)
 
 
 # --- dataset scan and split ---
@@ -54,12 +59,8 @@ def risky_characters(name: str) -> list[str]:
 
 
 def clip_duration(path: PathLike, sampling_rate: int = 44100) -> float:
-    """Seconds of a dataset clip from its header, checking it is what training reads correctly.
-
-    Raises:
-        DatasetError: unreadable, or not a mono 16-bit PCM WAV at `sampling_rate` (the training loader
-            divides samples by 32768 and requires the model rate, so anything else trains on garbage).
-    """
+    """Seconds of a dataset clip from its header; DatasetError when it is unreadable or not the mono 16-bit
+    PCM WAV at `sampling_rate` that the training loader reads correctly."""
     try:
         info = sf.info(os.fspath(path))
     except (sf.LibsndfileError, RuntimeError) as err:
@@ -79,8 +80,10 @@ def clip_duration(path: PathLike, sampling_rate: int = 44100) -> float:
     return info.frames / float(info.samplerate)
 
 
-def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[str]) -> list[str]:
-    """List paths `<source_dir>/<speaker>/<name>` of one speaker's usable clips, sorted; misfits go to `bad`."""
+def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[str],
+                   skipped: list[str]) -> list[str]:
+    """List paths `<source_dir>/<speaker>/<name>` of one speaker's usable clips, sorted; misfits go to `bad`,
+    names a file list cannot hold to `skipped`."""
     folder = os.path.join(source_dir, speaker)
     clips = []
     for name in sorted(os.listdir(folder)):
@@ -91,6 +94,7 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
             continue
         if any(c in name for c in _LIST_BREAKERS):
             logger.warning(f"Skip {path!r}: '|' and line breaks cannot appear in file-list paths; rename it")
+            skipped.append(path)
             continue
         risky = risky_characters(name)
         if risky:
@@ -108,24 +112,26 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
     return clips
 
 
-def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100,
-                  progress: bool = True) -> tuple[list[str], list[str], list[str]]:
+def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100, progress: bool = True,
+                  skipped: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
     """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training.
 
     List paths are `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at `sampling_rate`.
-    Returns (train paths, val paths, speakers), both lists shuffled by `rng`.
-    Raises:
-        DatasetError: no speaker folder, or clips that training cannot read (all of them listed).
+    Returns (train paths, val paths, speakers), both lists shuffled by `rng`; paths whose name a list cannot
+    hold are appended to `skipped`. Raises DatasetError for no speaker folder, or for clips that training
+    cannot read (all of them listed).
     """
     from tqdm import tqdm
 
     root = os.fspath(source_dir)
     root = root.rstrip("/\\") or root
+    skipped = [] if skipped is None else skipped
     speakers = []
     for speaker in list_speakers(root):
         if any(c in speaker for c in _LIST_BREAKERS):
             logger.warning(f"Skip speaker folder {speaker!r}: '|' and line breaks cannot appear in "
                            "file-list paths")
+            skipped.append(os.path.join(root, speaker))
             continue
         speakers.append(speaker)
     if not speakers:
@@ -137,7 +143,7 @@ def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int =
         risky = risky_characters(speaker)
         if risky:
             logger.warning(f"Detected non-ASCII speaker name: {speaker} (characters {' '.join(risky)})")
-        clips = _speaker_clips(root, speaker, sampling_rate, bad)
+        clips = _speaker_clips(root, speaker, sampling_rate, bad, skipped)
         rng.shuffle(clips)
         val += clips[:VAL_CLIPS_PER_SPEAKER]
         train += clips[VAL_CLIPS_PER_SPEAKER:]
@@ -224,21 +230,63 @@ def patch_diffusion_config(template: Mapping[str, Any], spk: Mapping[str, int],
     return config
 
 
-def _existing_speaker_map(config_path: str) -> dict[str, int] | None:
-    """The `spk` map of an earlier generated config.json, or None (absent or unusable)."""
-    if not os.path.isfile(config_path):
+def _existing_config(path: str, overwrite: bool) -> dict[str, Any] | None:
+    """The user's earlier generated config at `path`, or None (absent, or unreadable with `overwrite`)."""
+    if not os.path.isfile(path):
         return None
     try:
-        spk = load_config(config_path).to_dict().get("spk")
+        return load_config(path).to_dict()
     except ConfigError as err:
-        logger.warning(f"Ignoring the speaker ids of {config_path}: {err}")
+        if not overwrite:
+            raise DatasetError(f"{err}. Fix it, or run with --overwrite_config to replace it by the template "
+                               "(its values are lost then)") from None
+        logger.warning(f"Replacing the unreadable {path} by the template: {err}")
         return None
+
+
+def _speaker_map(existing: Mapping[str, Any] | None, config_path: str) -> dict[str, int] | None:
+    """The `spk` map of an earlier config.json when it is a map of distinct ids, else None."""
+    spk = (existing or {}).get("spk")
     ids = list(spk.values()) if isinstance(spk, Mapping) else []
     valid = bool(ids) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
-    if not valid or len(set(ids)) != len(ids):
+    if existing is not None and (not valid or len(set(ids)) != len(ids)):
         logger.warning(f"Ignoring the speaker ids of {config_path}: spk is not a map of distinct ids")
         return None
-    return dict(spk)
+    return dict(spk) if valid else None
+
+
+def keep_user_values(new: dict[str, Any], old: Mapping[str, Any], forced: set[str],
+                     prefix: str = "") -> tuple[list[str], list[str]]:
+    """Copy the values of an existing config `old` into the freshly generated `new`, except the dotted keys
+    in `forced` (what this step sets). Returns ("key=value" kept, "key=value (was old)" forced) differences."""
+    kept: list[str] = []
+    changed: list[str] = []
+    for key, value in old.items():
+        name = f"{prefix}{key}"
+        if name in forced:
+            if key in new and new[key] != value and name != "spk":
+                changed.append(f"{name}={json.dumps(new[key])} (was {json.dumps(value)})")
+        elif isinstance(value, Mapping) and isinstance(new.get(key), dict):
+            more_kept, more_changed = keep_user_values(new[key], value, forced, name + ".")
+            kept += more_kept
+            changed += more_changed
+        elif key not in new or new[key] != value:
+            new[key] = value
+            kept.append(f"{name}={json.dumps(value, ensure_ascii=False)}")
+    return kept, changed
+
+
+def _write_config(path: str, config: dict[str, Any], old: Mapping[str, Any] | None, forced: set[str]) -> None:
+    """Write a generated config, keeping the user's values of `old` (the file there before) but `forced`."""
+    if old is not None:
+        kept, changed = keep_user_values(config, old, forced)
+        if kept:
+            logger.warning(f"Kept your values in {path} (--overwrite_config restores the template): "
+                           + ", ".join(kept))
+        if changed:
+            logger.warning(f"Set by this step in {path}: " + ", ".join(changed))
+    logger.info(f"Writing to {path}")
+    write_bytes_atomic(path, dump_config(config, yaml_style=path.endswith(".yaml")).encode("utf-8"))
 
 
 def _default_template_dir() -> str:
@@ -251,33 +299,37 @@ def _default_template_dir() -> str:
 
 def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
                             val_list: PathLike = "./filelists/val.txt", source_dir: PathLike = "./dataset/44k",
-                            speech_encoder: str = "vec768l12",
-                            vol_aug: bool = False, tiny: bool = False, seed: int | None = None,
-                            config_dir: PathLike = "configs", template_dir: PathLike | None = None,
-                            progress: bool = True) -> FlistConfigResult:
+                            speech_encoder: str = "vec768l12", vol_aug: bool = False, tiny: bool = False,
+                            seed: int | None = None, config_dir: PathLike = "configs",
+                            template_dir: PathLike | None = None, progress: bool = True,
+                            overwrite_config: bool = False) -> FlistConfigResult:
     """Write the file lists, `<config_dir>/config.json` and `<config_dir>/diffusion.yaml`.
 
     Args:
         vol_aug: set `train.vol_aug` and `model.vol_embedding`.
         tiny: start from `config_tiny_template.json` and force `filter_channels` 512.
         seed: seed of the split shuffles; None = unseeded like 4.1.
-        config_dir: where the configs go; an existing config.json there keeps its speaker ids.
+        config_dir: where the configs go; existing ones there keep their speaker ids and every value the
+            step does not set (speakers, encoder and its width, the `vol_aug`/`tiny` keys when asked for).
         template_dir: folder of the templates; None = `configs_template` (see _default_template_dir).
+        overwrite_config: write the templates over the user's values (speaker ids are still kept).
     Raises:
-        DatasetError: see split_dataset; ValueError: unknown `speech_encoder`.
+        DatasetError: see split_dataset, or an existing config is unreadable.
+        ValueError: unknown `speech_encoder`.
     """
     if speech_encoder not in ENCODER_DIMS:
         raise ValueError(f"unknown speech encoder {speech_encoder!r}; choose one of {', '.join(ENCODER_DIMS)}")
     templates = Path(template_dir if template_dir is not None else _default_template_dir())
     sovits_template = load_config(templates / ("config_tiny_template.json" if tiny else "config_template.json"))
     diffusion_template = load_config(templates / "diffusion_template.yaml")
+    config_path, diffusion_path = (os.path.join(config_dir, name) for name in ("config.json", "diffusion.yaml"))
+    old_sovits, old_diffusion = (_existing_config(p, overwrite_config) for p in (config_path, diffusion_path))
 
     rng = random.Random(seed)
-    sampling_rate = int(sovits_template.data.sampling_rate)
-    train, val, speakers = split_dataset(source_dir, rng, sampling_rate, progress)
-
-    config_path = os.path.join(os.fspath(config_dir), "config.json")
-    existing = _existing_speaker_map(config_path)
+    skipped: list[str] = []
+    rate = int(sovits_template.data.sampling_rate)
+    train, val, speakers = split_dataset(source_dir, rng, rate, progress, skipped)
+    existing = _speaker_map(old_sovits, config_path)
     spk = assign_speaker_ids(speakers, existing)
     if existing is not None:
         logger.info(f"Keeping the speaker ids of the existing {config_path}: {spk}")
@@ -288,11 +340,16 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
     write_filelist(val_list, val, progress)
 
     os.makedirs(config_dir, exist_ok=True)
+    forced = {"spk", "model.n_speakers", "model.speech_encoder", "model.ssl_dim"}
+    if (old_sovits or {}).get("model", {}).get("speech_encoder") != speech_encoder:
+        forced |= {"model.gin_channels", "model.filter_channels"}  # the new encoder's width
+    forced |= {"train.vol_aug", "model.vol_embedding"} if vol_aug else set()
+    forced |= set(TINY_KEYS) if tiny else set()
+    if overwrite_config:
+        old_sovits = old_diffusion = None
     sovits = patch_sovits_config(sovits_template.to_dict(), spk, speech_encoder, vol_aug, tiny)
+    _write_config(config_path, sovits, old_sovits, forced)
     diffusion = patch_diffusion_config(diffusion_template.to_dict(), spk, speech_encoder)
-    diffusion_path = os.path.join(os.fspath(config_dir), "diffusion.yaml")
-    logger.info(f"Writing to {config_path}")
-    write_bytes_atomic(config_path, dump_config(sovits).encode("utf-8"))
-    logger.info(f"Writing to {diffusion_path}")
-    write_bytes_atomic(diffusion_path, dump_config(diffusion, yaml_style=True).encode("utf-8"))
-    return FlistConfigResult(train, val, spk, config_path, diffusion_path)
+    _write_config(diffusion_path, diffusion, old_diffusion, {"spk", "model.n_spk", "data.encoder",
+                                                             "data.encoder_out_channels"})
+    return FlistConfigResult(train, val, spk, config_path, diffusion_path, skipped)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from core.atomic import write_bytes_atomic
+from core.atomic import DiskFullError, remove_stale_temps, write_bytes_atomic
 from core.features import list_speakers
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
 
@@ -143,6 +143,8 @@ def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool 
         buffer = io.BytesIO()
         write_wav_int16(buffer, pcm, target_sr)
         write_bytes_atomic(job.dst, buffer.getvalue())
+    except DiskFullError:
+        raise  # every later clip would fail the same way: the run stops
     except OSError as err:
         return ClipOutcome(job, "failed", f"cannot write {job.dst}: {err.strerror or err}")
     return ClipOutcome(job, "written")
@@ -177,6 +179,7 @@ def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list
     conflicts: list[ClipOutcome] = []
     for speaker in list_speakers(in_dir):
         spk_dir = os.path.join(in_dir, speaker)
+        remove_stale_temps(os.path.join(out_dir, speaker))  # left by a run that was killed mid-write
         jobs: dict[str, ClipJob] = {}
         names = sorted(n for n in os.listdir(spk_dir) if os.path.isfile(os.path.join(spk_dir, n)))
         # Names that keep their spelling claim their output first, then the renamed ones.

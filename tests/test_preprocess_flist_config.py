@@ -231,10 +231,11 @@ def test_missing_dataset_and_bad_arguments(project, capsys):
         assert exc.value.code == 2
 
 
-def test_pipe_in_a_name_is_skipped(project, caplog):
+def test_pipe_in_a_name_is_skipped(project, caplog, capsys):
     write_clip(project / "dataset/44k/s/a.wav", 0.5)
     write_clip(project / "dataset/44k/s/b|c.wav", 0.5)
-    assert flist_script.main([]) == 0
+    assert flist_script.main([]) == 1  # the lists are written, but a clip is left out
+    assert "1 skipped (not in the file lists): ./dataset/44k/s/b|c.wav" in capsys.readouterr().err
     assert read_list(project / "filelists/val.txt") == ["./dataset/44k/s/a.wav"]
     assert any("b|c.wav" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert risky_characters("ä-b c|") == ["ä"]

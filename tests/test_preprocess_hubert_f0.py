@@ -130,7 +130,7 @@ def test_unreadable_clip_is_reported_and_skipped(prepared, monkeypatch, caplog) 
     bad.write_bytes(b"RIFF\x00\x00not really a wav")
     try:
         with caplog.at_level("INFO"):
-            assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 0
+            assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 1
     finally:
         bad.unlink()
     assert "1 failed" in caplog.text and "broken.wav" in caplog.text
@@ -151,6 +151,6 @@ def test_encoder_giving_nan_is_reported(prepared, tmp_path, monkeypatch, caplog)
     torch.save({"cfg": ckpt["cfg"], "model": ckpt["model"]}, project / "pretrain" / "checkpoint_best_legacy_500.pt")
     monkeypatch.chdir(project)
     with caplog.at_level("INFO"):
-        assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 0
+        assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 1
     assert "gave NaN/inf units" in caplog.text and "1 failed" in caplog.text
     assert not (project / "dataset" / "44k" / "kal" / f"{clip.name}.soft.pt").exists()
