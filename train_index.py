@@ -21,19 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run train_index.py with `argv` (default: sys.argv[1:]); returns the exit code."""
     args = build_parser().parse_args(argv)
-
+    from cluster import UnitFileError
     from cluster.feature_index import INDEX_FILE_NAME, save_index_file, train_index
-    from cluster.units import UnitFileError
     from core.config import ConfigError, load_config
     from core.features import DatasetError
 
     try:
-        hps = load_config(args.config)
-        spk = hps.get("spk")
+        spk = load_config(args.config).get("spk")
         if not spk:
             raise ConfigError(f"{args.config} has no spk map (speaker name -> id); "
                               "run preprocess_flist_config.py", args.config, "spk")
-        indexes = train_index(args.root_dir, spk.to_dict() if hasattr(spk, "to_dict") else dict(spk))
+        indexes = train_index(args.root_dir, dict(spk))
     except (ConfigError, DatasetError, UnitFileError) as err:
         print(f"train_index.py: {err}", file=sys.stderr)
         return 1

@@ -1,25 +1,25 @@
-"""Timbre clustering and feature retrieval at inference (`-cr`, `-fr`, `-cm`).
+"""Timbre clustering and feature retrieval: the unit-file reader of both trainings (`cluster.kmeans`,
+`cluster.feature_index`) and the `-cm` file at inference (`-cr`, `-fr`).
 
-A `kmeans_10000.pt` holds k-means centres keyed by speaker *name*; a `feature_and_index.pkl` holds
-faiss indexes keyed by speaker *id*. `ClusterModel` does scikit-learn's nearest-centre `predict`
-with NumPy, so inference never imports scikit-learn. Training lives in `cluster.kmeans` and
-`cluster.feature_index`. Public loader: `load_cluster_or_index(path, feature_retrieval=None) -> UnitMixer`.
+A `kmeans_10000.pt` holds k-means centres keyed by speaker *name*, a `feature_and_index.pkl` faiss indexes
+keyed by speaker *id*. `ClusterModel.predict` is scikit-learn's, in NumPy: inference never imports scikit-learn.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
 
 import numpy as np
 import torch
 
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, safe_torch_load
 
-__all__ = ["ClusterFileError", "ClusterModel", "UnitMixer", "detect_cluster_file", "get_center",
+__all__ = ["ClusterFileError", "ClusterModel", "UnitFileError", "UnitMixer", "detect_cluster_file", "get_center",
            "get_cluster_center_result", "get_cluster_model", "get_cluster_result", "load_cluster_or_index",
-           "mix_units"]
+           "load_unit_rows", "speaker_unit_files", "unit_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,67 @@ class ClusterFileError(CheckpointError):
     """A k-means / index file is not in the 4.1 layout, or does not fit the units or speaker."""
 
 
-class ClusterModel:
-    """One speaker's k-means centres under scikit-learn's attribute names (the stored layout).
+class UnitFileError(ValueError):
+    """A unit file is missing, unreadable or has an unexpected shape; the message names the file."""
 
-    Attributes:
-        cluster_centers_: float32 `[K, C]`; n_features_in_: C; _n_threads: kept to write the file back.
+
+def speaker_unit_files(folder: PathLike, must_contain: str = ".soft.pt") -> list[Path]:
+    """Unit files of `dataset/44k/<speaker>` by path, hidden ones skipped; UnitFileError when there is none.
+
+    `must_contain`: `".soft.pt"` for k-means (names ending with it, as 4.1 globbed), `".wav.soft.pt"` for
+    the index (names containing it, as 4.1 filtered).
     """
+    root = Path(folder)
+    names = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+    files = sorted(p for p in names if p.is_file() and (
+        p.name.endswith(must_contain) if must_contain == ".soft.pt" else must_contain in p.name))
+    if not files:
+        raise UnitFileError(f"{root} has no *{must_contain} files. You need to run preprocess_hubert_f0.py!")
+    return files
+
+
+def load_unit_rows(files: Iterable[PathLike]) -> np.ndarray:
+    """Concatenate the units of `files` (float32 `[1, C, Tu]` each, unstretched) as float32 rows `[sum Tu, C]`.
+
+    Raises UnitFileError: unreadable file, bad shape, or files with different channel counts.
+    """
+    rows: list[np.ndarray] = []
+    first: Path | None = None
+    for path in map(Path, files):
+        try:
+            units = safe_torch_load(path)
+        except Exception as err:  # every loader failure means the same thing to the user
+            raise UnitFileError(f"{path} is unreadable ({err}); re-run preprocess_hubert_f0.py") from None
+        if not isinstance(units, torch.Tensor):
+            raise UnitFileError(f"{path} holds a {type(units).__name__}, not a unit tensor [1, C, T]")
+        if units.dim() == 3 and units.shape[0] == 1:
+            units = units[0]
+        if units.dim() != 2:
+            raise UnitFileError(f"{path} has shape {tuple(units.shape)}; expected units [1, C, T]")
+        block = units.detach().float().cpu().numpy().T  # [Tu, C]
+        if rows and block.shape[1] != rows[0].shape[1]:
+            raise UnitFileError(
+                f"{path} has {block.shape[1]} channels but {first} has {rows[0].shape[1]} (files from "
+                "two different speech encoders?); delete the old features and re-run preprocess_hubert_f0.py")
+        first = first or path
+        rows.append(block)
+    if not rows:
+        raise UnitFileError("no unit files given")
+    return np.ascontiguousarray(np.concatenate(rows, axis=0), dtype=np.float32)
+
+
+def unit_rows(x: ArrayLike, dim: int, holder: str) -> np.ndarray:
+    """Units `[T, C]` (array or tensor) as contiguous float32 rows; ClusterFileError unless C == `dim`."""
+    rows = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != dim:
+        raise ClusterFileError(f"units have shape {tuple(rows.shape)} but {holder} has {dim}-dim vectors "
+                               "(built with another speech encoder?)")
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+class ClusterModel:
+    """One speaker's k-means centres under scikit-learn's attribute names (the stored layout):
+    `cluster_centers_` float32 `[K, C]`, `n_features_in_` C, `_n_threads` (kept to write the file back)."""
 
     def __init__(self, cluster_centers_: np.ndarray, n_features_in_: int | None = None,
                  _n_threads: int = 1) -> None:
@@ -52,12 +107,9 @@ class ClusterModel:
         self._sq = (centres.astype(np.float64) ** 2).sum(axis=1)
 
     def predict(self, x: ArrayLike) -> np.ndarray:
-        """Index of the nearest centre of every row of `x` `[T, C]`; int32 `[T]`.
-
-        The float32 search keeps the two best candidates, which are compared again in float64 so
-        near-ties resolve as an exact computation would.
-        """
-        rows = _as_rows(x, self.n_features_in_)
+        """Index of the nearest centre of every row of `x` `[T, C]`; int32 `[T]`. The two best float32
+        candidates are compared again in float64, so near-ties resolve as an exact computation would."""
+        rows = unit_rows(x, self.n_features_in_, "the cluster model")
         centres = self.cluster_centers_
         labels = np.empty(rows.shape[0], dtype=np.int32)
         k = min(2, centres.shape[0])
@@ -70,24 +122,12 @@ class ClusterModel:
             labels[start:start + len(block)] = cand[np.arange(len(block)), exact.argmin(axis=1)]
         return labels
 
-    def __repr__(self) -> str:
-        return f"ClusterModel(centres={self.cluster_centers_.shape[0]}, dim={self.n_features_in_})"
-
-
-def _as_rows(x: ArrayLike, dim: int) -> np.ndarray:
-    rows = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] != dim:
-        raise ClusterFileError(f"units have shape {tuple(rows.shape)} but the cluster model has {dim}-dim "
-                               "centres (trained on another speech encoder?)")
-    return np.ascontiguousarray(rows, dtype=np.float32)
-
 
 def get_cluster_model(ckpt_path: PathLike) -> dict[str, ClusterModel]:
     """Load `kmeans_10000.pt` (weights-only, NumPy arrays allowed) as speaker name -> ClusterModel."""
     data = safe_torch_load(ckpt_path, allow_numpy=True)
     if not isinstance(data, Mapping) or not data:
-        raise ClusterFileError(f"{ckpt_path}: expected a dict of speaker -> k-means entry, "
-                               f"got {type(data).__name__}")
+        raise ClusterFileError(f"{ckpt_path}: expected a dict of speaker -> k-means entry, got {type(data).__name__}")
     models: dict[str, ClusterModel] = {}
     for spk, entry in data.items():
         if not isinstance(entry, Mapping) or "cluster_centers_" not in entry:
@@ -119,28 +159,14 @@ def get_center(model: Mapping[str, ClusterModel], x: ArrayLike, speaker: str) ->
     return _model_of(model, speaker).cluster_centers_[np.asarray(x)]
 
 
-def mix_units(units: ArrayLike, target: ArrayLike, ratio: float) -> ArrayLike:
-    """`ratio * target + (1 - ratio) * units` (the `-cr` blend), in the type and dtype of `units`."""
-    if isinstance(units, torch.Tensor):
-        tgt = target if isinstance(target, torch.Tensor) else torch.from_numpy(np.asarray(target))
-        return ratio * tgt.to(units) + (1 - ratio) * units
-    return (ratio * np.asarray(target) + (1 - ratio) * units).astype(units.dtype)
-
-
-# --- one entry point for inference: -cm file of either kind ---
 def detect_cluster_file(path: PathLike) -> Literal["kmeans", "index"]:
-    """Tell a k-means `.pt` from a feature-index `.pkl` by content, not by name or `-fr`.
-
-    torch files are zip archives (or, before torch 1.6, a pickle opening with a magic number); the
-    index is a raw pickle whose first global is a faiss class.
-    Raises:
-        CheckpointNotFoundError: no such file. ClusterFileError: neither kind.
-    """
+    """Tell a k-means `.pt` (a zip, or a legacy torch pickle) from a feature-index `.pkl` (a raw pickle
+    naming a faiss class) by content, not by name or `-fr`; CheckpointNotFoundError / ClusterFileError."""
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"cluster/index file {path} not found")
     with open(path, "rb") as f:
         head = f.read(4096)
-    if head[:4] == b"PK\x03\x04" or head[:4] == _TORCH_LEGACY_PREFIX:
+    if head[:4] in (b"PK\x03\x04", _TORCH_LEGACY_PREFIX):
         return "kmeans"
     if head[:1] == b"\x80" and b"faiss" in head:
         return "index"
@@ -157,7 +183,7 @@ class UnitMixer:
     path: str
     models: dict[Any, Any]
 
-    def target(self, units: np.ndarray, speaker: str, speaker_id: int) -> np.ndarray:
+    def target(self, units: ArrayLike, speaker: str, speaker_id: int) -> np.ndarray:
         """Cluster centres or retrieved features for `units` `[T, C]`; float32 `[T, C]`."""
         if self.kind == "kmeans":
             return get_cluster_center_result(self.models, units, speaker)
@@ -169,20 +195,19 @@ class UnitMixer:
         return retrieve_features(self.models[speaker_id], units)
 
     def mix(self, units: ArrayLike, speaker: str, speaker_id: int, ratio: float) -> ArrayLike:
-        """Blend `units` `[T, C]` (array or tensor) toward the speaker's target by `ratio`."""
-        rows = units.detach().float().cpu().numpy() if isinstance(units, torch.Tensor) else np.asarray(units)
-        return mix_units(units, self.target(rows, speaker, speaker_id), ratio)
+        """`ratio * target + (1 - ratio) * units` (the `-cr` blend) of `units` `[T, C]`, in their type and dtype."""
+        target = self.target(units, speaker, speaker_id)
+        if isinstance(units, torch.Tensor):
+            return ratio * torch.from_numpy(target).to(units) + (1 - ratio) * units
+        return (ratio * target + (1 - ratio) * units).astype(units.dtype)
 
 
 def load_cluster_or_index(path: PathLike, feature_retrieval: bool | None = None) -> UnitMixer:
     """Load a `kmeans_10000.pt` or `feature_and_index.pkl`, whichever `path` contains.
 
-    Args:
-        feature_retrieval: what the user asked for (`-fr`); a file of the other kind is still used,
-            with a warning. None: no check.
-    Raises:
-        CheckpointNotFoundError (a FileNotFoundError): no such file.
-        ClusterFileError / IndexFileError / UnsafeIndexFileError: neither kind, damaged, or refused.
+    `feature_retrieval` is what the user asked for (`-fr`; None: no check): a file of the other kind is still
+    used, with a warning. Raises CheckpointNotFoundError (a FileNotFoundError), or ClusterFileError /
+    IndexFileError / UnsafeIndexFileError for a file of neither kind, damaged or refused.
     """
     kind = detect_cluster_file(path)
     if kind == "index" and feature_retrieval is False:

@@ -1,13 +1,11 @@
 """Feature-retrieval index: training (`train_index.py`), the `feature_and_index.pkl` file, and lookup.
 
-The file is a pickle of `{speaker_id: faiss index}`; faiss pickles an index as its class plus
-`{'this': serialised bytes}`. It is read with a guarded unpickler whose only global is a faiss
-`Index*` class, resolved to an inert placeholder that keeps the bytes for `faiss.deserialize_index`:
-nothing named by the file is ever called. faiss and scikit-learn are imported only where needed.
+The file is a pickle of `{speaker_id: faiss index}`, each index pickled as its class plus `{'this': bytes}`.
+It is read with a guarded unpickler that turns faiss `Index*` classes into inert holders of those bytes
+for `faiss.deserialize_index`: nothing the file names is ever called. faiss and scikit-learn load lazily.
 """
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -17,7 +15,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files
+from cluster import UnitFileError, load_unit_rows, speaker_unit_files, unit_rows
 from core.atomic import write_atomic
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 from core.features import list_speakers
@@ -26,17 +24,13 @@ from core.pickle_guard import GuardedUnpickler
 __all__ = ["INDEX_FILE_NAME", "IndexFileError", "UnsafeIndexFileError", "load_index_file", "n_ivf_lists",
            "retrieve_features", "save_index_file", "search_index", "train_index", "train_speaker_index"]
 
-logger = logging.getLogger(__name__)
-
 PathLike = str | os.PathLike
 INDEX_FILE_NAME = "feature_and_index.pkl"
 REDUCE_ABOVE = 200_000  # 4.1 replaces larger speakers by 10 000 MiniBatchKMeans centres
 REDUCED_CENTRES = 10_000
-ADD_BATCH = 8192
 MIN_DISTANCE = 1e-8  # an exact match (distance 0) would get an infinite weight (NaN in 4.1)
 # faiss loads one of several SWIG builds; the pickle names whichever was loaded when it was written.
-_FAISS_MODULE = re.compile(r"faiss(\.swigfaiss(_\w+)?)?")
-_FAISS_INDEX_CLASS = re.compile(r"Index\w*")
+_FAISS_INDEX_CLASS = re.compile(r"faiss(\.swigfaiss(_\w+)?)?\.Index\w*")
 
 
 class IndexFileError(CheckpointError):
@@ -69,20 +63,16 @@ def _reduce_rows(rows: np.ndarray, n_centres: int) -> np.ndarray:
 
 def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.ndarray | None = None,
                         reduce_above: int = REDUCE_ABOVE, n_centres: int = REDUCED_CENTRES) -> Any:
-    """Build one speaker's `IVF<n>,Flat` index (L2, nprobe 1) as 4.1 does.
+    """One speaker's `IVF<n>,Flat` index (L2, nprobe 1) of unit rows `[N, C]` in file order, as 4.1 builds it.
 
-    Args:
-        rows: unit rows `[N, C]` float32 (unstretched, in file order).
-        speaker: name used in error messages.
-        permutation: row order; default `np.random.shuffle` on NumPy's global RNG, unseeded as in 4.1
-            (a recorded permutation reproduces an index byte for byte).
-        reduce_above / n_centres: rows above which the speaker is replaced by k-means centres.
-    Returns `faiss.IndexIVFFlat` with all (possibly reduced) rows; raises UnitFileError below 39 rows.
+    `permutation` is the row order; default `np.random.shuffle` on NumPy's unseeded global RNG, as 4.1 (a
+    recorded permutation reproduces an index byte for byte). Above `reduce_above` rows the speaker is
+    replaced by `n_centres` k-means centres. Returns a `faiss.IndexIVFFlat`; UnitFileError below 39 rows.
     """
     import faiss
 
     if permutation is None:
-        rows = np.array(rows, dtype=np.float32, order="C")  # a copy: the shuffle must not touch the caller's rows
+        rows = np.array(rows, dtype=np.float32, order="C")  # a copy: the caller's rows stay in order
         np.random.shuffle(rows)
     else:
         perm = np.asarray(permutation)
@@ -100,27 +90,21 @@ def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.nda
     index = faiss.index_factory(dim, f"IVF{n_ivf},Flat")
     faiss.extract_index_ivf(index).nprobe = 1
     index.train(rows)
-    for start in range(0, n_rows, ADD_BATCH):
-        index.add(rows[start:start + ADD_BATCH])
+    index.add(rows)  # faiss adds in blocks itself (4.1's batches of 8192 give the same lists)
     return index
 
 
 def train_index(root_dir: PathLike, spk: Mapping[str, int]) -> dict[int, Any]:
     """Index every speaker of the config's `spk` map (name -> id), in map order; returns `{id: index}`.
 
-    Raises:
-        DatasetError: no `root_dir` folder.
-        UnitFileError: a speaker folder without `*.wav.soft.pt` files (or too few frames).
+    Raises DatasetError (no `root_dir`) or UnitFileError (a speaker without `*.wav.soft.pt` files, or too
+    few frames).
     """
     list_speakers(root_dir)  # a missing dataset folder gets its own message
     result: dict[int, Any] = {}
     for name, sid in spk.items():
         print(f"now, index {name} feature...")
-        files = speaker_unit_files(Path(root_dir) / name, ".wav.soft.pt")
-        if not files:
-            raise UnitFileError(f"{Path(root_dir) / name} has no .wav.soft.pt files. "
-                                "You need to run preprocess_hubert_f0.py!")
-        rows = load_unit_rows(files)
+        rows = load_unit_rows(speaker_unit_files(Path(root_dir) / name, ".wav.soft.pt"))
         print("The feature index is constructing.")
         result[int(sid)] = train_speaker_index(rows, speaker=name)
         print("Successfully build index")
@@ -135,61 +119,34 @@ def save_index_file(indexes: Mapping[int, Any], path: PathLike) -> None:
 
 # --- loading ---
 class _PickledIndex:
-    """Stand-in for a pickled faiss index that keeps the serialised bytes; one subclass per class name."""
+    """Inert stand-in for a pickled faiss index: keeps the serialised bytes, calls nothing."""
 
-    qualname: ClassVar[str] = ""
     blob: bytes | None = None
-
-    def __new__(cls, *args: Any) -> "_PickledIndex":
-        if args:
-            raise pickle.UnpicklingError(f"{cls.qualname} pickled with constructor arguments (not faiss's format)")
-        return object.__new__(cls)
 
     def __setstate__(self, state: Any) -> None:
         blob = state.get("this") if isinstance(state, dict) and set(state) == {"this"} else None
         if not isinstance(blob, (bytes, bytearray)):
-            raise pickle.UnpicklingError(f"unexpected state for {self.qualname}: not faiss-serialised bytes")
+            raise pickle.UnpicklingError("unexpected state for a faiss index: not faiss-serialised bytes")
         self.blob = bytes(blob)
 
 
 class _IndexUnpickler(GuardedUnpickler):
-    """Allows no global at all except faiss `Index*` classes, which become inert placeholders."""
+    """No global at all except faiss `Index*` classes, which become inert placeholders."""
 
     allowed: ClassVar[dict[tuple[str, str], Any]] = {}
 
     def refuse(self, module: str, name: str) -> Any:
-        if _FAISS_MODULE.fullmatch(module) and _FAISS_INDEX_CLASS.fullmatch(name):
-            return type("PickledFaissIndex", (_PickledIndex,), {"qualname": f"{module}.{name}"})
-        raise UnsafeIndexFileError(
-            f"refused to load: the file would import {module}.{name}, which a faiss feature index "
-            "never needs. Nothing from the file was executed.")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeIndexFileError("refused to load: the file uses persistent ids (not a faiss index pickle)")
-
-
-def _deserialize(obj: _PickledIndex, path: str) -> Any:
-    import faiss
-
-    if obj.blob is None:
-        raise IndexFileError(f"{path}: {obj.qualname} entry has no serialised data")
-    try:
-        index = faiss.deserialize_index(np.frombuffer(obj.blob, dtype=np.uint8))
-    except Exception as err:  # faiss raises RuntimeError with its C++ message
-        raise IndexFileError(f"{path}: damaged faiss index data ({str(err).strip()[:200]})") from None
-    expected = obj.qualname.rsplit(".", 1)[-1]
-    if type(index).__name__ != expected:
-        logger.warning("%s: pickle names %s but the data is a %s", path, expected, type(index).__name__)
-    return index
+        if _FAISS_INDEX_CLASS.fullmatch(f"{module}.{name}"):
+            return _PickledIndex
+        raise UnsafeIndexFileError(f"refused to load: the file would import {module}.{name}, which a faiss "
+                                   "feature index never needs. Nothing from the file was executed.")
 
 
 def load_index_file(path: PathLike) -> dict[int, Any]:
     """Read a `feature_and_index.pkl` safely; returns `{speaker_id: faiss index}`.
 
-    Raises:
-        CheckpointNotFoundError: no such file.
-        UnsafeIndexFileError: the pickle names anything but a faiss index class (not executed).
-        IndexFileError: damaged, or not a dict of speaker id -> faiss index.
+    Raises CheckpointNotFoundError (no such file), UnsafeIndexFileError (the pickle names anything but a
+    faiss index class; nothing executed) or IndexFileError (damaged, or not speaker id -> faiss index).
     """
     name = str(path)
     if not os.path.isfile(path):
@@ -204,11 +161,18 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
                              f"({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(data, dict) or not data:
         raise IndexFileError(f"{name}: expected a dict of speaker id -> faiss index, got {type(data).__name__}")
+    import faiss
+
     out: dict[int, Any] = {}
     for key, value in data.items():
         if not isinstance(key, int) or isinstance(key, bool) or not isinstance(value, _PickledIndex):
             raise IndexFileError(f"{name}: entry {key!r} is not speaker id -> faiss index")
-        out[key] = _deserialize(value, name)
+        if value.blob is None:
+            raise IndexFileError(f"{name}: entry {key!r} has no serialised faiss data")
+        try:
+            out[key] = faiss.deserialize_index(np.frombuffer(value.blob, dtype=np.uint8))
+        except Exception as err:  # faiss raises RuntimeError with its C++ message
+            raise IndexFileError(f"{name}: damaged faiss index data ({str(err).strip()[:200]})") from None
     return out
 
 
@@ -216,25 +180,20 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
 def search_index(index: Any, units: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k nearest stored vectors of every frame of `units` `[T, C]` (squared L2, the index's nprobe).
 
-    Returns:
-        (distances float32 `[T, k]`, ids int64 `[T, k]` (-1 where fewer than k were found), vectors
-        float32 `[T, k, C]` (undefined where the id is -1), taken from the probed lists).
+    Returns (distances float32 `[T, k]`, ids int64 `[T, k]` (-1 where fewer than k were found), vectors
+    float32 `[T, k, C]` from the probed lists, undefined where the id is -1).
     """
-    query = np.ascontiguousarray(units, dtype=np.float32)
-    if query.ndim != 2 or query.shape[1] != index.d:
-        raise ValueError(f"units have shape {tuple(query.shape)} but the index holds {index.d}-dim vectors "
-                         "(index built with another speech encoder?)")
-    return index.search_and_reconstruct(query, k)
+    return index.search_and_reconstruct(unit_rows(units, index.d, "the index"), k)
 
 
 def retrieve_features(index: Any, units: np.ndarray, k: int = 8) -> np.ndarray:
     """Retrieved features for `-fr`: units `[T, C]` -> float32 `[T, C]`.
 
-    Neighbour j of a frame weighs `(1/d_j)² / Σ(1/d)²` (d: squared L2 distance, as 4.1), with d clamped
-    to >= 1e-8 so an exact match dominates instead of giving NaN; missing neighbours (id -1) weigh 0,
-    and a frame with no neighbour at all keeps its input value.
+    Neighbour j weighs `(1/d_j)² / Σ(1/d)²` (d: squared L2 distance, as 4.1), d clamped to >= 1e-8 so an
+    exact match dominates instead of giving NaN; missing neighbours (id -1) weigh 0; a frame without
+    any neighbour keeps its input value.
     """
-    query = np.ascontiguousarray(units, dtype=np.float32)
+    query = unit_rows(units, index.d, "the index")
     dist, ids, vecs = search_index(index, query, k)
     w = (1.0 / np.maximum(dist.astype(np.float64), MIN_DISTANCE)) ** 2
     w[ids < 0] = 0.0

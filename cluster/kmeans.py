@@ -1,12 +1,10 @@
 """Per-speaker k-means of content units, saved as `kmeans_10000.pt` ({speaker name: centres entry}).
 
-CPU: scikit-learn `KMeans` with library defaults (or `MiniBatchKMeans(batch_size=4096, max_iter=80)`),
-as 4.1 runs it; `--gpu`: `torch_kmeans`, our PyTorch k-means (also runs on CPU). scikit-learn is
-imported only when the CPU path runs.
+CPU: scikit-learn `KMeans` with library defaults (or `MiniBatchKMeans(batch_size=4096, max_iter=80)`), as
+4.1 runs it, imported only then; `--gpu`: `torch_kmeans`, our PyTorch k-means (also runs on CPU).
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -15,15 +13,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files
+from cluster import load_unit_rows, speaker_unit_files
 from core.atomic import write_atomic
 from core.device import resolve_device
 from core.features import DatasetError, list_speakers
 
-__all__ = ["KMEANS_FILE_NAME", "N_CLUSTERS", "TooFewFramesError", "centres_entry", "check_enough_frames",
-           "nearest_centre", "torch_kmeans", "train_cluster", "train_speaker_kmeans"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["KMEANS_FILE_NAME", "N_CLUSTERS", "TooFewFramesError", "nearest_centre", "torch_kmeans", "train_cluster",
+           "train_speaker_kmeans"]
 
 PathLike = str | os.PathLike
 N_CLUSTERS = 10000
@@ -37,16 +33,6 @@ class TooFewFramesError(ValueError):
     """A speaker has fewer unit frames than clusters asked for."""
 
 
-def check_enough_frames(speaker: str, n_frames: int, n_clusters: int) -> None:
-    """Raise TooFewFramesError unless there is at least one frame per cluster."""
-    if n_frames < n_clusters:
-        # ~50 unit frames per second of audio (hop 320 at 16 kHz).
-        seconds = n_clusters / 50
-        raise TooFewFramesError(
-            f"Speaker '{speaker}' has only {n_frames} unit frames; k-means with {n_clusters} clusters needs "
-            f"at least {n_clusters} (≈{seconds:.0f} s). Use feature retrieval or more data.")
-
-
 def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centre of every row: x `[N, C]`, centres `[K, C]` -> int64 `[N]`."""
     c_sq = (centres * centres).sum(dim=1)  # [K]; ||x||² is the same for every centre of a row
@@ -56,50 +42,36 @@ def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
-def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """Squared distances `[M, N]` from candidate centres `[M, C]` to rows `[N, C]`."""
-    d = x_sq[None, :] + (cand * cand).sum(dim=1)[:, None] - 2.0 * (cand @ x.T)
-    return d.clamp_min_(0.0)
-
-
 def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """Greedy k-means++: each new centre is the best of 2 + ln k candidates drawn ∝ squared distance
     (the extra candidates make two centres in one true cluster far less likely)."""
     n = x.shape[0]
     trials = 2 + int(np.log(k))
-    x_sq = (x * x).sum(dim=1)
-    first = int(torch.randint(n, (1,), generator=gen, device=x.device).item())
-    centres = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    centres[0] = x[first]
-    d2 = _sq_dist(x, x_sq, centres[:1])[0]
-    for j in range(1, k):
+    chosen = [int(torch.randint(n, (1,), generator=gen, device=x.device).item())]
+    d2 = torch.cdist(x[chosen], x).square_()[0]  # squared distance of every row to its nearest centre
+    for _ in range(1, k):
         total = d2.sum()
         if float(total) <= 0.0:  # fewer distinct rows than clusters: duplicate centres are unavoidable
             picks = torch.randint(n, (trials,), generator=gen, device=x.device)
         else:
             picks = torch.multinomial(d2 / total, trials, replacement=True, generator=gen)
-        cand_d2 = torch.minimum(d2[None, :], _sq_dist(x, x_sq, x[picks]))  # [trials, N]
+        cand_d2 = torch.minimum(d2[None, :], torch.cdist(x[picks], x).square_())  # [trials, N]
         best = int(torch.argmin(cand_d2.sum(dim=1)).item())
-        centres[j] = x[picks[best]]
+        chosen.append(int(picks[best]))
         d2 = cand_d2[best]
-    return centres
+    return x[chosen]
 
 
 def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: float = 1e-2,
-                 batch_size: int = 32768, init_sample: int | None = None, seed: int | None = None,
-                 verbose: bool = False) -> torch.Tensor:
-    """PyTorch k-means (the `--gpu` path) on whatever device `x` is on.
+                 batch_size: int = 32768, init_sample: int | None = None, seed: int | None = None) -> torch.Tensor:
+    """PyTorch k-means (the `--gpu` path) of rows `x` `[N >= n_clusters, C]` on x's device -> centres
+    `[n_clusters, C]` float32.
 
-    k-means++ seeding on a sample of the rows, then Lloyd updates: plain means when all rows fit in one
-    batch, else random mini-batches moving each centre by `0.9 / count + 0.1` (count = 1 + rows it has
-    received). Stops after `max_iter` updates or when the summed squared centre shift is <= `tol`;
-    clusters that receive no rows keep their centre.
-
-    Args:
-        x: rows `[N, C]` float32, N >= n_clusters.
-        init_sample: rows used for seeding (default min(N, max(8 * n_clusters, 4096))).
-        seed: seeds the sampling (None: nondeterministic).
-    Returns centres `[n_clusters, C]` float32 on x's device.
+    k-means++ seeding on `init_sample` rows (default min(N, max(8 * n_clusters, 4096))), then Lloyd updates:
+    plain means when all rows fit in one batch, else random mini-batches moving each centre by
+    `0.9 / count + 0.1` (count = 1 + rows it has received). Stops after `max_iter` updates or when the
+    summed squared centre shift is <= `tol`; clusters that receive no rows keep their centre. `seed`
+    seeds the sampling (None: nondeterministic).
     """
     n, dim = x.shape
     if n < n_clusters:
@@ -112,54 +84,41 @@ def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: flo
     centres = _kmeanspp(sample, n_clusters, gen)
     counts = torch.ones(n_clusters, dtype=x.dtype, device=x.device)
     full = batch_size >= n
-    for it in range(max_iter):
+    for _ in range(max_iter):
         batch = x if full else x[torch.randint(n, (batch_size,), generator=gen, device=x.device)]
         labels = nearest_centre(batch, centres)
         sums = torch.zeros_like(centres).index_add_(0, labels, batch)
         hits = torch.bincount(labels, minlength=n_clusters).to(x.dtype)
         seen = hits > 0
-        means = sums[seen] / hits[seen, None]
         rate = torch.ones_like(counts) if full else 0.9 / counts + 0.1
         counts += hits
-        new = centres.clone()
-        new[seen] = centres[seen] + rate[seen, None] * (means - centres[seen])
-        shift = float(((new - centres) ** 2).sum())
-        centres = new
-        if verbose:
-            logger.info("k-means iteration %d: centre shift² %.4g", it, shift)
-        if shift <= tol:
+        step = rate[seen, None] * (sums[seen] / hits[seen, None] - centres[seen])
+        centres[seen] += step
+        if float((step ** 2).sum()) <= tol:  # summed squared centre shift
             break
     return centres
 
 
-def centres_entry(centres: np.ndarray, n_threads: int) -> dict[str, Any]:
-    """One speaker's value in `kmeans_10000.pt`: the three attributes 4.1 keeps from a fitted KMeans."""
-    centres = np.ascontiguousarray(centres, dtype=np.float32)
-    return {"n_features_in_": int(centres.shape[1]), "_n_threads": int(n_threads), "cluster_centers_": centres}
-
-
 def train_speaker_kmeans(rows: np.ndarray, n_clusters: int = N_CLUSTERS, use_gpu: bool = False,
-                         minibatch: bool = False, seed: int | None = None, device: str | None = None,
-                         verbose: bool = False) -> dict[str, Any]:
-    """k-means of one speaker's unit rows `[N, C]`; returns its `kmeans_10000.pt` entry.
+                         minibatch: bool = False, seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """k-means of one speaker's unit rows `[N, C]`; returns its `kmeans_10000.pt` entry (the three
+    attributes 4.1 keeps from a fitted KMeans).
 
     CPU: scikit-learn with `seed` as `random_state` (None: NumPy's global RNG, as 4.1). `use_gpu`:
     `torch_kmeans` on `device` (None: `core.device.resolve_device`).
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if use_gpu:
-        dev = resolve_device(device)
-        centres = torch_kmeans(torch.from_numpy(rows).to(dev), n_clusters, seed=seed, verbose=verbose)
-        return centres_entry(centres.cpu().numpy(), GPU_N_THREADS)
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
-    if minibatch:
-        model = MiniBatchKMeans(n_clusters=n_clusters, verbose=verbose, batch_size=4096, max_iter=80,
-                                random_state=seed)
+        x = torch.from_numpy(rows).to(resolve_device(device))
+        centres, n_threads = torch_kmeans(x, n_clusters, seed=seed).cpu().numpy(), GPU_N_THREADS
     else:
-        model = KMeans(n_clusters=n_clusters, verbose=verbose, random_state=seed)
-    model.fit(rows)
-    return centres_entry(model.cluster_centers_, model._n_threads)
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+
+        model = (MiniBatchKMeans(n_clusters=n_clusters, batch_size=4096, max_iter=80, random_state=seed)
+                 if minibatch else KMeans(n_clusters=n_clusters, random_state=seed))
+        centres, n_threads = model.fit(rows).cluster_centers_, model._n_threads
+    centres = np.ascontiguousarray(centres, dtype=np.float32)
+    return {"n_features_in_": int(centres.shape[1]), "_n_threads": int(n_threads), "cluster_centers_": centres}
 
 
 def train_cluster(dataset: PathLike = "./dataset/44k", output: PathLike = "logs/44k",
@@ -168,24 +127,21 @@ def train_cluster(dataset: PathLike = "./dataset/44k", output: PathLike = "logs/
                   progress: Callable[[list[Path]], Any] | None = None) -> Path:
     """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt` atomically.
 
-    Every speaker's frame count is checked before any clustering starts, so a too-small one fails fast.
     `progress` wraps each speaker's file list (e.g. `tqdm.tqdm`). Returns the written path.
-    Raises:
-        DatasetError: no dataset folder or no speaker in it.
-        UnitFileError: a speaker without `*.soft.pt` files, or an unreadable unit file.
-        TooFewFramesError: a speaker with fewer frames than `n_clusters`.
+    Raises DatasetError (no dataset folder or speaker), UnitFileError (a speaker without `*.soft.pt` files,
+    an unreadable unit file) or TooFewFramesError (a speaker with fewer frames than `n_clusters`).
     """
     speakers = list_speakers(dataset)
     if not speakers:
         raise DatasetError(f"no speaker folders in {os.fspath(dataset)}: run python resample.py and "
                            "preprocess_hubert_f0.py first")
-    files_of: dict[str, list[Path]] = {}
-    for spk in speakers:  # first pass: fail fast, before hours of clustering, on any unusable speaker
-        files = speaker_unit_files(Path(dataset) / spk, ".soft.pt")
-        if not files:
-            raise UnitFileError(f"{Path(dataset) / spk} has no *.soft.pt files; run preprocess_hubert_f0.py first")
-        check_enough_frames(spk, load_unit_rows(files).shape[0], n_clusters)
-        files_of[spk] = files
+    files_of = {spk: speaker_unit_files(Path(dataset) / spk, ".soft.pt") for spk in speakers}
+    for spk, files in files_of.items():  # fail fast, before hours of clustering, on any unusable speaker
+        n_frames = load_unit_rows(files).shape[0]
+        if n_frames < n_clusters:  # ~50 unit frames per second of audio (hop 320 at 16 kHz)
+            raise TooFewFramesError(
+                f"Speaker '{spk}' has only {n_frames} unit frames; k-means with {n_clusters} clusters needs "
+                f"at least {n_clusters} (≈{n_clusters / 50:.0f} s). Use feature retrieval or more data.")
     result: dict[str, dict[str, Any]] = {}
     for spk, files in files_of.items():  # one speaker's rows in memory at a time
         print(f"train kmeans for {spk}...")

@@ -33,12 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n_clusters < 1:
         parser.error(f"--n_clusters must be >= 1, got {args.n_clusters}")
-
     import torch
     import tqdm
 
+    from cluster import UnitFileError
     from cluster.kmeans import TooFewFramesError, train_cluster
-    from cluster.units import UnitFileError
     from core.features import DatasetError
 
     if args.gpu and not torch.cuda.is_available():

@@ -16,9 +16,8 @@ import torch
 from conftest import FIXTURES, ROOT
 
 import cluster
-from cluster import ClusterFileError, ClusterModel, load_cluster_or_index
+from cluster import ClusterFileError, ClusterModel, load_cluster_or_index, load_unit_rows, speaker_unit_files
 from cluster.kmeans import TooFewFramesError, torch_kmeans, train_cluster
-from cluster.units import load_unit_rows, speaker_unit_files
 from core.checkpoint import UnsafeCheckpointError
 
 FOLDER = FIXTURES / "cluster"
@@ -123,7 +122,7 @@ def test_malicious_kmeans_file_refused(tmp_path):
 
 def test_detect_by_content(fx, tmp_path):
     cases, _ = fx
-    swapped_pt = tmp_path / "feature_and_index.pt"  # a .pkl named .pt and vice versa (quirk 47)
+    swapped_pt = tmp_path / "feature_and_index.pt"  # a .pkl named .pt and vice versa
     swapped_pkl = tmp_path / "kmeans_10000.pkl"
     shutil.copyfile(FOLDER / "feature_and_index.pkl", swapped_pt)
     shutil.copyfile(FOLDER / cases["kmeans"]["file"], swapped_pkl)
@@ -188,7 +187,7 @@ def test_train_cluster_script(fx, model, tmp_path, monkeypatch, capsys, gpu):
         (dataset / spk).mkdir(parents=True)
         for f in speaker_unit_files(FOLDER / "dataset" / "44k" / spk):
             shutil.copyfile(f, dataset / spk / f.name)
-    (dataset / ".ipynb_checkpoints").mkdir()  # quirk 51: hidden folders are not speakers
+    (dataset / ".ipynb_checkpoints").mkdir()  # hidden folders are not speakers
     shutil.copyfile(FOLDER / "dataset/44k/spk_a/clip0.wav.soft.pt", dataset / ".ipynb_checkpoints/x.wav.soft.pt")
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", "dataset/44k", "--output", "logs/44k", "--n_clusters", "8", "--seed", "0"]

@@ -16,7 +16,7 @@ from conftest import FIXTURES
 
 faiss = pytest.importorskip("faiss")
 
-from cluster import load_cluster_or_index  # noqa: E402
+from cluster import UnitFileError, load_cluster_or_index, load_unit_rows, speaker_unit_files  # noqa: E402
 from cluster.feature_index import (  # noqa: E402
     IndexFileError,
     UnsafeIndexFileError,
@@ -27,7 +27,6 @@ from cluster.feature_index import (  # noqa: E402
     search_index,
     train_speaker_index,
 )
-from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files  # noqa: E402
 
 FOLDER = FIXTURES / "cluster"
 ATOL = 1e-4
@@ -94,7 +93,7 @@ def test_retrieval_mix_matches_svc(fx):
 
 
 def test_exact_match_is_finite(fx, indexes):
-    """Quirk 57: 4.1 gives NaN where a frame equals a stored vector; the clamped weight makes it win."""
+    """4.1 gives NaN where a frame equals a stored vector; the clamped weight makes it win."""
     cases, arr = fx
     spk2id = {v["speaker_name"]: k for k, v in _speaker_cases(cases).items()}
     for name, meta in cases["retrieval"]["svc_mix_exact_match"].items():
