@@ -127,7 +127,8 @@ def get_cluster_model(ckpt_path: PathLike) -> dict[str, ClusterModel]:
     """Load `kmeans_10000.pt` (weights-only, NumPy arrays allowed) as speaker name -> ClusterModel."""
     data = safe_torch_load(ckpt_path, allow_numpy=True)
     if not isinstance(data, Mapping) or not data:
-        raise ClusterFileError(f"{ckpt_path}: expected a dict of speaker -> k-means entry, got {type(data).__name__}")
+        raise ClusterFileError(f"{ckpt_path}: expected a dict of speaker -> k-means entry, "
+                               f"got {type(data).__name__}")
     models: dict[str, ClusterModel] = {}
     for spk, entry in data.items():
         if not isinstance(entry, Mapping) or "cluster_centers_" not in entry:
@@ -195,7 +196,7 @@ class UnitMixer:
         return retrieve_features(self.models[speaker_id], units)
 
     def mix(self, units: ArrayLike, speaker: str, speaker_id: int, ratio: float) -> ArrayLike:
-        """`ratio * target + (1 - ratio) * units` (the `-cr` blend) of `units` `[T, C]`, in their type and dtype."""
+        """`ratio * target + (1 - ratio) * units` (the `-cr` blend) of `units` `[T, C]`, same type and dtype."""
         target = self.target(units, speaker, speaker_id)
         if isinstance(units, torch.Tensor):
             return ratio * torch.from_numpy(target).to(units) + (1 - ratio) * units

@@ -18,8 +18,8 @@ from core.atomic import write_atomic
 from core.device import resolve_device
 from core.features import DatasetError, list_speakers
 
-__all__ = ["KMEANS_FILE_NAME", "N_CLUSTERS", "TooFewFramesError", "nearest_centre", "torch_kmeans", "train_cluster",
-           "train_speaker_kmeans"]
+__all__ = ["KMEANS_FILE_NAME", "N_CLUSTERS", "TooFewFramesError", "nearest_centre", "torch_kmeans",
+           "train_cluster", "train_speaker_kmeans"]
 
 PathLike = str | os.PathLike
 N_CLUSTERS = 10000
@@ -100,7 +100,8 @@ def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: flo
 
 
 def train_speaker_kmeans(rows: np.ndarray, n_clusters: int = N_CLUSTERS, use_gpu: bool = False,
-                         minibatch: bool = False, seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+                         minibatch: bool = False, seed: int | None = None,
+                         device: str | None = None) -> dict[str, Any]:
     """k-means of one speaker's unit rows `[N, C]`; returns its `kmeans_10000.pt` entry (the three
     attributes 4.1 keeps from a fitted KMeans).
 
