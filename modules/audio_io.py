@@ -16,10 +16,8 @@ PathLike = str | os.PathLike
 
 
 class AudioReadError(ValueError):
-    """An audio file cannot be used: unreadable, corrupt, empty or holding non-finite samples.
-
-    `path` is the file and `reason` the short cause (without the path), for summaries.
-    """
+    """An audio file is unreadable, corrupt, empty or holds non-finite samples; `path` and the short
+    `reason` (without the path) are kept for summaries."""
 
     def __init__(self, path: PathLike, reason: str) -> None:
         super().__init__(f"{os.fspath(path)}: {reason}")
@@ -28,18 +26,10 @@ class AudioReadError(ValueError):
 
 
 def read_audio_mono(path: PathLike) -> tuple[np.ndarray, int]:
-    """Decode a whole audio file at its native rate and average its channels.
+    """(samples float32 [L], rate in Hz) of a whole audio file at its native rate, channels averaged.
 
-    Integer formats are scaled to [-1, 1) the way libsndfile does (int16 / 32768, unsigned 8-bit
-    centred on 128), float files keep their values (they may exceed 1).
-
-    Args:
-        path: any file libsndfile can read.
-    Returns:
-        (samples float32 [L], sample rate in Hz).
-    Raises:
-        FileNotFoundError: the file does not exist.
-        AudioReadError: the file is not decodable audio, has no samples, or holds NaN/inf.
+    Integers scale to [-1, 1) as libsndfile does (int16 / 32768, unsigned 8-bit centred on 128); float
+    files keep their values. Raises FileNotFoundError, or AudioReadError (not decodable, no samples, NaN/inf).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"audio file {os.fspath(path)} not found")
@@ -61,12 +51,10 @@ def read_audio_mono(path: PathLike) -> tuple[np.ndarray, int]:
 
 
 def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Resample mono float32 `x` `[L]` from `sr_in` to `sr_out` Hz with soxr "HQ", the librosa >= 0.10 default.
+    """Resample mono float32 `x` [L] to float32 [ceil(L * sr_out / sr_in)] (`x` itself at equal rates).
 
-    Equals `librosa.resample(x, orig_sr=sr_in, target_sr=sr_out)` (length fixed like its `fix_length`).
-    4.1's librosa 0.9.1 used resampy "kaiser_best"; the two differ by far less than one 16-bit step.
-    Returns:
-        float32 [ceil(L * sr_out / sr_in)]; `x` itself when the rates are equal.
+    soxr "HQ", as `librosa.resample` >= 0.10 with its `fix_length`; 4.1's resampy "kaiser_best" differs by
+    far less than one 16-bit step.
     """
     if sr_in <= 0 or sr_out <= 0:
         raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
@@ -82,13 +70,7 @@ def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def write_wav_int16(target: PathLike | BinaryIO, pcm: np.ndarray, rate: int) -> None:
-    """Write mono 16-bit PCM as a canonical 44-byte-header WAV (what scipy.io.wavfile writes).
-
-    Args:
-        target: a path or a binary file object opened for writing.
-        pcm: int16 [L].
-        rate: sample rate in Hz.
-    """
+    """Write mono int16 `pcm` [L] to a path or binary file as a canonical 44-byte-header WAV (as scipy writes)."""
     if pcm.dtype != np.int16 or pcm.ndim != 1:
         raise ValueError(f"expected a 1-D int16 array, got {pcm.dtype} with shape {pcm.shape}")
     handle = wave.open(target if not isinstance(target, (str, os.PathLike)) else os.fspath(target), "wb")

@@ -1,9 +1,7 @@
 """Small tensor helpers shared by the networks, and weight-normalised convolutions.
 
-The weight-normalised layers store ``weight_g`` / ``weight_v`` exactly like the legacy
-``torch.nn.utils.weight_norm`` did, because those names are part of every so-vits-svc
-checkpoint. They are written here (instead of using the deprecated torch helper) so that
-construction emits no warnings and ``remove_weight_norm`` can fold the weight for inference.
+The convolutions store ``weight_g`` / ``weight_v`` as the legacy ``torch.nn.utils.weight_norm`` did (the
+names of every so-vits-svc checkpoint), without its deprecation warnings; ``remove_weight_norm`` folds them.
 """
 from __future__ import annotations
 
@@ -18,11 +16,8 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
 
 
 def init_weights(module: nn.Module, mean: float = 0.0, std: float = 0.01) -> None:
-    """HiFi-GAN style N(mean, std) initialisation of plain convolution weights.
-
-    Weight-normalised layers keep PyTorch's default: in 4.1 this ran after weight norm and only touched
-    a recomputed copy of the weight, so trained models started from the default initialisation.
-    """
+    """HiFi-GAN style N(mean, std) initialisation of plain convolution weights. Weight-normalised layers
+    keep PyTorch's default: in 4.1 this only touched a recomputed copy of their weight."""
     if isinstance(module, _WeightNormMixin):
         return
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)):
@@ -58,9 +53,8 @@ def slice_segments(x: Tensor, ids_str: Tensor, segment_size: int) -> Tensor:
     return out
 
 
-def rand_slice_segments_with_pitch(
-    x: Tensor, pitch: Tensor, x_lengths: Tensor, segment_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def rand_slice_segments_with_pitch(x: Tensor, pitch: Tensor, x_lengths: Tensor,
+                                   segment_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """Random training windows: z [B, C, T], f0 [B, T] -> (z [B, C, S], f0 [B, S], starts [B]).
 
     The start of item b is floor(U(0,1) * (len_b - S + 1)), drawn with one ``torch.rand([B])``.
@@ -71,20 +65,25 @@ def rand_slice_segments_with_pitch(
 
 
 class _WeightNormMixin:
-    """Replaces ``weight`` by ``weight_g`` (norm, [out, 1, ...]) and ``weight_v`` (direction).
-
-    Registration order after the swap is ``bias, weight_g, weight_v``, the order found in
-    so-vits-svc state dicts and optimizer states.
-    """
+    """Builds the wrapped ``nn.Conv*`` (same arguments), then replaces ``weight`` by ``weight_g`` (norm,
+    [out, 1, ...]) and ``weight_v`` (direction): registration order ``bias, weight_g, weight_v``, as in
+    so-vits-svc state dicts and optimizer states."""
 
     weight_g: nn.Parameter
     weight_v: nn.Parameter
 
+    def __init__(self, *args, **conv_options) -> None:
+        super().__init__(*args, **conv_options)  # type: ignore[call-arg]
+        self._apply_weight_norm()
+
     def _apply_weight_norm(self) -> None:
-        weight = self._parameters.pop("weight")
+        weight = self._parameters.pop("weight")  # type: ignore[attr-defined]
         self.weight_g = nn.Parameter(torch.norm_except_dim(weight.detach(), 2, 0))
         self.weight_v = nn.Parameter(weight.detach())
         self._folded = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.normalised_weight(), self.bias)  # type: ignore[attr-defined]
 
     def normalised_weight(self) -> Tensor:
         if getattr(self, "_folded", False):
@@ -105,37 +104,17 @@ class _WeightNormMixin:
 class WNConv1d(_WeightNormMixin, nn.Conv1d):
     """Conv1d with legacy-named weight normalisation (dim 0)."""
 
-    def __init__(self, *args, **conv_options) -> None:  # same signature as nn.Conv1d
-        nn.Conv1d.__init__(self, *args, **conv_options)
-        self._apply_weight_norm()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.normalised_weight(), self.bias)
-
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
     """Conv2d with legacy-named weight normalisation (dim 0)."""
-
-    def __init__(self, *args, **conv_options) -> None:
-        nn.Conv2d.__init__(self, *args, **conv_options)
-        self._apply_weight_norm()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.normalised_weight(), self.bias)
 
 
 class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
     """ConvTranspose1d with legacy-named weight normalisation (dim 0 = input channels)."""
 
-    def __init__(self, *args, **conv_options) -> None:
-        nn.ConvTranspose1d.__init__(self, *args, **conv_options)
-        self._apply_weight_norm()
-
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return F.conv_transpose1d(
-            x, self.normalised_weight(), self.bias, self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation,
-        )
+        return F.conv_transpose1d(x, self.normalised_weight(), self.bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
 
 
 def remove_weight_norm(module: nn.Module) -> nn.Module:

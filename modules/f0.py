@@ -19,14 +19,10 @@ _NO_VOICED_DENOMINATOR = 9999
 
 
 def f0_to_coarse(f0: torch.Tensor) -> torch.Tensor:
-    """Quantise F0 in Hz to the coarse pitch index fed to ``enc_p.f0_emb``.
+    """Coarse pitch index (int64, same shape) fed to ``enc_p.f0_emb`` of F0 in Hz (0 = unvoiced).
 
-    Args:
-        f0: F0 in Hz, any shape (usually [B, T]), 0 for unvoiced frames.
-    Returns:
-        int64 tensor of the same shape. 0 Hz and anything below 50 Hz map to 1; bins are rounded half
-        to even. F0 above about 1103.1 Hz maps to 0, not 255: 4.1 zeroes indices >= 256 instead of
-        clipping them, and trained models have seen exactly that.
+    Below 50 Hz maps to 1; bins round half to even. Above about 1103.1 Hz maps to 0, not 255: 4.1 zeroes
+    indices >= 256 instead of clipping them, and trained models have seen exactly that.
     """
     f0_mel = 1127 * (1 + f0 / 700).log()
     # The affine map is applied in the tensor's dtype with the scalars rounded to it, as 4.1 does.
@@ -40,21 +36,13 @@ def f0_to_coarse(f0: torch.Tensor) -> torch.Tensor:
 
 def normalize_f0(f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor,
                  random_scale: bool = True) -> torch.Tensor:
-    """Centre log-F0 on each item's voiced mean for the F0 decoder.
+    """``(f0 - mean) * factor * x_mask`` [B, 1, T]: log-F0 ``2595 * log10(1 + f0 / 700) / 500`` [B, 1, T]
+    centred on each item's voiced mean for the F0 decoder.
 
-    Args:
-        f0: log-F0 ``2595 * log10(1 + f0 / 700) / 500``, [B, 1, T].
-        x_mask: frame mask, [B, 1, T].
-        uv: voicing (1 = voiced), [B, T].
-        random_scale: multiply each item by a factor drawn from U(0.8, 1.2) (training augmentation).
-            The factors are drawn on the CPU generator as one [B, 1] tensor, like 4.1, so seeded runs
-            draw the same numbers.
-    Returns:
-        [B, 1, T]: ``(f0 - mean) * factor * x_mask``. The mean is taken over frames with uv = 1 over
-        the whole padded length (x_mask is not used for it); a row without voiced frames divides by
-        9999 instead of 0.
-    Raises:
-        ValueError: when the result contains NaN (4.1 ended the run with a success status instead).
+    The mean is over frames with uv [B, T] = 1 across the whole padded length (not x_mask); a row without
+    voiced frames divides by 9999. ``random_scale`` draws each factor from U(0.8, 1.2) as one [B, 1] CPU
+    tensor, like 4.1, so seeded runs draw the same numbers. Raises ValueError on NaN (4.1 ended the run
+    with a success status instead).
     """
     voiced_count = torch.sum(uv, dim=1, keepdim=True)
     voiced_count[voiced_count == 0] = _NO_VOICED_DENOMINATOR
@@ -71,20 +59,13 @@ def normalize_f0(f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor,
 
 
 def interpolate_f0(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fill unvoiced gaps of a frame F0 track the way 4.1's ``utils.interpolate_f0`` does.
+    """Fill the unvoiced (<= 0) gaps of an F0 track (any shape, flattened, not modified) as 4.1's
+    ``utils.interpolate_f0``; returns (filled F0 [N] in the input dtype, voicing [N] float32).
 
-    The F0 predictors use their own time-based variant (modules/F0Predictor). 4.1's oddities are kept:
-
-    * a gap between voiced frames a and b is filled with ``f0[a] + (f0[b] - f0[a]) * m / len`` for the
-      m-th gap frame (m = 1..len), i.e. it already reaches ``f0[b]`` on the frame before b;
-    * leading gaps take the first voiced value;
-    * a gap whose next voiced frame is the last frame (or that has none) is filled with the last
-      voiced value up to the end, overwriting that last frame.
-
-    Args:
-        f0: F0 in Hz, any shape (flattened), 0 or less = unvoiced. Not modified (4.1 wrote in place).
-    Returns:
-        (f0, vuv): filled F0 [N] in the input dtype and voicing [N] float32 (1 where f0 > 0).
+    Kept from 4.1: the m-th frame of a gap of `len` between voiced a and b gets
+    ``f0[a] + (f0[b] - f0[a]) * m / len`` (reaching f0[b] one frame early); leading gaps take the first
+    voiced value; a gap whose next voiced frame is the last one (or none) takes the last voiced value up
+    to the end, overwriting that last frame.
     """
     data = np.array(f0).reshape(-1)
     vuv = (data > 0.0).astype(np.float32)
@@ -112,18 +93,11 @@ def interpolate_f0(f0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def repeat_expand_2d(content: torch.Tensor, target_len: int, mode: str = "left") -> torch.Tensor:
-    """Stretch frame features to ``target_len`` frames.
+    """Stretch features [C, src] to [C, target_len].
 
-    Args:
-        content: [C, src] features.
-        target_len: number of output frames.
-        mode: ``"left"`` (legacy 4.0 behaviour) or any ``F.interpolate`` mode for 3-D input
-            (``"nearest"``, ``"linear"``, ...).
-    Returns:
-        [C, target_len]. ``"left"`` walks the source column forward by at most one per output frame,
-        advancing when the output index reaches the float32 boundary ``(k + 1) * target_len / src``;
-        for ``target_len < src`` this returns the first ``target_len`` columns. Its result is float32
-        like 4.1's; other modes keep the input dtype.
+    ``mode`` is ``"left"`` (4.0's: the source column advances by at most one per output frame, when the
+    output index reaches the float32 boundary ``(k + 1) * target_len / src``, so a shorter target keeps
+    the first columns; float32 result like 4.1's) or an ``F.interpolate`` mode (input dtype kept).
     """
     if mode != "left":
         return F.interpolate(content[None], size=target_len, mode=mode)[0]

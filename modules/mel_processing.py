@@ -4,6 +4,7 @@ padding, magnitude epsilon, key shift and speed are parameters."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -66,11 +67,10 @@ def _warn_out_of_range(y: torch.Tensor) -> None:
 
 def stft_magnitude(y: torch.Tensor, n_fft: int, hop_size: int, win_size: int, pad_left: int, pad_right: int,
                    pad_mode: PadMode = "reflect", eps: float = 1e-6, center: bool = False) -> torch.Tensor:
-    """Magnitude STFT sqrt(re^2 + im^2 + eps) with a periodic Hann window.
+    """Magnitude STFT sqrt(re^2 + im^2 + eps), periodic Hann window: y [B, N] -> [B, n_fft // 2 + 1, T].
 
-    y: [B, N] audio. The signal is padded by (pad_left, pad_right) with `pad_mode` first; `center=True`
-    additionally lets torch.stft reflect-pad n_fft // 2 on both sides.
-    Returns [B, n_fft // 2 + 1, T], T = (N + pad_left + pad_right - n_fft) // hop_size + 1 when not centred.
+    y is padded by (pad_left, pad_right) with `pad_mode` first; `center=True` also lets torch.stft
+    reflect-pad n_fft // 2 per side. Uncentred, T = (N + pad_left + pad_right - n_fft) // hop_size + 1.
     """
     if pad_left or pad_right:
         y = F.pad(y.unsqueeze(1), (pad_left, pad_right), mode=pad_mode).squeeze(1)
@@ -87,11 +87,10 @@ def dynamic_range_compression(x: torch.Tensor, clip_val: float = 1e-5) -> torch.
 
 def spectrogram_torch(y: torch.Tensor, n_fft: int, sampling_rate: int, hop_size: int, win_size: int,
                       center: bool = False) -> torch.Tensor:
-    """Linear magnitude spectrogram of the synthesizer (4.1 semantics).
+    """Linear magnitude spectrogram of the synthesizer: y [B, N] in [-1, 1] -> [B, n_fft // 2 + 1, T].
 
-    y: [B, N] in [-1, 1]. Reflect-pads (n_fft - hop_size) / 2 per side, so T = N // hop_size for the usual
-    n_fft = 4 * hop_size. `sampling_rate` is unused and kept for call compatibility.
-    Returns [B, n_fft // 2 + 1, T].
+    Reflect-pads (n_fft - hop_size) / 2 per side: T = N // hop_size for the usual n_fft = 4 * hop_size.
+    `sampling_rate` is unused, kept for call compatibility.
     """
     _warn_out_of_range(y)
     pad = int((n_fft - hop_size) / 2)
@@ -112,6 +111,7 @@ def mel_spectrogram_torch(y: torch.Tensor, n_fft: int, num_mels: int, sampling_r
     return spec_to_mel_torch(spec, n_fft, num_mels, sampling_rate, fmin, fmax)
 
 
+@dataclass(eq=False)
 class VocoderMel:
     """The NSF-HiFiGAN release's mel ("nvSTFT"): used for `.mel.npy`, shallow diffusion and the enhancer.
 
@@ -119,24 +119,19 @@ class VocoderMel:
     one frame, zeros when reflecting is impossible), magnitude epsilon 1e-9, and optional key shift / speed.
     """
 
-    def __init__(self, sampling_rate: int = 44100, n_mels: int = 128, n_fft: int = 2048, win_size: int = 2048,
-                 hop_length: int = 512, fmin: float = 40, fmax: float = 16000, clip_val: float = 1e-5) -> None:
-        self.sampling_rate = sampling_rate
-        self.n_mels = n_mels
-        self.n_fft = n_fft
-        self.win_size = win_size
-        self.hop_length = hop_length
-        self.fmin = fmin
-        self.fmax = fmax
-        self.clip_val = clip_val
+    sampling_rate: int = 44100
+    n_mels: int = 128
+    n_fft: int = 2048
+    win_size: int = 2048
+    hop_length: int = 512
+    fmin: float = 40
+    fmax: float = 16000
+    clip_val: float = 1e-5
 
     def get_mel(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1,
                 center: bool = False) -> torch.Tensor:
-        """Log-mel [B, n_mels, T] of audio y [B, N] (or [N], treated as B = 1).
-
-        keyshift (semitones) scales the FFT and window sizes by 2^(k/12) while keeping the un-shifted
-        filterbank, which shifts the content in pitch; speed scales the hop: round(hop * speed).
-        """
+        """Log-mel [B, n_mels, T] of audio y [B, N] (or [N]). keyshift (semitones) scales FFT and window by
+        2^(k/12) under the unshifted filterbank (a pitch shift); speed scales the hop: round(hop * speed)."""
         if y.dim() == 1:
             y = y.unsqueeze(0)
         factor = 2 ** (keyshift / 12)
@@ -163,17 +158,13 @@ class VocoderMel:
                                spec.device)
         return dynamic_range_compression(torch.matmul(basis, spec), self.clip_val)
 
-    def __call__(self, y: torch.Tensor, keyshift: float = 0, speed: float = 1,
-                 center: bool = False) -> torch.Tensor:
-        """Alias of `get_mel`."""
-        return self.get_mel(y, keyshift=keyshift, speed=speed, center=center)
+    __call__ = get_mel
 
 
 def volume_extract(audio: torch.Tensor | np.ndarray, hop_size: int = 512) -> torch.Tensor:
-    """Frame RMS loudness of 4.1's Volume_Extractor.
+    """Frame RMS loudness (4.1's Volume_Extractor) of the first item of audio [B, N] or [N]: [N // hop_size].
 
-    audio: [B, N] or [N]. frames = N // hop_size; frame i is the RMS of samples [i*hop - hop//2,
-    i*hop + (hop+1)//2) of the reflect-padded signal. Returns only the first item's vector [frames].
+    Frame i is the RMS of samples [i*hop - hop//2, i*hop + (hop+1)//2) of the reflect-padded signal.
     """
     if not isinstance(audio, torch.Tensor):
         audio = torch.as_tensor(np.asarray(audio), dtype=torch.float32)
@@ -185,11 +176,11 @@ def volume_extract(audio: torch.Tensor | np.ndarray, hop_size: int = 512) -> tor
     return torch.sqrt(windows.mean(dim=-1))
 
 
+@dataclass(eq=False)
 class VolumeExtractor:
     """Object form of `volume_extract` (re-exported by utils.py as 4.1's `Volume_Extractor`)."""
 
-    def __init__(self, hop_size: int = 512) -> None:
-        self.hop_size = hop_size
+    hop_size: int = 512
 
     def extract(self, audio: torch.Tensor | np.ndarray) -> torch.Tensor:
         """audio [B, N] or [N] -> first item's volume [N // hop_size]."""
