@@ -73,15 +73,13 @@ def clip_duration(path: PathLike, sampling_rate: int = 44100) -> float:
     if info.samplerate != sampling_rate:
         problems.append(f"{info.samplerate} Hz")
     if problems:
-        raise DatasetError(
-            f"{os.fspath(path)} is {', '.join(problems)}; so-vits-svc expects {sampling_rate} Hz mono "
-            "16-bit PCM from resample.py"
-        )
+        raise DatasetError(f"{os.fspath(path)} is {', '.join(problems)}; so-vits-svc expects {sampling_rate} Hz "
+                           "mono 16-bit PCM from resample.py")
     return info.frames / float(info.samplerate)
 
 
-def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[str],
-                   skipped: list[str]) -> list[str]:
+def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[str], skipped: list[str]
+                   ) -> list[str]:
     """List paths `<source_dir>/<speaker>/<name>` of one speaker's usable clips, sorted; misfits go to `bad`,
     names a file list cannot hold to `skipped`."""
     folder = os.path.join(source_dir, speaker)
@@ -112,21 +110,20 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
     return clips
 
 
-def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100, progress: bool = True,
-                  skipped: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100, progress: bool = True
+                  ) -> tuple[list[str], list[str], list[str], list[str]]:
     """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training.
 
     List paths are `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at `sampling_rate`.
-    Returns (train paths, val paths, speakers), both lists shuffled by `rng`; paths whose name a list cannot
-    hold are appended to `skipped`. Raises DatasetError for no speaker folder, or for clips that training
-    cannot read (all of them listed).
+    Returns (train, val, speakers, skipped): the lists shuffled by `rng`, and the paths a list cannot hold.
+    Raises DatasetError for no speaker folder, or for clips that training cannot read (all of them listed).
     """
     from tqdm import tqdm
 
     root = os.fspath(source_dir)
     root = root.rstrip("/\\") or root
-    skipped = [] if skipped is None else skipped
-    speakers = []
+    speakers: list[str] = []
+    skipped: list[str] = []
     for speaker in list_speakers(root):
         if any(c in speaker for c in _LIST_BREAKERS):
             logger.warning(f"Skip speaker folder {speaker!r}: '|' and line breaks cannot appear in "
@@ -153,15 +150,13 @@ def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int =
             logger.warning(f"speaker {speaker} has {len(clips)} clips; all went to validation")
     if bad:
         shown = bad[:10] + ([f"... and {len(bad) - 10} more"] if len(bad) > 10 else [])
-        raise DatasetError(
-            f"{len(bad)} clip(s) in {root} cannot be used for training (run python resample.py on the "
-            "raw data, or remove them):\n  " + "\n  ".join(shown)
-        )
+        raise DatasetError(f"{len(bad)} clip(s) in {root} cannot be used for training (run python resample.py "
+                           "on the raw data, or remove them):\n  " + "\n  ".join(shown))
     rng.shuffle(train)
     rng.shuffle(val)
     if not train:
         logger.warning("the training list is empty: every speaker needs more than 2 clips of at least 0.3 s")
-    return train, val, speakers
+    return train, val, speakers, skipped
 
 
 def write_filelist(path: PathLike, paths: list[str], progress: bool = True) -> None:
@@ -176,30 +171,12 @@ def write_filelist(path: PathLike, paths: list[str], progress: bool = True) -> N
 # --- configs ---
 def assign_speaker_ids(speakers: list[str], existing: Mapping[str, int] | None = None) -> dict[str, int]:
     """Speaker map: ids of `existing` (an earlier config.json) are kept, other speakers get the next free
-    ids in name order (0..n-1 sorted without `existing`, so ids do not depend on the filesystem).
-
-    Speakers of `existing` without a folder are dropped, so ids can have gaps (`n_speakers` = max id + 1).
-    """
-    kept = {s: int(existing[s]) for s in speakers if existing and s in existing}
-    next_id = max(kept.values(), default=-1) + 1
-    spk: dict[str, int] = {}
-    for speaker in sorted(speakers):
-        if speaker in kept:
-            spk[speaker] = kept[speaker]
-        else:
-            spk[speaker] = next_id
-            next_id += 1
+    ids in name order (so ids do not depend on the filesystem). Speakers of `existing` without a folder are
+    dropped, so ids can have gaps (`n_speakers` = max id + 1)."""
+    spk = {s: int(existing[s]) for s in speakers if existing and s in existing}
+    for speaker in sorted(set(speakers) - set(spk)):
+        spk[speaker] = max(spk.values(), default=-1) + 1
     return dict(sorted(spk.items(), key=lambda item: item[1]))
-
-
-def _dims_for(speech_encoder: str) -> dict[str, int]:
-    """Model fields set for an encoder: ssl_dim = gin_channels = dim; filter_channels = dim only for
-    encoders of 768 or more channels (4.1 leaves it for the 256-dim ones)."""
-    dim = ENCODER_DIMS[speech_encoder]
-    fields = {"ssl_dim": dim, "gin_channels": dim}
-    if dim >= 768:
-        fields["filter_channels"] = dim
-    return fields
 
 
 def patch_sovits_config(template: Mapping[str, Any], spk: Mapping[str, int], speech_encoder: str, vol_aug: bool,
@@ -210,7 +187,9 @@ def patch_sovits_config(template: Mapping[str, Any], spk: Mapping[str, int], spe
     config["spk"] = dict(spk)
     model["n_speakers"] = max(spk.values(), default=-1) + 1
     model["speech_encoder"] = speech_encoder
-    model.update(_dims_for(speech_encoder))
+    dim = model["ssl_dim"] = model["gin_channels"] = ENCODER_DIMS[speech_encoder]
+    if dim >= 768:  # 4.1 keeps the template's filter_channels for the 256-dim encoders
+        model["filter_channels"] = dim
     if vol_aug:
         config["train"]["vol_aug"] = True
         model["vol_embedding"] = True
@@ -248,43 +227,36 @@ def _speaker_map(existing: Mapping[str, Any] | None, config_path: str) -> dict[s
     """The `spk` map of an earlier config.json when it is a map of distinct ids, else None."""
     spk = (existing or {}).get("spk")
     ids = list(spk.values()) if isinstance(spk, Mapping) else []
-    valid = bool(ids) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
-    if existing is not None and (not valid or len(set(ids)) != len(ids)):
+    if ids and all(type(i) is int and i >= 0 for i in ids) and len(set(ids)) == len(ids):
+        return dict(spk)
+    if existing is not None:
         logger.warning(f"Ignoring the speaker ids of {config_path}: spk is not a map of distinct ids")
-        return None
-    return dict(spk) if valid else None
+    return None
 
 
-def keep_user_values(new: dict[str, Any], old: Mapping[str, Any], forced: set[str],
-                     prefix: str = "") -> tuple[list[str], list[str]]:
+def keep_user_values(new: dict[str, Any], old: Mapping[str, Any], forced: set[str], prefix: str = "") -> list[str]:
     """Copy the values of an existing config `old` into the freshly generated `new`, except the dotted keys
-    in `forced` (what this step sets). Returns ("key=value" kept, "key=value (was old)" forced) differences."""
-    kept: list[str] = []
-    changed: list[str] = []
+    in `forced` (what this step sets); returns each difference as "key=value" (forced ones: "(was old)")."""
+    notes: list[str] = []
     for key, value in old.items():
         name = f"{prefix}{key}"
         if name in forced:
             if key in new and new[key] != value and name != "spk":
-                changed.append(f"{name}={json.dumps(new[key])} (was {json.dumps(value)})")
+                notes.append(f"{name}={json.dumps(new[key])} (was {json.dumps(value)}, set by this step)")
         elif isinstance(value, Mapping) and isinstance(new.get(key), dict):
-            more_kept, more_changed = keep_user_values(new[key], value, forced, name + ".")
-            kept += more_kept
-            changed += more_changed
+            notes += keep_user_values(new[key], value, forced, name + ".")
         elif key not in new or new[key] != value:
             new[key] = value
-            kept.append(f"{name}={json.dumps(value, ensure_ascii=False)}")
-    return kept, changed
+            notes.append(f"{name}={json.dumps(value, ensure_ascii=False)}")
+    return notes
 
 
 def _write_config(path: str, config: dict[str, Any], old: Mapping[str, Any] | None, forced: set[str]) -> None:
     """Write a generated config, keeping the user's values of `old` (the file there before) but `forced`."""
-    if old is not None:
-        kept, changed = keep_user_values(config, old, forced)
-        if kept:
-            logger.warning(f"Kept your values in {path} (--overwrite_config restores the template): "
-                           + ", ".join(kept))
-        if changed:
-            logger.warning(f"Set by this step in {path}: " + ", ".join(changed))
+    notes = keep_user_values(config, old, forced) if old is not None else []
+    if notes:
+        logger.warning(f"Kept your values in {path} (--overwrite_config restores the template): "
+                       + ", ".join(notes))
     logger.info(f"Writing to {path}")
     write_bytes_atomic(path, dump_config(config, yaml_style=path.endswith(".yaml")).encode("utf-8"))
 
@@ -306,16 +278,13 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
     """Write the file lists, `<config_dir>/config.json` and `<config_dir>/diffusion.yaml`.
 
     Args:
-        vol_aug: set `train.vol_aug` and `model.vol_embedding`.
-        tiny: start from `config_tiny_template.json` and force `filter_channels` 512.
+        vol_aug: set `train.vol_aug` and `model.vol_embedding`; tiny: use `config_tiny_template.json`.
         seed: seed of the split shuffles; None = unseeded like 4.1.
         config_dir: where the configs go; existing ones there keep their speaker ids and every value the
             step does not set (speakers, encoder and its width, the `vol_aug`/`tiny` keys when asked for).
         template_dir: folder of the templates; None = `configs_template` (see _default_template_dir).
         overwrite_config: write the templates over the user's values (speaker ids are still kept).
-    Raises:
-        DatasetError: see split_dataset, or an existing config is unreadable.
-        ValueError: unknown `speech_encoder`.
+    Raises DatasetError (see split_dataset, or an existing config is unreadable), ValueError (unknown encoder).
     """
     if speech_encoder not in ENCODER_DIMS:
         raise ValueError(f"unknown speech encoder {speech_encoder!r}; choose one of {', '.join(ENCODER_DIMS)}")
@@ -325,10 +294,8 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
     config_path, diffusion_path = (os.path.join(config_dir, name) for name in ("config.json", "diffusion.yaml"))
     old_sovits, old_diffusion = (_existing_config(p, overwrite_config) for p in (config_path, diffusion_path))
 
-    rng = random.Random(seed)
-    skipped: list[str] = []
     rate = int(sovits_template.data.sampling_rate)
-    train, val, speakers = split_dataset(source_dir, rng, rate, progress, skipped)
+    train, val, speakers, skipped = split_dataset(source_dir, random.Random(seed), rate, progress)
     existing = _speaker_map(old_sovits, config_path)
     spk = assign_speaker_ids(speakers, existing)
     if existing is not None:
@@ -340,16 +307,15 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
     write_filelist(val_list, val, progress)
 
     os.makedirs(config_dir, exist_ok=True)
-    forced = {"spk", "model.n_speakers", "model.speech_encoder", "model.ssl_dim"}
-    if (old_sovits or {}).get("model", {}).get("speech_encoder") != speech_encoder:
-        forced |= {"model.gin_channels", "model.filter_channels"}  # the new encoder's width
-    forced |= {"train.vol_aug", "model.vol_embedding"} if vol_aug else set()
-    forced |= set(TINY_KEYS) if tiny else set()
+    new_encoder = (old_sovits or {}).get("model", {}).get("speech_encoder") != speech_encoder
+    forced = {"spk", "model.n_speakers", "model.speech_encoder", "model.ssl_dim",
+              *(("model.gin_channels", "model.filter_channels") if new_encoder else ()),
+              *(("train.vol_aug", "model.vol_embedding") if vol_aug else ()), *(TINY_KEYS if tiny else ())}
     if overwrite_config:
         old_sovits = old_diffusion = None
     sovits = patch_sovits_config(sovits_template.to_dict(), spk, speech_encoder, vol_aug, tiny)
     _write_config(config_path, sovits, old_sovits, forced)
     diffusion = patch_diffusion_config(diffusion_template.to_dict(), spk, speech_encoder)
-    _write_config(diffusion_path, diffusion, old_diffusion, {"spk", "model.n_spk", "data.encoder",
-                                                             "data.encoder_out_channels"})
+    _write_config(diffusion_path, diffusion, old_diffusion,
+                  {"spk", "model.n_spk", "data.encoder", "data.encoder_out_channels"})
     return FlistConfigResult(train, val, spk, config_path, diffusion_path, skipped)

@@ -83,7 +83,7 @@ def test_rerun_keeps_the_users_config_edits(project: Path, caplog: pytest.LogCap
     err = caplog.text
     assert "Kept your values in configs/config.json" in err and "train.batch_size=3" in err
     assert "model.hidden_channels=96" in err and "--overwrite_config" in err
-    assert "model.n_speakers=3 (was 10)" in err
+    assert "model.n_speakers=3 (was 10, set by this step)" in err
     assert "Kept your values in configs/diffusion.yaml" in err and "train.batch_size=5" in err
 
     assert preprocess_flist_config.main([*flist_args, "--overwrite_config"]) == 0
