@@ -82,11 +82,8 @@ def trim_silence(x: np.ndarray, top_db: float = TRIM_TOP_DB) -> np.ndarray:
 
 
 def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
-    """4.1's int16 conversion of float32 `x` `[L]`: `x * 32767` truncated toward zero (no rounding).
-
-    `clip` limits to the int16 range first; without it values beyond +-1, which only un-normalised
-    audio (`--skip_loudnorm`) reaches, would wrap around.
-    """
+    """4.1's int16 conversion of float32 `x` `[L]`: `x * 32767` truncated toward zero (no rounding); `clip`
+    limits to the int16 range first, as un-normalised audio (`--skip_loudnorm`) would wrap around."""
     scaled = np.asarray(x, dtype=np.float32) * np.float32(32767)
     if clip:
         scaled = np.clip(scaled, -32768.0, 32767.0)
@@ -96,9 +93,8 @@ def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
 def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: str = "clip") -> np.ndarray:
     """The chain from decoded mono float32 `x` `[L]` at `sr` to the int16 samples resample.py stores.
 
-    `loudnorm` peak-normalises to full scale after resampling (off = `--skip_loudnorm`). Returns int16
-    [ceil(L_trimmed * target_sr / sr)]; raises SilentAudioError (naming `name`) when only digital
-    silence is left.
+    `loudnorm`: peak-normalise to full scale after resampling. Returns int16 [ceil(L_trimmed * target_sr / sr)];
+    raises SilentAudioError (naming `name`) when only digital silence is left.
     """
     x = trim_silence(x)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
@@ -165,12 +161,9 @@ def _output_name(name: str) -> str | None:
 
 
 def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list[ClipJob]]], list[ClipOutcome]]:
-    """Find the clips to convert: per non-hidden speaker folder of `in_dir` (sorted; loose files such as
-    `dataset_raw/config.json` are ignored), its non-hidden audio files, sorted by name.
-
-    Returns ([(speaker, jobs)], conflicts), `conflicts` being failed outcomes of inputs whose renamed
-    output (`a.flac` -> `a.wav`) collides with another clip; raises FileNotFoundError without `in_dir`.
-    """
+    """The clips to convert: per speaker folder of `in_dir` (loose files are ignored), its non-hidden audio
+    files, sorted. Returns ([(speaker, jobs)], conflicts), `conflicts` being failed outcomes of inputs whose
+    renamed output (`a.flac` -> `a.wav`) collides with another clip; FileNotFoundError without `in_dir`."""
     in_dir, out_dir = os.fspath(in_dir), os.fspath(out_dir)
     if not os.path.isdir(in_dir):
         raise FileNotFoundError(f"input folder {in_dir} not found: put one sub-folder per speaker with its "
@@ -209,12 +202,10 @@ def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./
                      overwrite: bool = False, progress: bool = True) -> ResampleSummary:
     """Convert every speaker folder of `in_dir` into `out_dir/<speaker>/` (resample.py).
 
-    Args:
-        loudnorm: peak-normalise to full scale (False = `--skip_loudnorm`).
-        workers: process count; None = 4.1's rule (`default_workers`), 0 = one per CPU, 1 = no pool.
-        overwrite: redo clips whose output is already up to date.
-        progress: print `CPU count`, each speaker folder and a `resampling:` progress bar.
-    Returns every clip's outcome (failures do not stop the run); raises FileNotFoundError without `in_dir`.
+    workers: process count; None = 4.1's rule (`default_workers`), 0 = one per CPU, 1 = no pool.
+    overwrite: redo clips whose output is up to date. progress: print `CPU count`, each speaker folder and
+    a progress bar. Returns every clip's outcome (a failed clip does not stop the run, a full disk does:
+    DiskFullError); raises FileNotFoundError without `in_dir`.
     """
     from tqdm import tqdm
 
@@ -237,17 +228,10 @@ def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./
         for speaker, jobs in speakers:
             if progress:
                 print(os.path.join(os.fspath(in_dir), speaker), flush=True)
-            bar = tqdm(total=len(jobs), desc="resampling", disable=not progress)
-            if pool is None:
-                for job in jobs:
-                    results[job] = resample_file(job, target_sr, loudnorm, overwrite)
-                    bar.update(1)
-            else:
-                for fut in as_completed(futures[speaker]):
-                    outcome = fut.result()
-                    results[outcome.job] = outcome
-                    bar.update(1)
-            bar.close()
+            done = (f.result() for f in as_completed(futures[speaker])) if pool else (
+                resample_file(job, target_sr, loudnorm, overwrite) for job in jobs)
+            for outcome in tqdm(done, total=len(jobs), desc="resampling", disable=not progress):
+                results[outcome.job] = outcome
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
