@@ -3,7 +3,7 @@
 Outputs: ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy`` ((f0, uv) as float64 (2, T)),
 ``X.spec.pt`` ([1025, T]); with ``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with
 ``--use_diff`` ``X.wav.mel.npy``, ``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``. Existing files are
-kept unless they are unit files of another encoder width; every file is written atomically.
+kept while they are up to date (`core.features.feature_problem`); every file is written atomically.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -128,8 +127,6 @@ class FeatureExtractor:
     def process(self, clip: Path) -> bool:
         """Write the missing, stale or damaged feature files of one clip; returns True when any was computed."""
         s = self.s
-        targets = {kind: Path(feature_path(clip, kind))
-                   for kind in ("units", "f0", "spec", "volume", "mel", "aug_mel", "aug_vol")}
         todo = self._outdated(clip)
         if not any(todo.values()):
             return False
@@ -144,27 +141,25 @@ class FeatureExtractor:
             if not torch.isfinite(units).all():
                 raise ValueError(f"speech encoder {s.speech_encoder} gave NaN/inf units; its checkpoint in "
                                  f"{s.pretrain_dir}/ looks broken")
-            write_atomic(targets["units"], lambda f: torch.save(units, f))
+            write_atomic(feature_path(clip, "units"), lambda f: torch.save(units, f))
         if todo["f0"]:
             f0, uv = self.f0.compute_f0_uv(wav)
-            save_f0(targets["f0"], f0, uv)
+            save_f0(feature_path(clip, "f0"), f0, uv)
         if todo["spec"]:
-            spec = spectrogram_torch(audio, s.filter_length, s.sampling_rate, s.hop_length, s.win_length)
-            spec = spec.squeeze(0)
-            write_atomic(targets["spec"], lambda f: torch.save(spec, f))
+            spec = spectrogram_torch(audio, s.filter_length, s.sampling_rate, s.hop_length, s.win_length)[0]
+            write_atomic(feature_path(clip, "spec"), lambda f: torch.save(spec, f))
         if todo.get("volume"):
-            save_npy(targets["volume"], volume_extract(audio, s.hop_length).numpy().astype(np.float32))
+            save_npy(feature_path(clip, "volume"), volume_extract(audio, s.hop_length).numpy().astype(np.float32))
         if todo.get("mel") or todo["aug"]:
-            self._diffusion_files(audio, targets, todo)
+            self._diffusion_files(audio, clip, todo)
         return True
 
-    def _diffusion_files(self, audio: torch.Tensor, targets: dict[str, Path], todo: dict[str, bool]) -> None:
+    def _diffusion_files(self, audio: torch.Tensor, clip: Path, todo: dict[str, bool]) -> None:
         assert self.vocoder is not None
-        s = self.s
         with torch.inference_mode():
             if todo.get("mel"):
-                mel = self.vocoder.extract(audio.to(self.device)).squeeze(0).float().cpu().numpy()
-                save_npy(targets["mel"], mel)
+                mel = self.vocoder.extract(audio.to(self.device))[0].float().cpu().numpy()
+                save_npy(feature_path(clip, "mel"), mel)
             if todo["aug"]:
                 # Volume and key augmentation as 4.1 draws it, deliberately unseeded.
                 peak = float(audio.abs().max()) + 1e-5
@@ -172,22 +167,20 @@ class FeatureExtractor:
                 keyshift = random.uniform(-5, 5)
                 shifted = audio * 10 ** vol_shift
                 aug_mel = self.vocoder.extract(shifted.to(self.device), keyshift=keyshift)
-                save_object_npy(targets["aug_mel"], [aug_mel.squeeze(0).float().cpu().numpy(), keyshift])
-                save_npy(targets["aug_vol"], volume_extract(shifted, s.hop_length).numpy().astype(np.float32))
+                save_object_npy(feature_path(clip, "aug_mel"), [aug_mel[0].float().cpu().numpy(), keyshift])
+                aug_vol = volume_extract(shifted, self.s.hop_length).numpy().astype(np.float32)
+                save_npy(feature_path(clip, "aug_vol"), aug_vol)
 
 
 def _work(settings: FeatureSettings, clips: list[str], rank: int, progress: bool) -> FeatureSummary:
     """One worker: build the models once, then go through its share of the clips."""
     if settings.device is None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         settings.device = f"cuda:{rank % torch.cuda.device_count()}"
+    from tqdm import tqdm
+
     extractor = FeatureExtractor(settings)
     summary = FeatureSummary()
-    iterator: Any = clips
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(clips, position=rank, desc=f"worker {rank}", leave=False)
-    for clip in iterator:
+    for clip in tqdm(clips, position=rank, desc=f"worker {rank}", leave=False, disable=not progress):
         try:
             if extractor.process(Path(clip)):
                 summary.done += 1
@@ -213,13 +206,12 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
     for folder in {os.path.dirname(clip) for clip in clips}:
         remove_stale_temps(folder)  # left by a run that was killed mid-write
     random.shuffle(clips)  # spreads long and short clips over the workers, as 4.1 does
-    chunks = [clips[i::num_processes] for i in range(num_processes)]
-    summary = FeatureSummary()
     if num_processes == 1:
-        summary.merge(_work(settings, chunks[0], 0, progress))
-        return summary
+        return _work(settings, clips, 0, progress)
     import multiprocessing
 
+    chunks = [clips[i::num_processes] for i in range(num_processes)]
+    summary = FeatureSummary()
     with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_work, settings, chunk, rank, progress) for rank, chunk in enumerate(chunks)]
         for future in futures:
