@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -46,13 +46,9 @@ LONG_CLIP_SECONDS = 20
 class TextAudioSpeakerLoader(torch.utils.data.Dataset):
     """Clips of a file list with their features, shuffled once like 4.1 (seed 1234, same order every epoch).
 
-    Args:
-        audiopaths: file list (e.g. `filelists/train.txt`).
-        hparams: the So-VITS config (`data`, `train.vol_aug`, `model.vol_embedding`, `model.ssl_dim`, `spk`).
-        all_in_mem: load every clip once up front and keep it in RAM.
-        vol_aug: allow volume augmentation (train set); it also needs `train.vol_aug` and volumes.
-    Raises:
-        DatasetError: see the module docstring.
+    hparams: the So-VITS config. all_in_mem: load every clip once up front and keep it in RAM. vol_aug:
+    allow volume augmentation (train set); it also needs `train.vol_aug` and volumes.
+    Raises DatasetError (see the module docstring).
     """
 
     def __init__(self, audiopaths: str | os.PathLike, hparams: HParams, all_in_mem: bool = False,
@@ -136,21 +132,18 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
             info = sf.info(path)
         except (sf.LibsndfileError, RuntimeError) as err:
             return f"{path} is not a readable WAV file ({err}); run python resample.py", 0.0
-        return self._format_problem(path, info), float(info.duration)
-
-    def _format_problem(self, path: str, info: Any) -> str:
         if info.subtype in ("FLOAT", "DOUBLE"):
             bits = 32 if info.subtype == "FLOAT" else 64
-            return (f"{path} is {bits}-bit float; so-vits-svc expects 16-bit PCM from resample.py "
-                    "— run python resample.py")
-        if info.subtype != "PCM_16":
-            return f"{path} is {info.subtype}, not 16-bit PCM; run python resample.py"
-        if info.samplerate != self.sampling_rate:
-            return (f"{path} has sample rate {info.samplerate} Hz but data.sampling_rate is "
-                    f"{self.sampling_rate}; run python resample.py")
-        if info.channels != 1:
-            return f"{path} has {info.channels} channels, expected mono; run python resample.py"
-        return ""
+            problem = f"{path} is {bits}-bit float; so-vits-svc expects 16-bit PCM from resample.py"
+        elif info.subtype != "PCM_16":
+            problem = f"{path} is {info.subtype}, not 16-bit PCM"
+        elif info.samplerate != self.sampling_rate:
+            problem = f"{path} has sample rate {info.samplerate} Hz but data.sampling_rate is {self.sampling_rate}"
+        elif info.channels != 1:
+            problem = f"{path} has {info.channels} channels, expected mono"
+        else:
+            return "", float(info.duration)
+        return f"{problem}; run python resample.py", 0.0
 
     def _check_unit_width(self, usable: list[str]) -> None:
         """Units from another encoder make every step fail later; test a few files now."""
