@@ -19,8 +19,8 @@ import torch.utils.data
 
 from core.atomic import write_atomic
 from core.config import HParams
-from core.features import (DatasetError, FeatureError, feature_path, read_feature, read_filelist, spec_path,
-                           speaker_of)
+from core.features import (DatasetError, FeatureError, clip_problem, feature_path, read_feature, read_filelist,
+                           spec_path, speaker_of)
 from core.schema import sovits_config
 from modules import f0 as f0_math
 from modules.mel_processing import spectrogram_torch
@@ -90,7 +90,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
             if not os.path.isfile(path):
                 skipped.append((path, "the clip itself is missing"))
                 continue
-            problem, seconds = self._wav_problem(path)
+            problem, seconds = clip_problem(path, self.sampling_rate)
             if problem:
                 not_pcm.append(problem)
                 continue
@@ -124,26 +124,6 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
                                f"(first problem: {skipped[0][0]}: {skipped[0][1]})")
         self._check_unit_width(usable)
         return usable
-
-    def _wav_problem(self, path: str) -> tuple[str, float]:
-        """('', duration in s) for a 16-bit PCM mono WAV at the model rate, else (message, 0): 4.1 read
-        other WAVs with the wrong scale and trained on them silently."""
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            return f"{path} is not a readable WAV file ({err}); run python resample.py", 0.0
-        if info.subtype in ("FLOAT", "DOUBLE"):
-            bits = 32 if info.subtype == "FLOAT" else 64
-            problem = f"{path} is {bits}-bit float; so-vits-svc expects 16-bit PCM from resample.py"
-        elif info.subtype != "PCM_16":
-            problem = f"{path} is {info.subtype}, not 16-bit PCM"
-        elif info.samplerate != self.sampling_rate:
-            problem = f"{path} has sample rate {info.samplerate} Hz but data.sampling_rate is {self.sampling_rate}"
-        elif info.channels != 1:
-            problem = f"{path} has {info.channels} channels, expected mono"
-        else:
-            return "", float(info.duration)
-        return f"{problem}; run python resample.py", 0.0
 
     def _check_unit_width(self, usable: list[str]) -> None:
         """Units from another encoder make every step fail later; test a few files now."""

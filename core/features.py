@@ -16,6 +16,7 @@ import pickle
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from core.atomic import write_atomic
@@ -24,9 +25,9 @@ from core.pickle_guard import GuardedUnpickler
 
 PathLike = str | os.PathLike
 
-__all__ = ["DatasetError", "FEATURE_SUFFIXES", "FeatureError", "feature_path", "feature_problem", "list_speakers",
-           "load_f0", "load_npy", "read_feature", "read_filelist", "save_f0", "save_npy", "save_object_npy",
-           "spec_path", "speaker_of"]
+__all__ = ["DatasetError", "FEATURE_SUFFIXES", "FeatureError", "clip_problem", "feature_path", "feature_problem",
+           "list_speakers", "load_f0", "load_npy", "read_feature", "read_filelist", "save_f0", "save_npy",
+           "save_object_npy", "spec_path", "speaker_of"]
 
 # Suffix appended to `X.wav` for each per-clip feature (the spectrogram is named by `spec_path`).
 FEATURE_SUFFIXES = {
@@ -73,6 +74,24 @@ def read_filelist(path: str | os.PathLike) -> list[str]:
                            "and preprocess_flist_config.py again (a speaker needs at least 3 clips: "
                            "the first 2 go to the validation list).")
     return paths
+
+
+def clip_problem(path: PathLike, sampling_rate: int) -> tuple[str, float]:
+    """("", seconds) for a clip that training reads correctly (a mono 16-bit PCM WAV at `sampling_rate`),
+    else (what is wrong with it, naming the file, 0.0)."""
+    name = os.fspath(path)
+    try:
+        info = sf.info(name)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        return f"{name} is not a readable WAV file ({err}); run python resample.py", 0.0
+    pcm16 = info.format in ("WAV", "WAVEX") and info.subtype == "PCM_16"
+    problems = ([] if pcm16 else [f"{info.format} {info.subtype_info}"]) + (
+        [f"{info.channels} channels"] if info.channels != 1 else []) + (
+        [f"{info.samplerate} Hz"] if info.samplerate != sampling_rate else [])
+    if problems:
+        return (f"{name} is {', '.join(problems)}; so-vits-svc expects {sampling_rate} Hz mono 16-bit PCM: run "
+                "python resample.py"), 0.0
+    return "", info.frames / float(info.samplerate)
 
 
 def speaker_of(path: str) -> str:

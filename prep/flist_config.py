@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
-
 from core.atomic import write_bytes_atomic
 from core.config import ConfigError, dump_config, load_config
-from core.features import DatasetError, list_speakers
+from core.features import DatasetError, clip_problem, list_speakers
 from vencoder import ENCODER_DIMS  # output width per `--speech_encoder` name
 
-__all__ = ["FlistConfigResult", "assign_speaker_ids", "clip_duration", "keep_user_values",
+__all__ = ["FlistConfigResult", "assign_speaker_ids", "keep_user_values",
            "patch_diffusion_config", "patch_sovits_config", "preprocess_flist_config", "risky_characters",
            "split_dataset", "write_filelist"]
 
@@ -58,26 +56,6 @@ def risky_characters(name: str) -> list[str]:
     return list(dict.fromkeys(c for c in name if ord(c) > 127))
 
 
-def clip_duration(path: PathLike, sampling_rate: int = 44100) -> float:
-    """Seconds of a dataset clip from its header; DatasetError when it is unreadable or not the mono 16-bit
-    PCM WAV at `sampling_rate` that the training loader reads correctly."""
-    try:
-        info = sf.info(os.fspath(path))
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise DatasetError(f"{os.fspath(path)} is not a readable WAV file ({err})") from None
-    problems = []
-    if info.format not in ("WAV", "WAVEX") or info.subtype != "PCM_16":
-        problems.append(f"{info.format} {info.subtype_info}")
-    if info.channels != 1:
-        problems.append(f"{info.channels} channels")
-    if info.samplerate != sampling_rate:
-        problems.append(f"{info.samplerate} Hz")
-    if problems:
-        raise DatasetError(f"{os.fspath(path)} is {', '.join(problems)}; so-vits-svc expects {sampling_rate} Hz "
-                           "mono 16-bit PCM from resample.py")
-    return info.frames / float(info.samplerate)
-
-
 def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[str], skipped: list[str]
                    ) -> list[str]:
     """List paths `<source_dir>/<speaker>/<name>` of one speaker's usable clips, sorted; misfits go to `bad`,
@@ -97,11 +75,10 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
         risky = risky_characters(name)
         if risky:
             logger.warning(f"Detected non-ASCII file name: {path} (characters {' '.join(risky)})")
-        try:
-            seconds = clip_duration(path, sampling_rate)
-        except DatasetError as err:
+        problem, seconds = clip_problem(path, sampling_rate)
+        if problem:
             logger.error(f"Reading {path}")
-            bad.append(str(err))
+            bad.append(problem)
             continue
         if seconds < MIN_CLIP_SECONDS:
             logger.info(f"Skip too short audio: {path}")

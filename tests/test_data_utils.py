@@ -194,7 +194,7 @@ def test_missing_spectrogram_is_computed_and_saved(tmp_path) -> None:
 
 def test_float_wav_is_an_error(tmp_path) -> None:
     path = _clip(tmp_path, "a", "f.wav", 30, subtype="FLOAT")
-    expected = r"f\.wav is 32-bit float; so-vits-svc expects 16-bit PCM.*resample\.py"
+    expected = r"f\.wav is WAV 32 bit float; so-vits-svc expects 44100 Hz mono 16-bit PCM.*resample\.py"
     with pytest.raises(DatasetError, match=expected):
         TextAudioSpeakerLoader(_list(tmp_path, [path]), _config(tmp_path, 4, {"a": 0}))
 
