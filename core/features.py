@@ -180,30 +180,25 @@ UNITS_PER_SECOND = 50.0  # every speech encoder gives about 50 unit frames per s
 MAX_FRAME_GAP = 3  # frames by which a feature may differ from its clip's samples // hop (4.1's tolerance)
 
 
-def _frames(data: Any) -> np.ndarray:
-    array = np.asarray(data, dtype=np.float32)
-    if array.ndim != 1 and not (array.ndim == 2 and 1 in array.shape):
-        raise ValueError(f"should be a [T] array, found shape {array.shape}")
-    return array.reshape(-1)
-
-
-def _matrix(data: Any) -> torch.Tensor:
-    tensor = data[0] if isinstance(data, torch.Tensor) and data.dim() == 3 and len(data) == 1 else data
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2:
-        raise ValueError(f"should hold a [1, C, T] or [C, T] tensor, found {getattr(data, 'shape', type(data))}")
-    return tensor.float()
-
-
-def _aug_mel(path: str) -> tuple[np.ndarray, float]:
+def _load(path: str, kind: str) -> Any:
+    """A feature file in the form read_feature returns; ValueError for a layout no preprocessing writes."""
+    if kind in ("units", "spec"):
+        data = safe_torch_load(path)
+        data = data[0] if isinstance(data, torch.Tensor) and data.dim() == 3 and len(data) == 1 else data
+        if not isinstance(data, torch.Tensor) or data.dim() != 2:
+            raise ValueError(f"should hold a [1, C, T] or [C, T] tensor, not {getattr(data, 'shape', type(data))}")
+        return data.float()
+    if kind == "f0":
+        return load_f0(path)
     data = load_npy(path)
-    if data.dtype != object or len(data) != 2:
-        raise ValueError("should be an object array [mel, keyshift]")
-    return np.asarray(data[0], dtype=np.float32), float(data[1])
-
-
-_READERS = {"units": lambda p: _matrix(safe_torch_load(p)), "spec": lambda p: _matrix(safe_torch_load(p)),
-            "f0": load_f0, "volume": lambda p: _frames(load_npy(p)), "aug_vol": lambda p: _frames(load_npy(p)),
-            "mel": lambda p: np.asarray(load_npy(p), dtype=np.float32), "aug_mel": _aug_mel}
+    if kind == "aug_mel":
+        if data.dtype != object or len(data) != 2:
+            raise ValueError("should be an object array [mel, keyshift]")
+        return np.asarray(data[0], dtype=np.float32), float(data[1])
+    data = np.asarray(data, dtype=np.float32)
+    if kind != "mel" and data.ndim != 1 and not (data.ndim == 2 and 1 in data.shape):
+        raise ValueError(f"should be a [T] array, found shape {data.shape}")
+    return data if kind == "mel" else data.reshape(-1)
 
 
 def read_feature(wav: PathLike, kind: str, samples: int | None = None, hop_length: int = 512,
@@ -219,7 +214,7 @@ def read_feature(wav: PathLike, kind: str, samples: int | None = None, hop_lengt
     if not os.path.isfile(path):
         raise FeatureError(f"{path} is missing")
     try:
-        data = _READERS[kind](path)
+        data = _load(path, kind)
     except (OSError, ValueError, TypeError, IndexError, CheckpointError) as err:
         raise FeatureError(f"{path} is unreadable ({err})") from None
     array = data[0] if kind in ("f0", "aug_mel") else data

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import wave
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from core.atomic import DiskFullError, remove_stale_temps, write_bytes_atomic
-from core.features import list_speakers
+from core.features import clip_problem, list_speakers
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
 
 __all__ = ["ClipJob", "ClipOutcome", "ResampleSummary", "SilentAudioError", "TRIM_TOP_DB", "default_workers",
@@ -112,15 +111,14 @@ def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: s
 
 
 def _is_up_to_date(src: str, dst: str, target_sr: int) -> bool:
-    """An earlier run finished `dst`: newer than `src` and a mono 16-bit WAV at `target_sr`."""
+    """An earlier run finished `dst`: newer than `src` and a non-empty mono 16-bit WAV at `target_sr`."""
     try:
         if os.path.getmtime(dst) < os.path.getmtime(src):
             return False
-        with wave.open(dst, "rb") as w:
-            layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
-            return layout == (1, 2, target_sr) and w.getnframes() > 0
-    except (OSError, EOFError, wave.Error):
+    except OSError:
         return False
+    problem, seconds = clip_problem(dst, target_sr)
+    return not problem and seconds > 0
 
 
 def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool = False) -> ClipOutcome:
