@@ -63,17 +63,14 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
     folder = os.path.join(source_dir, speaker)
     clips = []
     for name in sorted(os.listdir(folder)):
-        if not name.endswith("wav") or name.startswith("."):
+        if not name.endswith("wav") or name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
             continue
         path = "/".join([source_dir, speaker, name])
-        if not os.path.isfile(os.path.join(folder, name)):
-            continue
         if any(c in name for c in _LIST_BREAKERS):
             logger.warning(f"Skip {path!r}: '|' and line breaks cannot appear in file-list paths; rename it")
             skipped.append(path)
             continue
-        risky = risky_characters(name)
-        if risky:
+        if risky := risky_characters(name):
             logger.warning(f"Detected non-ASCII file name: {path} (characters {' '.join(risky)})")
         problem, seconds = clip_problem(path, sampling_rate)
         if problem:
@@ -114,8 +111,7 @@ def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int =
     val: list[str] = []
     bad: list[str] = []
     for speaker in tqdm(speakers, disable=not progress):
-        risky = risky_characters(speaker)
-        if risky:
+        if risky := risky_characters(speaker):
             logger.warning(f"Detected non-ASCII speaker name: {speaker} (characters {' '.join(risky)})")
         clips = _speaker_clips(root, speaker, sampling_rate, bad, skipped)
         rng.shuffle(clips)
