@@ -2,15 +2,11 @@
 
     python demo.py [--data DIR] [--workdir demo_run] [--steps 60] [--diff-steps 300] [--no-diffusion]
 
-Lays out a fresh project folder and runs the real scripts in it as a user types them: resample.py,
-preprocess_flist_config.py (``--tiny``), preprocess_hubert_f0.py (fcpe, ``--use_diff``), train.py,
-train_diff.py, inference_main.py (So-VITS alone, ``_sovits_``), compress_model.py (the release file)
-and inference_main.py ``-shd`` on it (``_sovdiff_``). ``--no-diffusion`` leaves the diffusion parts out.
-
-The toolkit's ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) and ``pretrain/nsf_hifigan/`` are
-used when present; otherwise (both are downloads) the demo says so and writes small random-weight
-stand-ins in the real file formats. The models are small and trained briefly: the result shows every
-stage working, not a finished voice.
+Runs the real scripts in a fresh project folder as a user types them, from resample.py to inference_main.py
+(``_sovits_``) and, with the release file of compress_model.py, ``-shd`` (``_sovdiff_``; not with
+``--no-diffusion``). Without the downloads ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) and
+``pretrain/nsf_hifigan/``, random-weight stand-ins in the real formats are written. The models are small and
+trained briefly: the result shows every stage working, not a finished voice.
 """
 from __future__ import annotations
 
@@ -23,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 # Bundled voices: the reference data next to the checkout, or the folder in SOVITS_SHARED.
@@ -43,17 +40,27 @@ DEMO_VOCODER = {
     "resblock": "1", "num_gpus": 1, "batch_size": 16, "learning_rate": 0.0002, "adam_b1": 0.8, "adam_b2": 0.99,
     "lr_decay": 0.999, "seed": 1234, "upsample_rates": [8, 8, 2, 2, 2], "upsample_kernel_sizes": [16, 16, 4, 4, 4],
     "upsample_initial_channel": 32, "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "discriminator_periods": [3, 5, 7, 11, 17, 23, 37],
+    "resblock_dilation_sizes": [[1, 3, 5]] * 3, "discriminator_periods": [3, 5, 7, 11, 17, 23, 37],
     "segment_size": 16384, "num_mels": 128, "num_freq": 1025, "n_fft": 2048, "hop_size": 512, "win_size": 2048,
     "sampling_rate": 44100, "fmin": 40, "fmax": 16000, "fmax_for_loss": None, "num_workers": 4,
-    "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1},
-}
+    "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1}}
 # A small diffusion model (diffusion.yaml `model` keys); the template's is 20 x 512 channels.
 DEMO_DIFFUSION = {"n_layers": 4, "n_chans": 64, "n_hidden": 64}
 DIFF_BATCH = 4
 DIFF_DURATION = 1.0  # seconds per training crop; every demo clip is longer than this + 0.1 s
 RELEASE = "logs/44k/release.pth"  # tutorial 5.1 output name
 SHALLOW_K_STEP = 50  # -ks: the demo model trains all 1000 steps (k_step_max 0), so any k <= 1000 works
+ENCODER_NOTE = (
+    "NOTE: pretrain/checkpoint_best_legacy_500.pt (ContentVec, the vec768l12 speech encoder) is not installed,\n"
+    "      so this demo uses a deterministic stand-in encoder with random weights: the pipeline runs end to end,\n"
+    "      but the converted voice is not meaningful. For real conversions put the ContentVec checkpoint\n"
+    "      (checkpoint_best_legacy_500.pt) into pretrain/ — see pretrain/README.md — and train much longer.")
+VOCODER_NOTE = (
+    "NOTE: pretrain/nsf_hifigan/ (model + config.json, the NSF-HiFiGAN vocoder that shallow diffusion uses for\n"
+    "      its mels and its audio) is not installed, so this demo uses a deterministic stand-in vocoder with\n"
+    "      random weights in the release layout: the diffusion steps run end to end, but their audio is\n"
+    "      noise-like. For real use put the release's `model` and `config.json` into pretrain/nsf_hifigan/ —\n"
+    "      see pretrain/README.md.")
 
 
 def write_demo_encoder(path: Path) -> None:
@@ -81,60 +88,41 @@ def write_demo_vocoder(folder: Path) -> None:
     """A random-weight NSF-HiFiGAN in the release layout (`model` {'generator': state dict} + `config.json`)."""
     import torch
 
-    from vdecoder.nsf_hifigan.models import build_generator, load_model
+    from vdecoder.nsf_hifigan.models import build_generator
 
     torch.manual_seed(0)
     generator = build_generator(DEMO_VOCODER)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(DEMO_VOCODER, indent=2), encoding="utf-8")
     torch.save({"generator": generator.state_dict()}, folder / "model")
-    load_model(folder / "model", device="cpu")  # fails loudly here rather than in a later step
 
 
-def run(step: str, args: list[str], cwd: Path) -> None:
-    print(f"\n=== {step}: python {' '.join(args)}", flush=True)
+def run(work: Path, step: str, script: str, *args: str) -> None:
+    """Run `python <script> <args>` in the project folder `work` as a user would; stop the demo if it fails."""
+    print(f"\n=== {step}: python {' '.join((script, *args))}", flush=True)
     started = time.monotonic()
-    env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    done = subprocess.run([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=cwd, env=env)
+    done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=work,
+                          env=dict(os.environ, PYTHONIOENCODING="utf-8"))
     if done.returncode != 0:
-        raise SystemExit(f"demo stopped: {args[0]} exited with status {done.returncode}")
+        raise SystemExit(f"demo stopped: {script} exited with status {done.returncode}")
     print(f"=== {step} done in {time.monotonic() - started:.1f} s", flush=True)
 
 
-def install_encoder(work: Path) -> int:
-    """Real ContentVec from the toolkit's pretrain/ when there, else the announced stand-in; returns its width."""
-    target = work / "pretrain" / "checkpoint_best_legacy_500.pt"
-    real = ROOT / "pretrain" / "checkpoint_best_legacy_500.pt"
-    if real.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(real, target)
-        print(f"Using the ContentVec weights in {real}.")
-        return 768
-    print("NOTE: pretrain/checkpoint_best_legacy_500.pt (ContentVec, the vec768l12 speech encoder) is not\n"
-          "      installed, so this demo uses a deterministic stand-in encoder with random weights: the\n"
-          "      pipeline runs end to end, but the converted voice is not meaningful. For real conversions\n"
-          "      put the ContentVec checkpoint (checkpoint_best_legacy_500.pt) into pretrain/ — see\n"
-          "      pretrain/README.md — and train for much longer.")
-    write_demo_encoder(target)
-    return ENCODER_DIM
-
-
-def install_vocoder(work: Path) -> None:
-    """Real NSF-HiFiGAN from the toolkit's pretrain/nsf_hifigan/ when there, else the announced stand-in."""
-    target = work / "pretrain" / "nsf_hifigan"
-    real = ROOT / "pretrain" / "nsf_hifigan"
-    if (real / "model").is_file() and (real / "config.json").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("model", "config.json"):
-            shutil.copy(real / name, target / name)
-        print(f"Using the NSF-HiFiGAN vocoder in {real}.")
-        return
-    print("NOTE: pretrain/nsf_hifigan/ (model + config.json, the NSF-HiFiGAN vocoder that shallow diffusion\n"
-          "      uses for its mels and its audio) is not installed, so this demo uses a deterministic\n"
-          "      stand-in vocoder with random weights in the release layout: the diffusion steps run end to\n"
-          "      end, but their audio is noise-like. For real use put the release's `model` and\n"
-          "      `config.json` into pretrain/nsf_hifigan/ — see pretrain/README.md.")
-    write_demo_vocoder(target)
+def install_pretrained(work: Path, rel: str, files: tuple[str, ...], what: str, note: str,
+                       write_stand_in: Callable[[Path], None]) -> bool:
+    """Copy the toolkit's `pretrain/<rel>` (its `files`, or the file itself) into the project, or print `note`
+    and write the stand-in there; True when the real one was there."""
+    real, target = ROOT / "pretrain" / rel, work / "pretrain" / rel
+    pairs = [(real / name, target / name) for name in files] or [(real, target)]
+    if all(source.is_file() for source, _ in pairs):
+        for source, copy in pairs:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, copy)
+        print(f"Using the {what} in {real}.")
+        return True
+    print(note)
+    write_stand_in(target)
+    return False
 
 
 def prepare_project(data: Path, work: Path, diffusion: bool) -> int:
@@ -149,41 +137,38 @@ def prepare_project(data: Path, work: Path, diffusion: bool) -> int:
             shutil.copy(clip, work / "dataset_raw" / speaker / clip.name)
     (work / "raw").mkdir()
     shutil.copy(data / "source" / SOURCE, work / "raw" / SOURCE)
-    ssl_dim = install_encoder(work)
+    real_encoder = install_pretrained(work, "checkpoint_best_legacy_500.pt", (), "ContentVec weights",
+                                      ENCODER_NOTE, write_demo_encoder)
     if diffusion:
-        install_vocoder(work)
-    return ssl_dim
+        install_pretrained(work, "nsf_hifigan", ("model", "config.json"), "NSF-HiFiGAN vocoder", VOCODER_NOTE,
+                           write_demo_vocoder)
+    return 768 if real_encoder else ENCODER_DIM
 
 
-def shrink_config(config_path: Path, steps: int, ssl_dim: int) -> None:
-    """Small model, short schedule: edit the generated config as a user would."""
-    cfg = json.loads(config_path.read_text(encoding="utf-8"))
+def shrink_configs(work: Path, steps: int, diff_steps: int | None, ssl_dim: int) -> None:
+    """Edit the generated configs as a user would: small models, short schedules; diffusion (unless
+    `diff_steps` is None) in whole epochs covering about `diff_steps`, validated and saved once at the end."""
+    from core.config import load_config, save_config
+
+    cfg = json.loads((work / "configs" / "config.json").read_text(encoding="utf-8"))
     cfg["model"].update(DEMO_MODEL, ssl_dim=ssl_dim)
     batches_per_epoch = max(1, (len(SPEAKERS) * (CLIPS_PER_SPEAKER - 2)) // DEMO_TRAIN["batch_size"])
     cfg["train"].update(DEMO_TRAIN, epochs=max(1, steps // batches_per_epoch), eval_interval=steps,
                         log_interval=10, keep_ckpts=2)
-    config_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-
-
-def shrink_diffusion_config(config_path: Path, train_list: Path, steps: int, ssl_dim: int) -> int:
-    """Small diffusion model, whole epochs covering about `steps` steps; returns the exact step count.
-
-    Validation and the checkpoint come once, at the last step.
-    """
-    from core.config import load_config, save_config
-
-    cfg = load_config(config_path).to_dict()
+    (work / "configs" / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    if diff_steps is None:
+        return
+    cfg = load_config(work / "configs" / "diffusion.yaml").to_dict()
     cfg["model"].update(DEMO_DIFFUSION)
     cfg["data"].update(duration=DIFF_DURATION, encoder_out_channels=ssl_dim)
-    clips = [line for line in train_list.read_text(encoding="utf-8").splitlines() if line.strip()]
-    batches_per_epoch = max(1, math.ceil(len(clips) / DIFF_BATCH))
-    epochs = max(1, math.ceil(steps / batches_per_epoch))
+    train_list = (work / "filelists" / "train.txt").read_text(encoding="utf-8")
+    batches_per_epoch = max(1, math.ceil(sum(1 for line in train_list.splitlines() if line.strip()) / DIFF_BATCH))
+    epochs = max(1, math.ceil(diff_steps / batches_per_epoch))
     total = epochs * batches_per_epoch
     cfg["device"] = "cpu"
     cfg["train"].update(batch_size=DIFF_BATCH, num_workers=0, epochs=epochs, interval_val=total,
                         interval_log=min(10, total))
-    save_config(cfg, config_path)  # sorted block YAML, as 4.1 writes it
-    return total
+    save_config(cfg, work / "configs" / "diffusion.yaml")  # sorted block YAML, as 4.1 writes it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,34 +184,30 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     sys.path.insert(0, str(ROOT))
     ssl_dim = prepare_project(args.data.resolve(), work, diffusion)
-    run("2.4.1 resample", ["resample.py"], work)
-    run("2.4.2 file lists and config", ["preprocess_flist_config.py", "--speech_encoder", "vec768l12",
-                                        "--tiny", "--seed", "1"], work)
-    shrink_config(work / "configs" / "config.json", args.steps, ssl_dim)
+    run(work, "2.4.1 resample", "resample.py")
+    run(work, "2.4.2 file lists and config", "preprocess_flist_config.py", "--speech_encoder", "vec768l12",
+        "--tiny", "--seed", "1")
+    shrink_configs(work, args.steps, args.diff_steps if diffusion else None, ssl_dim)
+    run(work, "2.4.3 features", "preprocess_hubert_f0.py", "--f0_predictor", "fcpe", "--device", "cpu",
+        *(["--use_diff"] if diffusion else []))
+    run(work, "2.5.1 training", "train.py", "-c", "configs/config.json", "-m", "44k")
     if diffusion:
-        shrink_diffusion_config(work / "configs" / "diffusion.yaml", work / "filelists" / "train.txt",
-                                args.diff_steps, ssl_dim)
-    run("2.4.3 features", ["preprocess_hubert_f0.py", "--f0_predictor", "fcpe", "--device", "cpu",
-                           *(["--use_diff"] if diffusion else [])], work)
-    run("2.5.1 training", ["train.py", "-c", "configs/config.json", "-m", "44k"], work)
-    if diffusion:
-        run("2.5.2 diffusion training", ["train_diff.py", "-c", "configs/diffusion.yaml"], work)
-    checkpoint = max((work / "logs" / "44k").glob("G_*.pth"), key=lambda p: int(p.stem[2:]))
+        run(work, "2.5.2 diffusion training", "train_diff.py", "-c", "configs/diffusion.yaml")
+    from core.checkpoint import latest_checkpoint_path
+
+    checkpoint = os.path.relpath(latest_checkpoint_path(work / "logs" / "44k", "G_*.pth"), work)
     options = ["-c", "configs/config.json", "-n", SOURCE, "-t", "0", "-s", *SPEAKERS, "-f0p", "fcpe", "-d", "cpu"]
-    run("3.1 conversion", ["inference_main.py", "-m", str(checkpoint.relative_to(work)), *options], work)
+    run(work, "3.1 conversion", "inference_main.py", "-m", checkpoint, *options)
     # The inference-only release file (tutorial 5.1) serves the second pass.
-    run("5.1 release file", ["compress_model.py", "-c", "configs/config.json", "-i",
-                             str(checkpoint.relative_to(work)), "-o", RELEASE], work)
+    run(work, "5.1 release file", "compress_model.py", "-c", "configs/config.json", "-i", checkpoint,
+        "-o", RELEASE)
     if diffusion:
-        expdir = work / "logs" / "44k" / "diffusion"
-        model = max(expdir.glob("model_*.pt"), key=lambda p: int(p.stem[len("model_"):]))
-        run("3.1 shallow diffusion", ["inference_main.py", "-m", RELEASE, *options, "-shd",
-                                      "-dm", str(model.relative_to(work)), "-dc", "logs/44k/diffusion/config.yaml",
-                                      "-ks", str(SHALLOW_K_STEP)], work)
+        model = os.path.relpath(latest_checkpoint_path(work / "logs" / "44k" / "diffusion", "model_*.pt"), work)
+        run(work, "3.1 shallow diffusion", "inference_main.py", "-m", RELEASE, *options, "-shd", "-dm", model,
+            "-dc", "logs/44k/diffusion/config.yaml", "-ks", str(SHALLOW_K_STEP))
     results = sorted((work / "results").iterdir())
-    print("\nDemo finished. Converted audio (one file per speaker and mode):")
-    for path in results:
-        print(f"  {path}")
+    print("\nDemo finished. Converted audio (one file per speaker and mode):", *(f"  {p}" for p in results),
+          sep="\n")
     return 0 if results else 1
 
 
