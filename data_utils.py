@@ -1,9 +1,9 @@
 """Training data: `TextAudioSpeakerLoader` (one clip per item) and `TextAudioCollate`.
 
 Each list line names a clip `X.wav` (44.1 kHz mono 16-bit PCM) with its features beside it. An item is
-`(c [C, T], f0 [T], spec [1025, T], audio [1, T*hop], speaker id [1], uv [T], volume [T] | None)`.
-Lists that cannot train (unknown speaker, wrong unit width, wrong WAV format, empty) stop with one
-`DatasetError`; a clip with a missing or inconsistent feature file is reported and skipped.
+`(c [C, T], f0 [T], spec [1025, T], audio [1, T*hop], speaker id [1], uv [T], volume [T] | None)`. Lists that
+cannot train (unknown speaker, wrong unit width or WAV format, empty) stop with one `DatasetError`; a clip
+with a missing, unreadable or inconsistent feature file is reported by file name and skipped.
 """
 from __future__ import annotations
 

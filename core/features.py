@@ -1,13 +1,11 @@
-"""Per-clip feature files: their names, the file lists that point at them, their I/O and validation.
+"""Dataset clips and their per-clip feature files: names, file lists, format checks, I/O and validation.
 
-Next to every `X.wav` of `dataset/44k/<speaker>/` preprocessing writes `X.wav.soft.pt` (units),
-`X.wav.f0.npy` ((f0, uv)), `X.spec.pt` (linear spectrogram) and, for volume embedding or shallow
-diffusion, `X.wav.vol.npy`, `X.wav.mel.npy`, `X.wav.aug_mel.npy`, `X.wav.aug_vol.npy`.
-
-`.f0.npy` is a plain float64 (2, T) array, which 4.1 unpacks like its own pickled pair; both forms are
-read. Object arrays go through the guarded unpickler, so a crafted file cannot run code. `.aug_mel.npy`
-stays an object array ([mel, keyshift]) for 4.1 to read it, pickled with `numpy.core` module names,
-which NumPy 1.x and 2.x both import.
+Next to every `X.wav` of `dataset/44k/<speaker>/` preprocessing writes `X.wav.soft.pt` (units), `X.wav.f0.npy`
+((f0, uv)), `X.spec.pt` (linear spectrogram) and, for volume embedding or shallow diffusion, `X.wav.vol.npy`,
+`X.wav.mel.npy`, `X.wav.aug_mel.npy`, `X.wav.aug_vol.npy`. `.f0.npy` is a plain float64 (2, T) array, which
+4.1 unpacks like its own pickled pair; both forms are read. Object arrays go through the guarded unpickler,
+so a crafted file cannot run code; `.aug_mel.npy` stays one ([mel, keyshift]) for 4.1, pickled with
+`numpy.core` module names, which NumPy 1.x and 2.x both import.
 """
 from __future__ import annotations
 

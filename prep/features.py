@@ -1,9 +1,9 @@
 """Tutorial step 3 (`preprocess_hubert_f0.py`): per-clip training features next to every `X.wav`.
 
-Outputs: ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy`` ((f0, uv) as float64 (2, T)),
-``X.spec.pt`` ([1025, T]); with ``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with
-``--use_diff`` ``X.wav.mel.npy``, ``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``. Existing files are
-kept while they are up to date (`core.features.feature_problem`); every file is written atomically.
+Outputs: ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy`` ((f0, uv) as float64 (2, T)), ``X.spec.pt``
+([1025, T]); with ``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with ``--use_diff`` ``X.wav.mel.npy``,
+``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``. Files are written atomically and kept while up to date
+(`core.features.feature_problem`).
 """
 from __future__ import annotations
 
@@ -56,25 +56,16 @@ class FeatureSummary:
     up_to_date: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
-    def merge(self, other: "FeatureSummary") -> None:
-        self.done += other.done
-        self.up_to_date += other.up_to_date
-        self.failed.extend(other.failed)
-
 
 def settings_from_config(hps: HParams, f0_predictor: str, use_diff: bool, device: str | None,
                          diffusion: HParams | None = None, overwrite: bool = False) -> FeatureSettings:
     """Worker settings from the So-VITS config `hps` (and, with `use_diff`, the diffusion config's vocoder)."""
-    model = hps.model
-    return FeatureSettings(
-        sampling_rate=int(hps.data.sampling_rate), hop_length=int(hps.data.hop_length),
-        filter_length=int(hps.data.filter_length), win_length=int(hps.data.win_length),
-        speech_encoder=model.get("speech_encoder") or "vec768l12",
-        vol_embedding=bool(model.get("vol_embedding", False)), f0_predictor=f0_predictor,
-        use_diff=use_diff, device=device, overwrite=overwrite,
-        vocoder_ckpt=(str(diffusion.vocoder.ckpt) if (use_diff and diffusion is not None)
-                      else "pretrain/nsf_hifigan/model"),
-    )
+    data, model = hps.data, hps.model
+    vocoder = str(diffusion.vocoder.ckpt) if use_diff and diffusion is not None else "pretrain/nsf_hifigan/model"
+    return FeatureSettings(int(data.sampling_rate), int(data.hop_length), int(data.filter_length),
+                           int(data.win_length), model.get("speech_encoder") or "vec768l12",
+                           bool(model.get("vol_embedding", False)), f0_predictor, use_diff, vocoder, device,
+                           overwrite=overwrite)
 
 
 def list_clips(in_dir: str | os.PathLike) -> list[Path]:
@@ -211,9 +202,8 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
     import multiprocessing
 
     chunks = [clips[i::num_processes] for i in range(num_processes)]
-    summary = FeatureSummary()
     with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_work, settings, chunk, rank, progress) for rank, chunk in enumerate(chunks)]
-        for future in futures:
-            summary.merge(future.result())
-    return summary
+        parts = [f.result() for f in [pool.submit(_work, settings, chunk, rank, progress)
+                                      for rank, chunk in enumerate(chunks)]]
+    return FeatureSummary(sum(p.done for p in parts), sum(p.up_to_date for p in parts),
+                          [failure for p in parts for failure in p.failed])

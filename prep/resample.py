@@ -1,9 +1,9 @@
 """Tutorial step 1 (`resample.py`): every clip of `dataset_raw/<speaker>/` -> 44.1 kHz mono int16 WAV.
 
-Per clip: decode and average channels, trim leading/trailing silence (-40 dB), peak guard
-(x > 1 -> 0.98 x / peak), resample, peak-normalise to full scale unless `--skip_loudnorm`, truncate
-`x * 32767` to int16. Silent or unreadable clips are reported and skipped; outputs are written
-atomically, and a clip whose output is newer than its source is not redone unless `overwrite`.
+Per clip: decode and average channels, trim leading/trailing silence (-40 dB), peak guard (x > 1 -> 0.98 x /
+peak), resample, peak-normalise to full scale unless `--skip_loudnorm`, truncate `x * 32767` to int16. Silent
+or unreadable clips are reported and skipped; outputs are written atomically, and a clip whose output is
+newer than its source is not redone unless `overwrite`.
 """
 from __future__ import annotations
 
