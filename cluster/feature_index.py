@@ -47,20 +47,6 @@ def n_ivf_lists(n_rows: int) -> int:
     return min(int(16 * np.sqrt(n_rows)), n_rows // 39)
 
 
-def _reduce_rows(rows: np.ndarray, n_centres: int) -> np.ndarray:
-    """4.1 replaces a very large speaker by MiniBatchKMeans centres; on failure it keeps the rows."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    print(f"Trying doing kmeans {rows.shape[0]} shape to {n_centres // 1000}k centers.")
-    try:
-        km = MiniBatchKMeans(n_clusters=n_centres, verbose=True, batch_size=256 * (os.cpu_count() or 1),
-                             init="random", compute_labels=False)
-        return np.ascontiguousarray(km.fit(rows).cluster_centers_, dtype=np.float32)
-    except Exception:  # same fallback as 4.1: report and index the raw rows
-        traceback.print_exc()
-        return rows
-
-
 def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.ndarray | None = None,
                         reduce_above: int = REDUCE_ABOVE, n_centres: int = REDUCED_CENTRES) -> Any:
     """One speaker's `IVF<n>,Flat` index (L2, nprobe 1) of unit rows `[N, C]` in file order, as 4.1 builds it.
@@ -80,7 +66,15 @@ def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.nda
             raise ValueError(f"permutation is not a permutation of {len(rows)} rows")
         rows = np.ascontiguousarray(np.asarray(rows)[perm], dtype=np.float32)
     if rows.shape[0] > reduce_above:
-        rows = _reduce_rows(rows, n_centres)
+        from sklearn.cluster import MiniBatchKMeans
+
+        print(f"Trying doing kmeans {rows.shape[0]} shape to {n_centres // 1000}k centers.")
+        try:
+            km = MiniBatchKMeans(n_clusters=n_centres, verbose=True, batch_size=256 * (os.cpu_count() or 1),
+                                 init="random", compute_labels=False)
+            rows = np.ascontiguousarray(km.fit(rows).cluster_centers_, dtype=np.float32)
+        except Exception:  # same fallback as 4.1: report and index the raw rows
+            traceback.print_exc()
     n_rows, dim = rows.shape
     n_ivf = n_ivf_lists(n_rows)
     if n_ivf < 1:
