@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cluster import UnitFileError
     from cluster.feature_index import INDEX_FILE_NAME, save_index_file, train_index
+    from core.atomic import DiskFullError
     from core.config import ConfigError, load_config
     from core.features import DatasetError
 
@@ -32,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config} has no spk map (speaker name -> id); "
                               "run preprocess_flist_config.py", args.config, "spk")
         indexes = train_index(args.root_dir, dict(spk))
-    except (ConfigError, DatasetError, UnitFileError) as err:
+        os.makedirs(args.output_dir, exist_ok=True)  # 4.1 required it to exist; creating it is harmless
+        path = os.path.join(args.output_dir, INDEX_FILE_NAME)
+        save_index_file(indexes, path)
+    except (ConfigError, DatasetError, UnitFileError, DiskFullError) as err:
         print(f"train_index.py: {err}", file=sys.stderr)
         return 1
-    os.makedirs(args.output_dir, exist_ok=True)  # 4.1 required it to exist; creating it is harmless
-    path = os.path.join(args.output_dir, INDEX_FILE_NAME)
-    save_index_file(indexes, path)
     print(f"wrote {path}")
     return 0
 

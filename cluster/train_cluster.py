@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster import UnitFileError
     from cluster.kmeans import TooFewFramesError, train_cluster
+    from core.atomic import DiskFullError
     from core.features import DatasetError
 
     if args.gpu and not torch.cuda.is_available():
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = train_cluster(args.dataset, args.output, n_clusters=args.n_clusters, use_gpu=args.gpu,
                              minibatch=args.minibatch, seed=args.seed, progress=tqdm.tqdm)
-    except (DatasetError, UnitFileError, TooFewFramesError) as err:
+    except (DatasetError, UnitFileError, TooFewFramesError, DiskFullError) as err:
         print(f"train_cluster.py: {err}", file=sys.stderr)
         return 1
     print(f"wrote {path}")
