@@ -70,9 +70,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         random.Random(1234).shuffle(paths)
         self.audiopaths = self._usable(paths)
         self.all_in_mem = all_in_mem
-        self.cache: list[Item | None] = []
-        if all_in_mem:
-            self.cache = [self.get_audio(p) for p in self.audiopaths]
+        self.cache: list[Item | None] = [self.get_audio(p) for p in self.audiopaths] if all_in_mem else []
 
     # -- checks when the dataset is built ------------------------------------------------------
     def _usable(self, paths: list[str]) -> list[str]:

@@ -1,9 +1,9 @@
 """Tutorial step 2 (`preprocess_flist_config.py`): train/val file lists and the two generated configs.
 
-Per speaker folder of `dataset/44k`, clips shorter than 0.3 s are dropped, the rest shuffled, 2 go to
-validation and the others to training; both lists are shuffled again and written one UTF-8 path per
-line. `configs/config.json` and `configs/diffusion.yaml` are the templates with the speaker map, the
-encoder name and width, `--vol_aug` and `--tiny` applied; the user's own values in existing configs are kept.
+Per speaker folder of `dataset/44k`, clips shorter than 0.3 s are dropped, the rest shuffled, 2 go to validation
+and the others to training; both lists are shuffled again and written one UTF-8 path per line. The configs are
+the templates with the speaker map, encoder name and width, `--vol_aug` and `--tiny` applied; the user's own
+values in existing configs are kept.
 """
 from __future__ import annotations
 
@@ -234,14 +234,6 @@ def _write_config(path: str, config: dict[str, Any], old: Mapping[str, Any] | No
     write_bytes_atomic(path, dump_config(config, yaml_style=path.endswith(".yaml")).encode("utf-8"))
 
 
-def _default_template_dir() -> str:
-    # Like 4.1 the templates are read relative to the working directory; a run from elsewhere falls
-    # back to the ones shipped next to this package.
-    if os.path.isdir("configs_template"):
-        return "configs_template"
-    return str(Path(__file__).resolve().parents[1] / "configs_template")
-
-
 def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
                             val_list: PathLike = "./filelists/val.txt", source_dir: PathLike = "./dataset/44k",
                             speech_encoder: str = "vec768l12", vol_aug: bool = False, tiny: bool = False,
@@ -255,13 +247,15 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
         seed: seed of the split shuffles; None = unseeded like 4.1.
         config_dir: where the configs go; existing ones there keep their speaker ids and every value the
             step does not set (speakers, encoder and its width, the `vol_aug`/`tiny` keys when asked for).
-        template_dir: folder of the templates; None = `configs_template` (see _default_template_dir).
+        template_dir: folder of the templates; None = `configs_template` of the working directory like 4.1,
+            else the one shipped with this package.
         overwrite_config: write the templates over the user's values (speaker ids are still kept).
     Raises DatasetError (see split_dataset, or an existing config is unreadable), ValueError (unknown encoder).
     """
     if speech_encoder not in ENCODER_DIMS:
         raise ValueError(f"unknown speech encoder {speech_encoder!r}; choose one of {', '.join(ENCODER_DIMS)}")
-    templates = Path(template_dir if template_dir is not None else _default_template_dir())
+    shipped = Path(__file__).resolve().parents[1] / "configs_template"
+    templates = Path(template_dir or ("configs_template" if os.path.isdir("configs_template") else shipped))
     sovits_template = load_config(templates / ("config_tiny_template.json" if tiny else "config_template.json"))
     diffusion_template = load_config(templates / "diffusion_template.yaml")
     config_path, diffusion_path = (os.path.join(config_dir, name) for name in ("config.json", "diffusion.yaml"))

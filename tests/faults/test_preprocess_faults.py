@@ -76,7 +76,8 @@ def test_rerun_keeps_the_users_config_edits(project: Path, caplog: pytest.LogCap
     with caplog.at_level("INFO"):
         assert preprocess_flist_config.main(flist_args) == 0
     again = json.loads(Path("configs/config.json").read_text())
-    assert (again["train"]["batch_size"], again["train"]["epochs"], again["model"]["hidden_channels"]) == (3, 77, 96)
+    kept = (again["train"]["batch_size"], again["train"]["epochs"], again["model"]["hidden_channels"])
+    assert kept == (3, 77, 96)
     assert again["mine"] == {"note": "kept"}
     assert again["model"]["n_speakers"] == 3 and again["spk"] == {"kal": 0, "lj": 1, "slt": 2}  # set by the step
     assert yaml.safe_load(Path("configs/diffusion.yaml").read_text())["train"]["batch_size"] == 5
@@ -214,7 +215,8 @@ def test_kill_9_at_random_moments_leaves_only_valid_features(project: Path) -> N
     command = [sys.executable, str(ROOT / "preprocess_hubert_f0.py"), *HUBERT_ARGS]
     for _trial in range(3):
         before = len(list(project.rglob("*.npy")))
-        proc = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and len(list(project.rglob("*.npy"))) <= before:
             time.sleep(0.02)
