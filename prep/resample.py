@@ -112,10 +112,7 @@ def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: s
 
 def _is_up_to_date(src: str, dst: str, target_sr: int) -> bool:
     """An earlier run finished `dst`: newer than `src` and a non-empty mono 16-bit WAV at `target_sr`."""
-    try:
-        if os.path.getmtime(dst) < os.path.getmtime(src):
-            return False
-    except OSError:
+    if not os.path.isfile(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
         return False
     problem, seconds = clip_problem(dst, target_sr)
     return not problem and seconds > 0
