@@ -9,55 +9,26 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from core.checkpoint import CheckpointError, safe_torch_load
-from core.features import DatasetError, feature_path, load_f0, load_npy, read_filelist, speaker_of
+from core.features import (MAX_FRAME_GAP, DatasetError, FeatureError, clip_problem, feature_path, read_feature,
+                           read_filelist, speaker_of)
 from core.schema import DiffusionConfig
 from modules import f0 as f0_math
 
 logger = logging.getLogger("diffusion")
-T = TypeVar("T")
 
 __all__ = ["AudioDataset", "DIFFUSION_FEATURES", "DatasetError", "EpochShuffle", "get_data_loaders"]
 
 # Feature kinds (core.features.FEATURE_SUFFIXES) `preprocess_hubert_f0.py --use_diff` writes per clip.
 DIFFUSION_FEATURES = ("units", "f0", "volume", "aug_vol", "mel", "aug_mel")
 PREP_HINT = "run python preprocess_hubert_f0.py --use_diff"
-# Frame streams of one clip may disagree by a frame or two (4.1 never checked); more means stale files.
-MAX_FRAME_GAP = 3
 UNIT_PROBES = 4
 LIST_PROBLEMS = 8
-
-
-def _read(file: str, reader: Callable[[str], T]) -> T:
-    """reader(file); a damaged file becomes a DatasetError that says what to run."""
-    try:
-        return reader(file)
-    except DatasetError:
-        raise
-    except (ValueError, TypeError, IndexError, OSError, CheckpointError) as err:
-        raise DatasetError(f"{file} is unreadable ({err}); delete it and {PREP_HINT}") from None
-
-
-def _aug_pair(file: str) -> tuple[Any, float]:
-    """(mel, keyshift) of a shifted-mel file (an object array of two)."""
-    data = load_npy(file)
-    if data.dtype != object or len(data) != 2:
-        raise ValueError("expected an object array [mel, keyshift]")
-    return data[0], float(data[1])
-
-
-def _as_frames(array: Any, path: str, what: str) -> np.ndarray:
-    data = np.asarray(array, dtype=np.float32)
-    if data.ndim != 1 and not (data.ndim == 2 and 1 in data.shape):
-        raise DatasetError(f"{path}: {what} should be a [T] array, found shape {data.shape}; {PREP_HINT}")
-    return data.reshape(-1)
 
 
 class AudioDataset(Dataset):
@@ -78,6 +49,7 @@ class AudioDataset(Dataset):
         super().__init__()
         self.filelist = str(filelist)
         self.waveform_sec = float(waveform_sec)
+        self.sample_rate = sample_rate
         self.frame_seconds = hop_size / sample_rate
         self.whole_audio = whole_audio
         self.use_aug = use_aug
@@ -104,10 +76,10 @@ class AudioDataset(Dataset):
         if not os.path.isfile(path):
             raise DatasetError(f"{path} (listed in {self.filelist}) not found; re-run python "
                                "preprocess_flist_config.py if the dataset changed")
-        try:
-            return float(sf.info(path).duration)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise DatasetError(f"{path} is not a readable WAV file ({err}); run python resample.py") from None
+        problem, seconds = clip_problem(path, self.sample_rate)
+        if problem:
+            raise DatasetError(problem)
+        return seconds
 
     def _long_enough(self, paths: list[str], seconds: dict[str, float]) -> list[str]:
         need = self.waveform_sec + 0.1
@@ -146,49 +118,41 @@ class AudioDataset(Dataset):
                            ", ".join(strangers), self.filelist)
         return {path: int(spk.get(name, 0)) for path, name in names.items()}
 
+    def _feature(self, path: str, kind: str, channels: int | None = None) -> Any:
+        """read_feature(path, kind, channels=...); a damaged file becomes a DatasetError that says what to run."""
+        try:
+            return read_feature(path, kind, channels=channels)
+        except FeatureError as err:
+            raise DatasetError(f"{err}; delete it and {PREP_HINT}") from None
+
     def _units(self, path: str) -> torch.Tensor:
         """Units of a clip -> [C, Tu] float32, width checked against `n_units`."""
-        file = feature_path(path, "units")
-        try:
-            units = safe_torch_load(file)
-        except CheckpointError as err:
-            raise DatasetError(f"{err}; delete it and {PREP_HINT}") from None
-        if not isinstance(units, torch.Tensor) or units.dim() not in (2, 3):
-            raise DatasetError(f"{file} does not hold a [1, C, Tu] tensor; delete it and {PREP_HINT}")
-        units = (units[0] if units.dim() == 3 else units).float()
+        units = self._feature(path, "units")
         if self.n_units is not None and units.shape[0] != self.n_units:
             raise DatasetError(
-                f"{file} has {units.shape[0]} channels but data.encoder_out_channels in diffusion.yaml is "
-                f"{self.n_units}. Delete old features and {PREP_HINT} (made by another encoder?), or fix "
-                "the config.")
+                f"{feature_path(path, 'units')} has {units.shape[0]} channels but data.encoder_out_channels in "
+                f"diffusion.yaml is {self.n_units}. Delete old features and {PREP_HINT} (made by another "
+                "encoder?), or fix the config.")
         return units
 
     def _stretched_units(self, path: str, frames: int) -> torch.Tensor:
         """Units stretched to the F0 frame count: [frames, C]."""
         return f0_math.repeat_expand_2d(self._units(path), frames, self.unit_interpolate_mode).transpose(0, 1)
 
-    def _mel_array(self, path: str, kind: str) -> np.ndarray:
-        file = feature_path(path, kind)
-        mel = _read(file, lambda f: np.asarray(_aug_pair(f)[0] if kind == "aug_mel" else load_npy(f), np.float32))
-        if mel.ndim != 2 or (self.n_mels is not None and mel.shape[1] != self.n_mels):
-            want = f"[T, {self.n_mels}]" if self.n_mels else "[T, M]"
-            raise DatasetError(f"{file} has shape {mel.shape}, expected {want}; delete it and {PREP_HINT}")
-        return mel
-
-    def _plain(self, path: str, kind: str, what: str) -> np.ndarray:
-        return _read(feature_path(path, kind), lambda f: _as_frames(load_npy(f), f, what))
+    def _mel(self, path: str, kind: str) -> np.ndarray:
+        """The plain ("mel") or shifted ("aug_mel") mel of a clip: [T, n_mels] float32."""
+        mel = self._feature(path, kind, self.n_mels)
+        return mel[0] if kind == "aug_mel" else mel
 
     def _load(self, path: str, seconds: float, spk_id: int) -> dict[str, Any]:
         """Everything of one clip that stays in memory (all of it with `load_all_data`)."""
-        f0_np, _uv = _read(feature_path(path, "f0"), load_f0)
-        volume = self._plain(path, "volume", "volume")
-        aug_vol = self._plain(path, "aug_vol", "aug volume")
-        aug_mel, keyshift = _read(feature_path(path, "aug_mel"), _aug_pair)
-        lengths = {"f0": len(f0_np), "volume": len(volume), "aug_vol": len(aug_vol),
-                   "aug_mel": int(np.shape(aug_mel)[0])}
+        f0_np, _uv = self._feature(path, "f0")
+        volume, aug_vol = self._feature(path, "volume"), self._feature(path, "aug_vol")
+        aug_mel, keyshift = self._feature(path, "aug_mel", self.n_mels)
+        lengths = {"f0": len(f0_np), "volume": len(volume), "aug_vol": len(aug_vol), "aug_mel": len(aug_mel)}
         buf: dict[str, Any] = {"duration": seconds, "keyshift": keyshift}
         if self.load_all_data:
-            mel, aug_mel = self._mel_array(path, "mel"), self._mel_array(path, "aug_mel")
+            mel = self._mel(path, "mel")
             lengths["mel"] = len(mel)
             units = self._stretched_units(path, len(f0_np))
             cache_dtype = torch.float16 if self.fp16 else torch.float32
@@ -229,7 +193,7 @@ class AudioDataset(Dataset):
         end = start + length
         mel = buf.get("aug_mel" if aug else "mel")
         if mel is None:  # not cached; the shifted item needs the shifted mel (4.1 read the plain one here)
-            mel = torch.from_numpy(self._mel_array(name_ext, "aug_mel" if aug else "mel"))
+            mel = torch.from_numpy(self._mel(name_ext, "aug_mel" if aug else "mel"))
         mel = mel[start:end]
         shift = float(buf["keyshift"]) if aug else 0.0
         f0 = 2 ** (shift / 12) * buf["f0"][start:end]
