@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.atomic import write_atomic
 from modules import f0 as f0_math
 from models import SynthesizerTrn
 from vdecoder.hifigan.models import Generator, SourceModuleHnNSF
@@ -96,14 +97,15 @@ def dummy_inputs(model: SynthesizerTrnOnnx, frames: int = TRACE_FRAMES, seed: in
 
 
 def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int = TRACE_FRAMES) -> None:
-    """Trace ``model`` on the CPU (TorchScript exporter, opset 16, no constant folding) into ``path``; the
-    branches taken for the dummy input (speaker id or mix, vol or not) are fixed in the graph."""
+    """Trace ``model`` on the CPU (TorchScript exporter, opset 16, no constant folding) into ``path``, atomically;
+    the branches taken for the dummy input (speaker id or mix, vol or not) are fixed in the graph."""
     model = model.eval()
     names = ["c", "f0", "mel2ph", "uv", "noise", "sid"] + (["vol"] if model.net.vol_embedding else [])
     # The dynamic axes MoeVS expects, named as the exporter names 4.1's plain lists (c_dynamic_axes_1, ...).
     dims = {"c": [0, 1], "f0": [1], "mel2ph": [1], "uv": [1], "noise": [2], "vol": [1],
             "sid": [0] if model.speaker_mix else []}
-    with warnings.catch_warnings():
+    axes = {n: {d: f"{n}_dynamic_axes_{i + 1}" for i, d in enumerate(dims[n])} for n in names if dims[n]}
+    with warnings.catch_warnings(), torch.no_grad():
         # Tracing evaluates shape checks and branches once; the TorchScript exporter is chosen on purpose
         # (a trace, as 4.1 exported), so its deprecation notices are noise too.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -111,8 +113,6 @@ def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int 
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        torch.onnx.export(
-            model, dummy_inputs(model, frames), os.fspath(path), input_names=names, output_names=["audio"],
-            opset_version=OPSET, do_constant_folding=False, dynamo=False,
-            dynamic_axes={name: {dim: f"{name}_dynamic_axes_{i + 1}" for i, dim in enumerate(dims[name])}
-                          for name in names if dims[name]})
+        write_atomic(path, lambda f: torch.onnx.export(
+            model, dummy_inputs(model, frames), f, input_names=names, output_names=["audio"], opset_version=OPSET,
+            do_constant_folding=False, dynamo=False, dynamic_axes=axes))

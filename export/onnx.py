@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.atomic import write_bytes_atomic
 from core.config import HParams, load_config
 from export.model_onnx import TRACE_FRAMES, SynthesizerTrnOnnx, export_onnx
@@ -67,15 +65,7 @@ def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
     model = SynthesizerTrnOnnx(net, len(hps.spk))
 
     onnx_path = folder / f"{name}_SoVits.onnx"
-    # A temporary name first, so an interrupted export leaves no truncated graph.
-    tmp = folder / f".{onnx_path.name}.tmp"
-    try:
-        with torch.no_grad():
-            export_onnx(model, tmp, frames)
-        os.replace(tmp, onnx_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    export_onnx(model, onnx_path, frames)
     legacy_path = folder / LEGACY_NAME
     legacy_path.unlink(missing_ok=True)
     try:
