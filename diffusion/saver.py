@@ -99,8 +99,6 @@ def load_model(expdir: str, model: nn.Module, optimizer: torch.optim.Optimizer |
 def retention_victims(expdir: str, step: int, interval_val: int, interval_force_save: int) -> list[str]:
     """After saving `model_<step>.pt`: every `model_<k>.pt` with step - interval_val <= k < step and k not a
     multiple of `interval_force_save` (4.1's rule; it also drops extra saves at a stop, never `model_0.pt`)."""
-    if not os.path.isdir(expdir) or interval_val <= 0:
-        return []
     return [os.path.join(expdir, name) for k, name in checkpoint_steps(expdir, "model_*.pt")
             if step - interval_val <= k < step and not (interval_force_save > 0 and k % interval_force_save == 0)]
 

@@ -273,10 +273,6 @@ class DiffusionTrainer:
             saver.close()
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, CheckpointError, TrainDiffError,
-                                                VocoderLoadError, DiskFullError)
-
-
 def run_training(config_path: str, num_workers: int | None = None) -> int:
     """`python train_diff.py -c <config>`: 0 when done, 1 after an error with advice (no traceback),
     128 + signal number after Ctrl+C / SIGTERM (the current step is saved), 130 after a second Ctrl+C."""
@@ -310,7 +306,8 @@ def _train(args: HParams, cfg: DiffusionConfig, config_path: str, num_workers: i
         try:
             trainer = DiffusionTrainer(args, select_device(cfg.device, cfg.env.gpu_id), num_workers, stop)
             return trainer.fit()
-        except USER_ERRORS as err:
+        except (ConfigError, DatasetError, CheckpointError, TrainDiffError, VocoderLoadError,
+                DiskFullError) as err:
             logger.error("ERROR: %s", err)
             return 1
         finally:
