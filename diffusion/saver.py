@@ -6,11 +6,10 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import sys
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -18,26 +17,15 @@ from torch import nn
 from core.atomic import write_atomic
 from core.checkpoint import CheckpointError, LoadReport, checkpoint_steps, load_model_state
 from core.config import HParams, save_config
-from core.runlog import Summary, attached_handlers, plot_spectrogram_to_numpy
+from core.runlog import Summary, plot_spectrogram_to_numpy
 from diffusion.unit2mel import read_diffusion_checkpoint
 
 logger = logging.getLogger("diffusion")
 
-__all__ = ["ResumeState", "Saver", "find_resume_checkpoint", "load_model", "retention_victims", "run_logging"]
+__all__ = ["ResumeState", "Saver", "find_resume_checkpoint", "load_model", "retention_victims"]
 
 # 4.1 draws the |pred - gt| panel of the validation figure shifted to this floor (log-mel minimum).
 SPEC_VMIN = -14.0
-
-
-@contextmanager
-def run_logging(expdir: str) -> Iterator[None]:
-    """Bare console lines (as 4.1 printed them), also appended to `log_info.txt` of the existing `expdir`."""
-    handlers = [logging.StreamHandler(sys.stdout),
-                logging.FileHandler(os.path.join(expdir, "log_info.txt"), encoding="utf-8")]
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    with attached_handlers(handlers):
-        yield
 
 
 def find_resume_checkpoint(expdir: str) -> tuple[str, dict[str, Any]] | None:

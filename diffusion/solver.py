@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -15,12 +16,12 @@ from core.atomic import DiskFullError, remove_stale_temps
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, HParams, load_config
 from core.lock import FolderLockedError, folder_lock
-from core.runlog import StopFlag
+from core.runlog import StopFlag, attached_handlers
 from core.schema import DiffusionConfig, read_config
 from core.train_support import autocast, needs_final_save, out_of_memory_message, rng_state, set_rng_state
 from diffusion.data_loaders import DatasetError, get_data_loaders
 from diffusion.samplers import SAMPLERS
-from diffusion.saver import ResumeState, Saver, load_model, run_logging
+from diffusion.saver import ResumeState, Saver, load_model
 from diffusion.unit2mel import build_unit2mel
 from diffusion.vocoder import Vocoder
 from modules.audio_io import read_audio_mono, resample_audio
@@ -294,7 +295,9 @@ def run_training(config_path: str, num_workers: int | None = None) -> int:
 
 def _train(args: HParams, cfg: DiffusionConfig, config_path: str, num_workers: int | None) -> int:
     stop = StopFlag()
-    with run_logging(cfg.env.expdir):
+    # Bare "%(message)s" lines (logging's default format), as 4.1 printed them, also appended to log_info.txt.
+    log_file = os.path.join(cfg.env.expdir, "log_info.txt")
+    with attached_handlers([logging.StreamHandler(sys.stdout), logging.FileHandler(log_file, encoding="utf-8")]):
         logger.info(" > config: %s", config_path)
         logger.info(" >    exp: %s", cfg.env.expdir)
         removed = remove_stale_temps(cfg.env.expdir)

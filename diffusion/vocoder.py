@@ -12,10 +12,7 @@ from vdecoder.nsf_hifigan.models import NsfHifiGAN
 __all__ = ["VOCODERS", "Vocoder"]
 
 # `vocoder.type` -> factor on the natural-log mel before the generator (log10 vocoders: log10(e)).
-VOCODERS: dict[str, float] = {
-    "nsf-hifigan": 1.0,
-    "nsf-hifigan-log10": 0.434294,
-}
+VOCODERS: dict[str, float] = {"nsf-hifigan": 1.0, "nsf-hifigan-log10": 0.434294}
 # 4.1 resampled vocoder input with torchaudio's Resample(..., lowpass_filter_width=128).
 _RESAMPLE_WIDTH = 128
 
