@@ -32,14 +32,11 @@ LIST_PROBLEMS = 8
 
 
 class AudioDataset(Dataset):
-    """Clips of one file list with their diffusion features.
-
-    waveform_sec: crop in seconds (`data.duration`); shorter clips (+ 0.1 s) are left out unless
-    `whole_audio` (whole clips, for validation). spk: speaker map, used when n_spk > 1 (unknown speakers
-    train as 0). load_all_data / device / fp16: the `train.cache_*` settings. use_aug: draw the shifted copy
-    for half of the items. n_units, n_mels: expected unit width and mel bins (None: not checked).
-    Raises DatasetError when the list or its files are unusable; the message names the file and what to run.
-    """
+    """Clips of one file list with their diffusion features. waveform_sec: crop in seconds (`data.duration`);
+    shorter clips (+ 0.1 s) are left out unless `whole_audio` (whole clips, for validation). spk: speaker map,
+    used when n_spk > 1 (unknown speakers train as 0). load_all_data / device / fp16: the `train.cache_*`
+    settings. use_aug: draw the shifted copy for half of the items. n_units, n_mels: expected unit width and
+    mel bins (None: not checked). Raises DatasetError naming the unusable file and what to run."""
 
     def __init__(self, filelist: str, waveform_sec: float, hop_size: int, sample_rate: int,
                  spk: dict[str, int], n_spk: int = 1, load_all_data: bool = True, whole_audio: bool = False,

@@ -29,11 +29,9 @@ def effective_k_step_max(k_step_max: int | None, timesteps: int) -> int:
 
 
 class GaussianDiffusion(nn.Module):
-    """DDPM around a denoiser eps(x [B, 1, M, T], t [B], cond [B, H, T]) -> [B, 1, M, T] over M = out_dims bins.
-
+    """DDPM around a denoiser eps(x [B, 1, M, T], t [B], cond [B, H, T]) -> [B, 1, M, T] over M = out_dims bins;
     k_step: deepest step the model is trained for (<= 0 or >= timesteps: all); max_beta: last beta of the
-    linear schedule; spec_min / spec_max: log-mel range mapped to [-1, 1].
-    """
+    linear schedule; spec_min / spec_max: log-mel range mapped to [-1, 1]."""
 
     def __init__(self, denoise_fn: nn.Module, out_dims: int = 128, timesteps: int = 1000, k_step: int = 1000,
                  max_beta: float = 0.02, spec_min: float = -12, spec_max: float = 2) -> None:
@@ -82,12 +80,10 @@ class GaussianDiffusion(nn.Module):
     def forward(self, condition: Tensor, gt_spec: Tensor | None = None, infer: bool = True,
                 infer_speedup: int = 10, method: str | None = "dpm-solver", k_step: int = 300,
                 use_tqdm: bool = True, *, t: Tensor | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
-        """Training loss (infer=False) or sampled mel [B, T, M] for a condition [B, T, H].
-
-        gt_spec [B, T, M]: the training target, or the shallow start (None: full diffusion). infer_speedup /
-        method: sampler stride and `infer.method` (stride <= 1: plain DDPM); k_step: shallow depth
-        (1 .. k_step_max); t: training steps [B] instead of random ones; noise_fn: every Gaussian draw.
-        """
+        """Training loss (infer=False) or sampled mel [B, T, M] for a condition [B, T, H]. gt_spec [B, T, M]:
+        the training target, or the shallow start (None: full diffusion); infer_speedup / method: sampler stride
+        and `infer.method` (stride <= 1: plain DDPM); k_step: shallow depth (1 .. k_step_max); t: training
+        steps [B] instead of random ones; noise_fn: every Gaussian draw."""
         previous = self.noise_fn
         if noise_fn is not None:
             self.noise_fn = noise_fn

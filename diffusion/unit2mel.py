@@ -1,9 +1,4 @@
-"""Unit2Mel (units + F0 + loudness [+ speaker, key shift] -> mel by Gaussian diffusion) and its file loaders.
-
-The per-frame condition unit_embed(units) + f0_embed(ln(1 + f0 / 700)) + volume_embed(volume)
-[+ spk_embed(id) when n_spk > 1] [+ aug_shift_embed(key_shift / 5) with use_pitch_aug] drives
-`GaussianDiffusion(WaveNet)`.
-"""
+"""Unit2Mel (units + F0 + loudness [+ speaker, key shift] -> mel by Gaussian diffusion) and its file loaders."""
 from __future__ import annotations
 
 import re

@@ -18,10 +18,8 @@ _RESAMPLE_WIDTH = 128
 
 
 class Vocoder:
-    """NSF-HiFiGAN of `vocoder.type` (a key of VOCODERS) from the release `model` file with its `config.json`.
-
-    Raises ValueError for an unknown type, VocoderNotFoundError / VocoderLoadError for missing or unfit files.
-    """
+    """NSF-HiFiGAN of `vocoder.type` (a key of VOCODERS) from the release `model` file with its `config.json`;
+    ValueError for an unknown type, VocoderNotFoundError / VocoderLoadError for missing or unfit files."""
 
     def __init__(self, vocoder_type: str, vocoder_ckpt: PathLike,
                  device: str | torch.device | None = None) -> None:

@@ -52,9 +52,7 @@ def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
                   frames: int = TRACE_FRAMES) -> ExportResult:
     """Write ``<name>/<name>_SoVits.onnx`` (hard-linked as ``<name>/model.onnx``, the old exporter's name) and
     the MoeVS descriptor ``<name>.json`` under ``checkpoints_dir``; CPU only, the global RNG is not touched.
-
-    The graph takes per-frame speaker weights when the config's ``spk`` map has two or more speakers.
-    """
+    The graph takes per-frame speaker weights when the config's ``spk`` map has two or more speakers."""
     root = Path(checkpoints_dir)
     folder = root / name
     if not folder.is_dir():

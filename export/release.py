@@ -68,27 +68,21 @@ def fresh_optimizer_state(net_g: nn.Module, hps: HParams, config_name: str) -> d
     """State dict of a new AdamW over `net_g` with the config's lr/betas/eps (4.1 relies on the default
     weight decay 0.01): empty `state`, params 0..N-1 in registration order."""
     train = hps.get("train") or {}
-    for name in ("learning_rate", "betas", "eps"):
-        if train.get(name) is None:
-            raise ConfigError(f"{config_name}: train.{name} is missing (needed for the release file's "
-                              "optimizer state)", config_name, f"train.{name}")
     try:
         optimizer = torch.optim.AdamW(net_g.parameters(), float(train["learning_rate"]),
                                       betas=tuple(float(b) for b in train["betas"]), eps=float(train["eps"]))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{config_name}: train.learning_rate / betas / eps are not usable ({err})",
-                          config_name, "train") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{config_name}: the release file's optimizer state needs usable train.learning_rate, "
+                          f"betas and eps ({err.args[0] if err.args else err})", config_name, "train") from None
     return optimizer.state_dict()
 
 
 def compress_model(input_path: PathLike, net_g: nn.Module, hps: HParams, config_path: PathLike,
                    output_path: PathLike | None = None, half: bool = False) -> CompressResult:
     """Write the release file of a full G_<step>.pth atomically (default path: `default_release_path`).
-
-    net_g: a freshly built generator of `hps` (checks the fit, sizes the optimizer state).
-    Raises ModelFileError when the input is already a release (except float32 + `half`), does not fit
-    the config or would be overwritten; CheckpointError for an unreadable input.
-    """
+    net_g: a freshly built generator of `hps` (checks the fit, sizes the optimizer state). Raises ModelFileError
+    when the input is already a release (except float32 + `half`), does not fit the config or would be
+    overwritten; CheckpointError for an unreadable input."""
     input_path, config_name = os.fspath(input_path), os.fspath(config_path)
     output = os.fspath(output_path) if output_path else default_release_path(input_path, half)
     state = read_checkpoint(input_path)["model"]
