@@ -6,6 +6,7 @@ refused, never executed. Weight-norm layers are stored under the legacy names `w
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -21,11 +22,11 @@ from torch import nn
 from core.atomic import write_atomic
 from core.pickle_guard import numpy_torch_safe_globals
 
-__all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "LoadReport", "ReleaseCheckpointError",
-           "UnsafeCheckpointError", "check_optimizer", "checkpoint_step", "checkpoint_steps", "clean_checkpoints",
-           "first_float_dtype", "is_release_state", "is_zip", "latest_checkpoint_path", "load_checkpoint", "load_model_state",
-           "load_state_dict_strict", "read_checkpoint", "resume_refusal", "safe_torch_load", "save_checkpoint",
-           "to_legacy_weight_norm", "unwrap_model"]
+__all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "LoadReport",
+           "ReleaseCheckpointError", "UnsafeCheckpointError", "check_optimizer", "checkpoint_steps",
+           "clean_checkpoints", "first_float_dtype", "is_release_state", "is_zip", "latest_checkpoint_path",
+           "load_checkpoint", "load_model_state", "load_state_dict_strict", "read_checkpoint", "resume_refusal",
+           "safe_torch_load", "save_checkpoint", "to_legacy_weight_norm", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,26 +67,20 @@ def resume_refusal(path: PathLike) -> str:
             f"{os.path.basename(os.fspath(path))} out of {folder} to train from scratch.")
 
 
-# ------------------------------------------------------------------------------------------------
-# reading
-# ------------------------------------------------------------------------------------------------
 def _pickle_globals(path: PathLike, limit: int = 5) -> list[str]:
     """Names of globals a raw pickle would import, found by reading opcodes only (nothing runs)."""
     found: list[str] = []
     strings: list[str] = []
-    try:
-        with open(path, "rb") as f:
-            for op, arg, _ in pickletools.genops(f):
-                if isinstance(arg, str):
-                    strings.append(arg)
-                if op.name in ("GLOBAL", "INST"):
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL":
-                    found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
-                if len(found) >= limit:
-                    break
-    except Exception:  # a damaged pickle: report what was seen before the damage
-        pass
+    with contextlib.suppress(Exception), open(path, "rb") as f:  # damaged: what was read before the damage
+        for op, arg, _ in pickletools.genops(f):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+            if len(found) >= limit:
+                break
     return found
 
 
@@ -109,10 +104,8 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err.__context__ or err)
-        unsafe: list[str] = []
-        if "GLOBAL" in detail:
-            unsafe = re.findall(r"GLOBAL ([\w.]+)", detail)[:1] or ["?"]
-        elif not is_zip(path):
+        unsafe = re.findall(r"GLOBAL ([\w.]+)", detail)[:1]
+        if not unsafe and not is_zip(path):
             unsafe = _pickle_globals(path)
         if unsafe:
             raise UnsafeCheckpointError(
@@ -122,8 +115,8 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
             ) from None
         raise CheckpointError(f"{name} is not a readable torch checkpoint ({detail.strip()[:200]})") from None
     except EOFError:
-        raise CheckpointError(f"{name} is empty or truncated (not a complete torch checkpoint): it was cut off "
-                              "while being copied or saved; copy it again, or delete it") from None
+        raise CheckpointError(f"{name} is empty or truncated (cut off while being copied or saved); copy it "
+                              "again, or delete it") from None
     except Exception as err:  # zip reader, legacy-format and pickle errors all mean "bad file" here
         kind = "corrupt or truncated" if is_zip(path) else "not a torch checkpoint"
         raise CheckpointError(f"{name} is {kind} ({type(err).__name__}: {str(err)[:200]}); copy it again from "
@@ -150,9 +143,6 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
     return dict(ckpt)
 
 
-# ------------------------------------------------------------------------------------------------
-# weight-norm names
-# ------------------------------------------------------------------------------------------------
 _PARAMETRIZED = re.compile(r"^(.*?)parametrizations\.(\w+)\.original([01])$")
 
 
@@ -191,9 +181,6 @@ def _strip_module_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     return state_dict
 
 
-# ------------------------------------------------------------------------------------------------
-# loading into a model
-# ------------------------------------------------------------------------------------------------
 @dataclass
 class LoadReport:
     """What a lenient load did. `mismatched` holds (key, shape in file, shape in model)."""
@@ -331,9 +318,6 @@ def load_checkpoint(checkpoint_path: PathLike, model: nn.Module,
     return model, optimizer, ckpt["learning_rate"], ckpt["iteration"]
 
 
-# ------------------------------------------------------------------------------------------------
-# saving and housekeeping
-# ------------------------------------------------------------------------------------------------
 def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, learning_rate: float,
                     iteration: int, checkpoint_path: PathLike, extra: Mapping[str, Any] | None = None) -> None:
     """Write `{'model', 'iteration', 'optimizer', 'learning_rate'}` (plus `extra` entries, which 4.1
@@ -366,14 +350,6 @@ def checkpoint_steps(dir_path: PathLike, glob_pattern: str) -> list[tuple[int, s
         if m and entry.is_file():
             found.append((int(m.group(1)), entry.name))
     return sorted(found)
-
-
-def checkpoint_step(path: PathLike) -> int:
-    """Step number in a `G_<step>.pth` / `D_<step>.pth` name."""
-    m = re.match(r"^[GD]_(\d+)\.pth$", os.path.basename(str(path)))
-    if not m:
-        raise ValueError(f"{path} is not named G_<step>.pth or D_<step>.pth")
-    return int(m.group(1))
 
 
 def latest_checkpoint_path(dir_path: PathLike, regex: str = "G_*.pth") -> str:

@@ -16,7 +16,7 @@ from core.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
     UnsafeCheckpointError,
-    checkpoint_step,
+    checkpoint_steps,
     clean_checkpoints,
     latest_checkpoint_path,
     load_checkpoint,
@@ -366,11 +366,11 @@ def test_latest_checkpoint_path_uses_the_step_only(tmp_path):
                  "D_0.pth", "D_2400.pth", "D_800.pth"])
     assert latest_checkpoint_path(run) == str(run / "G_1600.pth")
     assert latest_checkpoint_path(run, "D_*.pth") == str(run / "D_2400.pth")
-    assert checkpoint_step(latest_checkpoint_path(run, "D_*.pth")) == 2400
+    assert checkpoint_steps(run, "D_*.pth") == [(0, "D_0.pth"), (800, "D_800.pth"), (2400, "D_2400.pth")]
     with pytest.raises(CheckpointNotFoundError, match="model_<step>.pt"):
         latest_checkpoint_path(run, "model_*.pt")
-    with pytest.raises(ValueError):
-        checkpoint_step("G_800_copy2.pth")
+    with pytest.raises(ValueError, match="exactly one"):
+        checkpoint_steps(run, "G_*_*.pth")
 
 
 def test_clean_checkpoints_keeps_newest_steps_and_step_zero(tmp_path):
