@@ -1,17 +1,17 @@
-"""Typed config sections: the fields each stage reads from `config.json` / `diffusion.yaml`, their
-types, defaults and checks, in one place.
+"""Typed config sections: the fields each stage reads from `config.json` / `diffusion.yaml`, in one place.
 
-A section is a frozen dataclass; `read_config` checks a loaded `HParams` against its annotations and
-returns the typed view (the `HParams` itself stays the lossless file object). A field without a
-default is required; a field with `train_only()` has a default for inference but is required for
-training; any other default is what 4.1 falls back to when an older config lacks the key. Every
-problem becomes one line "<file>: <field> must be <kind>, got <value>" in one `ConfigError`.
+A section is a frozen dataclass; `read_config` checks a loaded `HParams` against its annotations and returns the
+typed view (the `HParams` stays the lossless file object). A field without a default is required; one with
+`train_only()` has a default for inference but is required for training; any other default is what 4.1 falls
+back to when an older config lacks the key. Every problem becomes one line "<file>: <field> must be <kind>, got
+<value>" in one `ConfigError`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 from core.config import ConfigError, HParams, PathLike, _plain
 
-__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "SovitsConfig", "TrainConfig", "model_section", "read_config",
-           "sovits_config", "validate_sovits_config"]
+__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "SovitsConfig", "TrainConfig", "model_section",
+           "read_config", "sovits_config", "validate_sovits_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ def train_only(default: Any = None) -> Any:
     return field(default=default, metadata={"train": True})
 
 
-# ------------------------------------------------------------------------------------------------
 # So-VITS config.json
-# ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
     log_interval: int
@@ -75,8 +73,7 @@ class DataConfig:
     n_mel_channels: int = train_only(80)
     mel_fmin: float = train_only(0.0)
     mel_fmax: float | None = train_only(22050)
-    # 4.0-era configs lack the key: their models were trained with the "nearest" loader but convert with
-    # 4.0's own "left" stretching, and 4.1 keeps both defaults so old models sound as they did.
+    # Absent in 4.0-era configs: 4.1 trains them with "nearest" but converts with 4.0's "left", as they expect.
     unit_interpolate_mode: str | None = None
 
     @property
@@ -156,11 +153,10 @@ _DEAD_MODEL_KEYS = frozenset({"n_layers_q", "speaker_embedding"})
 def _so_vits_rules(cfg: SovitsConfig) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     model, hop = cfg.model, cfg.data.hop_length
-    product = 1
-    for rate in model.upsample_rates:
-        product *= rate
+    product = math.prod(model.upsample_rates)
     if product != hop:
-        out.append(("model.upsample_rates", f"model.upsample_rates multiply to {product} but data.hop_length is {hop}"))
+        out.append(("model.upsample_rates",
+                    f"model.upsample_rates multiply to {product} but data.hop_length is {hop}"))
     if len(model.upsample_rates) != len(model.upsample_kernel_sizes):
         out.append(("model.upsample_kernel_sizes",
                     "model.upsample_kernel_sizes must have one entry per model.upsample_rates entry"))
@@ -173,15 +169,13 @@ def _so_vits_rules(cfg: SovitsConfig) -> list[tuple[str, str]]:
     return out
 
 
-def sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_training: bool = False) -> SovitsConfig:
-    """Check a So-VITS `config.json` and return its typed sections.
+def sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "",
+                  for_training: bool = False) -> SovitsConfig:
+    """Check a So-VITS `config.json` and return its typed sections. `path` names the file in messages (default:
+    the file `hps` was loaded from); `for_training` also requires what only training reads (`train` and more).
 
-    Args:
-        hps: the loaded config.
-        path: file name for messages (default: the file `hps` was loaded from).
-        for_training: also require what only training reads (the `train` section and more).
     Raises:
-        ConfigError: one line per problem, e.g. "configs/config.json: model.ssl_dim must be an integer, got '768a'".
+        ConfigError: one line per problem ("config.json: model.ssl_dim must be an integer, got '768a'").
     """
     cfg = read_config(hps, SovitsConfig, path, for_training, rules=_so_vits_rules)
     unknown = sorted(set(hps["model"]) - {f.name for f in dataclasses.fields(ModelConfig)} - _DEAD_MODEL_KEYS)
@@ -200,14 +194,13 @@ def model_section(model: Mapping[str, Any], path: PathLike = "model config") -> 
     return read_config({"model": model}, _ModelOnly, path).model
 
 
-def validate_sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "", for_training: bool = True) -> SovitsConfig:
+def validate_sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "",
+                           for_training: bool = True) -> SovitsConfig:
     """`sovits_config` with training required by default (what train.py checks before starting)."""
     return sovits_config(hps, path, for_training)
 
 
-# ------------------------------------------------------------------------------------------------
-# shallow diffusion diffusion.yaml (the fields train_diff.py reads)
-# ------------------------------------------------------------------------------------------------
+# Shallow diffusion diffusion.yaml (the fields train_diff.py reads)
 @dataclass(frozen=True)
 class DiffusionData:
     sampling_rate: PositiveInt
@@ -283,9 +276,6 @@ class DiffusionConfig:
     spk: SpeakerMap | None = None  # None: absent or null (one speaker)
 
 
-# ------------------------------------------------------------------------------------------------
-# the checker
-# ------------------------------------------------------------------------------------------------
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -322,18 +312,9 @@ def _kind(tp: Any) -> tuple[Callable[[Any], bool], str]:
         return (lambda v: isinstance(v, Mapping) and all(map(_is_int, v.values())),
                 "an object mapping speaker names to integer ids")
     simple = {int: (_is_int, "an integer"), float: (_is_number, "a number"),
-              bool: (lambda v: isinstance(v, bool), "true or false"), str: (lambda v: isinstance(v, str), "a string")}
+              bool: (lambda v: isinstance(v, bool), "true or false"),
+              str: (lambda v: isinstance(v, str), "a string")}
     return simple[tp]
-
-
-def _section_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
-
-
-def _is_section(tp: Any) -> bool:
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return dataclasses.is_dataclass(tp)
 
 
 def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = "", for_training: bool = True,
@@ -347,14 +328,14 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
     where = str(path) or (hps._source if isinstance(hps, HParams) else "") or "config"
     problems: list[tuple[str, str]] = []
     built: dict[str, Any] = {}
-    for name, tp in _section_types(cls).items():
-        if not _is_section(tp):  # a top-level value such as `spk`
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        section_cls = next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
+        if section_cls is None:  # a top-level value such as `spk`
             top = next(f for f in dataclasses.fields(cls) if f.name == name)
             value = _field(data, name, tp, _required(top), problems)
             if value is not _ABSENT:
                 built[name] = value
             continue
-        section_cls = tp if dataclasses.is_dataclass(tp) else next(a for a in typing.get_args(tp) if a is not type(None))
         optional = section_cls is not tp and not for_training
         node = data.get(name)
         if node is None and optional:
@@ -364,7 +345,7 @@ def read_config(hps: HParams | Mapping[str, Any], cls: type, path: PathLike = ""
             problems.append((name, f"{name} must be an object, got {node!r}" if name in data
                              else f"section {name} is missing"))
             continue
-        values, hints, complete = {}, _section_types(section_cls), True
+        values, hints, complete = {}, typing.get_type_hints(section_cls, include_extras=True), True
         for f in dataclasses.fields(section_cls):
             required = _required(f) or (for_training and f.metadata.get("train", False))
             value = _field(node, f.name, hints[f.name], required and not optional, problems, prefix=f"{name}.")
