@@ -24,11 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
     add("-c", "--config_path", default="logs/44k/config.json", help="config.json of the model")
-    add("-cl", "--clip", type=float, default=0,
-        # The numbers are inference.options.MIN_CLIP_FRAMES / MAX_TRANSPOSE (a test keeps them equal); importing
-        # that module here would load torch just to print --help.
-        help="forced slice length in seconds; 0 = slice at silences only; else at least 4 model "
-        "frames (4 x hop / sampling rate, 0.046 s at 44.1 kHz)")
+    # 4 and 53 are inference.options.MIN_CLIP_FRAMES / MAX_TRANSPOSE (a test keeps them equal), not imported:
+    # that would load torch just to print --help.
+    add("-cl", "--clip", type=float, default=0, help="forced slice length in seconds; 0 = slice at silences only; "
+        "else at least 4 model frames (4 x hop / sampling rate, 0.046 s at 44.1 kHz)")
     add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"],
         help="input file names inside raw/ (.wav added when there is no extension)")
     add("-t", "--trans", type=int, nargs="+", default=[0],
@@ -89,14 +88,6 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _cluster_path(args: argparse.Namespace) -> str:
-    """-cm, or 4.1's default file for -cr with or without -fr; empty without -cr."""
-    if args.cluster_infer_ratio == 0:
-        return ""
-    return args.cluster_model_path or ("logs/44k/feature_and_index.pkl" if args.feature_retrieval
-                                       else "logs/44k/kmeans_10000.pt")
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that end the run with their message and exit status 1 (no traceback)."""
     from core.checkpoint import CheckpointError  # covers ModelConfigMismatch
@@ -131,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         args.use_spk_mix = len(spk_mix_map) > 1  # 4.1: a one-entry map silently turns mixing off
         options = [InferOptions.from_args(args, tran) for tran in trans]  # fail before loading anything
         log.info("Using F0 predictor: %s", args.f0_predictor)
-        svc = Svc(args.model_path, args.config_path, args.device, _cluster_path(args), args.enhance,
+        # -cm, or 4.1's default file for -cr with or without -fr; nothing without -cr
+        cluster = "" if args.cluster_infer_ratio == 0 else args.cluster_model_path or (
+            "logs/44k/feature_and_index.pkl" if args.feature_retrieval else "logs/44k/kmeans_10000.pt")
+        svc = Svc(args.model_path, args.config_path, args.device, cluster, args.enhance,
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
                   args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
         args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1

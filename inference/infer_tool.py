@@ -43,7 +43,6 @@ __all__ = ["F0FilterException", "InferOptions", "SEED", "StageHook", "Svc", "Svc
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 StageHook = Callable[[str], ContextManager[object]]
-ENHANCER_PATH = os.path.join("nsf_hifigan", "model")
 WHISPER_MAX_SECONDS = 30.0
 _COPY_BLOCK = 1 << 20  # samples per block when converting inputs to WAV
 _OPTION_NAMES = frozenset(f.name for f in fields(InferOptions))
@@ -77,19 +76,13 @@ def _options(arguments: dict[str, object]) -> InferOptions:
     return InferOptions(**{k: v for k, v in arguments.items() if k in _OPTION_NAMES})
 
 
-def _is_oom(err: BaseException) -> bool:
-    text = str(err).lower()
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
-        or "can't allocate memory" in text
-
-
 class Svc:
     """A So-VITS model ready for conversion (4.1's constructor arguments; device None = auto).
 
-    net_g_path / config_path (G_*.pth, full or compressed) are not read with only_diffusion (-od).
-    cluster_model_path: k-means `.pt` or retrieval `.pkl`, loaded if it exists (its content decides);
-    `unit_mixer` replaces it. nsf_hifigan_enhance reads `<pretrain_dir>/nsf_hifigan/model` (not with -shd).
-    Without the diffusion file, -shd / -od run So-VITS alone (`output_mode` says what runs).
+    net_g_path / config_path are not read with only_diffusion (-od). cluster_model_path: k-means `.pt` or
+    retrieval `.pkl`, loaded if it exists; `unit_mixer` replaces it. nsf_hifigan_enhance reads
+    `<pretrain_dir>/nsf_hifigan/model` (not with -shd). Without the diffusion file, -shd / -od run So-VITS
+    alone (`output_mode` says what runs).
     `with svc.stage_hook(name):` (default no-op) wraps each stage, never nested: "slicing", "reading", "piece
     preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion", "enhancer",
     "writing". Raises ConfigError, CheckpointError (ModelConfigMismatch), FileNotFoundError, VocoderLoadError,
@@ -112,14 +105,20 @@ class Svc:
         self.hps_ms = self.net_g_ms = None
         units_width = self._init_from_diffusion(self.diffusion) if self.only_diffusion else self._init_sovits()
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
-        if self.only_diffusion and self.hubert_model.dim != units_width:
+        dim, side = self.hubert_model.dim, self.diffusion
+        if not self.only_diffusion:
+            check_encoder_width(self.speech_encoder, dim, units_width, self.spk_map_path)
+        if self.diffusion_used and side.units_width != dim:  # shallow diffusion reuses the So-VITS units
             raise ModelConfigMismatch(
-                f"diffusion model {self.diffusion.model_path} takes {units_width}-dim units but data.encoder "
-                f"'{self.speech_encoder}' gives {self.hubert_model.dim}; set data.encoder in "
-                f"{self.diffusion.config_path} to the encoder it was trained with")
-        check_encoder_width(self.speech_encoder, self.hubert_model.dim, units_width, self.spk_map_path)
-        if self.shallow_diffusion:
-            self._check_shallow_fit(self.diffusion, units_width)
+                f"diffusion model {side.model_path} takes {side.units_width}-dim units but " + (
+                    f"data.encoder '{self.speech_encoder}' gives {dim}; set data.encoder in {side.config_path} "
+                    "to the encoder it was trained with" if self.only_diffusion else
+                    f"the So-VITS speech encoder '{self.speech_encoder}' gives {dim}; shallow diffusion needs a "
+                    f"diffusion model trained with the same encoder (data.encoder in {side.config_path})"))
+        if self.shallow_diffusion and (side.sample_rate, side.hop_size) != (self.target_sample, self.hop_size):
+            raise ModelConfigMismatch(
+                f"{side.config_path} has sampling_rate {side.sample_rate} / block_size {side.hop_size} but "
+                f"{self.config_path} has {self.target_sample} / {self.hop_size}; they must agree")
         self.cluster_model_path = os.fspath(cluster_model_path) if cluster_model_path else ""
         self.unit_mixer = unit_mixer
         if unit_mixer is None and self.cluster_model_path and os.path.isfile(self.cluster_model_path):
@@ -128,7 +127,7 @@ class Svc:
         if nsf_hifigan_enhance and self.diffusion is not None and shallow_diffusion:
             logger.info("-eh/--enhance is ignored with shallow diffusion")
         elif nsf_hifigan_enhance:
-            path = os.path.join(os.fspath(pretrain_dir), ENHANCER_PATH)
+            path = os.path.join(os.fspath(pretrain_dir), "nsf_hifigan", "model")
             if not os.path.isfile(path) and os.path.isfile(path + ".ckpt"):
                 raise FileNotFoundError(f"{path} not found but {path}.ckpt is there: the 2024.02 NSF-HiFiGAN "
                                         f"release ships model.ckpt; rename it to {path} (keep config.json "
@@ -166,18 +165,6 @@ class Svc:
         self.has_f0_decoder = False
         self.speech_encoder = side.encoder
         return side.units_width
-
-    def _check_shallow_fit(self, side: DiffusionSide, units_width: int) -> None:
-        """Shallow diffusion reuses the So-VITS units and frames: widths, rate and hop must agree."""
-        if side.units_width != units_width:
-            raise ModelConfigMismatch(
-                f"diffusion model {side.model_path} takes {side.units_width}-dim units but the So-VITS speech "
-                f"encoder '{self.speech_encoder}' gives {units_width}; shallow diffusion needs a diffusion model "
-                f"trained with the same encoder (data.encoder in {side.config_path})")
-        if (side.sample_rate, side.hop_size) != (self.target_sample, self.hop_size):
-            raise ModelConfigMismatch(
-                f"{side.config_path} has sampling_rate {side.sample_rate} / block_size {side.hop_size} but "
-                f"{self.config_path} has {self.target_sample} / {self.hop_size}; they must agree")
 
     @property
     def diffusion_used(self) -> bool:
@@ -262,11 +249,10 @@ class Svc:
                  frame: int = 0) -> tuple[torch.Tensor, int]:
         """Convert a piece [L] at the model rate: (audio float32 [N] on CPU, frames T)."""
         mixing = isinstance(speaker, torch.Tensor)
-        ratio = 0.0 if mixing else opts.cluster_infer_ratio
-        if not mixing:
-            sid = torch.LongTensor([[self.speaker_id(speaker)]]).to(self.dev)
-        c, f0, uv = self.get_unit_f0(wav, opts.tran, ratio, None if mixing else speaker, opts.f0_filter,
-                                     opts.f0_predictor, opts.cr_threshold)
+        sid = None if mixing else torch.LongTensor([[self.speaker_id(speaker)]]).to(self.dev)
+        c, f0, uv = self.get_unit_f0(wav, opts.tran, 0.0 if mixing else opts.cluster_infer_ratio,
+                                     None if mixing else speaker, opts.f0_filter, opts.f0_predictor,
+                                     opts.cr_threshold)
         n_frames = f0.size(1)
         if mixing:  # where the frame budget runs short (non-44.1 kHz input) the last mix holds
             sid = speaker[:, torch.arange(frame, frame + n_frames).clamp(max=speaker.shape[1] - 1)].T.to(self.dev)
@@ -326,7 +312,9 @@ class Svc:
         try:
             return self._convert(wav, speaker, opts, frame)
         except (RuntimeError, MemoryError) as err:
-            if not _is_oom(err):
+            text = str(err).lower()
+            if not isinstance(err, (torch.OutOfMemoryError, MemoryError)) and "out of memory" not in text \
+                    and "can't allocate memory" not in text:
                 raise
             gpu = self.dev.type == "cuda"
             raise SvcError(f"Out of {'GPU ' if gpu else ''}memory on a {len(wav) / self.target_sample:.1f} s "

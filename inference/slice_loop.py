@@ -18,7 +18,7 @@ from inference.speaker_mix import build_mix_weights
 from modules.audio_io import AudioReadError
 from modules.audio_resample import resample
 
-__all__ = ["Convert", "iter_song", "mix_frame_budget", "out_length", "pcm16_piece", "piece_ranges", "read_wav"]
+__all__ = ["Convert", "iter_song", "mix_frame_budget", "out_length", "piece_ranges", "read_wav"]
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -56,14 +56,6 @@ def read_wav(raw: PathLike | BinaryIO, sr_out: int) -> np.ndarray:
         raise AudioReadError(name, "contains NaN or infinite samples; fix the input")
     wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     return resample(wav[None], int(sr), sr_out)[0].numpy()
-
-
-def pcm16_piece(samples: np.ndarray, sr: int, sr_out: int) -> np.ndarray:
-    """4.1 hands each padded slice over as 16-bit WAV: quantise, then resample to `sr_out`."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(samples, dtype=np.float64), sr, format="WAV", subtype="PCM_16")
-    buffer.seek(0)
-    return read_wav(buffer, sr_out)
 
 
 class _Joiner:
@@ -138,8 +130,11 @@ def iter_song(convert: Convert, sr_out: int, hop: int, audio: Audio, speaker: st
                 target = out_length(len(piece), sr, sr_out) if per > 0 else length
                 if per > 0:
                     logger.info("###=====segment clip start, %ss======", round(len(piece) / sr, 3))
-                with stage("piece preparation"):
-                    wav = pcm16_piece(np.pad(piece, pad_in), sr, sr_out)
+                with stage("piece preparation"):  # 4.1 hands each padded piece over as 16-bit WAV
+                    buffer = io.BytesIO()
+                    sf.write(buffer, np.pad(piece, pad_in).astype(np.float64), sr, format="WAV", subtype="PCM_16")
+                    buffer.seek(0)
+                    wav = read_wav(buffer, sr_out)
                 out, n_frames = convert(wav, speaker, frame)
                 frame += n_frames
                 if pad_out > 0:  # with -p 0, 4.1 sliced [0:-0] and lost every piece; the audio is kept

@@ -202,10 +202,7 @@ class Slicer:
 
     def slice(self, waveform: np.ndarray) -> dict[str, dict[str, object]]:
         """4.1 chunk dict of a [N] (or [channels, N], averaged) signal."""
-        samples = np.asarray(waveform, dtype=np.float32)
-        if samples.ndim > 1:
-            samples = samples.mean(axis=0, dtype=np.float32)
-        return _as_dict(self.chunks(ArraySource(samples, 1)))
+        return _as_dict(self.chunks(ArraySource(np.asarray(waveform, dtype=np.float32).T, 1)))
 
 
 def _as_dict(chunks: list[Chunk]) -> dict[str, dict[str, object]]:
