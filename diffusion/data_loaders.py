@@ -116,7 +116,6 @@ class AudioDataset(Dataset):
         return {path: int(spk.get(name, 0)) for path, name in names.items()}
 
     def _feature(self, path: str, kind: str, channels: int | None = None) -> Any:
-        """read_feature(path, kind, channels=...); a damaged file becomes a DatasetError that says what to run."""
         try:
             return read_feature(path, kind, channels=channels)
         except FeatureError as err:

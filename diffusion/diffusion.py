@@ -126,8 +126,7 @@ class GaussianDiffusion(nn.Module):
         if gt_spec is None:
             t_start = self.k_step_max
             # Full diffusion starts from pure noise at the deepest step.
-            x = self.noise_like(torch.empty((batch, 1, self.out_dims, frames), dtype=cond.dtype,
-                                            device=cond.device))
+            x = self.noise_like(cond.new_empty((batch, 1, self.out_dims, frames)))
         else:
             t_start = int(k_step)
             x_start = self.norm_spec(gt_spec).transpose(1, 2).unsqueeze(1)

@@ -24,9 +24,6 @@ logger = logging.getLogger("diffusion")
 
 __all__ = ["ResumeState", "Saver", "find_resume_checkpoint", "load_model", "retention_victims"]
 
-# 4.1 draws the |pred - gt| panel of the validation figure shifted to this floor (log-mel minimum).
-SPEC_VMIN = -14.0
-
 
 def find_resume_checkpoint(expdir: str) -> tuple[str, dict[str, Any]] | None:
     """(path, dict) of the newest readable `model_<N>.pt` directly in `expdir` (newer unreadable ones are skipped
@@ -103,8 +100,8 @@ class Saver:
         self.summary = Summary(os.path.join(self.expdir, "logs"))
 
     def log_spec(self, name: str, spec: torch.Tensor, spec_out: torch.Tensor) -> None:
-        """Figure of |pred - gt| + SPEC_VMIN, gt and pred side by side; mels [1, T, M]."""
-        both = torch.cat([(spec_out - spec).abs() + SPEC_VMIN, spec, spec_out], -1)[0]
+        """Figure of |pred - gt| - 14 (shifted to the log-mel floor, as 4.1), gt and pred; mels [1, T, M]."""
+        both = torch.cat([(spec_out - spec).abs() - 14.0, spec, spec_out], -1)[0]
         image = plot_spectrogram_to_numpy(both.detach().float().cpu().numpy().T)
         self.summary.write(self.global_step, images={name: image})
 
@@ -133,7 +130,6 @@ class Saver:
         return path
 
     def apply_retention(self, step: int, interval_val: int, interval_force_save: int) -> None:
-        """Delete the `retention_victims`."""
         for path in retention_victims(self.expdir, step, interval_val, interval_force_save):
             with suppress(FileNotFoundError):
                 os.remove(path)

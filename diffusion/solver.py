@@ -123,7 +123,6 @@ class DiffusionTrainer:
             group["lr"] = learning_rate_at(step, t.lr, t.gamma, t.decay_step)
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Tensors of a collated batch on the device; the float ones as float32."""
         return {k: v.to(self.device, torch.float32 if v.is_floating_point() else v.dtype, non_blocking=True)
                 for k, v in batch.items() if isinstance(v, Tensor)}
 

@@ -10,10 +10,9 @@ from torch import Tensor, nn
 __all__ = ["ResidualBlock", "WaveNet", "step_embedding"]
 
 
-def _conv1d(in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-            dilation: int = 1) -> nn.Conv1d:
-    """Conv1d with He-normal weights (outer projections only, as in 4.1, so seeded fresh models match)."""
-    conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation)
+def _conv1d(in_channels: int, out_channels: int) -> nn.Conv1d:
+    """1x1 Conv1d with He-normal weights (outer projections only, as in 4.1, so seeded fresh models match)."""
+    conv = nn.Conv1d(in_channels, out_channels, 1)
     nn.init.kaiming_normal_(conv.weight)
     return conv
 
@@ -55,11 +54,11 @@ class WaveNet(nn.Module):
     def __init__(self, in_dims: int = 128, n_layers: int = 20, n_chans: int = 384, n_hidden: int = 256) -> None:
         super().__init__()
         self.n_chans = n_chans
-        self.input_projection = _conv1d(in_dims, n_chans, 1)
+        self.input_projection = _conv1d(in_dims, n_chans)
         self.mlp = nn.Sequential(nn.Linear(n_chans, n_chans * 4), nn.Mish(), nn.Linear(n_chans * 4, n_chans))
         self.residual_layers = nn.ModuleList([ResidualBlock(n_hidden, n_chans, 1) for _ in range(n_layers)])
-        self.skip_projection = _conv1d(n_chans, n_chans, 1)
-        self.output_projection = _conv1d(n_chans, in_dims, 1)
+        self.skip_projection = _conv1d(n_chans, n_chans)
+        self.output_projection = _conv1d(n_chans, in_dims)
         # A zero last layer makes the untrained model predict "no noise", a stable start for training.
         nn.init.zeros_(self.output_projection.weight)
 
