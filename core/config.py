@@ -36,12 +36,8 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
 class HParams:
     """Nested config with attribute and item access; nested mappings become HParams.
 
-    Args:
-        data: the mapping to wrap (copied shallowly; nested dicts are wrapped recursively).
-        source: file the values came from, used in error messages.
-        prefix: dotted position of this node in the file (`"model"` for `hps.model`).
-        missing_as_none: read absent fields as None instead of raising (4.1's inference mode,
-            needed for 4.0-era configs that lack newer keys).
+    `source` (the file) and `prefix` (this node's dotted position, `"model"` for `hps.model`) name absent fields
+    in errors; `missing_as_none` reads them as None instead (4.1's inference mode, for 4.0-era configs).
     """
 
     __slots__ = ("_data", "_source", "_prefix", "_missing_as_none")
@@ -71,7 +67,6 @@ class HParams:
         available = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "none"
         return f"{where}is missing {self._dotted(key)} (available here: {available})"
 
-    # attribute access -------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
         # Dunder lookups (pickle, copy) must not be answered from the data.
         if name.startswith("__"):
@@ -92,7 +87,6 @@ class HParams:
     def __delattr__(self, name: str) -> None:
         del self[name]
 
-    # mapping protocol -------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
         try:
             return self._data[key]
@@ -126,7 +120,6 @@ class HParams:
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)
 
-    # conversion -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts in the original key order."""
         return {k: v.to_dict() if isinstance(v, HParams) else v for k, v in self._data.items()}
@@ -151,9 +144,6 @@ class HParams:
         HParams.__init__(self, data, source, prefix, missing_as_none)
 
 
-# ------------------------------------------------------------------------------------------------
-# reading and writing
-# ------------------------------------------------------------------------------------------------
 def _is_yaml(path: PathLike) -> bool:
     return Path(path).suffix.lower() in (".yaml", ".yml")
 

@@ -1,8 +1,8 @@
-"""What a training run reports and how it stops: log handlers for the run, TensorBoard output with
-4.1's tag names and figure renders, and the SIGINT/SIGTERM stop flag.
+"""What a training run reports and how it stops: log handlers for the run, TensorBoard output with 4.1's tag
+names and figure renders, and the SIGINT/SIGTERM stop flag.
 
-TensorBoard and matplotlib are imported only when a writer or figure is made; without them training
-goes on with one warning and no event files."""
+TensorBoard and matplotlib are imported only when a writer or figure is made; without them training goes on
+with one warning and no event files."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +22,8 @@ __all__ = ["StopFlag", "Summary", "attached_handlers", "plot_data_to_numpy", "pl
 
 @contextmanager
 def attached_handlers(handlers: Sequence[logging.Handler], level: int = logging.INFO) -> Iterator[None]:
-    """Add `handlers` to the root logger (at `level`) and remove and close them afterwards.
-
-    Scripts call this inside `main`, so importing a module never configures logging.
-    """
+    """Add `handlers` to the root logger (at `level`), then remove and close them (scripts call this inside
+    `main`, so importing a module never configures logging)."""
     root = logging.getLogger()
     old_level = root.level
     root.setLevel(level)
@@ -41,11 +39,8 @@ def attached_handlers(handlers: Sequence[logging.Handler], level: int = logging.
 
 
 class StopFlag:
-    """Signal handlers that turn SIGINT/SIGTERM into a polite stop request.
-
-    The first signal asks the run to stop after its current step (the trainer then saves); a second
-    one more than a second later aborts at once with KeyboardInterrupt.
-    """
+    """SIGINT/SIGTERM handlers: the first signal asks the run to stop after its current step (the trainer then
+    saves); a second one more than a second later aborts at once with KeyboardInterrupt."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -60,9 +55,8 @@ class StopFlag:
             raise KeyboardInterrupt
         if self.signum is None:
             self.signum, self.at = signum, time.monotonic()
-            logging.getLogger(__name__).warning(
-                "%s received: stopping after this step and saving a checkpoint (repeat to abort at once)",
-                signal.Signals(signum).name)
+            logger.warning("%s received: stopping after this step and saving a checkpoint "
+                           "(repeat to abort at once)", signal.Signals(signum).name)
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -75,10 +69,6 @@ class StopFlag:
 
     def exit_code(self) -> int:
         return 128 + self.signum if self.signum is not None else 0
-
-
-# 4.1 renders every image as a 10 x 2 inch matplotlib figure at the default 100 dpi.
-FIGURE_SIZE = (10, 2)
 
 
 class Summary:
@@ -117,44 +107,34 @@ class Summary:
             self.writer = None
 
 
-def _figure() -> Any:
-    """A 10 x 2 in Agg figure, built without pyplot so no global backend state is touched."""
+def _render(draw: Callable[[Any, Any], object]) -> np.ndarray | None:
+    """`draw(figure, axes)` on a 10 x 2 in Agg figure (4.1's image size; built without pyplot, so no global
+    backend state is touched) -> HWC uint8 RGB image; None without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    fig = Figure(figsize=FIGURE_SIZE)
+    fig = Figure(figsize=(10, 2))
     FigureCanvasAgg(fig)
-    return fig
-
-
-def _to_rgb(fig: Any) -> np.ndarray:
+    draw(fig, fig.add_subplot())
     fig.tight_layout()
     fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    return np.ascontiguousarray(rgba[..., :3])
+    return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
 
 
 def plot_spectrogram_to_numpy(spectrogram: np.ndarray) -> np.ndarray | None:
     """[channels, frames] -> HWC uint8 image (lower origin, colour bar); None without matplotlib."""
-    fig = _figure()
-    if fig is None:
-        return None
-    ax = fig.add_subplot()
-    im = ax.imshow(spectrogram, aspect="auto", origin="lower", interpolation="none")
-    fig.colorbar(im, ax=ax)
-    ax.set_xlabel("Frames")
-    ax.set_ylabel("Channels")
-    return _to_rgb(fig)
+    def draw(fig: Any, ax: Any) -> None:
+        fig.colorbar(ax.imshow(spectrogram, aspect="auto", origin="lower", interpolation="none"), ax=ax)
+        ax.set_xlabel("Frames")
+        ax.set_ylabel("Channels")
+    return _render(draw)
 
 
 def plot_data_to_numpy(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
     """Two curves over frames (e.g. lf0 and pred_lf0) -> HWC uint8 image; None without matplotlib."""
-    fig = _figure()
-    if fig is None:
-        return None
-    ax = fig.add_subplot()
-    ax.plot(x)
-    ax.plot(y)
-    return _to_rgb(fig)
+    def draw(_fig: Any, ax: Any) -> None:
+        ax.plot(x)
+        ax.plot(y)
+    return _render(draw)
