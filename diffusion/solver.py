@@ -179,9 +179,8 @@ class DiffusionTrainer:
                 rtfs.append(run_time / max(song_time, 1e-9))
                 logger.info("RTF: %s  | %s / %s", rtfs[-1], run_time, song_time)
                 for _ in range(repeats):
-                    loss = model(x["units"], x["f0"], x["volume"], x["spk_id"], gt_spec=x["mel"], infer=False,
-                                 k_step=model.k_step_max)
-                    test_loss += float(loss)
+                    test_loss += float(model(x["units"], x["f0"], x["volume"], x["spk_id"], gt_spec=x["mel"],
+                                             infer=False, k_step=model.k_step_max))
                 self.saver.log_spec(f"{speaker}_{fn}.wav", x["mel"], mel)
                 gt = resample_audio(*read_audio_mono(batch["name_ext"][0]), sr)
                 audios = {f"{speaker}_{fn}_gt.wav": torch.from_numpy(gt).unsqueeze(0),

@@ -6,7 +6,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.atomic import write_bytes_atomic
 from core.config import HParams, load_config
@@ -14,7 +13,7 @@ from export.model_onnx import TRACE_FRAMES, SynthesizerTrnOnnx, export_onnx
 from generator import load_generator
 from models import SynthesizerTrn
 
-__all__ = ["ExportResult", "SynthesizerTrnOnnx", "export_folder", "export_onnx", "load_model", "moevs_config"]
+__all__ = ["ExportResult", "SynthesizerTrnOnnx", "export_folder", "export_onnx", "load_model"]
 
 PathLike = str | os.PathLike
 LEGACY_NAME = "model.onnx"
@@ -36,16 +35,6 @@ def load_model(model_path: PathLike, config_path: PathLike) -> tuple[Synthesizer
                                 "and name it model.pth)")
     hps = load_config(config_path)
     return load_generator(model_path, hps, config_path).net.float().eval(), hps
-
-
-def moevs_config(name: str, hps: HParams, net: SynthesizerTrn, speaker_mix: bool) -> dict[str, Any]:
-    """The MoeVS model descriptor, keys in 4.1's order."""
-    gin = int(net.gin_channels)
-    layer = "layer-12" if gin == 768 else "layer-9"
-    return {"Folder": name, "Name": name, "Type": "SoVits", "Rate": hps.data.sampling_rate,
-            "Hop": hps.data.hop_length, "Hubert": f"vec-{gin}-{layer}", "SoVits4": True, "SoVits3": False,
-            "CharaMix": speaker_mix, "Volume": bool(net.vol_embedding), "HiddenSize": gin,
-            "Characters": list(hps.spk.keys()), "Cluster": ""}
 
 
 def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
@@ -71,6 +60,11 @@ def export_folder(name: str, checkpoints_dir: PathLike = "checkpoints",
     except OSError:  # a file system without hard links
         shutil.copyfile(onnx_path, legacy_path)
     json_path = root / f"{name}.json"
-    descriptor = moevs_config(name, hps, net, model.speaker_mix)
+    gin = int(net.gin_channels)
+    descriptor = {"Folder": name, "Name": name, "Type": "SoVits", "Rate": hps.data.sampling_rate,  # 4.1's order
+                  "Hop": hps.data.hop_length, "Hubert": f"vec-{gin}-layer-{12 if gin == 768 else 9}",
+                  "SoVits4": True, "SoVits3": False, "CharaMix": model.speaker_mix,
+                  "Volume": bool(net.vol_embedding), "HiddenSize": gin, "Characters": list(hps.spk.keys()),
+                  "Cluster": ""}
     write_bytes_atomic(json_path, json.dumps(descriptor, indent=4).encode("utf-8"))
     return ExportResult(onnx_path, legacy_path, json_path, model.speaker_mix, bool(net.vol_embedding))
