@@ -1,6 +1,7 @@
 """Atomic file writes: a crash mid-write leaves the previous file intact and no partial file behind."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -8,7 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["DiskFullError", "is_disk_full", "TEMP_SUFFIX", "remove_stale_temps", "write_atomic", "write_bytes_atomic"]
+__all__ = ["DiskFullError", "TEMP_SUFFIX", "is_disk_full", "remove_stale_temps", "write_atomic",
+           "write_bytes_atomic"]
 
 PathLike = str | os.PathLike
 TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp" beside their target
@@ -29,25 +31,20 @@ def is_disk_full(err: BaseException, folder: Path) -> bool:
         return False
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through a temp file in the same folder, fsync it, then `os.replace` it over `path`.
 
-    A crash or exception inside `write` leaves any previous file untouched and no temp file behind
-    (the temp name starts with a dot, so every stage ignores a leftover). The file gets the usual
-    umask permissions, not mkstemp's owner-only ones.
+    A crash or exception inside `write` leaves any previous file untouched and no temp file behind (the temp
+    name starts with a dot, so every stage ignores a leftover).
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, "fchmod"):  # the usual umask permissions, not mkstemp's owner-only ones
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -55,10 +52,8 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, target)
     except BaseException as err:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         if is_disk_full(err, folder):
             free = shutil.disk_usage(folder).free
             full = DiskFullError(f"the disk of {folder} is full: writing {target.name} stopped after "
@@ -67,17 +62,12 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
             full.errno = errno.ENOSPC
             raise full from None
         raise
-    # Make the rename itself durable; not possible on every platform (Windows), so best effort.
-    try:
+    with contextlib.suppress(OSError):  # make the rename durable; best effort (not possible on Windows)
         dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:

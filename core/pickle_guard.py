@@ -17,9 +17,8 @@ __all__ = ["GuardedUnpickler", "NUMPY_GLOBALS", "numpy_torch_safe_globals"]
 _NP_CORE = np._core
 # What an object array pickled by NumPy 1.x (numpy.core) or 2.x (numpy._core) needs, and nothing else.
 NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
-    **{(mod, "_reconstruct"): _NP_CORE.multiarray._reconstruct
-       for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(mod, "scalar"): _NP_CORE.multiarray.scalar for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(mod, name): getattr(_NP_CORE.multiarray, name)
+       for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): __import__("_codecs").encode,  # protocol-2 pickles store bytes as latin-1 text
@@ -37,10 +36,7 @@ def numpy_torch_safe_globals() -> list[Any]:
 class GuardedUnpickler(pickle.Unpickler):
     """`pickle.Unpickler` that resolves only `allowed` globals; subclasses extend the table or `refuse`.
 
-    Args:
-        file: binary file positioned at the pickle.
-        source: file name for messages.
-        encoding: how Python 2 strings decode (torch.load passes its own).
+    `source` names the file in messages; `encoding` decodes Python 2 strings (torch.load passes its own).
     Persistent ids are refused by `pickle.Unpickler` itself unless a caller (torch.load) installs a loader.
     """
 
