@@ -27,7 +27,7 @@ from inference.enhancer import Enhancer
 from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits
 from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
                                pad_array, seeded)
-from inference.shallow import DiffusionSide, load_diffusion
+from inference.shallow import load_diffusion
 from inference.slice_loop import iter_song, read_wav
 from inference.slicer import Audio, FileSource, rms_frames
 from inference.speaker_mix import validate_spk_mix_map
@@ -102,10 +102,33 @@ class Svc:
             if shallow_diffusion or only_diffusion else None
         self.only_diffusion = bool(only_diffusion) and self.diffusion is not None
         self.shallow_diffusion = bool(shallow_diffusion) and self.diffusion is not None and not self.only_diffusion
-        self.hps_ms = self.net_g_ms = None
-        units_width = self._init_from_diffusion(self.diffusion) if self.only_diffusion else self._init_sovits()
+        side = self.diffusion
+        if self.only_diffusion:  # rate, hop, speakers, encoder and unit mode come from the diffusion config (4.1)
+            side.check_k_step(0, shallow=False)
+            self.hps_ms = self.net_g_ms = None
+            self.dtype = torch.float32
+            self.target_sample, self.hop_size = side.sample_rate, side.hop_size
+            self.unit_interpolate_mode = side.unit_interpolate_mode
+            self.spk2id: dict[str, int] = dict(side.spk2id)
+            self.spk_map_path = side.config_path
+            self.vol_embedding = False  # the diffusion side measures the loudness of the input itself
+            self.has_f0_decoder = False
+            self.speech_encoder = side.encoder
+            units_width = side.units_width
+        else:
+            self.hps_ms = load_config(self.config_path, missing_as_none=True)
+            loaded = load_sovits(self.net_g_path, self.hps_ms, self.config_path, self.dev)
+            self.net_g_ms, self.dtype, cfg = loaded.net_g, loaded.dtype, loaded.config
+            self.target_sample, self.hop_size = cfg.data.sampling_rate, cfg.data.hop_length
+            self.unit_interpolate_mode = cfg.data.inference_unit_mode
+            self.spk2id = dict(cfg.spk)
+            self.spk_map_path = self.config_path
+            self.vol_embedding = cfg.model.vol_embedding
+            self.has_f0_decoder = loaded.has_f0_decoder and cfg.model.use_automatic_f0_prediction
+            units_width = cfg.model.ssl_dim
+            self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, units_width, self.config_path)
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
-        dim, side = self.hubert_model.dim, self.diffusion
+        dim = self.hubert_model.dim
         if not self.only_diffusion:
             check_encoder_width(self.speech_encoder, dim, units_width, self.spk_map_path)
         if self.diffusion_used and side.units_width != dim:  # shallow diffusion reuses the So-VITS units
@@ -138,33 +161,6 @@ class Svc:
             self.enable_spk_mix()
         self._f0_predictor = None
         self._f0_key: tuple[str, float] | None = None
-
-    def _init_sovits(self) -> int:
-        """Load config.json + the So-VITS checkpoint; returns the model's unit width."""
-        self.hps_ms = load_config(self.config_path, missing_as_none=True)
-        loaded = load_sovits(self.net_g_path, self.hps_ms, self.config_path, self.dev)
-        self.net_g_ms, self.dtype, cfg = loaded.net_g, loaded.dtype, loaded.config
-        self.target_sample, self.hop_size = cfg.data.sampling_rate, cfg.data.hop_length
-        self.unit_interpolate_mode = cfg.data.inference_unit_mode
-        self.spk2id: dict[str, int] = dict(cfg.spk)
-        self.spk_map_path = self.config_path
-        self.vol_embedding = cfg.model.vol_embedding
-        self.has_f0_decoder = loaded.has_f0_decoder and cfg.model.use_automatic_f0_prediction
-        self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, cfg.model.ssl_dim, self.config_path)
-        return cfg.model.ssl_dim
-
-    def _init_from_diffusion(self, side: DiffusionSide) -> int:
-        """-od: rate, hop, speakers, encoder and unit mode come from the diffusion config (4.1)."""
-        side.check_k_step(0, shallow=False)
-        self.dtype = torch.float32
-        self.target_sample, self.hop_size = side.sample_rate, side.hop_size
-        self.unit_interpolate_mode = side.unit_interpolate_mode
-        self.spk2id = dict(side.spk2id)
-        self.spk_map_path = side.config_path
-        self.vol_embedding = False  # the diffusion side measures the loudness of the input itself
-        self.has_f0_decoder = False
-        self.speech_encoder = side.encoder
-        return side.units_width
 
     @property
     def diffusion_used(self) -> bool:

@@ -33,8 +33,7 @@ class F0FilterException(Exception):
 
 @dataclass(frozen=True)
 class InferOptions:
-    """Per-conversion options; names and defaults of 4.1's `Svc` arguments. SvcError for negative
-    pad/clip/lg seconds, lgr_num outside (0, 1], cr_threshold outside [0, 1] or |tran| > MAX_TRANSPOSE."""
+    """Per-conversion options; names and defaults of 4.1's `Svc` arguments. SvcError for out-of-range values."""
 
     tran: float = 0  # semitones
     cluster_infer_ratio: float = 0.0

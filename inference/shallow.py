@@ -37,7 +37,7 @@ class DiffusionSide:
 
     def __init__(self, model: "Unit2Mel", vocoder: "Vocoder", args: "HParams", model_path: str,
                  config_path: str) -> None:
-        self.model, self.vocoder, self.args = model, vocoder, args
+        self.model, self.vocoder = model, vocoder
         self.model_path, self.config_path = model_path, config_path
         data = args.get("data") or {}
         infer = args.get("infer") or {}

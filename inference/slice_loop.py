@@ -73,8 +73,7 @@ class _Joiner:
         return ready
 
     def crossfade(self, piece: np.ndarray, span: int, skip: int, drop: int) -> np.ndarray:
-        """Blend piece[skip:skip + span] into the tail before its last `drop` samples (which go); returns
-        the part of `piece` still to push."""
+        """Blend piece[skip:skip + span] into the tail ahead of its last `drop` samples (cut); returns the rest."""
         if len(self.tail) < span + drop or len(piece) < skip + span:
             logger.warning("cross-fade skipped: a piece is shorter than the -lg overlap")
             return piece

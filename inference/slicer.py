@@ -38,8 +38,7 @@ class AudioSource:
     name = "<audio>"  # for messages
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Samples [start, end) as float32 [end - start]; positions outside the signal read as 0.
-        AudioReadError for NaN/inf samples."""
+        """Samples [start, end) as float32, zeros outside the signal; AudioReadError for NaN/inf samples."""
         lo, hi = max(start, 0), min(end, self.n_samples)
         out = np.zeros(max(end - start, 0), dtype=np.float32)
         if hi > lo:

@@ -32,16 +32,16 @@ def load_spk_mix_map(module: str = "spkmix") -> dict:
     return spk_mix_map
 
 
-def validate_spk_mix_map(spk_mix_map: Any, speakers: Mapping[str, int] | None = None,
-                         source: str = "spkmix.py") -> dict[int, list[list[float]]]:
+def validate_spk_mix_map(spk_mix_map: Any,
+                         speakers: Mapping[str, int] | None = None) -> dict[int, list[list[float]]]:
     """Check a mixing map and return it as plain lists, sorted by id; with the model's `spk` map (name -> id)
-    its ids must be exactly 0..n-1. SpkMixError names `source` and the entry ("spkmix.py: spk_mix_map[1][2]")."""
+    its ids must be exactly 0..n-1. SpkMixError names the entry ("spkmix.py: spk_mix_map[1][2]")."""
     if not isinstance(spk_mix_map, Mapping) or not spk_mix_map:
-        raise SpkMixError(f"{source}: spk_mix_map must be a non-empty dict {{speaker_id: track}}")
+        raise SpkMixError("spkmix.py: spk_mix_map must be a non-empty dict {speaker_id: track}")
     names = {int(i): n for n, i in (speakers or {}).items()}
     out: dict[int, list[list[float]]] = {}
     for key, track in spk_mix_map.items():
-        where = f"{source}: spk_mix_map[{key!r}]"
+        where = f"spkmix.py: spk_mix_map[{key!r}]"
         if not isinstance(key, int) or isinstance(key, bool):
             raise SpkMixError(f"{where}: keys are integer speaker ids (0, 1, ...), not {type(key).__name__}")
         if not isinstance(track, Sequence) or isinstance(track, str) or not track:
@@ -72,7 +72,7 @@ def validate_spk_mix_map(spk_mix_map: Any, speakers: Mapping[str, int] | None = 
             listing = ", ".join(f"{i}={names[i]}" for i in sorted(names))
             gaps = (("missing", sorted(expected - set(out))), ("unknown", sorted(set(out) - expected)))
             detail = "; ".join(f"{what} ids {ids}" for what, ids in gaps if ids)
-            raise SpkMixError(f"{source}: spk_mix_map must give a track for every speaker id of the model "
+            raise SpkMixError(f"spkmix.py: spk_mix_map must give a track for every speaker id of the model "
                               f"({listing}); {detail}. Use [[0., 1., 0., 0.]] for an unused speaker.")
     return dict(sorted(out.items()))
 
@@ -88,8 +88,7 @@ def _ramp(v0: float, v1: float, n: int) -> torch.Tensor:
     return values[:n]
 
 
-def build_mix_weights(spk_mix_map: Mapping[int, Sequence[Sequence[float]]], n_frames: int,
-                      source: str = "spkmix.py") -> torch.Tensor:
+def build_mix_weights(spk_mix_map: Mapping[int, Sequence[Sequence[float]]], n_frames: int) -> torch.Tensor:
     """Per-frame weights float32 [n_speakers, n_frames] of a validated map, every column summing to 1;
     SpkMixError when a segment covers no frame at this song length."""
     n_spk = len(spk_mix_map)
@@ -98,7 +97,7 @@ def build_mix_weights(spk_mix_map: Mapping[int, Sequence[Sequence[float]]], n_fr
         for j, (t0, t1, v0, v1) in enumerate(spk_mix_map[i]):
             begin, end = int(n_frames * t0), int(n_frames * t1)
             if end - begin <= 0:
-                raise SpkMixError(f"{source}: spk_mix_map[{i}][{j}] = {[t0, t1, v0, v1]}: covers no frame of "
+                raise SpkMixError(f"spkmix.py: spk_mix_map[{i}][{j}] = {[t0, t1, v0, v1]}: covers no frame of "
                                   f"this {n_frames}-frame song; make the segment longer")
             weights[i, begin:end] = _ramp(v0, v1, end - begin)
     sums = weights.sum(dim=0)
