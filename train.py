@@ -14,14 +14,12 @@ from training.launch import TrainOptions, run_training
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the So-VITS generator and discriminator.")
-    parser.add_argument("-c", "--config", type=str, default="./configs/config.json",
-                        help="JSON file for configuration")
-    parser.add_argument("-m", "--model", type=str, required=True, help="Model name (run folder logs/<model>)")
+    parser.add_argument("-c", "--config", default="./configs/config.json", help="JSON file for configuration")
+    parser.add_argument("-m", "--model", required=True, help="Model name (run folder logs/<model>)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: all visible CUDA GPUs, else the CPU (slow)")
-    parser.add_argument("--nprocs", type=int, default=None,
-                        help="training processes (default: one per visible GPU, 1 on the CPU)")
-    parser.add_argument("--num_workers", type=int, default=None,
+    parser.add_argument("--nprocs", type=int, help="training processes (default: one per visible GPU, else 1)")
+    parser.add_argument("--num_workers", type=int,
                         help="data-loader worker processes per training process (default: 4.1's min(5, CPUs))")
     return parser
 

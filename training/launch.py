@@ -1,9 +1,8 @@
 """Starting `train.py`: config and run folder, devices and processes, logging, stop signals.
 
-* Devices: every visible GPU gets one process (spawned as 4.1 does, or started by `torchrun`, whose
-  RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* variables are honoured); NCCL joins them, gloo on the CPU.
-  Training on the CPU is allowed (4.1 refused) with a one-line notice; `--nprocs N` runs N CPU
-  processes joined by gloo. A single process runs in place, without a process group.
+* Devices: one process per visible GPU (spawned as 4.1 does, or started by `torchrun`, whose
+  RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* variables are honoured), joined by NCCL; on the CPU one process
+  with a notice, or `--nprocs N` joined by gloo. A single process runs in place, without a process group.
 * Stopping: the first SIGINT (Ctrl+C) or SIGTERM asks every process to stop after its current step;
   rank 0 then saves `G_<step>.pth`/`D_<step>.pth` atomically and the run exits with 128 + signal
   number. A second signal more than a second later aborts at once (the last saved files stay intact).
@@ -45,7 +44,6 @@ CONSOLE_FORMAT = "%(levelname)s:%(name)s:%(message)s"
 FILE_FORMAT = "%(asctime)s\t%(name)s\t%(levelname)s\t%(message)s"
 # Errors whose message already says what to do: printed without a traceback.
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingError, DiskFullError, FolderLockedError)
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 @dataclass
@@ -62,11 +60,10 @@ class TrainOptions:
 @contextmanager
 def _run_logging(model_dir: str, rank: int) -> Iterator[None]:
     """4.1's console (`LEVEL:name:message`) and `train.log` handlers on the root logger, for this run."""
-    handlers: list[logging.Handler] = []
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT if rank == 0 else f"[rank {rank}] {CONSOLE_FORMAT}"))
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    handlers.append(console)
+    handlers: list[logging.Handler] = [console]
     if rank == 0:
         log_file = logging.FileHandler(os.path.join(model_dir, "train.log"), encoding="utf-8")
         log_file.setFormatter(logging.Formatter(FILE_FORMAT))
@@ -98,25 +95,36 @@ def _write_run_config(model_dir: str, raw: bytes, run_log: logging.Logger) -> No
     """`logs/<model>/config.json` = the config this run trains with; a different previous one is kept as
     `config.json.bak`. Called only once every check has passed, so a refused run changes nothing."""
     path = os.path.join(model_dir, "config.json")
-    if os.path.isfile(path) and Path(path).read_bytes() != raw:
-        old = Path(path).read_bytes()
+    old = Path(path).read_bytes() if os.path.isfile(path) else raw
+    if old != raw:
         write_atomic(path + ".bak", lambda f: f.write(old))
         run_log.info("%s changed; the previous one is kept as config.json.bak", path)
     write_atomic(path, lambda f: f.write(raw))
 
 
-def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: HParams, model_dir: str,
-            num_workers: int, threads: int | None, parent_stops: bool, config_bytes: bytes) -> int:
+@dataclass
+class _Run:
+    """What every training process of one run shares."""
+
+    hps: HParams
+    model_dir: str
+    device_type: str
+    num_workers: int
+    config_bytes: bytes
+
+
+def _worker(rank: int, world_size: int, local_rank: int, run: _Run, parent_stops: bool) -> int:
     """Body of every training process; returns its exit status (0, 1 or 128 + signal)."""
     stop = StopFlag()
     stop.install()
     try:
+        hps, model_dir = run.hps, run.model_dir
         with _run_logging(model_dir, rank):
             run_log = logging.getLogger(os.path.basename(os.path.normpath(model_dir)))
             try:
-                if threads:
-                    torch.set_num_threads(threads)
-                device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
+                device = torch.device(f"cuda:{local_rank}" if run.device_type == "cuda" else "cpu")
+                if device.type == "cpu" and world_size > 1:  # CPU processes share the cores
+                    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
                 if device.type == "cuda":
                     torch.cuda.set_device(device)
                     torch.backends.cudnn.benchmark = True
@@ -129,19 +137,16 @@ def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: 
                         run_log.info("Training on the CPU (no CUDA GPU, or --device cpu): it works, but slowly.")
                     _check_git_hash(model_dir, run_log)
                     if world_size > 1:
-                        run_log.info("%d processes on %s (%s)", world_size, device_type, dist.get_backend())
+                        run_log.info("%d processes on %s (%s)", world_size, device.type, dist.get_backend())
                 torch.manual_seed(int(hps.train.seed))
                 # Crops and volume augmentation draw from Python's RNG (in the main process when no
                 # loader workers run; torch seeds each worker's own).
                 random.seed(int(hps.train.seed))
-                ctx = RunContext(rank, world_size, device, num_workers, stop)
-                trainer = Trainer(hps, model_dir, ctx)
+                trainer = Trainer(hps, model_dir, RunContext(rank, world_size, device, run.num_workers, stop))
                 if rank == 0:
-                    _write_run_config(model_dir, config_bytes, run_log)
-                stopped = trainer.fit()
-                if stopped and not parent_stops:
-                    return stop.exit_code()
-                return 0
+                    _write_run_config(model_dir, run.config_bytes, run_log)
+                # A spawning parent gives the stop's exit status itself.
+                return stop.exit_code() if trainer.fit() and not parent_stops else 0
             except USER_ERRORS as err:
                 if rank == 0 or not isinstance(err, (ConfigError, DatasetError)):
                     run_log.error("%s", err)
@@ -157,33 +162,22 @@ def _worker(rank: int, world_size: int, local_rank: int, device_type: str, hps: 
         stop.restore()
 
 
-def _spawned(rank: int, world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
-             threads: int | None, config_bytes: bytes) -> None:
-    code = _worker(rank, world_size, rank, device_type, hps, model_dir, num_workers, threads, True, config_bytes)
-    if code:
-        sys.exit(code)
+def _spawned(rank: int, world_size: int, run: _Run) -> None:
+    sys.exit(_worker(rank, world_size, rank, run, True))
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _spawn(world_size: int, device_type: str, hps: HParams, model_dir: str, num_workers: int,
-           threads: int | None, config_bytes: bytes) -> int:
+def _spawn(world_size: int, run: _Run) -> int:
     """One process per rank (4.1's torch.multiprocessing spawn); signals are passed on to them."""
-    port = str(hps.train.port).strip()  # 4.1 needed a JSON string; an integer works too
-    if not _port_free(int(port)):
-        raise TrainingError(f"train.port {port} is in use (another training running?); set another "
-                            "port in the config")
+    port = str(run.hps.train.port).strip()  # 4.1 needed a JSON string; an integer works too
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", int(port)))
+        except OSError:
+            raise TrainingError(f"train.port {port} is in use (another training running?); set another "
+                                "port in the config") from None
     os.environ["MASTER_ADDR"] = "localhost"
     os.environ["MASTER_PORT"] = port
-    ctx = mp.start_processes(_spawned, args=(world_size, device_type, hps, model_dir, num_workers, threads, config_bytes),
-                             nprocs=world_size, join=False, start_method="spawn")
+    ctx = mp.start_processes(_spawned, args=(world_size, run), nprocs=world_size, join=False, start_method="spawn")
     stop = StopFlag()
 
     def forward(signum: int, frame: object) -> None:
@@ -212,22 +206,13 @@ def _device_plan(options: TrainOptions) -> tuple[str, int]:
     cuda = torch.cuda.is_available()
     if options.device == "cuda" and not cuda:
         raise TrainingError("--device cuda: training needs an NVIDIA GPU with CUDA (none found)")
-    device_type = "cuda" if (cuda and options.device != "cpu") else "cpu"
-    if device_type == "cuda":
-        count = torch.cuda.device_count()
-        nprocs = options.nprocs or count
-        if nprocs > count:
-            raise TrainingError(f"--nprocs {nprocs} but only {count} GPU(s) are visible")
-    else:
-        nprocs = options.nprocs or 1
-    return device_type, nprocs
-
-
-def _default_workers(options: TrainOptions) -> int:
-    if options.num_workers is not None:
-        return max(0, options.num_workers)
-    cpus = os.cpu_count() or 1
-    return 5 if cpus > 4 else cpus  # 4.1's rule
+    if not cuda or options.device == "cpu":
+        return "cpu", options.nprocs or 1
+    count = torch.cuda.device_count()
+    nprocs = options.nprocs or count
+    if nprocs > count:
+        raise TrainingError(f"--nprocs {nprocs} but only {count} GPU(s) are visible")
+    return "cuda", nprocs
 
 
 def run_training(options: TrainOptions) -> int:
@@ -242,32 +227,20 @@ def run_training(options: TrainOptions) -> int:
         hps = load_config(options.config)
         validate_sovits_config(hps, options.config, for_training=True)
         device_type, nprocs = _device_plan(options)
-        raw = Path(options.config).read_bytes()
-        torchrun = all(v in os.environ for v in TORCHRUN_VARS)
-        with folder_lock(model_dir, "train.py") if not torchrun or os.environ["RANK"] == "0" else nullcontext():
-            if not torchrun or os.environ["RANK"] == "0":
-                _remove_interrupted_saves(model_dir)
-            return _run(options, hps, model_dir, device_type, nprocs, raw, torchrun)
+        workers = min(5, os.cpu_count() or 1) if options.num_workers is None else max(0, options.num_workers)
+        run = _Run(hps, model_dir, device_type, workers, Path(options.config).read_bytes())
+        torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        leader = not torchrun or os.environ["RANK"] == "0"
+        with folder_lock(model_dir, "train.py") if leader else nullcontext():
+            if leader:
+                removed = remove_stale_temps(model_dir, "G_") + remove_stale_temps(model_dir, "D_")
+                if removed:
+                    logger.warning("removed %d temporary file(s) left by an interrupted save in %s", len(removed),
+                                   model_dir)
+            if torchrun:
+                env = os.environ
+                return _worker(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), run, False)
+            return _worker(0, 1, 0, run, False) if nprocs == 1 else _spawn(nprocs, run)
     except USER_ERRORS as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
-
-
-def _remove_interrupted_saves(model_dir: str) -> None:
-    removed = remove_stale_temps(model_dir, "G_") + remove_stale_temps(model_dir, "D_")
-    if removed:
-        logger.warning("removed %d temporary file(s) left by an interrupted save in %s", len(removed), model_dir)
-
-
-def _run(options: TrainOptions, hps: HParams, model_dir: str, device_type: str, nprocs: int, raw: bytes,
-         torchrun: bool) -> int:
-    workers = _default_workers(options)
-    if torchrun:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ["LOCAL_RANK"])
-        threads = max(1, (os.cpu_count() or 1) // world) if device_type == "cpu" and world > 1 else None
-        return _worker(rank, world, local, device_type, hps, model_dir, workers, threads, False, raw)
-    if nprocs == 1:
-        return _worker(0, 1, 0, device_type, hps, model_dir, workers, None, False, raw)
-    threads = max(1, (os.cpu_count() or 1) // nprocs) if device_type == "cpu" else None
-    return _spawn(nprocs, device_type, hps, model_dir, workers, threads, raw)

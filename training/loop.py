@@ -1,9 +1,7 @@
-"""The So-VITS GAN training loop of one process.
+"""The So-VITS GAN training loop of one process (`Trainer`).
 
-`Trainer` builds the data loaders, generator and discriminator, their AdamW optimisers and schedules,
-restores the newest checkpoint and runs the epochs. Rank 0 logs, evaluates and saves; with several
-processes the models are wrapped in DDP and each trains on its share of the list. A stop request ends
-the run after the current step with a checkpoint of that step.
+Rank 0 logs, evaluates and saves; with several processes the models are wrapped in DDP and each trains
+on its share of the list. A stop request ends the run after the current step with a checkpoint of it.
 """
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -90,7 +88,7 @@ class Trainer:
         self._build_data()
         self._build_models()
         self.global_step = self.state.global_step
-        self.last_saved_step = self.state.global_step - 1 if not self.state.fresh else -1
+        self.last_saved_step = self.state.global_step - 1  # the loaded step; -1 on a fresh start
         self.summary = Summary(model_dir) if self.is_main else None
         self.summary_eval = Summary(os.path.join(model_dir, "eval")) if self.is_main else None
         self._rate_mark = (time.perf_counter(), self.global_step)
@@ -103,12 +101,10 @@ class Trainer:
         if self.device.type != "cuda":
             self.log.info("fp16_run is ignored on the CPU; training in float32")
             return None
-        if train.half_type == "bf16":
-            if not torch.cuda.is_bf16_supported():
-                raise TrainingError("train.half_type is bf16 but this GPU has no bfloat16 support; "
-                                    'set "half_type": "fp16" in the config')
-            return torch.bfloat16
-        return torch.float16
+        if train.half_type == "bf16" and not torch.cuda.is_bf16_supported():
+            raise TrainingError('train.half_type is bf16 but this GPU has no bfloat16 support; set "half_type": '
+                                '"fp16" in the config')
+        return torch.bfloat16 if train.half_type == "bf16" else torch.float16
 
     def _build_data(self) -> None:
         hps, ctx, data = self.hps, self.ctx, self.cfg.data
@@ -144,8 +140,7 @@ class Trainer:
                                           model.ssl_dim, model.speech_encoder or "vec768l12")
         if self.ctx.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
-            net_g = DistributedDataParallel(net_g, device_ids=ids)
-            net_d = DistributedDataParallel(net_d, device_ids=ids)
+            net_g, net_d = (DistributedDataParallel(net, device_ids=ids) for net in (net_g, net_d))
         self.net_g, self.net_d = net_g, net_d
         self.sched_g = build_scheduler(self.optim_g, train.lr_decay, self.state.epoch, not self.state.exact)
         self.sched_d = build_scheduler(self.optim_d, train.lr_decay, self.state.epoch, not self.state.exact)
@@ -154,9 +149,6 @@ class Trainer:
         self.auto_f0 = model.use_automatic_f0_prediction
 
     # -- helpers ------------------------------------------------------------------------------
-    def _autocast(self, enabled: bool = True) -> ContextManager[Any]:
-        return autocast(self.device, self.amp_dtype, enabled)
-
     def _mel(self, spec: torch.Tensor) -> torch.Tensor:
         d = self.cfg.data
         return spec_to_mel_torch(spec, d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax)
@@ -184,14 +176,12 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, batch: tuple, log: bool) -> dict[str, Any]:
-        """Discriminator then generator update on one collated batch.
-
-        Returns loss tensors (and, when `log`, gradient norms and tensors for the images).
-        """
+        """Discriminator then generator update on one collated batch: loss tensors (and, when `log`,
+        gradient norms and the tensors to plot)."""
         c, f0, spec, y, g, lengths, uv, volume = (
             None if x is None else x.to(self.device, non_blocking=True) for x in batch)
         hop, seg = self.cfg.data.hop_length, self.cfg.train.segment_size
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             (y_hat, ids_slice, z_mask, (_z, z_p, m_p, logs_p, _m_q, logs_q),
              pred_lf0, norm_lf0, lf0) = self.net_g(c, f0, uv, spec, g=g, c_lengths=lengths,
                                                    spec_lengths=lengths, vol=volume)
@@ -212,7 +202,7 @@ class Trainer:
         disc = unwrap_model(self.net_d)
         disc.requires_grad_(False)
         try:
-            with self._autocast():
+            with autocast(self.device, self.amp_dtype):
                 y_d_r, y_d_g, fmap_r, fmap_g = disc(y, y_hat)
         finally:
             disc.requires_grad_(True)
@@ -254,16 +244,13 @@ class Trainer:
                    "grad_norm_d": float(out["grad_norm_d"]), "grad_norm_g": float(out["grad_norm_g"]),
                    "loss/g/fm": losses[2], "loss/g/mel": losses[3], "loss/g/kl": losses[4],
                    "loss/g/lf0": float(out["lf0"])}
-
-        def cpu(key: str) -> Any:
-            return out[f"plot_{key}"].detach().float().cpu().numpy()
-
-        images = {"slice/mel_org": plot_spectrogram_to_numpy(cpu("y_mel")),
-                  "slice/mel_gen": plot_spectrogram_to_numpy(cpu("y_hat_mel")),
-                  "all/mel": plot_spectrogram_to_numpy(cpu("mel"))}
+        plot = {k[5:]: v.detach().float().cpu().numpy() for k, v in out.items() if k.startswith("plot_")}
+        images = {"slice/mel_org": plot_spectrogram_to_numpy(plot["y_mel"]),
+                  "slice/mel_gen": plot_spectrogram_to_numpy(plot["y_hat_mel"]),
+                  "all/mel": plot_spectrogram_to_numpy(plot["mel"])}
         if self.auto_f0:
-            images["all/lf0"] = plot_data_to_numpy(cpu("lf0"), cpu("pred_lf0"))
-            images["all/norm_lf0"] = plot_data_to_numpy(cpu("lf0"), cpu("norm_lf0"))
+            images["all/lf0"] = plot_data_to_numpy(plot["lf0"], plot["pred_lf0"])
+            images["all/norm_lf0"] = plot_data_to_numpy(plot["lf0"], plot["norm_lf0"])
         if self.summary is not None:
             self.summary.write(self.global_step, scalars=scalars, images=images)
 
@@ -302,8 +289,7 @@ class Trainer:
         # D first: a G_<step>.pth on disk then means its D was saved (resume also checks both).
         save_checkpoint(self.net_d, self.optim_d, lr0, epoch, os.path.join(self.model_dir, f"D_{step}.pth"), extra)
         save_checkpoint(self.net_g, self.optim_g, lr0, epoch, os.path.join(self.model_dir, f"G_{step}.pth"), extra)
-        keep = self.cfg.train.keep_ckpts
-        for path in clean_checkpoints(self.model_dir, keep):
+        for path in clean_checkpoints(self.model_dir, self.cfg.train.keep_ckpts):
             self.log.info(".. Free up space by deleting ckpt %s", path)
         self.last_saved_step = step
 
@@ -330,13 +316,6 @@ class Trainer:
                         "(train.py --num_workers 1).") from None
                 raise
 
-    def _out_of_memory(self) -> TrainingError:
-        t = self.cfg.train
-        return TrainingError(out_of_memory_message(
-            self.device, self.global_step, f"Lower train.batch_size (now {t.batch_size}) or train.segment_size "
-            f"(now {t.segment_size}) in the config, or split very long clips (over 20 s) before resample.py; "
-            "fp16_run true also saves GPU memory."))
-
     def train_epoch(self, epoch: int) -> bool:
         """One pass over this process's share of the list; True when a stop was requested."""
         train = self.cfg.train
@@ -356,7 +335,10 @@ class Trainer:
             try:
                 out = self.train_step(batch, report)
             except torch.OutOfMemoryError:
-                raise self._out_of_memory() from None
+                raise TrainingError(out_of_memory_message(
+                    self.device, self.global_step, f"Lower train.batch_size (now {train.batch_size}) or "
+                    f"train.segment_size (now {train.segment_size}) in the config, or split very long clips "
+                    "(over 20 s) before resample.py; fp16_run true also saves GPU memory.")) from None
             if report:
                 self._report(epoch, batch_idx, n_batches, out)
             if self.is_main and self.global_step % train.eval_interval == 0:

@@ -1,12 +1,11 @@
 """Where a So-VITS run starts: fresh, fine-tuning from `G_0`/`D_0`, or resuming from the newest step.
 
-A step counts only when its G and D files are both present and readable: a save that died half-way
-(kill -9, full disk) makes the run resume from the step before, and says so. Files written by this
-trainer record the epoch, the batch within it and the random-number states, so a resumed run continues
-exactly where the interrupted one stopped. Files without that record (4.1's, pretrained bases) resume
-as 4.1 does: the stored epoch restarts, the step counter continues after the file's step, and the
-saved learning rate is decayed once more. A file that does not fit the config, or a release file, is
-an error with the reason, never a silent fresh start.
+A step counts only when its G and D files both read: after a save that died half-way (kill -9, full
+disk) the run resumes from the step before, and says so. Files written here record epoch, batch and
+random-number states, so a resumed run continues exactly; others (4.1's, pretrained bases) resume as
+4.1 does: the stored epoch restarts, the step counter continues after the file's step, and the saved
+learning rate is decayed once more. A file that does not fit the config, or a release file, is an
+error with the reason, never a silent fresh start.
 """
 from __future__ import annotations
 
@@ -48,20 +47,8 @@ class ResumeState:
     rng: dict[str, Any] | None = None  # random-number states at the save (exact resume)
 
     @property
-    def fresh(self) -> bool:
-        return self.g_path is None and self.d_path is None
-
-    @property
     def exact(self) -> bool:
         return self.rng is not None
-
-
-def _check_encoder(path: str, state: dict, ssl_dim: int, speech_encoder: str) -> None:
-    """A base model for another content encoder would silently keep a random `pre` layer."""
-    problem = width_problem(state, ssl_dim, path, f"the config (speech_encoder {speech_encoder})")
-    if problem:
-        raise CheckpointError(f"{problem}. Use the pretrained base model made for {speech_encoder}, or delete "
-                              f"{os.path.basename(path)} and its D file to train from scratch.")
 
 
 def _load(path: str, ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -69,8 +56,11 @@ def _load(path: str, ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimi
     """Load one read G/D file into model (leniently, a line per skipped tensor) and optimizer (strictly)."""
     if is_release_state(ckpt["model"]) and not is_release_state(name for name, _ in model.named_parameters()):
         raise ReleaseCheckpointError(resume_refusal(path))  # enc_q would restart from random weights
-    if ssl_dim is not None:
-        _check_encoder(path, ckpt["model"], ssl_dim, speech_encoder)
+    if ssl_dim is not None:  # a base model for another content encoder would keep a random `pre` layer
+        problem = width_problem(ckpt["model"], ssl_dim, path, f"the config (speech_encoder {speech_encoder})")
+        if problem:
+            raise CheckpointError(f"{problem}. Use the pretrained base model made for {speech_encoder}, or "
+                                  f"delete {os.path.basename(path)} and its D file to train from scratch.")
     with_optimizer = ckpt["optimizer"] is not None
     if with_optimizer:
         check_optimizer(optimizer, ckpt["optimizer"], path, model)
@@ -117,11 +107,8 @@ def _newest_complete(model_dir: str) -> tuple[int, str | None, dict | None, str 
 
 def restore(model_dir: str, net_g: nn.Module, net_d: nn.Module, optim_g: torch.optim.Optimizer,
             optim_d: torch.optim.Optimizer, ssl_dim: int, speech_encoder: str) -> ResumeState:
-    """Load the newest complete step of `model_dir` (if any) and work out where training continues.
-
-    Raises:
-        CheckpointError: a file does not fit the config (with the reason).
-    """
+    """Load the newest complete step of `model_dir` (if any); where training continues.
+    Raises CheckpointError (with the reason) when a file does not fit the config."""
     newest = _newest_complete(model_dir) if os.path.isdir(model_dir) else None
     if newest is None:
         logger.info("No G_<step>.pth/D_<step>.pth in %s: training from scratch (put a pretrained "
@@ -146,11 +133,9 @@ def restore(model_dir: str, net_g: nn.Module, net_d: nn.Module, optim_g: torch.o
 
 def build_scheduler(optimizer: torch.optim.Optimizer, lr_decay: float, first_epoch: int,
                     extra_decay: bool = True) -> ExponentialLR:
-    """ExponentialLR(gamma=lr_decay) positioned for `first_epoch`, as 4.1 builds it.
-
-    On a 4.1-style resume (first_epoch >= 2, `extra_decay`) the saved lr is decayed once more: older
-    torch did that inside `ExponentialLR(last_epoch=...)`, and 4.1 runs were tuned with it.
-    """
+    """ExponentialLR(gamma=lr_decay) positioned for `first_epoch`, as 4.1 builds it. On a 4.1-style resume
+    (first_epoch >= 2, `extra_decay`) the saved lr is decayed once more: older torch did that inside
+    `ExponentialLR(last_epoch=...)`, and 4.1 runs were tuned with it."""
     for group in optimizer.param_groups:
         # Files without optimizer state (pretrained bases) lack it; torch requires it for last_epoch >= 0.
         group.setdefault("initial_lr", group["lr"])
