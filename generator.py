@@ -5,27 +5,22 @@ resume, compress/mix and the ONNX export all ask here, so they word a misfit the
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from core.checkpoint import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    LoadReport,
-    load_model_state,
-    read_checkpoint,
-    to_legacy_weight_norm,
-)
+from core.checkpoint import (CheckpointError, CheckpointNotFoundError, LoadReport, load_model_state,
+                             read_checkpoint, to_legacy_weight_norm)
 from core.config import HParams
 from core.schema import SovitsConfig, sovits_config
 from models import SynthesizerTrn
 from vencoder import encoders_of_width
 
-__all__ = ["LoadedGenerator", "ModelConfigMismatch", "build_synthesizer", "check_fit", "fit_problems",
-           "load_generator", "require_generator", "state_differences", "width_problem"]
+__all__ = ["LoadedGenerator", "ModelConfigMismatch", "build_synthesizer", "check_fit", "load_generator",
+           "require_generator", "state_differences", "width_problem"]
 
 PathLike = str | os.PathLike
 ADVICE = "Use the config.json the model was trained with (logs/44k/config.json)."
@@ -64,7 +59,8 @@ def width_problem(state: Mapping[str, Any], ssl_dim: int, name: str, config_name
         return None
     width = int(pre.shape[1])
     encoders = encoders_of_width(width, onnx=False)
-    made_for = f"; {' / '.join(encoders)} give{'s' if len(encoders) == 1 else ''} {width}-dim units" if encoders else ""
+    verb = "gives" if len(encoders) == 1 else "give"
+    made_for = f"; {' / '.join(encoders)} {verb} {width}-dim units" if encoders else ""
     expected = [pre.shape[0], ssl_dim, pre.shape[2]]
     return (f"{name} takes {width}-dim units but {config_name} says model.ssl_dim = {ssl_dim} "
             f"(pre.weight {list(pre.shape)} vs {expected}{made_for})")
@@ -74,9 +70,7 @@ def _some(keys: list[str], limit: int = 6) -> str:
     """A short listing; long lists are grouped by their first name part (`enc_q.* (103 keys)`)."""
     if len(keys) <= limit:
         return ", ".join(keys)
-    groups: dict[str, int] = {}
-    for key in keys:
-        groups[key.split(".", 1)[0]] = groups.get(key.split(".", 1)[0], 0) + 1
+    groups = Counter(key.split(".", 1)[0] for key in keys)
     parts = [f"{head}.* ({n} key{'s' if n > 1 else ''})" for head, n in list(groups.items())[:limit]]
     return ", ".join(parts) + (f", ... ({len(groups) - limit} more groups)" if len(groups) > limit else "")
 
@@ -102,38 +96,34 @@ def state_differences(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, n
               and isinstance(b[k], torch.Tensor) and a[k].shape != b[k].shape]
     if shapes:
         listed = [f"{k} {list(a[k].shape)} in {name_a} vs {list(b[k].shape)} in {name_b}" for k in shapes[:6]]
-        problems.append("shapes differ: " + ", ".join(listed) + (f", ... ({len(shapes) - 6} more)" if len(shapes) > 6 else ""))
+        more = f", ... ({len(shapes) - 6} more)" if len(shapes) > 6 else ""
+        problems.append("shapes differ: " + ", ".join(listed) + more)
     return problems
 
 
-def fit_problems(state: Mapping[str, Any], net: nn.Module, name: str, config_name: str) -> tuple[list[str], list[str]]:
-    """Everything about `state` that does not fit the freshly built `net`: (one line per problem,
-    config fields to check). Keys under OPTIONAL_PREFIXES may be absent from the file."""
+def check_fit(state: Mapping[str, Any], net: nn.Module, name: str, config_name: str,
+              advice: str = ADVICE) -> None:
+    """Raise ModelConfigMismatch naming everything about `state` that does not fit the freshly built `net`, and
+    the config fields to check; keys under OPTIONAL_PREFIXES may be absent from the file."""
+    require_generator(state, name)
     model_sd = to_legacy_weight_norm(net.state_dict())
-    problems: list[str] = []
     width = width_problem(state, int(model_sd["pre.weight"].shape[1]), name, config_name)
-    if width:
-        problems.append(width)
+    problems = [width] if width else []
     emb, own = state.get("emb_g.weight"), model_sd["emb_g.weight"]
     if isinstance(emb, torch.Tensor) and emb.shape != own.shape:
-        problems.append(f"{name} has {emb.shape[0]} speakers x {emb.shape[1]} embedding channels but {config_name} "
-                        f"says model.n_speakers = {own.shape[0]}, model.gin_channels = {own.shape[1]}")
+        problems.append(f"{name} has {emb.shape[0]} speakers x {emb.shape[1]} embedding channels but "
+                        f"{config_name} says model.n_speakers = {own.shape[0]}, "
+                        f"model.gin_channels = {own.shape[1]}")
     said = frozenset({"pre.weight", "emb_g.weight"})
     problems += state_differences(state, model_sd, "the file", "the config", OPTIONAL_PREFIXES, said)
+    if not problems:
+        return
     file_sd = to_legacy_weight_norm(state)
     keys = [k for k in set(file_sd) ^ set(model_sd) if not k.startswith(OPTIONAL_PREFIXES)]
     keys += [k for k in model_sd if k in file_sd and getattr(file_sd[k], "shape", None) != model_sd[k].shape]
     fields = [f for prefix, f in _SHAPE_FIELDS if any(k.startswith(prefix) for k in keys)]
-    return problems, fields
-
-
-def check_fit(state: Mapping[str, Any], net: nn.Module, name: str, config_name: str, advice: str = ADVICE) -> None:
-    """Raise ModelConfigMismatch with every problem of `fit_problems` (nothing when the file fits)."""
-    require_generator(state, name)
-    problems, fields = fit_problems(state, net, name, config_name)
-    if problems:
-        check = f" (check {', '.join(fields)})" if fields else ""
-        raise ModelConfigMismatch(f"{name} does not fit {config_name}{check}: " + "; ".join(problems) + f". {advice}")
+    check = f" (check {', '.join(fields)})" if fields else ""
+    raise ModelConfigMismatch(f"{name} does not fit {config_name}{check}: " + "; ".join(problems) + f". {advice}")
 
 
 @dataclass
@@ -158,7 +148,8 @@ def load_generator(model_path: PathLike, hps: HParams, config_path: PathLike = "
         folder = os.path.dirname(model_path) or "."
         found = sorted(f for f in os.listdir(folder) if f.startswith("G_") and f.endswith(".pth")) \
             if os.path.isdir(folder) else []
-        raise CheckpointNotFoundError(f"model {model_path} not found" + (f"; {folder} has {', '.join(found)}" if found else ""))
+        listing = f"; {folder} has {', '.join(found)}" if found else ""
+        raise CheckpointNotFoundError(f"model {model_path} not found{listing}")
     state = read_checkpoint(model_path)["model"]
     net = build_synthesizer(cfg)
     check_fit(state, net, model_path, config_name)

@@ -1,7 +1,7 @@
 """So-VITS networks: ``SynthesizerTrn`` (generator) and ``MultiPeriodDiscriminator``.
 
-Attribute names are the state-dict contract with so-vits-svc 4.1 checkpoints
-(``emb_g``, ``pre``, ``enc_p``, ``dec``, ``enc_q``, ``flow``, ``f0_decoder``, ``emb_uv``, ...).
+Attribute names are the state-dict contract with so-vits-svc 4.1 checkpoints (``emb_g``, ``pre``, ``enc_p``,
+``dec``, ``enc_q``, ``flow``, ``f0_decoder``, ``emb_uv``, ...).
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ class PosteriorEncoder(nn.Module):
                       use_depthwise_conv=use_depthwise_conv)
         self.proj = nn.Conv1d(hidden_channels, out_channels * 2, 1)
 
-    def forward(self, x: Tensor, x_lengths: Tensor, g: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, x_lengths: Tensor,
+                g: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x_mask = commons.sequence_mask(x_lengths, x.size(2)).unsqueeze(1).to(x.dtype)
         x = self.enc(self.pre(x) * x_mask, x_mask, g=g)
         stats = self.proj(x) * x_mask
@@ -105,36 +106,15 @@ class F0Decoder(nn.Module):
 class SynthesizerTrn(nn.Module):
     """So-VITS generator; `generator.build_synthesizer` builds the one a config describes."""
 
-    def __init__(
-        self,
-        spec_channels: int,
-        segment_size: int,
-        inter_channels: int,
-        hidden_channels: int,
-        filter_channels: int,
-        n_heads: int,
-        n_layers: int,
-        kernel_size: int,
-        p_dropout: float,
-        resblock: str,
-        resblock_kernel_sizes: Sequence[int],
-        resblock_dilation_sizes: Sequence[Sequence[int]],
-        upsample_rates: Sequence[int],
-        upsample_initial_channel: int,
-        upsample_kernel_sizes: Sequence[int],
-        gin_channels: int,
-        ssl_dim: int,
-        n_speakers: int,
-        sampling_rate: int = 44100,
-        vol_embedding: bool = False,
-        vocoder_name: str = "nsf-hifigan",
-        use_depthwise_conv: bool = False,
-        use_automatic_f0_prediction: bool = True,
-        flow_share_parameter: bool = False,
-        n_flow_layer: int = 4,
-        n_layers_trans_flow: int = 3,
-        use_transformer_flow: bool = False,
-    ) -> None:
+    def __init__(self, spec_channels: int, segment_size: int, inter_channels: int, hidden_channels: int,
+                 filter_channels: int, n_heads: int, n_layers: int, kernel_size: int, p_dropout: float,
+                 resblock: str, resblock_kernel_sizes: Sequence[int],
+                 resblock_dilation_sizes: Sequence[Sequence[int]], upsample_rates: Sequence[int],
+                 upsample_initial_channel: int, upsample_kernel_sizes: Sequence[int], gin_channels: int,
+                 ssl_dim: int, n_speakers: int, sampling_rate: int = 44100, vol_embedding: bool = False,
+                 vocoder_name: str = "nsf-hifigan", use_depthwise_conv: bool = False,
+                 use_automatic_f0_prediction: bool = True, flow_share_parameter: bool = False,
+                 n_flow_layer: int = 4, n_layers_trans_flow: int = 3, use_transformer_flow: bool = False) -> None:
         super().__init__()
         self.spec_channels = spec_channels
         self.inter_channels = inter_channels
@@ -175,7 +155,6 @@ class SynthesizerTrn(nn.Module):
                                         kernel_size, p_dropout, spk_channels=gin_channels)
         self.emb_uv = nn.Embedding(2, hidden_channels)
 
-    # -- speaker conditioning -------------------------------------------------------------
     def EnableCharacterMix(self, n_speakers_map: int, device: torch.device | str) -> None:  # noqa: N802 (4.1 name)
         """Freeze a table of the first ``n_speakers_map`` speaker embeddings for per-frame mixing."""
         ids = torch.arange(n_speakers_map, device=self.emb_g.weight.device)
@@ -183,7 +162,7 @@ class SynthesizerTrn(nn.Module):
         self.character_mix = True
 
     def speaker_condition(self, g: Tensor) -> Tensor:
-        """Speaker ids [B, 1] / [B] -> [B, gin, 1]; mix weights [T, S] (after EnableCharacterMix) -> [1, gin, T]."""
+        """Speaker ids [B, 1] / [B] -> [B, gin, 1]; mix weights [T, S] (EnableCharacterMix) -> [1, gin, T]."""
         if self.character_mix and len(g) > 1:
             weights = g.to(self.speaker_map.dtype)
             return torch.matmul(weights, self.speaker_map).transpose(0, 1).unsqueeze(0)
@@ -198,7 +177,6 @@ class SynthesizerTrn(nn.Module):
             x = x + self.emb_vol(vol[:, :, None]).transpose(1, 2)
         return x
 
-    # -- training -------------------------------------------------------------------------
     def forward(self, c: Tensor, f0: Tensor, uv: Tensor, spec: Tensor, g: Tensor | None = None,
                 c_lengths: Tensor | None = None, spec_lengths: Tensor | None = None,
                 vol: Tensor | None = None):
@@ -224,15 +202,12 @@ class SynthesizerTrn(nn.Module):
         o = self.dec(z_slice, pitch_slice, g=g)
         return o, ids_slice, spec_mask, (z, z_p, m_p, logs_p, m_q, logs_q), pred_lf0, norm_lf0, lf0
 
-    # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def infer(self, c: Tensor, f0: Tensor, uv: Tensor, g: Tensor | None = None, noice_scale: float = 0.35,
               seed: int = 52468, predict_f0: bool = False, vol: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Convert one item: c [1, ssl, T], f0/uv [1, T] (Hz / 0-1), g speaker ids or mix -> (audio [1, 1, T*hop], f0 [1, T]).
-
-        Random draws (prior noise, source phases and noise) come from a generator seeded with
-        ``seed`` on the input's device, in 4.1's order, so results match 4.1 on CPU without
-        4.1's side effect of reseeding the global RNG.
+        """Convert one item: c [1, ssl, T], f0/uv [1, T] (Hz / 0-1), g speaker ids or mix -> (audio [1, 1, T*hop],
+        f0 [1, T]). Random draws come from a generator seeded with ``seed`` on the input's device, in 4.1's order
+        (results match 4.1 on CPU) but without 4.1's reseeding of the global RNG.
         """
         generator = torch.Generator(device=c.device)
         generator.manual_seed(seed)
@@ -254,10 +229,8 @@ class SynthesizerTrn(nn.Module):
 
 
 class DiscriminatorP(nn.Module):
-    """Period discriminator: audio folded to [B, 1, T/p, p], 2-D convs with (5, 1) kernels.
-
-    ``width`` scales 4.1's channels (32, 128, 512, 1024, 1024); 1.0 gives 4.1's layers and state dict.
-    """
+    """Period discriminator: audio folded to [B, 1, T/p, p], 2-D convs with (5, 1) kernels; ``width`` scales 4.1's
+    channels (32, 128, 512, 1024, 1024), 1.0 gives 4.1's layers and state dict."""
 
     def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False,
                  width: float = 1.0) -> None:
@@ -305,11 +278,8 @@ class DiscriminatorS(nn.Module):
 
 
 class MultiPeriodDiscriminator(nn.Module):
-    """DiscriminatorS + DiscriminatorP for periods 2, 3, 5, 7, 11.
-
-    ``width`` (> 0) scales every channel count of 4.1's discriminator; the default 1.0 is 4.1's
-    network (47 M values). Smaller widths keep the layer names, so checkpoints differ only in shapes.
-    """
+    """DiscriminatorS + DiscriminatorP for periods 2, 3, 5, 7, 11. ``width`` (> 0) scales every channel count;
+    1.0 is 4.1's network (47 M values); other widths keep the layer names, so checkpoints differ only in shapes."""
 
     def __init__(self, use_spectral_norm: bool = False, width: float = 1.0) -> None:
         super().__init__()

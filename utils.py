@@ -5,25 +5,10 @@ __all__ = ["CheckpointError", "ConfigError", "F0_BIN", "F0_MAX", "F0_MEL_MAX", "
            "latest_checkpoint_path", "load_checkpoint", "load_config", "mix_model", "normalize_f0",
            "repeat_expand_2d", "safe_torch_load", "save_checkpoint", "save_config"]
 
-from core.checkpoint import (  # noqa: F401
-    CheckpointError,
-    clean_checkpoints,
-    latest_checkpoint_path,
-    load_checkpoint,
-    safe_torch_load,
-    save_checkpoint,
-)
-from core.config import ConfigError, HParams, get_hparams_from_file, load_config, save_config  # noqa: F401
-from export.mix import mix_model  # noqa: F401
-from modules.f0 import (  # noqa: F401
-    F0_BIN,
-    F0_MAX,
-    F0_MEL_MAX,
-    F0_MEL_MIN,
-    F0_MIN,
-    f0_to_coarse,
-    interpolate_f0,
-    normalize_f0,
-    repeat_expand_2d,
-)
-from modules.mel_processing import VolumeExtractor as Volume_Extractor  # noqa: F401
+from core.checkpoint import (CheckpointError, clean_checkpoints, latest_checkpoint_path, load_checkpoint,
+                             safe_torch_load, save_checkpoint)
+from core.config import ConfigError, HParams, get_hparams_from_file, load_config, save_config
+from export.mix import mix_model
+from modules.f0 import (F0_BIN, F0_MAX, F0_MEL_MAX, F0_MEL_MIN, F0_MIN, f0_to_coarse, interpolate_f0,
+                        normalize_f0, repeat_expand_2d)
+from modules.mel_processing import VolumeExtractor as Volume_Extractor
