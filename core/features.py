@@ -1,11 +1,8 @@
 """Dataset clips and their per-clip feature files: names, file lists, format checks, I/O and validation.
 
-Next to every `X.wav` of `dataset/44k/<speaker>/` preprocessing writes `X.wav.soft.pt` (units), `X.wav.f0.npy`
-((f0, uv)), `X.spec.pt` (linear spectrogram) and, for volume embedding or shallow diffusion, `X.wav.vol.npy`,
-`X.wav.mel.npy`, `X.wav.aug_mel.npy`, `X.wav.aug_vol.npy`. `.f0.npy` is a plain float64 (2, T) array, which
-4.1 unpacks like its own pickled pair; both forms are read. Object arrays go through the guarded unpickler,
-so a crafted file cannot run code; `.aug_mel.npy` stays one ([mel, keyshift]) for 4.1, pickled with
-`numpy.core` module names, which NumPy 1.x and 2.x both import.
+Next to every `X.wav` of `dataset/44k/<speaker>/` preprocessing writes `X.wav` + FEATURE_SUFFIXES[kind] and
+`X.spec.pt`. `.f0.npy` is a plain float64 (2, T) array, which 4.1 unpacks like its own pickled pair; both forms
+are read, object arrays through a guarded unpickler so a crafted file cannot run code.
 """
 from __future__ import annotations
 
@@ -109,9 +106,8 @@ def list_speakers(dataset: str | os.PathLike) -> list[str]:
 
 class _NpyUnpickler(GuardedUnpickler):
     def refuse(self, module: str, name: str) -> Any:
-        raise UnsafeCheckpointError(
-            f"{self.source} needs {module}.{name} to load, which a feature file never does; "
-            "refused without running it")
+        raise UnsafeCheckpointError(f"{self.source} needs {module}.{name} to load, which a feature file never "
+                                    "does; refused without running it")
 
 
 def load_npy(path: PathLike) -> np.ndarray:

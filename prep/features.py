@@ -1,9 +1,7 @@
 """Tutorial step 3 (`preprocess_hubert_f0.py`): per-clip training features next to every `X.wav`.
 
-Outputs: ``X.wav.soft.pt`` (units [1, C, Tu]), ``X.wav.f0.npy`` ((f0, uv) as float64 (2, T)), ``X.spec.pt``
-([1025, T]); with ``vol_embedding`` or ``--use_diff`` ``X.wav.vol.npy``; with ``--use_diff`` ``X.wav.mel.npy``,
-``X.wav.aug_mel.npy``, ``X.wav.aug_vol.npy``. Files are written atomically and kept while up to date
-(`core.features.feature_problem`).
+Units [1, C, Tu], (f0, uv), spectrogram [1025, T]; volume with `vol_embedding` or `--use_diff`; mel and the
+augmented mel and volume with `--use_diff`. Files are written atomically and kept while up to date.
 """
 from __future__ import annotations
 
@@ -203,7 +201,7 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
 
     chunks = [clips[i::num_processes] for i in range(num_processes)]
     with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = [f.result() for f in [pool.submit(_work, settings, chunk, rank, progress)
-                                      for rank, chunk in enumerate(chunks)]]
+        parts = list(pool.map(_work, [settings] * num_processes, chunks, range(num_processes),
+                              [progress] * num_processes))
     return FeatureSummary(sum(p.done for p in parts), sum(p.up_to_date for p in parts),
                           [failure for p in parts for failure in p.failed])

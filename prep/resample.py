@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -110,18 +110,13 @@ def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: s
     return to_int16(y, clip=not loudnorm)
 
 
-def _is_up_to_date(src: str, dst: str, target_sr: int) -> bool:
-    """An earlier run finished `dst`: newer than `src` and a non-empty mono 16-bit WAV at `target_sr`."""
-    if not os.path.isfile(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
-        return False
-    problem, seconds = clip_problem(dst, target_sr)
-    return not problem and seconds > 0
-
-
 def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool = False) -> ClipOutcome:
     """Convert one clip (in a worker process: picklable in and out); problems go into the outcome."""
-    if not overwrite and _is_up_to_date(job.src, job.dst, target_sr):
-        return ClipOutcome(job, "up to date")
+    # An earlier run finished it: newer than the source and a non-empty mono 16-bit WAV at target_sr.
+    if not overwrite and os.path.isfile(job.dst) and os.path.getmtime(job.dst) >= os.path.getmtime(job.src):
+        problem, seconds = clip_problem(job.dst, target_sr)
+        if not problem and seconds > 0:
+            return ClipOutcome(job, "up to date")
     try:
         x, sr = read_audio_mono(job.src)
         pcm = prepare_clip(x, sr, target_sr, loudnorm, name=job.src)
@@ -211,15 +206,12 @@ def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./
         raise ValueError(f"worker count must be >= 0, got {workers}")
     if progress:
         print(f"CPU count: {cpus}", flush=True)
-    summary = ResampleSummary(workers=n_workers)
     results: dict[ClipJob, ClipOutcome] = {}
     pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
     try:
         # Everything is submitted up front so the pool never idles between speakers.
-        futures: dict[str, list[Future]] = {}
-        if pool is not None:
-            for speaker, jobs in speakers:
-                futures[speaker] = [pool.submit(resample_file, j, target_sr, loudnorm, overwrite) for j in jobs]
+        futures = {speaker: [pool.submit(resample_file, j, target_sr, loudnorm, overwrite) for j in jobs]
+                   for speaker, jobs in speakers} if pool else {}
         for speaker, jobs in speakers:
             if progress:
                 print(os.path.join(os.fspath(in_dir), speaker), flush=True)
@@ -230,10 +222,7 @@ def resample_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike = "./
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    for _, jobs in speakers:
-        summary.outcomes.extend(results[j] for j in jobs)
-    summary.outcomes.extend(conflicts)
-    return summary
+    return ResampleSummary([results[j] for _, jobs in speakers for j in jobs] + conflicts, n_workers)
 
 
 def format_summary(summary: ResampleSummary, target_sr: int = 44100) -> str:
