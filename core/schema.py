@@ -20,7 +20,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 from core.config import ConfigError, HParams, PathLike, _plain
 
 __all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "SovitsConfig", "TrainConfig", "model_section",
-           "read_config", "sovits_config", "validate_sovits_config"]
+           "read_config", "sovits_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +192,6 @@ class _ModelOnly:
 def model_section(model: Mapping[str, Any], path: PathLike = "model config") -> ModelConfig:
     """The typed `model` section of a config given alone (e.g. a manifest's model_config)."""
     return read_config({"model": model}, _ModelOnly, path).model
-
-
-def validate_sovits_config(hps: HParams | Mapping[str, Any], path: PathLike = "",
-                           for_training: bool = True) -> SovitsConfig:
-    """`sovits_config` with training required by default (what train.py checks before starting)."""
-    return sovits_config(hps, path, for_training)
 
 
 # Shallow diffusion diffusion.yaml (the fields train_diff.py reads)

@@ -22,7 +22,7 @@ from core.config import (
     load_config,
     save_config,
 )
-from core.schema import ModelConfig, validate_sovits_config
+from core.schema import ModelConfig, sovits_config
 
 TEMPLATES = ROOT / "configs_template"
 MANIFESTS = FIXTURES / "manifests"
@@ -89,9 +89,9 @@ def test_diffusion_template_matches_4_1_fields():
 
 def test_templates_validate():
     for name in ("config_template.json", "config_tiny_template.json"):
-        validate_sovits_config(load_config(TEMPLATES / name))
+        sovits_config(load_config(TEMPLATES / name), for_training=True)
     for path in SYNTH_CONFIGS:
-        validate_sovits_config(load_config(path))
+        sovits_config(load_config(path), for_training=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def _template() -> dict:
 
 def _error(cfg, for_training=True) -> ConfigError:
     with pytest.raises(ConfigError) as err:
-        validate_sovits_config(HParams(cfg), "configs/config.json", for_training)
+        sovits_config(HParams(cfg), "configs/config.json", for_training)
     return err.value
 
 
@@ -237,17 +237,17 @@ def test_validation_port_and_purpose():
     cfg = _template()
     for port in ("8001", 8001):
         cfg["train"]["port"] = port
-        validate_sovits_config(cfg, "c.json")  # 4.1 writes a string; an integer works too
+        sovits_config(cfg, "c.json", for_training=True)  # 4.1 writes a string; an integer works too
     cfg["train"]["port"] = "80a1"
     assert "train.port must be a port number" in str(_error(cfg))
     del cfg["train"]
-    validate_sovits_config(cfg, "c.json", for_training=False)  # inference needs no train section
+    sovits_config(cfg, "c.json")  # inference needs no train section
     assert "section train is missing" in str(_error(cfg))
     cfg = _template()
     for key in ("speech_encoder", "vol_embedding", "use_automatic_f0_prediction"):
         del cfg["model"][key]  # 4.0-era config: fine, readers fall back
     del cfg["data"]["unit_interpolate_mode"]
-    validate_sovits_config(cfg, "c.json")
+    sovits_config(cfg, "c.json", for_training=True)
     cfg["model"]["vol_embedding"] = "yes"
     assert "model.vol_embedding must be true or false, got 'yes'" in str(_error(cfg))
 

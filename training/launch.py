@@ -32,7 +32,7 @@ from core.config import ConfigError, HParams, load_config
 from core.features import DatasetError
 from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag, attached_handlers
-from core.schema import validate_sovits_config
+from core.schema import sovits_config
 from training.loop import RunContext, Trainer, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def run_training(options: TrainOptions) -> int:
     model_dir = os.path.join("logs", options.model)
     try:
         hps = load_config(options.config)
-        validate_sovits_config(hps, options.config, for_training=True)
+        sovits_config(hps, options.config, for_training=True)
         device_type, nprocs = _device_plan(options)
         workers = min(5, os.cpu_count() or 1) if options.num_workers is None else max(0, options.num_workers)
         run = _Run(hps, model_dir, device_type, workers, Path(options.config).read_bytes())
