@@ -1,9 +1,7 @@
 """Training data: `TextAudioSpeakerLoader` (one clip per item) and `TextAudioCollate`.
 
-Each list line names a clip `X.wav` (44.1 kHz mono 16-bit PCM) with its features beside it. An item is
-`(c [C, T], f0 [T], spec [1025, T], audio [1, T*hop], speaker id [1], uv [T], volume [T] | None)`. Lists that
-cannot train (unknown speaker, wrong unit width or WAV format, empty) stop with one `DatasetError`; a clip
-with a missing, unreadable or inconsistent feature file is reported by file name and skipped.
+Each list line names a 44.1 kHz mono 16-bit `X.wav` with its features beside it. An item is
+`(c [C, T], f0 [T], spec [1025, T], audio [1, T*hop], speaker id [1], uv [T], volume [T] | None)`.
 """
 from __future__ import annotations
 
@@ -47,8 +45,9 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
     """Clips of a file list with their features, shuffled once like 4.1 (seed 1234, same order every epoch).
 
     hparams: the So-VITS config. all_in_mem: load every clip once up front and keep it in RAM. vol_aug:
-    allow volume augmentation (train set); it also needs `train.vol_aug` and volumes.
-    Raises DatasetError (see the module docstring).
+    allow volume augmentation (train set); it also needs `train.vol_aug` and volumes. Lists that cannot train
+    (unknown speaker, wrong unit width or WAV format, no usable clip) raise DatasetError; a clip with a missing,
+    unreadable or inconsistent feature file is reported by file name and skipped.
     """
 
     def __init__(self, audiopaths: str | os.PathLike, hparams: HParams, all_in_mem: bool = False,

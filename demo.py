@@ -3,10 +3,9 @@
     python demo.py [--data DIR] [--workdir demo_run] [--steps 60] [--diff-steps 300] [--no-diffusion]
 
 Runs the real scripts in a fresh project folder as a user types them, from resample.py to inference_main.py
-(``_sovits_``) and, with the release file of compress_model.py, ``-shd`` (``_sovdiff_``; not with
-``--no-diffusion``). Without the downloads ``pretrain/checkpoint_best_legacy_500.pt`` (ContentVec) and
-``pretrain/nsf_hifigan/``, random-weight stand-ins in the real formats are written. The models are small and
-trained briefly: the result shows every stage working, not a finished voice.
+(``_sovits_``) and, with the compress_model.py release file, ``-shd`` (``_sovdiff_``). Missing downloads
+(ContentVec, NSF-HiFiGAN) get random-weight stand-ins in the real formats. The models are small and trained
+briefly: the result shows every stage working, not a finished voice.
 """
 from __future__ import annotations
 
@@ -51,16 +50,14 @@ DIFF_DURATION = 1.0  # seconds per training crop; every demo clip is longer than
 RELEASE = "logs/44k/release.pth"  # tutorial 5.1 output name
 SHALLOW_K_STEP = 50  # -ks: the demo model trains all 1000 steps (k_step_max 0), so any k <= 1000 works
 ENCODER_NOTE = (
-    "NOTE: pretrain/checkpoint_best_legacy_500.pt (ContentVec, the vec768l12 speech encoder) is not installed,\n"
-    "      so this demo uses a deterministic stand-in encoder with random weights: the pipeline runs end to end,\n"
-    "      but the converted voice is not meaningful. For real conversions put the ContentVec checkpoint\n"
-    "      (checkpoint_best_legacy_500.pt) into pretrain/ — see pretrain/README.md — and train much longer.")
+    "NOTE: pretrain/checkpoint_best_legacy_500.pt (ContentVec, the vec768l12 speech encoder) is not\n"
+    "      installed, so this demo uses a random-weight stand-in encoder: the pipeline runs end to end, but the\n"
+    "      converted voice is not meaningful. For real conversions put that checkpoint into pretrain/ (see\n"
+    "      pretrain/README.md) and train much longer.")
 VOCODER_NOTE = (
-    "NOTE: pretrain/nsf_hifigan/ (model + config.json, the NSF-HiFiGAN vocoder that shallow diffusion uses for\n"
-    "      its mels and its audio) is not installed, so this demo uses a deterministic stand-in vocoder with\n"
-    "      random weights in the release layout: the diffusion steps run end to end, but their audio is\n"
-    "      noise-like. For real use put the release's `model` and `config.json` into pretrain/nsf_hifigan/ —\n"
-    "      see pretrain/README.md.")
+    "NOTE: pretrain/nsf_hifigan/ (model + config.json, the NSF-HiFiGAN vocoder of shallow diffusion) is not\n"
+    "      installed, so this demo uses a random-weight stand-in vocoder: the diffusion steps run end to end,\n"
+    "      but their audio is noise-like. For real use put the release's files there (see pretrain/README.md).")
 
 
 def write_demo_encoder(path: Path) -> None:

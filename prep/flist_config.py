@@ -136,6 +136,7 @@ def write_filelist(path: PathLike, paths: list[str], progress: bool = True) -> N
     """Write one path per line, `\\n`-terminated, UTF-8 on every platform (folders created)."""
     from tqdm import tqdm
 
+    logger.info(f"Writing {os.fspath(path)}")
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     text = "".join(p + "\n" for p in tqdm(paths, disable=not progress))
     write_bytes_atomic(path, text.encode("utf-8"))
@@ -242,14 +243,10 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
                             overwrite_config: bool = False) -> FlistConfigResult:
     """Write the file lists, `<config_dir>/config.json` and `<config_dir>/diffusion.yaml`.
 
-    Args:
-        vol_aug: set `train.vol_aug` and `model.vol_embedding`; tiny: use `config_tiny_template.json`.
-        seed: seed of the split shuffles; None = unseeded like 4.1.
-        config_dir: where the configs go; existing ones there keep their speaker ids and every value the
-            step does not set (speakers, encoder and its width, the `vol_aug`/`tiny` keys when asked for).
-        template_dir: folder of the templates; None = `configs_template` of the working directory like 4.1,
-            else the one shipped with this package.
-        overwrite_config: write the templates over the user's values (speaker ids are still kept).
+    vol_aug sets `train.vol_aug` and `model.vol_embedding`; tiny uses `config_tiny_template.json`; seed seeds
+    the split shuffles (None: unseeded like 4.1). Existing configs keep their speaker ids and every value this
+    step does not set, unless `overwrite_config` (speaker ids are still kept). template_dir: None =
+    `configs_template` of the working directory like 4.1, else the one shipped with this package.
     Raises DatasetError (see split_dataset, or an existing config is unreadable), ValueError (unknown encoder).
     """
     if speech_encoder not in ENCODER_DIMS:
@@ -268,9 +265,7 @@ def preprocess_flist_config(train_list: PathLike = "./filelists/train.txt",
     if existing is not None:
         logger.info(f"Keeping the speaker ids of the existing {config_path}: {spk}")
 
-    logger.info(f"Writing {os.fspath(train_list)}")
     write_filelist(train_list, train, progress)
-    logger.info(f"Writing {os.fspath(val_list)}")
     write_filelist(val_list, val, progress)
 
     os.makedirs(config_dir, exist_ok=True)
