@@ -34,15 +34,13 @@ DEMO_MODEL = {"inter_channels": 64, "hidden_channels": 64, "filter_channels": 12
 DEMO_TRAIN = {"batch_size": 2, "segment_size": 5120, "discriminator_width": 0.125}
 ENCODER_DIM = 64
 
-# Stand-in NSF-HiFiGAN: the public 44.1 kHz release's STFT settings and layout, a much narrower network.
+# Stand-in NSF-HiFiGAN: the config.json keys the vocoder reads, with the public 44.1 kHz release's STFT
+# settings and a much narrower network.
 DEMO_VOCODER = {
-    "resblock": "1", "num_gpus": 1, "batch_size": 16, "learning_rate": 0.0002, "adam_b1": 0.8, "adam_b2": 0.99,
-    "lr_decay": 0.999, "seed": 1234, "upsample_rates": [8, 8, 2, 2, 2], "upsample_kernel_sizes": [16, 16, 4, 4, 4],
-    "upsample_initial_channel": 32, "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5]] * 3, "discriminator_periods": [3, 5, 7, 11, 17, 23, 37],
-    "segment_size": 16384, "num_mels": 128, "num_freq": 1025, "n_fft": 2048, "hop_size": 512, "win_size": 2048,
-    "sampling_rate": 44100, "fmin": 40, "fmax": 16000, "fmax_for_loss": None, "num_workers": 4,
-    "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1}}
+    "resblock": "1", "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5]] * 3,
+    "upsample_rates": [8, 8, 2, 2, 2], "upsample_kernel_sizes": [16, 16, 4, 4, 4], "upsample_initial_channel": 32,
+    "num_mels": 128, "n_fft": 2048, "hop_size": 512, "win_size": 2048, "sampling_rate": 44100, "fmin": 40,
+    "fmax": 16000}
 # A small diffusion model (diffusion.yaml `model` keys); the template's is 20 x 512 channels.
 DEMO_DIFFUSION = {"n_layers": 4, "n_chans": 64, "n_hidden": 64}
 DIFF_BATCH = 4

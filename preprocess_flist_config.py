@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_list", type=str, default="./filelists/train.txt", help="path to train list")
     parser.add_argument("--val_list", type=str, default="./filelists/val.txt", help="path to val list")
     parser.add_argument("--source_dir", type=str, default="./dataset/44k", help="path to source dir")
-    parser.add_argument("--speech_encoder", type=str, default="vec768l12",
-                        help="content encoder: " + ", ".join(ENCODER_DIMS))
+    parser.add_argument("--speech_encoder", type=str, default="vec768l12", choices=ENCODER_DIMS,
+                        help="content encoder")
     parser.add_argument("--vol_aug", action="store_true",
                         help="loudness embedding and volume augmentation (train.vol_aug, model.vol_embedding)")
     parser.add_argument("--tiny", action="store_true", help="start from the tiny template (faster, smaller model)")
@@ -29,10 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run preprocess_flist_config.py with `argv` (default: sys.argv[1:]); returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.speech_encoder not in ENCODER_DIMS:
-        parser.error(f"unknown --speech_encoder {args.speech_encoder!r}; choose one of {', '.join(ENCODER_DIMS)}")
+    args = build_parser().parse_args(argv)
     logging.basicConfig(format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     stage_logger = logging.getLogger("prep.flist_config")
     if stage_logger.level == logging.NOTSET:
