@@ -40,10 +40,8 @@ class UnitFileError(ValueError):
 
 def speaker_unit_files(folder: PathLike, must_contain: str = ".soft.pt") -> list[Path]:
     """Unit files of `dataset/44k/<speaker>` by path, hidden ones skipped; UnitFileError when there is none.
-
-    `must_contain`: `".soft.pt"` for k-means (names ending with it, as 4.1 globbed), `".wav.soft.pt"` for
-    the index (names containing it, as 4.1 filtered).
-    """
+    `must_contain`: ".soft.pt" for k-means (names ending with it, as 4.1 globbed) or ".wav.soft.pt" for the
+    index (names containing it, as 4.1 filtered)."""
     root = Path(folder)
     names = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
     files = sorted(p for p in names if p.is_file() and (
@@ -54,10 +52,8 @@ def speaker_unit_files(folder: PathLike, must_contain: str = ".soft.pt") -> list
 
 
 def load_unit_rows(files: Iterable[PathLike]) -> np.ndarray:
-    """Concatenate the units of `files` (float32 `[1, C, Tu]` each, unstretched) as float32 rows `[sum Tu, C]`.
-
-    Raises UnitFileError: unreadable file, bad shape, or files with different channel counts.
-    """
+    """Concatenate the units of `files` (float32 `[1, C, Tu]` each, unstretched) as float32 rows `[sum Tu, C]`;
+    UnitFileError for an unreadable file, a bad shape, or files with different channel counts."""
     rows: list[np.ndarray] = []
     first: Path | None = None
     for path in map(Path, files):
@@ -204,11 +200,9 @@ class UnitMixer:
 
 
 def load_cluster_or_index(path: PathLike, feature_retrieval: bool | None = None) -> UnitMixer:
-    """Load a `kmeans_10000.pt` or `feature_and_index.pkl`, whichever `path` contains.
-
-    `feature_retrieval` is what the user asked for (`-fr`; None: no check): a file of the other kind is still
-    used, with a warning. Raises CheckpointNotFoundError (a FileNotFoundError), or ClusterFileError /
-    IndexFileError / UnsafeIndexFileError for a file of neither kind, damaged or refused.
+    """Load a `kmeans_10000.pt` or `feature_and_index.pkl`, whichever `path` contains; `feature_retrieval`
+    (`-fr`; None: no check) only warns when the file is of the other kind. Raises CheckpointNotFoundError, or
+    ClusterFileError / IndexFileError / UnsafeIndexFileError for a file of neither kind, damaged or refused.
     """
     kind = detect_cluster_file(path)
     if kind == "index" and feature_retrieval is False:

@@ -90,10 +90,7 @@ def train_speaker_index(rows: np.ndarray, speaker: str = "", permutation: np.nda
 
 def train_index(root_dir: PathLike, spk: Mapping[str, int]) -> dict[int, Any]:
     """Index every speaker of the config's `spk` map (name -> id), in map order; returns `{id: index}`.
-
-    Raises DatasetError (no `root_dir`) or UnitFileError (a speaker without `*.wav.soft.pt` files, or too
-    few frames).
-    """
+    Raises DatasetError (no `root_dir`) or UnitFileError (a speaker without `*.wav.soft.pt` files or frames)."""
     list_speakers(root_dir)  # a missing dataset folder gets its own message
     result: dict[int, Any] = {}
     for name, sid in spk.items():
@@ -137,11 +134,9 @@ class _IndexUnpickler(GuardedUnpickler):
 
 
 def load_index_file(path: PathLike) -> dict[int, Any]:
-    """Read a `feature_and_index.pkl` safely; returns `{speaker_id: faiss index}`.
-
-    Raises CheckpointNotFoundError (no such file), UnsafeIndexFileError (the pickle names anything but a
-    faiss index class; nothing executed) or IndexFileError (damaged, or not speaker id -> faiss index).
-    """
+    """Read a `feature_and_index.pkl` safely -> `{speaker_id: faiss index}`. Raises CheckpointNotFoundError,
+    UnsafeIndexFileError (the pickle names anything but a faiss index class; nothing executed) or
+    IndexFileError (damaged, or not speaker id -> faiss index)."""
     name = str(path)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"feature index {name} not found; train it with python train_index.py")
@@ -172,11 +167,9 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
 
 # --- lookup ---
 def search_index(index: Any, units: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """k nearest stored vectors of every frame of `units` `[T, C]` (squared L2, the index's nprobe).
-
-    Returns (distances float32 `[T, k]`, ids int64 `[T, k]` (-1 where fewer than k were found), vectors
-    float32 `[T, k, C]` from the probed lists, undefined where the id is -1).
-    """
+    """k nearest stored vectors of every frame of `units` `[T, C]` (squared L2, the index's nprobe) ->
+    (distances float32 `[T, k]`, ids int64 `[T, k]` (-1 where fewer than k were found), vectors float32
+    `[T, k, C]`, undefined where the id is -1)."""
     return index.search_and_reconstruct(unit_rows(units, index.d, "the index"), k)
 
 

@@ -63,15 +63,14 @@ def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: float = 1e-2,
-                 batch_size: int = 32768, init_sample: int | None = None, seed: int | None = None) -> torch.Tensor:
-    """PyTorch k-means (the `--gpu` path) of rows `x` `[N >= n_clusters, C]` on x's device -> centres
-    `[n_clusters, C]` float32.
+                 batch_size: int = 32768, seed: int | None = None) -> torch.Tensor:
+    """PyTorch k-means (the `--gpu` path) of rows `x` `[N >= n_clusters, C]` on x's device -> float32 centres
+    `[n_clusters, C]`.
 
-    k-means++ seeding on `init_sample` rows (default min(N, max(8 * n_clusters, 4096))), then Lloyd updates:
-    plain means when all rows fit in one batch, else random mini-batches moving each centre by
-    `0.9 / count + 0.1` (count = 1 + rows it has received). Stops after `max_iter` updates or when the
-    summed squared centre shift is <= `tol`; clusters that receive no rows keep their centre. `seed`
-    seeds the sampling (None: nondeterministic).
+    k-means++ on min(N, max(8 * n_clusters, 4096)) sampled rows, then Lloyd updates: plain means when all rows
+    fit in one batch, else random mini-batches moving each centre by `0.9 / count + 0.1` (count = 1 + rows it
+    has received). Stops after `max_iter` updates or when the summed squared centre shift is <= `tol`; empty
+    clusters keep their centre. `seed`: None = nondeterministic.
     """
     n, dim = x.shape
     if n < n_clusters:
@@ -79,7 +78,7 @@ def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: flo
     gen = torch.Generator(device=x.device)
     gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
     x = x.float()
-    m = min(n, init_sample or max(8 * n_clusters, 4096))
+    m = min(n, max(8 * n_clusters, 4096))
     sample = x if m == n else x[torch.randperm(n, generator=gen, device=x.device)[:m]]
     centres = _kmeanspp(sample, n_clusters, gen)
     counts = torch.ones(n_clusters, dtype=x.dtype, device=x.device)
@@ -102,12 +101,9 @@ def torch_kmeans(x: torch.Tensor, n_clusters: int, max_iter: int = 500, tol: flo
 def train_speaker_kmeans(rows: np.ndarray, n_clusters: int = N_CLUSTERS, use_gpu: bool = False,
                          minibatch: bool = False, seed: int | None = None,
                          device: str | None = None) -> dict[str, Any]:
-    """k-means of one speaker's unit rows `[N, C]`; returns its `kmeans_10000.pt` entry (the three
-    attributes 4.1 keeps from a fitted KMeans).
-
-    CPU: scikit-learn with `seed` as `random_state` (None: NumPy's global RNG, as 4.1). `use_gpu`:
-    `torch_kmeans` on `device` (None: `core.device.resolve_device`).
-    """
+    """k-means of one speaker's unit rows `[N, C]` -> its `kmeans_10000.pt` entry (the three attributes 4.1
+    keeps from a fitted KMeans). CPU: scikit-learn, `seed` as `random_state` (None: NumPy's global RNG, as 4.1);
+    `use_gpu`: `torch_kmeans` on `device` (None: `core.device.resolve_device`)."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if use_gpu:
         x = torch.from_numpy(rows).to(resolve_device(device))
@@ -126,11 +122,10 @@ def train_cluster(dataset: PathLike = "./dataset/44k", output: PathLike = "logs/
                   n_clusters: int = N_CLUSTERS, use_gpu: bool = False, minibatch: bool = False,
                   seed: int | None = None, device: str | None = None,
                   progress: Callable[[list[Path]], Any] | None = None) -> Path:
-    """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt` atomically.
+    """Cluster every speaker folder of `dataset` and write `<output>/kmeans_10000.pt` atomically; returns its path.
 
-    `progress` wraps each speaker's file list (e.g. `tqdm.tqdm`). Returns the written path.
-    Raises DatasetError (no dataset folder or speaker), UnitFileError (a speaker without `*.soft.pt` files,
-    an unreadable unit file) or TooFewFramesError (a speaker with fewer frames than `n_clusters`).
+    `progress` wraps each speaker's file list (e.g. `tqdm.tqdm`). Raises DatasetError (no dataset folder or
+    speaker), UnitFileError (a speaker without `*.soft.pt` files, an unreadable unit file) or TooFewFramesError.
     """
     speakers = list_speakers(dataset)
     if not speakers:
