@@ -225,11 +225,9 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 
 
 class TextAudioCollate:
-    """Zero-padded batch sorted by frame count, longest first.
-
-    Returns `(c [B, C, T], f0 [B, T], spec [B, F, T], audio [B, 1, L], speaker ids [B, 1],
-    lengths [B], uv [B, T], volume [B, T] or None)`; volume is None when any item lacks it.
-    Items that failed to load (None) are dropped; an all-None batch gives None.
+    """Zero-padded batch sorted by frame count, longest first: `(c [B, C, T], f0 [B, T], spec [B, F, T],
+    audio [B, 1, L], speaker ids [B, 1], lengths [B], uv [B, T], volume [B, T] or None)`; volume is None when
+    any item lacks it. Items that failed to load (None) are dropped; an all-None batch gives None.
     """
 
     def __call__(self, batch: Sequence[Item | None]) -> Batch | None:

@@ -86,12 +86,10 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
 
 def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100, progress: bool = True
                   ) -> tuple[list[str], list[str], list[str], list[str]]:
-    """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training.
-
-    List paths are `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at `sampling_rate`.
-    Returns (train, val, speakers, skipped): the lists shuffled by `rng`, and the paths a list cannot hold.
-    Raises DatasetError for no speaker folder, or for clips that training cannot read (all of them listed).
-    """
+    """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training. List paths are
+    `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at `sampling_rate`. Returns (train, val,
+    speakers, skipped): the lists shuffled by `rng`, and the paths a list cannot hold. Raises DatasetError for
+    no speaker folder, or for clips that training cannot read (all of them listed)."""
     from tqdm import tqdm
 
     root = os.fspath(source_dir)

@@ -1,9 +1,7 @@
 """Tutorial step 1 (`resample.py`): every clip of `dataset_raw/<speaker>/` -> 44.1 kHz mono int16 WAV.
 
-Per clip: decode and average channels, trim leading/trailing silence (-40 dB), peak guard (x > 1 -> 0.98 x /
-peak), resample, peak-normalise to full scale unless `--skip_loudnorm`, truncate `x * 32767` to int16. Silent
-or unreadable clips are reported and skipped; outputs are written atomically, and a clip whose output is
-newer than its source is not redone unless `overwrite`.
+Silent or unreadable clips are reported and skipped; outputs are written atomically, and a clip whose output
+is newer than its source is not redone unless `overwrite`.
 """
 from __future__ import annotations
 
@@ -90,11 +88,10 @@ def to_int16(x: np.ndarray, clip: bool) -> np.ndarray:
 
 
 def prepare_clip(x: np.ndarray, sr: int, target_sr: int, loudnorm: bool, name: str = "clip") -> np.ndarray:
-    """The chain from decoded mono float32 `x` `[L]` at `sr` to the int16 samples resample.py stores.
-
-    `loudnorm`: peak-normalise to full scale after resampling. Returns int16 [ceil(L_trimmed * target_sr / sr)];
-    raises SilentAudioError (naming `name`) when only digital silence is left.
-    """
+    """Decoded mono float32 `x` `[L]` at `sr` -> the int16 samples resample.py stores: trim silence (-40 dB),
+    peak guard (x > 1 -> 0.98 x / peak), resample, peak-normalise to full scale if `loudnorm`, truncate
+    `x * 32767`. Returns int16 [ceil(L_trimmed * target_sr / sr)]; raises SilentAudioError (naming `name`)
+    when only digital silence is left."""
     x = trim_silence(x)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
     if peak <= SILENCE_PEAK:
