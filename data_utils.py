@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torch.utils.data
+from torch.nn.utils.rnn import pad_sequence
 
 from core.atomic import write_atomic
 from core.config import HParams
@@ -234,29 +235,14 @@ class TextAudioCollate:
         items = [b for b in batch if b is not None]
         if not items:
             return None
-        lengths = torch.LongTensor([x[0].shape[1] for x in items])
-        _, order = torch.sort(lengths, dim=0, descending=True)
-        n, t_max = len(items), int(lengths.max())
-        l_max = max(x[3].shape[1] for x in items)
-        c_padded = torch.zeros(n, items[0][0].shape[0], t_max)
-        f0_padded = torch.zeros(n, t_max)
-        spec_padded = torch.zeros(n, items[0][2].shape[0], t_max)
-        wav_padded = torch.zeros(n, 1, l_max)
-        spkids = torch.zeros(n, 1, dtype=torch.long)
-        uv_padded = torch.zeros(n, t_max)
-        with_volume = all(x[6] is not None for x in items)
-        volume_padded = torch.zeros(n, t_max) if with_volume else None
-        sorted_lengths = torch.zeros(n, dtype=torch.long)
-        for i, j in enumerate(order.tolist()):
-            c, f0, spec, wav, spk, uv, volume = items[j]
-            t = c.shape[1]
-            sorted_lengths[i] = t
-            c_padded[i, :, :t] = c
-            f0_padded[i, :t] = f0
-            spec_padded[i, :, :spec.shape[1]] = spec
-            wav_padded[i, :, :wav.shape[1]] = wav
-            spkids[i, 0] = spk.reshape(-1)[0]
-            uv_padded[i, :t] = uv
-            if volume_padded is not None and volume is not None:
-                volume_padded[i, :volume.shape[0]] = volume
-        return c_padded, f0_padded, spec_padded, wav_padded, spkids, sorted_lengths, uv_padded, volume_padded
+        lengths, order = torch.sort(torch.LongTensor([x[0].shape[1] for x in items]), dim=0, descending=True)
+        items = [items[j] for j in order.tolist()]
+
+        def pad(k: int) -> torch.Tensor:
+            """Field `k` of every item as float32, zero-padded along its last (time) axis."""
+            rows = [x[k].transpose(0, -1) for x in items]
+            return pad_sequence(rows, batch_first=True).transpose(1, -1).float().contiguous()
+
+        volume = pad(6) if all(x[6] is not None for x in items) else None
+        speakers = torch.stack([x[4].reshape(-1)[:1] for x in items]).long()
+        return pad(0), pad(1), pad(2), pad(3), speakers, lengths, pad(5), volume
