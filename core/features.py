@@ -25,10 +25,8 @@ __all__ = ["DatasetError", "FEATURE_SUFFIXES", "FeatureError", "clip_problem", "
            "save_object_npy", "spec_path", "speaker_of"]
 
 # Suffix appended to `X.wav` for each per-clip feature (the spectrogram is named by `spec_path`).
-FEATURE_SUFFIXES = {
-    "units": ".soft.pt", "f0": ".f0.npy", "volume": ".vol.npy", "mel": ".mel.npy",
-    "aug_mel": ".aug_mel.npy", "aug_vol": ".aug_vol.npy",
-}
+FEATURE_SUFFIXES = {"units": ".soft.pt", "f0": ".f0.npy", "volume": ".vol.npy", "mel": ".mel.npy",
+                    "aug_mel": ".aug_mel.npy", "aug_vol": ".aug_vol.npy"}
 
 
 class DatasetError(ValueError):

@@ -66,13 +66,6 @@ def settings_from_config(hps: HParams, f0_predictor: str, use_diff: bool, device
                            overwrite=overwrite)
 
 
-def list_clips(in_dir: str | os.PathLike) -> list[Path]:
-    """``<in_dir>/*/*.wav`` without hidden folders or files, sorted."""
-    root = Path(in_dir)
-    speakers = list_speakers(root) if root.is_dir() else []
-    return [p for spk in speakers for p in sorted((root / spk).glob("*.wav")) if not p.name.startswith(".")]
-
-
 class FeatureExtractor:
     """Loads the encoder, F0 predictor (and vocoder mel) once; ``process(clip)`` writes one clip's files."""
 
@@ -186,7 +179,9 @@ def _work(settings: FeatureSettings, clips: list[str], rank: int, progress: bool
 def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dataset/44k",
                      num_processes: int = 1, progress: bool = True) -> FeatureSummary:
     """Process every clip under ``in_dir`` with ``num_processes`` workers (0 = one per CPU)."""
-    clips = [str(p) for p in list_clips(in_dir)]
+    root = Path(in_dir)  # <in_dir>/<speaker>/*.wav, hidden folders and files left out
+    clips = [str(p) for spk in (list_speakers(root) if root.is_dir() else [])
+             for p in sorted((root / spk).glob("*.wav")) if not p.name.startswith(".")]
     if not clips:
         raise FileNotFoundError(f"no .wav clips found under {in_dir}/<speaker>/ (run resample.py first)")
     if num_processes == 0:

@@ -1,9 +1,7 @@
 """Tutorial step 2 (`preprocess_flist_config.py`): train/val file lists and the two generated configs.
 
-Per speaker folder of `dataset/44k`, clips shorter than 0.3 s are dropped, the rest shuffled, 2 go to validation
-and the others to training; both lists are shuffled again and written one UTF-8 path per line. The configs are
-the templates with the speaker map, encoder name and width, `--vol_aug` and `--tiny` applied; the user's own
-values in existing configs are kept.
+The lists hold one UTF-8 path per line. The configs are the templates with the speaker map, encoder name and
+width, `--vol_aug` and `--tiny` applied; the user's own values in existing configs are kept.
 """
 from __future__ import annotations
 
@@ -86,10 +84,10 @@ def _speaker_clips(source_dir: str, speaker: str, sampling_rate: int, bad: list[
 
 def split_dataset(source_dir: PathLike, rng: random.Random, sampling_rate: int = 44100, progress: bool = True
                   ) -> tuple[list[str], list[str], list[str], list[str]]:
-    """The 4.1 split: per speaker shuffle, first 2 clips to validation, the rest to training. List paths are
-    `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at `sampling_rate`. Returns (train, val,
-    speakers, skipped): the lists shuffled by `rng`, and the paths a list cannot hold. Raises DatasetError for
-    no speaker folder, or for clips that training cannot read (all of them listed)."""
+    """The 4.1 split: per speaker, clips under 0.3 s dropped, the rest shuffled, first 2 to validation, the others
+    to training. List paths are `<source_dir>/<speaker>/<file>` joined by "/"; every clip must be at
+    `sampling_rate`. Returns (train, val, speakers, skipped): the lists shuffled again by `rng`, and the paths a
+    list cannot hold. Raises DatasetError for no speaker folder, or for clips training cannot read (all listed)."""
     from tqdm import tqdm
 
     root = os.fspath(source_dir)
