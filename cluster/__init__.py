@@ -1,8 +1,7 @@
-"""Timbre clustering and feature retrieval: the unit-file reader of both trainings (`cluster.kmeans`,
-`cluster.feature_index`) and the `-cm` file at inference (`-cr`, `-fr`).
-
-A `kmeans_10000.pt` holds k-means centres keyed by speaker *name*, a `feature_and_index.pkl` faiss indexes
-keyed by speaker *id*. `ClusterModel.predict` is scikit-learn's, in NumPy: inference never imports scikit-learn.
+"""Timbre clustering and feature retrieval: the unit-file reader of both trainings and the `-cm` file at
+inference (`-cr`, `-fr`). A `kmeans_10000.pt` holds k-means centres keyed by speaker *name*, a
+`feature_and_index.pkl` faiss indexes keyed by speaker *id*. `ClusterModel.predict` is scikit-learn's, in
+NumPy: inference never imports scikit-learn.
 """
 from __future__ import annotations
 
