@@ -23,8 +23,9 @@ from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import resolve_device
+from generator import load_generator
 from inference.enhancer import Enhancer
-from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_sovits
+from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder
 from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
                                pad_array, seeded)
 from inference.shallow import load_diffusion
@@ -117,14 +118,17 @@ class Svc:
             units_width = side.units_width
         else:
             self.hps_ms = load_config(self.config_path, missing_as_none=True)
-            loaded = load_sovits(self.net_g_path, self.hps_ms, self.config_path, self.dev)
-            self.net_g_ms, self.dtype, cfg = loaded.net_g, loaded.dtype, loaded.config
+            loaded = load_generator(self.net_g_path, self.hps_ms, self.config_path, self.dev)
+            self.net_g_ms, self.dtype, cfg = loaded.net, loaded.dtype, loaded.config
             self.target_sample, self.hop_size = cfg.data.sampling_rate, cfg.data.hop_length
             self.unit_interpolate_mode = cfg.data.inference_unit_mode
             self.spk2id = dict(cfg.spk)
             self.spk_map_path = self.config_path
             self.vol_embedding = cfg.model.vol_embedding
             self.has_f0_decoder = loaded.has_f0_decoder and cfg.model.use_automatic_f0_prediction
+            if not loaded.has_f0_decoder and cfg.model.use_automatic_f0_prediction:
+                logger.warning("%s has no F0-predictor weights (4.0-era model?): -a/--auto_predict_f0 is "
+                               "unavailable", self.net_g_path)
             units_width = cfg.model.ssl_dim
             self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, units_width, self.config_path)
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)

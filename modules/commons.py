@@ -15,16 +15,6 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
-def init_weights(module: nn.Module, mean: float = 0.0, std: float = 0.01) -> None:
-    """HiFi-GAN style N(mean, std) initialisation of plain convolution weights. Weight-normalised layers
-    keep PyTorch's default: in 4.1 this only touched a recomputed copy of their weight."""
-    if isinstance(module, _WeightNormMixin):
-        return
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d)):
-        with torch.no_grad():
-            module.weight.normal_(mean, std)
-
-
 def sequence_mask(length: Tensor, max_length: int | None = None) -> Tensor:
     """Boolean mask [B, max_length] that is True for positions < length[b]."""
     if max_length is None:

@@ -13,7 +13,7 @@ from torch import nn
 
 import compress_model
 from conftest import DATA, FIXTURES, VENCODER_FIXTURES, load_fixture, zeroed_rng
-from inference.model_loader import load_sovits
+from generator import load_generator
 from core.checkpoint import safe_torch_load
 from core.config import load_config
 from core.checkpoint import ReleaseCheckpointError
@@ -61,11 +61,11 @@ def light(full: dict, tmp_path_factory) -> Path:
 
 def _infer(model_path: Path, folder: Path, arrays: dict) -> tuple[torch.Tensor, torch.dtype]:
     """Zeroed-RNG audio of `model_path` loaded the way inference loads it (CPU)."""
-    loaded = load_sovits(model_path, load_config(folder / "config.json"), folder / "config.json", torch.device("cpu"))
+    loaded = load_generator(model_path, load_config(folder / "config.json"), folder / "config.json", torch.device("cpu"))
     with torch.no_grad(), zeroed_rng():
-        audio, _ = loaded.net_g.infer(torch.from_numpy(arrays["in_c"]), torch.from_numpy(arrays["in_f0"]),
+        audio, _ = loaded.net.infer(torch.from_numpy(arrays["in_c"]), torch.from_numpy(arrays["in_f0"]),
                                       torch.from_numpy(arrays["in_uv"]), g=torch.from_numpy(arrays["in_sid"]))
-    return audio, next(loaded.net_g.parameters()).dtype
+    return audio, next(loaded.net.parameters()).dtype
 
 
 # -- layout against the 4.1 release files ------------------------------------------------------------
@@ -146,7 +146,6 @@ def test_shared_flow_model_keeps_aliases_and_audio(tmp_path, single_thread) -> N
 def test_svc_loads_release_files(made: Path, tmp_path) -> None:
     """Svc end to end (48-dim tiny ContentVec): the release converts exactly like the full file."""
     from inference.infer_tool import InferOptions, Svc
-    from models import SynthesizerTrn
     from core.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 
     import soundfile as sf
@@ -241,7 +240,6 @@ def test_discriminator_file_is_not_a_generator(tmp_path, capsys) -> None:
 # -- training refuses to resume from a release file ---------------------------------------------------
 @pytest.mark.parametrize("name, as_name", [("G_800_release.pth", "G_800.pth"), ("G_800_release_half.pth", "G_0.pth")])
 def test_resume_from_release_is_refused(made: Path, full: dict, tmp_path, name: str, as_name: str) -> None:
-    from models import SynthesizerTrn
 
     hps = load_config(BASE / "config.json")
     shutil.copy(made / name, tmp_path / as_name)

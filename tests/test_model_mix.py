@@ -13,7 +13,7 @@ import torch
 import model_mix
 import utils
 from conftest import FIXTURES, load_fixture, zeroed_rng
-from inference.model_loader import load_sovits
+from generator import load_generator
 from core.checkpoint import safe_torch_load
 from core.config import load_config
 from export.mix import mix_weights
@@ -78,9 +78,9 @@ def test_self_mix_keeps_weights_and_audio(models, tmp_path, capsys) -> None:
     for key, value in ref["model"].items():
         assert mixed["model"][key].dtype == value.dtype and _max_rel(mixed["model"][key], value) < 1e-6, key
     _, arrays = load_fixture("synth/base_vec768")
-    loaded = load_sovits(out, load_config(BASE / "config.json"), BASE / "config.json", torch.device("cpu"))
+    loaded = load_generator(out, load_config(BASE / "config.json"), BASE / "config.json", torch.device("cpu"))
     with torch.no_grad(), zeroed_rng():
-        audio, _ = loaded.net_g.infer(torch.from_numpy(arrays["in_c"]), torch.from_numpy(arrays["in_f0"]),
+        audio, _ = loaded.net.infer(torch.from_numpy(arrays["in_c"]), torch.from_numpy(arrays["in_f0"]),
                                       torch.from_numpy(arrays["in_uv"]), g=torch.from_numpy(arrays["in_sid"]))
     assert float((audio - torch.from_numpy(arrays["zn_audio"])).abs().max()) <= AUDIO_TOL
 
