@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from cluster import UnitFileError, load_unit_rows, speaker_unit_files, unit_rows
+from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files, unit_rows
 from core.atomic import write_atomic
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 from core.features import list_speakers

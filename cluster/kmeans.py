@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cluster import load_unit_rows, speaker_unit_files
+from cluster.units import load_unit_rows, speaker_unit_files
 from core.atomic import write_atomic
 from core.device import resolve_device
 from core.features import DatasetError, list_speakers

@@ -23,9 +23,8 @@ from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import resolve_device
-from generator import load_generator
+from generator import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_generator
 from inference.enhancer import Enhancer
-from inference.model_loader import ModelConfigMismatch, check_encoder_width, infer_speech_encoder
 from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
                                pad_array, seeded)
 from inference.shallow import load_diffusion

@@ -20,7 +20,7 @@ import torch
 
 from conftest import DATA, FIXTURES, VENCODER_FIXTURES
 from inference.infer_tool import SEED, InferOptions, Svc, SvcError, change_rms
-from inference.model_loader import ModelConfigMismatch
+from generator import ModelConfigMismatch
 from inference.slice_loop import iter_song, mix_frame_budget
 from inference.slicer import FileSource, open_audio, slice_source
 from inference.speaker_mix import SpkMixError, build_mix_weights, validate_spk_mix_map
