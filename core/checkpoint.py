@@ -334,22 +334,14 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
     write_atomic(checkpoint_path, lambda f: torch.save(payload, f))
 
 
-def _step_pattern(glob_pattern: str) -> re.Pattern[str]:
+def checkpoint_steps(dir_path: PathLike, glob_pattern: str) -> list[tuple[int, str]]:
+    """Sorted (step, file name) of the files in `dir_path` named like `glob_pattern` (one `*` = the step)."""
     head, star, tail = glob_pattern.partition("*")
     if not star or "*" in tail:
         raise ValueError(f"checkpoint pattern {glob_pattern!r} must contain exactly one '*'")
-    return re.compile(f"^{re.escape(head)}(\\d+){re.escape(tail)}$")
-
-
-def checkpoint_steps(dir_path: PathLike, glob_pattern: str) -> list[tuple[int, str]]:
-    """Sorted (step, file name) of the files in `dir_path` named like `glob_pattern` (one `*` = the step)."""
-    pattern = _step_pattern(glob_pattern)
-    found = []
-    for entry in os.scandir(dir_path):
-        m = pattern.match(entry.name)
-        if m and entry.is_file():
-            found.append((int(m.group(1)), entry.name))
-    return sorted(found)
+    pattern = re.compile(f"^{re.escape(head)}(\\d+){re.escape(tail)}$")
+    matches = ((pattern.match(entry.name), entry) for entry in os.scandir(dir_path) if entry.is_file())
+    return sorted((int(m.group(1)), entry.name) for m, entry in matches if m)
 
 
 def latest_checkpoint_path(dir_path: PathLike, regex: str = "G_*.pth") -> str:

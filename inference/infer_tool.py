@@ -286,10 +286,6 @@ class Svc:
         logger.info("vits use time:%s", time.time() - start)
         return audio.cpu(), n_frames
 
-    def read_piece(self, raw_path: PathLike | BinaryIO) -> np.ndarray:
-        """First channel of a WAV (path or file object) resampled to the model rate: float32 [L]."""
-        return read_wav(raw_path, self.target_sample)
-
     def infer(self, speaker: str | int | torch.Tensor, tran: float, raw_path: PathLike | BinaryIO,
               cluster_infer_ratio: float = 0, auto_predict_f0: bool = False, noice_scale: float = 0.4,
               f0_filter: bool = False, f0_predictor: str = "pm", enhancer_adaptive_key: float = 0,
@@ -302,7 +298,7 @@ class Svc:
         if spk_mix and not isinstance(speaker, torch.Tensor):
             raise SvcError("spk_mix needs the mixing weights tensor as `speaker`")
         self.check_k_step(k_step)
-        audio, n_frames = self.convert_piece(self.read_piece(raw_path), speaker, opts, frame)
+        audio, n_frames = self.convert_piece(read_wav(raw_path, self.target_sample), speaker, opts, frame)
         return audio, audio.shape[-1], n_frames
 
     def convert_piece(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,

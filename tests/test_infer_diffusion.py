@@ -21,6 +21,7 @@ import inference_main
 from conftest import FIXTURES
 from inference.infer_tool import Svc, SvcError
 from inference.shallow import NO_DIFFUSION
+from inference.slice_loop import read_wav
 from modules.mel_processing import volume_extract
 from test_infer_tool import SR, UNITS, build_workspace
 from vdecoder.nsf_hifigan.models import VocoderNotFoundError
@@ -191,7 +192,7 @@ def test_only_diffusion_skips_sovits_and_uses_the_diffusion_config(od: Svc, ws: 
     assert od.net_g_ms is None and od.hps_ms is None
     assert od.spk2id == DIFF_SPK and od.speech_encoder == "vec768l12"
     calls = _spy(od, monkeypatch)
-    wav = od.read_piece(ws / "raw/a.wav")
+    wav = read_wav(ws / "raw/a.wav", od.target_sample)
     with open(ws / "raw/a.wav", "rb") as f:
         od.infer("speaker2", 0, f)
     call, = calls
