@@ -23,8 +23,8 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True
+    except OSError:  # alive, but another user's
+        pass
     return True
 
 
@@ -42,18 +42,15 @@ def folder_lock(folder: str | os.PathLike, program: str) -> Iterator[None]:
     path = os.path.join(os.fspath(folder), LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        previous = os.read(fd, 200).decode("utf-8", "replace").split(" ", 2)
+        fields = os.read(fd, 200).decode("utf-8", "replace").split(" ", 2)
+        pid, holder, since = fields + ["?", "a trainer", "an unknown time"][len(fields):]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = previous[0] if previous[0].isdigit() else "?"
-            holder = previous[1] if len(previous) > 1 else "a trainer"
-            since = previous[2].strip() if len(previous) > 2 else "an unknown time"
-            raise FolderLockedError(f"another {holder} (pid {pid}) is training into {os.fspath(folder)} since "
-                                    f"{since}; wait for it to finish or stop it first") from None
-        if previous[0].isdigit() and int(previous[0]) != os.getpid() and not _pid_alive(int(previous[0])):
-            logger.info("%s: taking over the lock of %s (pid %s), which is no longer running",
-                        folder, previous[1] if len(previous) > 1 else "a trainer", previous[0])
+            raise FolderLockedError(f"another {holder} (pid {pid or '?'}) is training into {os.fspath(folder)} "
+                                    f"since {since.strip()}; wait for it to finish or stop it first") from None
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            logger.info("%s: taking over the lock of %s (pid %s), which is no longer running", folder, holder, pid)
         stamp = f"{os.getpid()} {program} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, stamp.encode(), 0)
