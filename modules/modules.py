@@ -13,10 +13,7 @@ LRELU_SLOPE = 0.1
 
 
 class DSConv(nn.Module):
-    """Depthwise-separable replacement of a dilated conv: depth_conv (groups=C) + point_conv (1x1).
-
-    Both halves are weight-normalised separately (keys ``depth_conv.weight_g`` ...).
-    """
+    """Depthwise-separable dilated conv: depth_conv (groups=C) + point_conv (1x1), each weight-normalised."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  dilation: int = 1, padding: int = 0) -> None:
@@ -39,10 +36,7 @@ def dilated_conv(in_channels: int, out_channels: int, kernel_size: int, dilation
 
 
 class WN(nn.Module):
-    """Non-causal WaveNet with gated activations and optional global conditioning.
-
-    Forward: x [B, H, T], x_mask [B, 1, T], g [B, gin, 1 or T] -> skip sum [B, H, T].
-    """
+    """Non-causal gated WaveNet: x [B, H, T], x_mask [B, 1, T], g [B, gin, 1 or T] -> skip sum [B, H, T]."""
 
     def __init__(self, hidden_channels: int, kernel_size: int, dilation_rate: int, n_layers: int,
                  gin_channels: int = 0, p_dropout: float = 0.0, use_depthwise_conv: bool = False) -> None:
@@ -87,12 +81,9 @@ ActivationFactory = Callable[[int], nn.Module]
 
 
 class ResBlock1(nn.Module):
-    """HiFi-GAN residual block type 1: pairs of (dilated conv, conv) with residual adds.
-
-    ``activation(channels)`` builds each pre-conv activation; the default is leaky ReLU 0.1
-    (parameter-free, so nothing is registered). The snake decoder passes an anti-aliased
-    SnakeBeta factory, registered as ``activations`` (2 per dilation).
-    """
+    """HiFi-GAN residual block type 1: pairs of (dilated conv, conv) with residual adds. ``activation(channels)``
+    builds each pre-conv activation: leaky ReLU 0.1 by default (nothing registered), or the snake decoder's
+    anti-aliased SnakeBeta, registered as ``activations`` (2 per dilation)."""
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: tuple[int, ...] = (1, 3, 5),
                  activation: ActivationFactory | None = None) -> None:
@@ -154,12 +145,8 @@ class Flip(nn.Module):
 
 
 class CouplingLayer(nn.Module):
-    """Mean-only affine coupling: x1 <- x1 + post(enc(pre(x0))) (reverse subtracts).
-
-    ``enc`` is a WaveNet (``ResidualCouplingLayer``) or a conditioned causal FFT
-    (``TransformerCouplingLayer``); with parameter sharing the same module is passed to
-    every layer. ``post`` starts at zero so a fresh flow is the identity.
-    """
+    """Mean-only affine coupling x1 <- x1 + post(enc(pre(x0))) (reverse subtracts); ``enc`` is a WaveNet or a
+    conditioned causal FFT, shared by every layer with parameter sharing; ``post`` starts at zero (identity)."""
 
     def __init__(self, channels: int, hidden_channels: int, enc: nn.Module) -> None:
         super().__init__()
@@ -180,11 +167,9 @@ class CouplingLayer(nn.Module):
 
 
 class CouplingBlock(nn.Module):
-    """n_flows couplings, each followed by a Flip. [B, C, T] -> [B, C, T]; reverse for inference.
-
-    With ``share_parameter`` one coupling network is built (registered as ``wn``) and handed to
-    every layer, so its tensors appear under ``flows.{0,2,..}.enc.*`` and ``wn.*`` alike.
-    """
+    """n_flows couplings, each followed by a Flip: [B, C, T] -> [B, C, T]; reverse for inference. With
+    ``share_parameter`` one network (``wn``) serves every layer: its tensors appear under ``flows.{0,2,..}.enc.*``
+    and ``wn.*`` alike."""
 
     def __init__(self, channels: int, hidden_channels: int, n_flows: int,
                  make_enc: Callable[[], nn.Module], share_parameter: bool = False) -> None:
