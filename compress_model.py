@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
+    from core.atomic import DiskFullError
     from core.checkpoint import CheckpointError
     from core.config import ConfigError, load_config
     from export.release import compress_model
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"input checkpoint {args.input} not found")
         hps = load_config(args.config)
         result = compress_model(args.input, build_synthesizer(hps), hps, args.config, args.output, args.half)
-    except (CheckpointError, ConfigError) as err:
+    except (CheckpointError, ConfigError, DiskFullError) as err:
         print(f"compress_model.py: {err}", file=sys.stderr)
         return 2
     dtype = str(result.dtype).replace("torch.", "")

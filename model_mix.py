@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rates = args.rate if args.rate is not None else [100.0] * len(args.input)
 
+    from core.atomic import DiskFullError
     from core.checkpoint import CheckpointError
     from core.config import ConfigError, load_config
     from export.mix import mix_model, mix_weights
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         net_g = build_synthesizer(load_config(args.config)) if args.config else None
         output = mix_model(args.input, rates, args.mode, args.output, net_g=net_g, config_path=args.config or "")
-    except (CheckpointError, ConfigError) as err:
+    except (CheckpointError, ConfigError, DiskFullError) as err:
         print(f"model_mix.py: {err}", file=sys.stderr)
         return 2
     weights = mix_weights(rates, args.mode).tolist()

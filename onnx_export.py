@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = export_folder(args.model_name, args.checkpoints_dir)
-    except (FileNotFoundError, ConfigError, CheckpointError, ValueError) as err:
+    except (OSError, ConfigError, CheckpointError, ValueError) as err:  # OSError: missing files, full disk
         print(f"onnx_export.py: {err}", file=sys.stderr)
         return 1
     speaker = "per-frame speaker mix (sid [T, n_speakers])" if result.speaker_mix else "speaker id (sid [1])"

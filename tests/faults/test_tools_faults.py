@@ -41,3 +41,21 @@ def test_full_disk_is_named(tool: str, prepared_project: PreparedProject, tmp_pa
     err = capsys.readouterr().err
     assert f"the disk of {tmp_path} is full" in err and "Traceback" not in err, err
     assert os.listdir(tmp_path) == []
+
+
+def test_full_disk_while_compressing_or_mixing(tmp_path: Path, full_disk, capsys) -> None:
+    import compress_model
+    import model_mix
+    from conftest import FIXTURES
+
+    base = FIXTURES / "synth" / "base_vec768"
+    if not (base / "G_800.pth").exists():
+        pytest.skip("synth fixture not available")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert compress_model.main(["-c", str(base / "config.json"), "-i", str(base / "G_800.pth"),
+                                "-o", str(out / "release.pth")]) == 2
+    assert model_mix.main(["-i", str(base / "G_800.pth"), str(base / "G_800.pth"), "-o", str(out / "mix.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"the disk of {out} is full") == 2 and "Traceback" not in err, err
+    assert os.listdir(out) == []
