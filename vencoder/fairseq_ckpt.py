@@ -107,14 +107,10 @@ class RestrictedUnpickler(GuardedUnpickler):
     Args:
         file: binary file positioned at the pickle.
         encoding: how Python-2 strings are decoded (torch.load passes "utf-8").
-        source: file name for messages.
+    torch.load installs its storage loader as `persistent_load`; without one, persistent ids are refused.
     """
 
     allowed: ClassVar[dict[tuple[str, str], Any]] = {**NUMPY_GLOBALS, **_TORCH_AND_BUILTINS}
-    # torch.load assigns its storage loader to each instance; the base class's refusing method would
-    # hide pickle's own (C-level) slot, so put the slot back. Unassigned, persistent ids still fail.
-    def __init__(self, file: BinaryIO, encoding: str = "ASCII", source: str = "fairseq checkpoint") -> None:
-        super().__init__(file, source, encoding)
 
     def refuse(self, module: str, name: str) -> Any:
         dotted = f"{module}.{name}"
