@@ -41,7 +41,7 @@ class ClusterModel:
         self.cluster_centers_ = centres
         self.n_features_in_ = int(n_features_in_ if n_features_in_ is not None else centres.shape[1])
         self._n_threads = int(_n_threads)
-        self._sq = (centres.astype(np.float64) ** 2).sum(axis=1)
+        self._sq = (centres.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
 
     def predict(self, x: ArrayLike) -> np.ndarray:
         """Index of the nearest centre of every row of `x` `[T, C]`; int32 `[T]`. The two best float32
@@ -52,7 +52,7 @@ class ClusterModel:
         k = min(2, centres.shape[0])
         for start in range(0, rows.shape[0], _ROWS_PER_BLOCK):
             block = rows[start:start + _ROWS_PER_BLOCK]
-            score = self._sq.astype(np.float32)[None, :] - 2.0 * (block @ centres.T)  # ||x||² dropped
+            score = self._sq[None, :] - 2.0 * (block @ centres.T)  # ||x||² dropped
             cand = np.argpartition(score, k - 1, axis=1)[:, :k] if k > 1 else np.zeros((len(block), 1), int)
             diff = block[:, None, :].astype(np.float64) - centres[cand].astype(np.float64)
             exact = (diff ** 2).sum(axis=2)  # [rows, k]
