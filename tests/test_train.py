@@ -180,6 +180,15 @@ def test_restore_reads_41_checkpoint_with_optimizer_state(tmp_path, caplog) -> N
     assert optim_g.param_groups[0]["lr"] == (lr * GAMMA if state.epoch >= 2 else lr)
 
 
+def test_discriminator_without_its_generator_is_not_read(tmp_path, caplog) -> None:
+    """A save that died between D_<step> and G_<step> leaves a D that resume skips without loading it."""
+    (tmp_path / "D_3.pth").write_bytes(b"PK\x03\x04truncated")
+    with caplog.at_level(logging.INFO):
+        state = restore(str(tmp_path), None, None, None, None, 768, "vec768l12")
+    assert state.global_step == 0 and "step 3 is incomplete (G_3.pth is missing)" in caplog.text
+    assert "unusable" not in caplog.text
+
+
 def test_finetune_base_without_optimizer_skips_mismatched_tensors(tmp_path, caplog) -> None:
     """A pretrained base (no optimizer state) for another speaker count: emb_g is skipped, with a line."""
     src = FIXTURES / "synth" / "base_vec768"

@@ -92,7 +92,7 @@ def _newest_complete(model_dir: str) -> tuple[int, str | None, dict | None, str 
     for step in sorted(set(found["G"]) | set(found["D"]), reverse=True):
         paths = {p: os.path.join(model_dir, found[p][step]) if step in found[p] else None for p in ("G", "D")}
         try:
-            dicts = {p: read_checkpoint(path) if path else None for p, path in paths.items()}
+            dicts = {p: read_checkpoint(path) if path and paths["G"] else None for p, path in paths.items()}
         except CheckpointError as err:
             logger.warning("step %d is unusable (%s); trying the step before", step, err)
             continue
@@ -101,7 +101,7 @@ def _newest_complete(model_dir: str) -> tuple[int, str | None, dict | None, str 
         if dicts["G"] is not None and lone_g is None:
             lone_g = step, paths["G"], dicts["G"]
         logger.warning("step %d is incomplete (%s_%d.pth is missing); trying the step before", step,
-                       "D" if dicts["D"] is None else "G", step)
+                       "D" if paths["G"] else "G", step)
     return (*lone_g, None, None) if lone_g else None
 
 
