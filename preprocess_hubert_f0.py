@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Using diff Mode: %s", settings.use_diff)
     try:
         summary = extract_features(settings, args.in_dir, args.num_processes)
-    except (FileNotFoundError, CheckpointError, NotImplementedError, ImportError, DiskFullError) as err:
+    except (FileNotFoundError, CheckpointError, ImportError, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     log.info("%d clips processed, %d already up to date, %d failed",
