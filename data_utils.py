@@ -20,7 +20,7 @@ from core.atomic import write_atomic
 from core.config import HParams
 from core.features import (DatasetError, FeatureError, clip_problem, feature_path, read_feature, read_filelist,
                            spec_path, speaker_of)
-from core.schema import sovits_config
+from core.schema import SovitsConfig, sovits_config
 from modules import f0 as f0_math
 from modules.mel_processing import spectrogram_torch
 
@@ -45,15 +45,15 @@ LONG_CLIP_SECONDS = 20
 class TextAudioSpeakerLoader(torch.utils.data.Dataset):
     """Clips of a file list with their features, shuffled once like 4.1 (seed 1234, same order every epoch).
 
-    hparams: the So-VITS config. all_in_mem: load every clip once up front and keep it in RAM. vol_aug:
+    hparams: the So-VITS config (HParams or SovitsConfig). all_in_mem: load every clip up front into RAM. vol_aug:
     allow volume augmentation (train set); it also needs `train.vol_aug` and volumes. Lists that cannot train
     (unknown speaker, wrong unit width or WAV format, no usable clip) raise DatasetError; a clip with a missing,
     unreadable or inconsistent feature file is reported by file name and skipped.
     """
 
-    def __init__(self, audiopaths: str | os.PathLike, hparams: HParams, all_in_mem: bool = False,
+    def __init__(self, audiopaths: str | os.PathLike, hparams: HParams | SovitsConfig, all_in_mem: bool = False,
                  vol_aug: bool = True) -> None:
-        cfg = sovits_config(hparams, for_training=True)
+        cfg = hparams if isinstance(hparams, SovitsConfig) else sovits_config(hparams, for_training=True)
         data = cfg.data
         self.list_path = os.fspath(audiopaths)
         self.max_wav_value = data.max_wav_value

@@ -107,10 +107,10 @@ class Trainer:
         return torch.bfloat16 if train.half_type == "bf16" else torch.float16
 
     def _build_data(self) -> None:
-        hps, ctx, data = self.hps, self.ctx, self.cfg.data
+        ctx, cfg, data = self.ctx, self.cfg, self.cfg.data
         all_in_mem = self.cfg.train.all_in_mem
         workers = 0 if all_in_mem else ctx.num_workers
-        self.train_set = TextAudioSpeakerLoader(data.training_files, hps, all_in_mem=all_in_mem)
+        self.train_set = TextAudioSpeakerLoader(data.training_files, cfg, all_in_mem=all_in_mem)
         # Each process trains on its own share of the list (4.1 gave every GPU the same batches);
         # the order stays 4.1's fixed shuffle, so epochs get N times shorter.
         self.sampler = _SkipFirst(DistributedSampler(self.train_set, ctx.world_size, ctx.rank, shuffle=False)
@@ -126,7 +126,7 @@ class Trainer:
             except DatasetError as err:  # no validation clips only means no evaluation audio
                 self.log.warning("no evaluation: %s", err)
                 return
-            eval_set = TextAudioSpeakerLoader(data.validation_files, hps, all_in_mem=all_in_mem, vol_aug=False)
+            eval_set = TextAudioSpeakerLoader(data.validation_files, cfg, all_in_mem=all_in_mem, vol_aug=False)
             self.eval_loader = DataLoader(eval_set, batch_size=1, shuffle=False, num_workers=0,
                                           collate_fn=TextAudioCollate())
 
