@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from inference.options import InferOptions, pad_array
-from inference.slicer import Audio, Chunk, open_audio, slice_source
+from inference.slicer import ArraySource, Audio, Chunk, open_audio, slice_source
 from inference.speaker_mix import build_mix_weights
 from modules.audio_io import AudioReadError
 from modules.audio_resample import resample
@@ -51,11 +51,9 @@ def mix_frame_budget(chunks: list[Chunk], sr: int, opts: InferOptions, sr_out: i
 def read_wav(raw: PathLike | BinaryIO, sr_out: int) -> np.ndarray:
     """First channel of a WAV (path or file object) resampled to `sr_out`: float32 [L]. AudioReadError: NaN/inf."""
     data, sr = sf.read(raw, dtype="float32", always_2d=True)
-    if not np.isfinite(data[:, 0]).all():
-        name = raw if isinstance(raw, (str, os.PathLike)) else "<audio>"
-        raise AudioReadError(name, "contains NaN or infinite samples; fix the input")
-    wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
-    return resample(wav[None], int(sr), sr_out)[0].numpy()
+    source = ArraySource(data[:, 0], sr)
+    source.name = os.fspath(raw) if isinstance(raw, (str, os.PathLike)) else source.name
+    return resample(torch.from_numpy(source.read(0, source.n_samples))[None], int(sr), sr_out)[0].numpy()
 
 
 class _Joiner:

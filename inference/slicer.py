@@ -36,14 +36,15 @@ class AudioSource:
     sample_rate: int
     n_samples: int
     name = "<audio>"  # for messages
+    checked = True  # input audio; off for computed signals (a NaN there is not the input's fault)
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Samples [start, end) as float32, zeros outside the signal; AudioReadError for NaN/inf samples."""
+        """Samples [start, end) as float32, zeros outside the signal; AudioReadError for NaN/inf when `checked`."""
         lo, hi = max(start, 0), min(end, self.n_samples)
         out = np.zeros(max(end - start, 0), dtype=np.float32)
         if hi > lo:
             out[lo - start:hi - start] = self._read(lo, hi)
-        if not np.isfinite(out).all():
+        if self.checked and not np.isfinite(out).all():
             at = (start + int(np.argmin(np.isfinite(out)))) / self.sample_rate
             raise AudioReadError(self.name, f"contains NaN or infinite samples (at {at:.2f} s); fix the input")
         return out
@@ -64,13 +65,14 @@ class AudioSource:
 class ArraySource(AudioSource):
     """An in-memory signal: [N] mono or [N, channels] (averaged in float32)."""
 
-    def __init__(self, samples: np.ndarray, sample_rate: int) -> None:
+    def __init__(self, samples: np.ndarray, sample_rate: int, checked: bool = True) -> None:
         data = np.asarray(samples, dtype=np.float32)
         if data.ndim == 2:
             data = data.mean(axis=1, dtype=np.float32)
         if data.ndim != 1:
             raise ValueError(f"audio must be [N] or [N, channels], got shape {data.shape}")
         self.samples, self.sample_rate, self.n_samples = data, int(sample_rate), int(data.shape[0])
+        self.checked = checked
 
     def _read(self, start: int, end: int) -> np.ndarray:
         return self.samples[start:end]
@@ -114,7 +116,7 @@ def open_audio(audio: Audio) -> AudioSource:
 def rms_frames(audio: np.ndarray | AudioSource, frame_length: int, hop_length: int) -> np.ndarray:
     """librosa ``feature.rms(y, frame_length, hop_length)`` (centred, zero padded) of samples [N] or a source,
     read a batch of frames at a time: float32 [1 + (N + 2 * (frame_length // 2) - frame_length) // hop_length]."""
-    source = audio if isinstance(audio, AudioSource) else ArraySource(audio, 1)
+    source = audio if isinstance(audio, AudioSource) else ArraySource(audio, 1, checked=False)
     half = frame_length // 2
     n_frames = 1 + (source.n_samples + 2 * half - frame_length) // hop_length
     out = np.empty(max(n_frames, 0), dtype=np.float32)

@@ -339,6 +339,9 @@ def test_loudness_envelope_adjustment(svc: Svc, ws: Path) -> None:
     assert np.array_equal(half.numpy(), out)  # the caller's tensor is untouched
     ratio = np.sqrt(np.mean(imposed.numpy()[:SR // 2] ** 2)) / np.sqrt(np.mean(imposed.numpy()[-SR // 2:] ** 2))
     assert ratio < 0.5  # the output now rises like the input
+    # A NaN in the model's output stays in the audio (convert_file then blames the model), not the input.
+    broken = torch.full((SR,), float("nan"))
+    assert torch.isnan(change_rms(wav, SR, broken, SR, 0.5)).all()
 
 
 def test_enhancer_is_the_vocoder_pass_over_the_sovits_output(svc: Svc, ws: Path, spy: list) -> None:
