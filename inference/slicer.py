@@ -36,7 +36,7 @@ class AudioSource:
     sample_rate: int
     n_samples: int
     name = "<audio>"  # for messages
-    checked = True  # input audio; off for computed signals (a NaN there is not the input's fault)
+    checked = True  # input audio, off for computed signals (a NaN there is not the input's fault)
 
     def read(self, start: int, end: int) -> np.ndarray:
         """Samples [start, end) as float32, zeros outside the signal; AudioReadError for NaN/inf when `checked`."""
