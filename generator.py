@@ -109,19 +109,18 @@ def check_fit(state: Mapping[str, Any], net: nn.Module, name: str, config_name: 
     """Raise ModelConfigMismatch naming everything about `state` that does not fit the freshly built `net`, and
     the config fields to check; keys under OPTIONAL_PREFIXES may be absent from the file."""
     require_generator(state, name)
-    model_sd = to_legacy_weight_norm(net.state_dict())
-    width = width_problem(state, int(model_sd["pre.weight"].shape[1]), name, config_name)
+    file_sd, model_sd = to_legacy_weight_norm(state), to_legacy_weight_norm(net.state_dict())
+    width = width_problem(file_sd, int(model_sd["pre.weight"].shape[1]), name, config_name)
     problems = [width] if width else []
-    emb, own = state.get("emb_g.weight"), model_sd["emb_g.weight"]
+    emb, own = file_sd.get("emb_g.weight"), model_sd["emb_g.weight"]
     if isinstance(emb, torch.Tensor) and emb.shape != own.shape:
         problems.append(f"{name} has {emb.shape[0]} speakers x {emb.shape[1]} embedding channels but "
                         f"{config_name} says model.n_speakers = {own.shape[0]}, "
                         f"model.gin_channels = {own.shape[1]}")
     said = frozenset({"pre.weight", "emb_g.weight"})
-    problems += state_differences(state, model_sd, "the file", "the config", OPTIONAL_PREFIXES, said)
+    problems += state_differences(file_sd, model_sd, "the file", "the config", OPTIONAL_PREFIXES, said)
     if not problems:
         return
-    file_sd = to_legacy_weight_norm(state)
     keys = [k for k in set(file_sd) ^ set(model_sd) if not k.startswith(OPTIONAL_PREFIXES)]
     keys += [k for k in model_sd if k in file_sd and getattr(file_sd[k], "shape", None) != model_sd[k].shape]
     fields = [f for prefix, f in _SHAPE_FIELDS if any(k.startswith(prefix) for k in keys)]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, ItemsView, Iterator, KeysView, Mapping, ValuesView
 
-from core.atomic import write_atomic
+from core.atomic import write_bytes_atomic
 
 __all__ = ["ConfigError", "ConfigNotFoundError", "HParams", "dump_config", "get_hparams_from_file",
            "load_config", "save_config"]
@@ -204,4 +204,4 @@ def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
 def save_config(hps: HParams | Mapping[str, Any], path: PathLike) -> None:
     """Write a config atomically; YAML for `.yaml`/`.yml` paths, JSON otherwise (see dump_config)."""
     text = dump_config(hps, yaml_style=_is_yaml(path))
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    write_bytes_atomic(path, text.encode("utf-8"))

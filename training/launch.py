@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core.atomic import DiskFullError, remove_stale_temps, write_atomic
+from core.atomic import DiskFullError, remove_stale_temps, write_bytes_atomic
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, HParams, load_config
 from core.features import DatasetError
@@ -88,7 +88,7 @@ def _check_git_hash(model_dir: str, run_log: logging.Logger) -> None:
         if saved != current:
             run_log.warning("git hash values are different. %s(saved) != %s(current)", saved[:8], current[:8])
     else:
-        write_atomic(path, lambda f: f.write(current.encode()))
+        write_bytes_atomic(path, current.encode())
 
 
 def _write_run_config(model_dir: str, raw: bytes, run_log: logging.Logger) -> None:
@@ -97,9 +97,9 @@ def _write_run_config(model_dir: str, raw: bytes, run_log: logging.Logger) -> No
     path = os.path.join(model_dir, "config.json")
     old = Path(path).read_bytes() if os.path.isfile(path) else raw
     if old != raw:
-        write_atomic(path + ".bak", lambda f: f.write(old))
+        write_bytes_atomic(path + ".bak", old)
         run_log.info("%s changed; the previous one is kept as config.json.bak", path)
-    write_atomic(path, lambda f: f.write(raw))
+    write_bytes_atomic(path, raw)
 
 
 @dataclass
