@@ -76,7 +76,6 @@ class Trainer:
     """One process of `train.py`: call `fit()`; it returns True when stopped early on request."""
 
     def __init__(self, hps: HParams, model_dir: str, ctx: RunContext) -> None:
-        self.hps = hps
         self.model_dir = model_dir
         self.ctx = ctx
         self.device = ctx.device
