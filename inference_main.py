@@ -13,10 +13,16 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import soundfile as sf
 
 from modules.F0Predictor import F0_PREDICTORS
+
+if TYPE_CHECKING:  # torch loads only once a conversion starts
+    from inference.infer_tool import InferOptions, Svc
+
+log = logging.getLogger("inference_main")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +84,21 @@ def resolve_input(clean_name: str) -> str:
     return path
 
 
-def _check_args(args: argparse.Namespace) -> str | None:
+def convert_to_results(svc: Svc, args: argparse.Namespace, clean_name: str, wav: str, tran: int,
+                       spk: str | Mapping, opts: InferOptions, progress: Callable[[int, int], None] | None = None
+                       ) -> Path:
+    """Convert `wav` (input `clean_name`) for `spk` (a name, or a validated mix map with -usm) into
+    results/ under 4.1's name; returns the file written."""
+    out = Path("results") / result_name(clean_name, tran, "spk_mix" if args.use_spk_mix else spk, args,
+                                        svc.output_mode)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s -> %s", wav, out)
+    svc.convert_file(wav, out, spk, opts, args.wav_format, progress)
+    log.info("saved %s", out)
+    return out
+
+
+def check_args(args: argparse.Namespace) -> str | None:
     if args.f0_predictor not in F0_PREDICTORS:
         return f"unknown F0 predictor {args.f0_predictor!r}; choose one of {', '.join(F0_PREDICTORS)}"
     if args.wav_format.upper() not in sf.available_formats():
@@ -88,8 +108,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that end the run with their message and exit status 1 (no traceback)."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end a run with their message (exit status 1; a message on the web page), no traceback."""
     from core.checkpoint import CheckpointError  # covers ModelConfigMismatch
     from core.config import ConfigError
     from core.atomic import DiskFullError
@@ -105,8 +125,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log = logging.getLogger("inference_main")
-    if problem := _check_args(args):
+    if problem := check_args(args):
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
@@ -131,24 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1
         speakers = [svc.song_speaker(spk, options[0]) for spk in ([spk_mix_map] if args.use_spk_mix
                                                                    else args.spk_list)]
-        mode = svc.output_mode
-        if (args.shallow_diffusion or args.only_diffusion) and mode == "sovits":
+        if (args.shallow_diffusion or args.only_diffusion) and svc.output_mode == "sovits":
             log.warning("diffusion did not run: converting with So-VITS only, files are named _sovits_")
         failed = []
         for clean_name, path, tran, opts in zip(args.clean_names, inputs, trans, options):
             try:  # an unusable input is skipped; the others are still converted
                 wav = format_wav(path)
                 for spk in speakers:
-                    out = Path("results") / result_name(clean_name, tran, "spk_mix" if args.use_spk_mix else spk,
-                                                        args, mode)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    log.info("converting %s -> %s", wav, out)
-                    svc.convert_file(wav, out, spk, opts, args.wav_format)
-                    log.info("saved %s", out)
+                    convert_to_results(svc, args, clean_name, wav, tran, spk, opts)
             except AudioReadError as err:
                 print(f"error: {err}", file=sys.stderr)
                 failed.append(path)
-    except _user_errors() as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if failed and len(inputs) > 1:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -23,7 +24,8 @@ from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import resolve_device
-from generator import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_generator
+from generator import (LoadedGenerator, ModelConfigMismatch, check_encoder_width, infer_speech_encoder,
+                       load_generator)
 from inference.enhancer import Enhancer
 from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
                                pad_array, seeded)
@@ -117,8 +119,8 @@ class Svc:
             units_width = side.units_width
         else:
             self.hps_ms = load_config(self.config_path, missing_as_none=True)
-            loaded = load_generator(self.net_g_path, self.hps_ms, self.config_path, self.dev)
-            self.net_g_ms, self.dtype, cfg = loaded.net, loaded.dtype, loaded.config
+            loaded = self.load_model()
+            cfg = loaded.config
             self.target_sample, self.hop_size = cfg.data.sampling_rate, cfg.data.hop_length
             self.unit_interpolate_mode = cfg.data.inference_unit_mode
             self.spk2id = dict(cfg.spk)
@@ -164,6 +166,26 @@ class Svc:
             self.enable_spk_mix()
         self._f0_predictor = None
         self._f0_key: tuple[str, float] | None = None
+
+    def load_model(self, spk_mix_enable: bool = False) -> LoadedGenerator:
+        """(Re)load the So-VITS generator from `net_g_path` (4.1's method; also after `unload_model`)."""
+        loaded = load_generator(self.net_g_path, self.hps_ms, self.config_path, self.dev)
+        self.net_g_ms, self.dtype = loaded.net, loaded.dtype
+        if spk_mix_enable and len(self.spk2id) > 1:
+            self.enable_spk_mix()
+        return loaded
+
+    def unload_model(self) -> None:
+        """Free the generator and the enhancer, as 4.1 does; `load_model` brings the generator back."""
+        self.net_g_ms = self.enhancer = None
+        self.clear_empty()
+
+    @staticmethod
+    def clear_empty() -> None:
+        """Return freed memory: Python garbage, then the CUDA cache."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @property
     def diffusion_used(self) -> bool:
@@ -247,6 +269,8 @@ class Svc:
     def _convert(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                  frame: int = 0) -> tuple[torch.Tensor, int]:
         """Convert a piece [L] at the model rate: (audio float32 [N] on CPU, frames T)."""
+        if self.net_g_ms is None and not self.only_diffusion:
+            raise SvcError(f"{self.net_g_path} is unloaded; load the model again (load_model) to convert")
         mixing = isinstance(speaker, torch.Tensor)
         sid = None if mixing else torch.LongTensor([[self.speaker_id(speaker)]]).to(self.dev)
         c, f0, uv = self.get_unit_f0(wav, opts.tran, 0.0 if mixing else opts.cluster_infer_ratio,
