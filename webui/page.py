@@ -128,7 +128,7 @@ def model_section(slot: ModelSlot) -> tuple[gr.Dropdown, gr.Dropdown]:
                       info="A folder under trained/ (see trained/README.md), or files uploaded here.")
     with gr.Group(visible=True) as local_group:
         with gr.Row():
-            folder = gr.Dropdown(list(state.folder_models()), label="Model folder", scale=4,
+            folder = gr.Dropdown(list(state.folder_models()), label="Model folder", scale=4, elem_id="model-folder",
                                  info="Every folder under trained/ with one G .pth and one config .json.")
             refresh = gr.Button("Refresh", scale=1)
         holds = gr.Markdown()
@@ -149,9 +149,9 @@ def model_section(slot: ModelSlot) -> tuple[gr.Dropdown, gr.Dropdown]:
                               "and config.yaml; on by itself when a diffusion model is uploaded).")
         only_diff = gr.Checkbox(label="Diffusion only", info="Convert with the diffusion model alone.")
     with gr.Row():
-        load = gr.Button("Load model", variant="primary")
+        load = gr.Button("Load model", variant="primary", elem_id="load-model")
         unload = gr.Button("Unload model")
-    status = gr.Textbox(label="Model", value="No model is loaded.", interactive=False)
+    status = gr.Textbox(label="Model", value="No model is loaded.", interactive=False, elem_id="model-status")
     speaker = gr.Dropdown([], label="Speaker", info="Filled from the loaded config.", allow_custom_value=True)
 
     def show(src: str) -> tuple[Any, Any]:
@@ -206,8 +206,9 @@ def options_section() -> tuple[gr.Number, list[gr.components.Component], gr.File
     return tran, [controls[name] for name in OPTION_NAMES], spk_mix, f0_note, controls["f0_predictor"]
 
 
-def _outputs() -> tuple[gr.Audio, gr.File]:
-    return gr.Audio(label="Result", type="filepath", interactive=False), gr.File(label="Download")
+def _outputs(elem_id: str) -> tuple[gr.Audio, gr.File]:
+    return (gr.Audio(label="Result", type="filepath", interactive=False, elem_id=elem_id, buttons=["download"]),
+            gr.File(label="Download", elem_id=f"{elem_id}-file"))
 
 
 def inference_tab(page: gr.Blocks, slot: ModelSlot) -> None:
@@ -221,11 +222,11 @@ def inference_tab(page: gr.Blocks, slot: ModelSlot) -> None:
         with gr.Tabs():
             with gr.Tab("Audio to audio"):
                 audio = gr.Audio(label="Song or speech (upload or record)", sources=["upload", "microphone"],
-                                 type="filepath")
+                                 type="filepath", elem_id="audio-in", buttons=["download"])
                 with gr.Row():
-                    convert = gr.Button("Convert", variant="primary")
+                    convert = gr.Button("Convert", variant="primary", elem_id="convert")
                     stop = gr.Button("Stop")
-                result, download = _outputs()
+                result, download = _outputs("result")
             with gr.Tab("Text to audio"):
                 gr.Markdown(TTS_NOTE)
                 from webui.tts import DEFAULT_PITCH, DEFAULT_RATE, PITCH_RANGE, RATE_RANGE, VOICES
@@ -239,7 +240,7 @@ def inference_tab(page: gr.Blocks, slot: ModelSlot) -> None:
                 with gr.Row():
                     speak = gr.Button("Speak and convert", variant="primary")
                     stop_tts = gr.Button("Stop")
-                tts_result, tts_download = _outputs()
+                tts_result, tts_download = _outputs("tts-result")
 
     def convert_audio(audio: str | None, speaker: str, tran: int, options: dict, mix: str | None,
                       progress: Callable[[int, int], None]) -> tuple[str, str]:
