@@ -285,7 +285,7 @@ def capture_conversion(url: str, audio: Path, shot: Path, user_data: Path) -> di
         shown = {"download": link.get_attribute("download"), "body": body, "hosts": hosts,
                  "duration": page.locator("#result #duration").text_content().strip(),
                  "status": page.locator("#model-status textarea").input_value()}
-        page.screenshot(path=str(shot), full_page=False)
+        page.screenshot(path=str(shot), full_page=True)
         browser.close()
     return shown
 
