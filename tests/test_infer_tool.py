@@ -470,3 +470,15 @@ def test_long_song_streams_in_bounded_memory(svc: Svc, ws: Path, tmp_path: Path)
     assert peak < 12 * 2**20, f"peak {peak / 2**20:.1f} MB"
     n = ticks[-1][1]
     assert n >= 3 and ticks == [(i, n) for i in range(n + 1)]
+
+
+def test_unload_model_frees_the_generator_and_load_model_brings_it_back(ws: Path) -> None:
+    svc = Svc(ws / "logs/44k/G_1.pth", ws / "logs/44k/config.json", "cpu", cluster_model_path="",
+              pretrain_dir=ws / "pretrain")
+    before = svc.slice_inference(ws / "raw/short.wav", "speaker0", 0)
+    svc.unload_model()
+    assert svc.net_g_ms is None and svc.enhancer is None
+    with pytest.raises(SvcError, match=r"G_1\.pth is unloaded; load the model again"):
+        svc.slice_inference(ws / "raw/short.wav", "speaker0", 0)
+    svc.load_model()
+    np.testing.assert_array_equal(svc.slice_inference(ws / "raw/short.wav", "speaker0", 0), before)
