@@ -16,6 +16,7 @@ import gradio as gr
 import inference_main
 from webui import state
 from webui.state import ModelFiles, ModelSlot, WebError
+from webui.tts import DEFAULT_PITCH, DEFAULT_RATE, PITCH_RANGE, RATE_RANGE, VOICES, TTSError, languages
 
 __all__ = ["OPTION_NAMES", "build_page", "theme"]
 
@@ -229,7 +230,6 @@ def inference_tab(page: gr.Blocks, slot: ModelSlot) -> None:
                 result, download = _outputs("result")
             with gr.Tab("Text to audio"):
                 gr.Markdown(TTS_NOTE)
-                from webui.tts import DEFAULT_PITCH, DEFAULT_RATE, PITCH_RANGE, RATE_RANGE, VOICES
                 text = gr.Textbox(label="Text", lines=3)
                 with gr.Row():
                     language = gr.Dropdown(["en"], value="en", label="Language", allow_custom_value=True,
@@ -265,7 +265,6 @@ def inference_tab(page: gr.Blocks, slot: ModelSlot) -> None:
 
     def environment() -> tuple[Any, Any, Any, str]:
         """Filled once the page is up (the first call loads torch): devices, F0 predictors, TTS languages."""
-        from webui.tts import TTSError, languages
         available, missing = state.f0_availability()
         note = "".join(f"\n- {name}: {why}" for name, why in missing.items())
         try:
