@@ -58,7 +58,9 @@ def serve(root: Path, *flags: str) -> Iterator[str]:
     """`python webUI.py --port <free>` in `root`; yields its address once it says it is serving."""
     port = free_port()
     log = root / f"server-{port}.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GRADIO_TEMP_DIR=str(root / "gradio-tmp"))
+    (root / "tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GRADIO_TEMP_DIR=str(root / "gradio-tmp"),
+               TMPDIR=str(root / "tmp"))
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "webUI.py"), "--port", str(port), *flags], cwd=root,
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -95,6 +97,37 @@ def convert(client, audio: Path, speaker: str = "speaker0", **options) -> Path:
                                       api_name="/convert", **options)
     assert Path(result).name == Path(download).name
     return Path(download)
+
+
+def test_f0_predictors_without_weights_say_which_file(tmp_path: Path, monkeypatch) -> None:
+    from webui.state import f0_availability
+
+    monkeypatch.chdir(tmp_path)
+    available, missing = f0_availability()
+    assert "rmvpe" not in available and "pretrain/rmvpe.pt" in missing["rmvpe"]
+    assert {"pm", "dio", "harvest"} <= set(available) and set(available).isdisjoint(missing)
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain/rmvpe.pt").write_bytes(b"")
+    assert "rmvpe" in f0_availability()[0]
+
+
+def test_out_of_memory_becomes_advice_on_the_page(project: Path, monkeypatch, single_thread) -> None:
+    import gradio as gr
+
+    from webui.page import _messages
+    from webui.state import ModelFiles, ModelSlot
+
+    monkeypatch.chdir(project)
+    slot = ModelSlot()
+    slot.load(ModelFiles("trained/tiny/G_1.pth", "trained/tiny/config.json"), "cpu")
+
+    def exhausted(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(slot.svc, "_convert", exhausted)
+    with pytest.raises(gr.Error, match=r"Out of memory on a 3\.0 s slice — use -cl 30 \(forced slicing\)"):
+        _messages(slot.convert)(project / "raw/short.wav", "short.wav", "speaker0", 0, {})
+    assert not (project / "results/short.wav_0key_speaker0_sovits_pm.flac.part").exists()
 
 
 def test_share_is_refused(capsys) -> None:
@@ -175,6 +208,7 @@ def test_stop_cancels_a_long_conversion(client, project: Path) -> None:
     with pytest.raises(AppError, match="Conversion stopped; nothing was written"):
         job.result(timeout=60)
     assert not list((project / "results").glob("long.wav_*"))  # neither the file nor its .part
+    assert not list((project / "tmp").iterdir())  # the page's temporary copies are gone
 
 
 def test_tools_write_files_that_load(client, project: Path) -> None:
