@@ -14,9 +14,12 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import inference_main
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the page
+    from inference.infer_tool import Svc
 
 __all__ = ["Cancelled", "ModelFiles", "ModelSlot", "WebError", "compress", "device_choices", "f0_availability",
            "folder_models", "mix", "read_spk_mix_file"]
@@ -134,7 +137,7 @@ class ModelSlot:
     """The one loaded model of the page (a failed load keeps the previous one) and its conversions."""
 
     def __init__(self) -> None:
-        self.svc = None
+        self.svc: Svc | None = None
         self.files: ModelFiles | None = None
         self._lock = threading.Lock()  # one load or conversion at a time
         self._stop = threading.Event()
@@ -161,6 +164,8 @@ class ModelSlot:
             old, self.svc, self.files = self.svc, svc, files
             if old is not None:
                 old.unload_model()
+                del old
+                Svc.clear_empty()  # the old encoder and the rest are garbage now
         return f"Loaded on {svc.dev} ({svc.output_mode}): {files.describe()}. Speakers: {', '.join(svc.spk2id)}"
 
     def unload(self) -> str:
@@ -171,8 +176,13 @@ class ModelSlot:
             svc.unload_model()
             del svc
             from inference.infer_tool import Svc
-            Svc.clear_empty()
+            Svc.clear_empty()  # the encoder and the rest are garbage now
         return "Model unloaded; its memory is free."
+
+    def _loaded(self) -> Svc:
+        if self.svc is None:
+            raise WebError("Load a model first (Inference tab, Model section).")
+        return self.svc
 
     def stop(self) -> str:
         self._stop.set()
@@ -190,8 +200,6 @@ class ModelSlot:
         its argument names); returns the file written in results/. Stopped by `stop` (Cancelled)."""
         from inference.infer_tool import InferOptions, format_wav
 
-        if self.svc is None:
-            raise WebError("Load a model first (Inference tab, Model section).")
         args = inference_main.build_parser().parse_args([])
         unknown = set(options) - set(vars(args))
         if unknown:
@@ -200,12 +208,12 @@ class ModelSlot:
         if problem := inference_main.check_args(args):
             raise WebError(problem)
         spk_mix_map = read_spk_mix_file(spk_mix_file) if spk_mix_file else {}
-        args.use_spk_mix = len(spk_mix_map) > 1 and len(self.svc.spk2id) > 1  # as the CLI: one entry, no mix
-        opts = InferOptions.from_args(args, tran)
         clean_name = Path(clean_name).name
         self._stop.clear()
         with self._lock, tempfile.TemporaryDirectory(prefix="sovits-web-") as tmp:
-            svc = self.svc
+            svc = self._loaded()
+            args.use_spk_mix = len(spk_mix_map) > 1 and len(svc.spk2id) > 1  # as the CLI: one entry, no mix
+            opts = InferOptions.from_args(args, tran)
             spk = svc.song_speaker(spk_mix_map if args.use_spk_mix else speaker, opts)
             local = Path(tmp) / clean_name
             shutil.copyfile(audio, local)
@@ -226,8 +234,7 @@ class ModelSlot:
         from modules.audio_resample import resample
         from webui.tts import synthesize
 
-        if self.svc is None:
-            raise WebError("Load a model first (Inference tab, Model section).")
+        self._loaded()
         speech, rate = synthesize(text, language, voice, words_per_minute, pitch)
         with tempfile.TemporaryDirectory(prefix="sovits-tts-") as tmp:
             path = Path(tmp) / "tts.wav"
