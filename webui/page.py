@@ -281,8 +281,8 @@ def tools_tab() -> None:
     """model_mix.py and compress_model.py on uploaded models."""
     with gr.Tab("Tools"):
         with gr.Accordion("Static voice mix (model_mix.py)", open=True):
-            gr.Markdown("Mix models trained with the same config into `output.pth`: every weight becomes the "
-                        "weighted sum of the models'.")
+            gr.Markdown("Mix models trained with the same config into `output.pth` in the project folder: every "
+                        "weight becomes the weighted sum of the models'.")
             models = gr.File(label="Models (.pth), two or more", file_count="multiple", file_types=[".pth"])
             with gr.Row():
                 rates = gr.Textbox(label="Percentages", placeholder="e.g. 50, 30, 20 (default 100 each)",
@@ -293,8 +293,8 @@ def tools_tab() -> None:
             mix_button = gr.Button("Mix", variant="primary")
             mixed = gr.File(label="output.pth")
         with gr.Accordion("Model compression (compress_model.py)", open=True):
-            gr.Markdown("Strip the training-only parts of a `G_*.pth`: a release file about a third of the size "
-                        "that converts the same (training cannot resume from it).")
+            gr.Markdown("Strip the training-only parts of a `G_*.pth`: `<name>_release[_half].pth` in the project "
+                        "folder, about a third of the size, converts the same (training cannot resume from it).")
             with gr.Row():
                 full = gr.File(label="Full checkpoint G_*.pth", file_types=[".pth"])
                 full_config = gr.File(label="Its config.json", file_types=[".json"])
