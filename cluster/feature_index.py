@@ -161,8 +161,8 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
     except UnsafeIndexFileError as err:
         raise UnsafeIndexFileError(f"{name}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all
-        raise IndexFileError(f"{name} is not a readable feature index "
-                             f"({type(err).__name__}: {str(err)[:200]})") from None
+        detail = " ".join(str(err).split())[:200]  # some pickle errors span two lines
+        raise IndexFileError(f"{name} is not a readable feature index ({type(err).__name__}: {detail})") from None
     if not isinstance(data, dict) or not data:
         raise IndexFileError(f"{name}: expected a dict of speaker id -> faiss index, got {type(data).__name__}")
     import faiss

@@ -263,6 +263,10 @@ def test_index_export_errors(tmp_path, capsys) -> None:
     not_index.write_bytes(pickle.dumps({0: [1.0, 2.0]}))
     assert "speaker id -> faiss index" in _fails(["-i", str(not_index), "-o", str(out)], capsys,
                                                   export_index_for_onnx)
+    checkpoint = tmp_path / "G_0.pth"  # a model file instead of the index
+    torch.save({"model": {"w": torch.zeros(2)}}, checkpoint)
+    assert "not a readable feature index" in _fails(["-i", str(checkpoint), "-o", str(out)], capsys,
+                                                    export_index_for_onnx)
     unsafe = tmp_path / "unsafe.pkl"
     unsafe.write_bytes(pickle.dumps({0: shutil.rmtree}))
     assert "refused" in _fails(["-i", str(unsafe), "-o", str(out)], capsys, export_index_for_onnx)
