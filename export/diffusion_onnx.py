@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from core.atomic import write_bytes_atomic
 from core.checkpoint import CheckpointNotFoundError
+from diffusion.diffusion import GaussianDiffusion
 from diffusion.samplers.stride import transfer
 from diffusion.unit2mel import Unit2Mel, load_diffusion_model
 from export.model_onnx import TRACE_FRAMES, gather_units, list_axes, trace_onnx
@@ -53,26 +54,25 @@ class Unit2MelEncoderOnnx(nn.Module):
 
 
 class _Pred(nn.Module):
-    """The PNDM transfer with the schedule as its only weights."""
+    """The PNDM transfer (the trace keeps only the schedule of the decoder it shares)."""
 
-    def __init__(self, alphas_cumprod: Tensor) -> None:
+    def __init__(self, decoder: GaussianDiffusion) -> None:
         super().__init__()
-        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().clone())
+        self.decoder = decoder
 
     def forward(self, noise: Tensor, noise_pred: Tensor, time: Tensor, time_prev: Tensor) -> Tensor:
-        return transfer(self, noise, noise_pred, time, time_prev)
+        return transfer(self.decoder, noise, noise_pred, time, time_prev)
 
 
 class _After(nn.Module):
     """Normalised mel [1, 1, M, T] -> log-mel [1, M, T]."""
 
-    def __init__(self, spec_min: Tensor, spec_max: Tensor) -> None:
+    def __init__(self, decoder: GaussianDiffusion) -> None:
         super().__init__()
-        self.register_buffer("spec_min", spec_min.detach().clone().reshape(-1, 1))
-        self.register_buffer("spec_max", spec_max.detach().clone().reshape(-1, 1))
+        self.decoder = decoder
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x.squeeze(1) + 1) / 2 * (self.spec_max - self.spec_min) + self.spec_min
+        return self.decoder.denorm_spec(x.squeeze(1).transpose(1, 2)).transpose(1, 2)
 
 
 def diffusion_graphs(model: Unit2Mel, frames: int = TRACE_FRAMES) -> dict[str, bytes]:
@@ -94,9 +94,9 @@ def diffusion_graphs(model: Unit2Mel, frames: int = TRACE_FRAMES) -> dict[str, b
                     {"hubert": [1], "mel2ph": [1], "f0": [1], "volume": [1], "spk_mix": [0]}, ["mel_pred"]),
         "denoise": (decoder.denoise_fn, (x, time, torch.randn(1, hidden, frames, generator=gen)),
                     {"noise": [3], "time": [], "condition": [2]}, ["noise_pred"]),
-        "pred": (_Pred(decoder.alphas_cumprod), (x, torch.randn(1, 1, bins, frames, generator=gen), time, time_prev),
+        "pred": (_Pred(decoder), (x, torch.randn(1, 1, bins, frames, generator=gen), time, time_prev),
                  {"noise": [3], "noise_pred": [3], "time": [], "time_prev": []}, ["noise_pred_o"]),
-        "after": (_After(decoder.spec_min, decoder.spec_max), (x,), {"x": [3]}, ["mel_out"]),
+        "after": (_After(decoder), (x,), {"x": [3]}, ["mel_out"]),
     }
     out = {}
     for graph, (module, inputs, dims, outputs) in cases.items():
