@@ -22,7 +22,8 @@ from core.features import clip_problem
 from inference.slicer import rms_frames
 from modules.audio_io import read_audio_mono
 from prep.resample import resample_dataset
-from prep.slicing import UNSLICED, SliceSettings, format_report, plan_pieces, slice_dataset, slice_file
+from prep.slicing import (UNSLICED, SliceSettings, SpeakerReport, format_report, plan_pieces, slice_dataset,
+                          slice_file)
 
 LONG = DATA / "edge" / "long_slt_60s.wav"
 STEREO = DATA / "edge" / "stereo48k_slt.wav"
@@ -81,7 +82,7 @@ def test_long_clip_cuts_in_silences_and_pieces_are_the_source_minus_silences(lon
     assert 0.2 * sr < trimmed + len(x) - pos < 0.3 * len(x)  # silences between phrases went, not sound
 
 
-def test_over_long_stretches_are_cut_at_their_quietest_point(long_clip) -> None:
+def test_over_long_stretches_are_cut_at_their_quietest_point(long_clip, tmp_path) -> None:
     x, sr = long_clip
     # -90 dB is below the clip's noise floor: the slicer finds no silence, the length rule must cut.
     settings = SliceSettings(db_thresh=-90.0)
@@ -93,15 +94,10 @@ def test_over_long_stretches_are_cut_at_their_quietest_point(long_clip) -> None:
     # Each cut is reported as inside "sound" (above -90 dB) yet lies in one of the clip's real pauses.
     assert [cut for cut, _ in loud_cuts] == [p.start for p in pieces[1:]]
     assert all(db < -50 for _, db in loud_cuts)
-    report = format_report([_report("slt", loud_cuts)], settings)
-    assert "cut inside sound (no silence there): long.wav at" in report
-
-
-def _report(speaker: str, loud_cuts: list) -> object:
-    from prep.slicing import FileOutcome, SpeakerReport
-
-    return SpeakerReport(speaker, [FileOutcome("long.wav", "sliced", loud_cuts=[(c / 44100, db) for c, db in
-                                                                                 loud_cuts])])
+    report = format_report([SpeakerReport("slt", [slice_file(LONG, tmp_path, settings)])], settings)
+    first = loud_cuts[0]
+    assert f"cut inside sound (no silence there): long_slt_60s.wav at {first[0] / sr:.2f} s ({first[1]:.0f} dB)" \
+        in report
 
 
 def test_short_pieces_join_touching_neighbours_or_say_why() -> None:
