@@ -286,7 +286,7 @@ def format_report(reports: list[SpeakerReport], settings: SliceSettings) -> str:
         done = [f for f in r.files if f.status != "failed"]
         seconds = [s for f in done for _, s, _ in f.pieces]
         earlier = f"; {r.earlier_pieces} pieces from earlier runs left as they are" if r.earlier_pieces else ""
-        lines.append(f"{r.speaker}: {len(done)} recordings in, {len(seconds)} pieces out "
+        lines.append(f"{r.speaker}: recordings in: {len(done)}, pieces out: {len(seconds)} "
                      f"({sum(seconds) / 60:.1f} min){earlier}")
         if seconds:
             lines += _histogram(seconds, settings)
@@ -298,6 +298,6 @@ def format_report(reports: list[SpeakerReport], settings: SliceSettings) -> str:
         lines += [f"  left alone, not audio: {', '.join(r.not_audio)}"] if r.not_audio else []
     files = [f for r in reports for f in r.files]
     count = {s: sum(f.status == s for f in files) for s in ("sliced", "up to date", "failed")}
-    lines.append(f"Done: {count['sliced']} recordings sliced, {count['up to date']} already sliced (nothing "
-                 f"written), {count['failed']} skipped because of problems.")
+    lines.append(f"Done: sliced {count['sliced']}, already sliced {count['up to date']} (nothing written), "
+                 f"skipped because of problems {count['failed']}.")
     return "\n".join(lines)

@@ -155,10 +155,10 @@ def test_in_place_run_keeps_originals_reports_problems_and_a_rerun_writes_nothin
     assert failed["quiet.wav"] == "no sound above -40 dB: nothing to slice"
     assert sorted(os.listdir(project / "kal")) == ["broken.wav", "quiet.wav"]
     text = format_report(list(reports.values()), settings)
-    assert "slt: 2 recordings in, 10 pieces out (0.9 min)" in text
+    assert "slt: recordings in: 2, pieces out: 10 (0.9 min)" in text
     assert "  skipped broken.wav: not a readable audio file" in text
     assert "left alone, not audio: notes.txt" in text
-    assert "Done: 2 recordings sliced, 0 already sliced (nothing written), 2 skipped" in text
+    assert "Done: sliced 2, already sliced 0 (nothing written), skipped because of problems 2." in text
 
     before = _snapshot(project)
     again = slice_dataset(project, settings=settings, progress=False)
@@ -230,7 +230,7 @@ def test_cli_slices_a_project(project) -> None:
     run = subprocess.run([sys.executable, str(ROOT / "slice_audio.py"), "--min_interval", "100"],
                          cwd=project.parent, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "slt: 2 recordings in, 10 pieces out" in run.stdout
+    assert "slt: recordings in: 2, pieces out: 10" in run.stdout
     assert "left alone, not audio: notes.txt" in run.stdout
     assert sorted(os.listdir(project / "slt" / UNSLICED)) == ["long_slt_60s.wav", "stereo48k_slt.wav"]
     rerun = subprocess.run([sys.executable, str(ROOT / "slice_audio.py")], cwd=project.parent, env=env,
