@@ -27,7 +27,7 @@ import soundfile as sf
 
 from core.atomic import DiskFullError, remove_stale_temps, write_bytes_atomic
 from core.features import list_speakers
-from inference.slicer import ArraySource, Slicer, rms_frames
+from modules.slicer import ArraySource, Slicer, rms_frames
 from modules.audio_io import AudioReadError, read_audio_mono, write_wav_int16
 from prep.resample import output_name
 

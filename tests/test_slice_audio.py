@@ -19,7 +19,7 @@ import soundfile as sf
 import slice_audio
 from conftest import DATA, ROOT
 from core.features import clip_problem
-from inference.slicer import rms_frames
+from modules.slicer import rms_frames
 from modules.audio_io import read_audio_mono
 from prep.resample import resample_dataset
 from prep.slicing import (UNSLICED, SliceSettings, SpeakerReport, format_report, plan_pieces, slice_dataset,
