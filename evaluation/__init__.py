@@ -1,0 +1,1 @@
+"""Objective evaluation of conversions and checkpoints (evaluate.py): pitch, speaker, loudness, content and resynthesis figures."""

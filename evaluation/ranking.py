@@ -1,0 +1,130 @@
+"""Checkpoint ranking: each `G_<step>.pth` resynthesizes the validation clips from their own units, F0 and
+speaker (as training's evaluation does, noise scale 0.35), and is scored against the original clips; the
+checkpoint with the lowest mean MCD ranks first. `ResynthesisScorer` also serves train.py's --eval_metrics.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from core.checkpoint import CheckpointError, checkpoint_steps
+from core.config import load_config
+from core.device import resolve_device
+from core.schema import SovitsConfig, sovits_config
+from evaluation.conversion import EvaluationError
+from evaluation.metrics import mcd_db, pitch_errors
+from evaluation.speaker import SpeakerEncoder, cosine
+from modules.F0Predictor import get_f0_predictor
+
+__all__ = ["CHECKPOINT_KEYS", "RANK_BY", "ResynthesisScorer", "checkpoint_files", "rank_checkpoints",
+           "resynthesis_scorer"]
+
+RANK_BY = "mcd_db"  # lower is better
+# JSON keys of one checkpoint row (README documents each).
+CHECKPOINT_KEYS = ("rank", "file", "step", "mcd_db", "lf0_rmse_cents", "speaker_similarity", "clips")
+SCORE_KEYS = ("mcd_db", "lf0_rmse_cents", "speaker_similarity")
+
+
+class ResynthesisScorer:
+    """Scores a resynthesis against its original clip (mono float arrays at `rate`): mcd_db, lf0_rmse_cents
+    (log-F0 RMSE in cents on frames voiced in both, F0 from `f0_predictor`) and speaker_similarity (cosine of
+    the two speaker embeddings; None, with the reason in `skipped`, when the encoder is not installed)."""
+
+    def __init__(self, rate: int, hop: int, f0_predictor: str = "fcpe", device: str | torch.device | None = None):
+        self.rate = rate
+        self.tracker = get_f0_predictor(f0_predictor, hop, rate, device)
+        self.skipped: dict[str, str] = {}
+        self.encoder: SpeakerEncoder | None = None
+        try:
+            self.encoder = SpeakerEncoder(device)
+        except CheckpointError as err:
+            self.skipped["speaker_similarity"] = f"speaker similarity skipped: {err}"
+
+    def __call__(self, reference: np.ndarray, output: np.ndarray) -> dict[str, float | None]:
+        n = min(len(reference), len(output))
+        reference, output = reference[:n], output[:n]
+        f0_ref, uv_ref = self.tracker.compute_f0_uv(reference)
+        f0_out, uv_out = self.tracker.compute_f0_uv(output)
+        similarity = None if self.encoder is None else cosine(self.encoder.embed(reference, self.rate),
+                                                              self.encoder.embed(output, self.rate))
+        return {"mcd_db": mcd_db(reference, output, self.rate),
+                "lf0_rmse_cents": pitch_errors(f0_ref, uv_ref, f0_out, uv_out)["rmse_cents"],
+                "speaker_similarity": similarity}
+
+
+def resynthesis_scorer(cfg: SovitsConfig, device: torch.device) -> ResynthesisScorer:
+    """The scorer for a config's audio (train.py --eval_metrics hands this to the trainer)."""
+    return ResynthesisScorer(cfg.data.sampling_rate, cfg.data.hop_length, device=device)
+
+
+def mean_scores(scores: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Mean of each SCORE_KEYS figure over the clips that have it (None when none has)."""
+    means = {}
+    for key in SCORE_KEYS:
+        values = [s[key] for s in scores if s[key] is not None]
+        means[key] = float(np.mean(values)) if values else None
+    return means
+
+
+def checkpoint_files(paths: list[str]) -> list[str]:
+    """G files: folders expand to their `G_<step>.pth` files (by step), files are kept as given."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = [os.path.join(path, name) for _, name in checkpoint_steps(path, "G_*.pth")]
+            if not found:
+                raise EvaluationError(f"{path} holds no G_<step>.pth checkpoint (train with train.py first)")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise EvaluationError(f"checkpoint {path} not found")
+    return files
+
+
+def _step(path: str) -> int | None:
+    name = os.path.basename(path)
+    digits = name[2:-4] if name.startswith("G_") and name.endswith(".pth") else ""
+    return int(digits) if digits.isdigit() else None
+
+
+def rank_checkpoints(models: list[str], config_path: str, val_list: str | None = None, f0_predictor: str = "fcpe",
+                     device: str | None = None, progress: Callable[[int], None] = lambda _: None,
+                     total: Callable[[int], None] = lambda _: None) -> dict[str, Any]:
+    """Score every checkpoint on the validation clips and rank them (JSON document of evaluate.py -m).
+    `total(n)` is told the number of resyntheses, `progress(1)` after each."""
+    from data_utils import TextAudioSpeakerLoader
+    from generator import load_generator
+
+    files = checkpoint_files(models)
+    hps = load_config(config_path)
+    cfg = sovits_config(hps, config_path, for_training=True)
+    val_list = val_list or cfg.data.validation_files
+    clips = TextAudioSpeakerLoader(val_list, cfg, vol_aug=False)
+    items = [(path, item) for path in clips.audiopaths if (item := clips.get_audio(path)) is not None]
+    if not items:
+        raise EvaluationError(f"no usable validation clip in {val_list} (run preprocess_hubert_f0.py first)")
+    torch_device = resolve_device(device)
+    scorer = ResynthesisScorer(cfg.data.sampling_rate, cfg.data.hop_length, f0_predictor, torch_device)
+    total(len(files) * len(items))
+    rows = []
+    for path in files:
+        net = load_generator(path, hps, config_path, torch_device).net
+        scores = []
+        for _, (c, f0, _spec, y, g, uv, volume) in items:
+            args = [x[None].to(torch_device) for x in (c, f0, uv)]
+            with torch.no_grad():
+                y_hat, _ = net.infer(*args, g=g.to(torch_device),
+                                     vol=None if volume is None else volume[None].to(torch_device))
+            scores.append(scorer(y[0].numpy(), y_hat[0, 0].float().cpu().numpy()))
+            progress(1)
+        rows.append({"file": path, "step": _step(path), **mean_scores(scores), "clips": len(scores)})
+    ranked = sorted(rows, key=lambda r: (r[RANK_BY] is None, r[RANK_BY] or 0.0))
+    for i, row in enumerate(ranked, 1):
+        row["rank"] = i
+    return {"kind": "checkpoints", "config": config_path, "val": val_list, "f0_predictor": f0_predictor,
+            "rank_by": RANK_BY, "skipped": dict(scorer.skipped), "best": ranked[0]["file"],
+            "checkpoints": [{key: row[key] for key in CHECKPOINT_KEYS} for row in ranked]}
