@@ -1,11 +1,11 @@
 """Checkpoint ranking: each `G_<step>.pth` resynthesizes the validation clips from their own units, F0 and
 speaker (as training's evaluation does, noise scale 0.35), and is scored against the original clips; the
-checkpoint with the lowest mean MCD ranks first. `ResynthesisScorer` also serves train.py's --eval_metrics.
+checkpoint with the lowest mean MCD ranks first, one whose output is not finite (diverged) last, without figures. `ResynthesisScorer` also serves train.py's --eval_metrics.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +43,19 @@ class ResynthesisScorer:
         except CheckpointError as err:
             self.skipped["speaker_similarity"] = f"speaker similarity skipped: {err}"
 
-    def __call__(self, reference: np.ndarray, output: np.ndarray) -> dict[str, float | None]:
+    def __call__(self, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | None]:
+        """Mean of each figure over the (reference, output) pairs that have it (None when none has)."""
+        scores = [self.score(reference, output) for reference, output in pairs]
+        means = {}
+        for key in SCORE_KEYS:
+            values = [s[key] for s in scores if s[key] is not None]
+            means[key] = float(np.mean(values)) if values else None
+        return means
+
+    def score(self, reference: np.ndarray, output: np.ndarray) -> dict[str, float | None]:
+        """The figures of one resynthesis; all None when it is not finite (a diverged checkpoint)."""
+        if not np.isfinite(output).all():
+            return dict.fromkeys(SCORE_KEYS)
         n = min(len(reference), len(output))
         reference, output = reference[:n], output[:n]
         f0_ref, uv_ref = self.tracker.compute_f0_uv(reference)
@@ -58,15 +70,6 @@ class ResynthesisScorer:
 def resynthesis_scorer(cfg: SovitsConfig, device: torch.device) -> ResynthesisScorer:
     """The scorer for a config's audio (train.py --eval_metrics hands this to the trainer)."""
     return ResynthesisScorer(cfg.data.sampling_rate, cfg.data.hop_length, device=device)
-
-
-def mean_scores(scores: list[dict[str, float | None]]) -> dict[str, float | None]:
-    """Mean of each SCORE_KEYS figure over the clips that have it (None when none has)."""
-    means = {}
-    for key in SCORE_KEYS:
-        values = [s[key] for s in scores if s[key] is not None]
-        means[key] = float(np.mean(values)) if values else None
-    return means
 
 
 def checkpoint_files(paths: list[str]) -> list[str]:
@@ -91,6 +94,18 @@ def _step(path: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+def _resyntheses(net: torch.nn.Module, items: list[tuple], device: torch.device,
+                 progress: Callable[[int], None]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(original, resynthesis) of each training item (c, f0, spec, y, speaker, uv, volume); `progress(1)` once
+    the consumer has taken the pair."""
+    for c, f0, _spec, y, g, uv, volume in items:
+        args = [x[None].to(device) for x in (c, f0, uv)]
+        with torch.no_grad():
+            y_hat, _ = net.infer(*args, g=g.to(device), vol=None if volume is None else volume[None].to(device))
+        yield y[0].numpy(), y_hat[0, 0].float().cpu().numpy()
+        progress(1)
+
+
 def rank_checkpoints(models: list[str], config_path: str, val_list: str | None = None, f0_predictor: str = "fcpe",
                      device: str | None = None, progress: Callable[[int], None] = lambda _: None,
                      total: Callable[[int], None] = lambda _: None) -> dict[str, Any]:
@@ -104,7 +119,7 @@ def rank_checkpoints(models: list[str], config_path: str, val_list: str | None =
     cfg = sovits_config(hps, config_path, for_training=True)
     val_list = val_list or cfg.data.validation_files
     clips = TextAudioSpeakerLoader(val_list, cfg, vol_aug=False)
-    items = [(path, item) for path in clips.audiopaths if (item := clips.get_audio(path)) is not None]
+    items = [item for path in clips.audiopaths if (item := clips.get_audio(path)) is not None]
     if not items:
         raise EvaluationError(f"no usable validation clip in {val_list} (run preprocess_hubert_f0.py first)")
     torch_device = resolve_device(device)
@@ -113,15 +128,8 @@ def rank_checkpoints(models: list[str], config_path: str, val_list: str | None =
     rows = []
     for path in files:
         net = load_generator(path, hps, config_path, torch_device).net
-        scores = []
-        for _, (c, f0, _spec, y, g, uv, volume) in items:
-            args = [x[None].to(torch_device) for x in (c, f0, uv)]
-            with torch.no_grad():
-                y_hat, _ = net.infer(*args, g=g.to(torch_device),
-                                     vol=None if volume is None else volume[None].to(torch_device))
-            scores.append(scorer(y[0].numpy(), y_hat[0, 0].float().cpu().numpy()))
-            progress(1)
-        rows.append({"file": path, "step": _step(path), **mean_scores(scores), "clips": len(scores)})
+        rows.append({"file": path, "step": _step(path), **scorer(_resyntheses(net, items, torch_device, progress)),
+                     "clips": len(items)})
     ranked = sorted(rows, key=lambda r: (r[RANK_BY] is None, r[RANK_BY] or 0.0))
     for i, row in enumerate(ranked, 1):
         row["rank"] = i
