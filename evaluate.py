@@ -1,7 +1,8 @@
 """Objective, offline evaluation of conversions and of checkpoints.
 
 Conversion report (one row per -r file; its figures are explained in README.md):
-    python evaluate.py -n raw/song.wav -r results/song_0key_alice_sovits_pm.flac -s alice [-t 0] [--json r.json] [--plot r.png]
+    python evaluate.py -n raw/song.wav -r results/song.wav_0key_alice_sovits_pm.flac -s alice [-t 0]
+                       [--json r.json] [--plot r.png]
 Checkpoint ranking (resynthesis of the validation clips by every G_<step>.pth; lowest MCD first):
     python evaluate.py -m logs/44k/ -c configs/config.json [--val filelists/val.txt] [--json r.json]
 """

@@ -1,1 +1,1 @@
-"""Objective evaluation of conversions and checkpoints (evaluate.py): pitch, speaker, loudness, content and resynthesis figures."""
+"""Objective evaluation (evaluate.py): figures for conversions and a ranking of checkpoints."""

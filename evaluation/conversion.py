@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +18,7 @@ from core.checkpoint import CheckpointError
 from core.config import ConfigError, load_config
 from core.features import DatasetError, list_speakers
 from evaluation.metrics import content_similarity, loudness_correlation, pitch_errors
-from evaluation.speaker import SpeakerEncoder, cosine
+from evaluation.speaker import cosine, optional_speaker_encoder
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
 from modules.F0Predictor import get_f0_predictor
 
@@ -52,7 +52,6 @@ class ConversionJob:
     f0_predictor: str = "fcpe"
     device: str | None = None
     pretrain: str = "pretrain"
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def read_audio(path: str) -> np.ndarray:
@@ -81,8 +80,8 @@ def speaker_clips(dataset: str, speaker: str) -> list[str]:
     return [os.path.join(folder, clips[i]) for i in picks]
 
 
-def _content_units(job: ConversionJob) -> Callable[[np.ndarray], np.ndarray] | None:
-    """`units(audio at RATE) -> [C, T]` with the config's speech encoder; None (reason in job.skipped) when the
+def _content_units(job: ConversionJob, skipped: dict[str, str]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """`units(audio at RATE) -> [C, T]` with the config's speech encoder; None (reason in `skipped`) when the
     config or the encoder's file is missing."""
     from vencoder import get_speech_encoder
 
@@ -90,7 +89,7 @@ def _content_units(job: ConversionJob) -> Callable[[np.ndarray], np.ndarray] | N
         name = load_config(job.config).model.get("speech_encoder") or "vec768l12"
         encoder = get_speech_encoder(name, job.device, job.pretrain)
     except (ConfigError, CheckpointError, FileNotFoundError, AttributeError, ValueError) as err:
-        job.skipped["content_similarity"] = f"content similarity skipped: {str(err).splitlines()[0]}"
+        skipped["content_similarity"] = f"content similarity skipped: {str(err).splitlines()[0]}"
         return None
 
     def units(audio: np.ndarray) -> np.ndarray:
@@ -98,14 +97,6 @@ def _content_units(job: ConversionJob) -> Callable[[np.ndarray], np.ndarray] | N
         with torch.no_grad():
             return encoder.encoder(wav16)[0].float().cpu().numpy()
     return units
-
-
-def _speaker_encoder(job: ConversionJob) -> SpeakerEncoder | None:
-    try:
-        return SpeakerEncoder(job.device)
-    except CheckpointError as err:
-        job.skipped["speaker_similarity"] = f"speaker similarity skipped: {err}"
-        return None
 
 
 def _matched(source: np.ndarray, result: np.ndarray, path: str, source_path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -127,12 +118,12 @@ def convert_report(job: ConversionJob, progress: Callable[[str], None] = lambda 
     results = [read_audio(path) for path in job.results]
     pairs = [_matched(source, result, path, job.source) for result, path in zip(results, job.results)]
     tracker = get_f0_predictor(job.f0_predictor, HOP, RATE, job.device)
-    encoder = _speaker_encoder(job)
-    units = _content_units(job)
+    skipped: dict[str, str] = {}
+    encoder = optional_speaker_encoder(job.device, skipped)
+    units = _content_units(job, skipped)
     target = None if encoder is None else encoder.embed_speaker([(read_audio(p), RATE) for p in references])
     rows, curves = [], []
     for path, (src, out) in zip(job.results, pairs):
-        progress(path)
         f0_src, uv_src = tracker.compute_f0_uv(src)
         f0_out, uv_out = tracker.compute_f0_uv(out)
         pitch = pitch_errors(f0_src, uv_src, f0_out, uv_out, job.semitones)
@@ -150,6 +141,7 @@ def convert_report(job: ConversionJob, progress: Callable[[str], None] = lambda 
         rows.append(row)
         curves.append({"audio": out, "f0_source": f0_src * uv_src * 2.0 ** (job.semitones / 12.0),
                        "f0_result": f0_out * uv_out})
+        progress(path)
     return {"kind": "conversion", "source": job.source, "speaker": job.speaker, "semitones": job.semitones,
-            "f0_predictor": job.f0_predictor, "speaker_clips": len(references), "skipped": dict(job.skipped),
+            "f0_predictor": job.f0_predictor, "speaker_clips": len(references), "skipped": skipped,
             "conversions": rows, "_curves": curves}

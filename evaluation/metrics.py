@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-__all__ = ["MCD_ORDER", "SILENCE_DB", "content_similarity", "loudness_correlation", "loudness_envelope",
-           "mcd_db", "mel_cepstra", "pitch_errors", "warp_frequency"]
+__all__ = ["MCD_ORDER", "SILENCE_DB", "audio_cepstra", "content_similarity", "loudness_correlation",
+           "loudness_envelope", "mcd_db", "mel_cepstra", "pitch_errors", "warp_frequency"]
 
 MCD_ORDER = 24
 MCD_FRAME_MS = 10.0
@@ -89,22 +89,22 @@ def mel_cepstra(envelope: np.ndarray, rate: int, order: int = MCD_ORDER) -> np.n
     return cepstra
 
 
-def world_envelope(audio: np.ndarray, rate: int) -> np.ndarray:
-    """WORLD spectral envelope [T, F] of `audio` (DIO + StoneMask F0, CheapTrick, MCD_FRAME_MS frames)."""
+def audio_cepstra(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Mel-cepstra [T, MCD_ORDER + 1] of `audio` from its WORLD spectral envelope (DIO + StoneMask F0,
+    CheapTrick, MCD_FRAME_MS frames)."""
     import pyworld
 
     x = np.asarray(audio, dtype=np.float64)
     f0, times = pyworld.dio(x, rate, frame_period=MCD_FRAME_MS)
     f0 = pyworld.stonemask(x, f0, times, rate)
-    return pyworld.cheaptrick(x, f0, times, rate)
+    return mel_cepstra(pyworld.cheaptrick(x, f0, times, rate), rate)
 
 
-def mcd_db(reference: np.ndarray, output: np.ndarray, rate: int) -> float:
-    """Mel-cepstral distortion (dB, 0 = identical envelopes) of `output` against `reference`, frames paired by
-    time (see the module docstring)."""
-    ref, out = (mel_cepstra(world_envelope(x, rate), rate) for x in (reference, output))
-    n = min(len(ref), len(out))
-    ref, out = ref[:n], out[:n]
+def mcd_db(reference: np.ndarray, output: np.ndarray) -> float:
+    """Mel-cepstral distortion (dB, 0 = identical envelopes) of `output` against `reference` mel-cepstra
+    [T, D + 1], frames paired by index (see the module docstring)."""
+    n = min(len(reference), len(output))
+    ref, out = reference[:n], output[:n]
     loud = ref[:, 0] > ref[:, 0].max() - SILENCE_DB / (20.0 / math.log(10.0))
     distance = MCD_CONSTANT * np.sqrt(np.sum((ref[loud, 1:] - out[loud, 1:]) ** 2, axis=1))
     return float(np.mean(distance))

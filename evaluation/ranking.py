@@ -1,31 +1,43 @@
 """Checkpoint ranking: each `G_<step>.pth` resynthesizes the validation clips from their own units, F0 and
 speaker (as training's evaluation does, noise scale 0.35), and is scored against the original clips; the
-checkpoint with the lowest mean MCD ranks first, one whose output is not finite (diverged) last, without figures. `ResynthesisScorer` also serves train.py's --eval_metrics.
+checkpoint with the lowest mean MCD ranks first, one whose output is not finite (diverged) last, without
+figures. `ResynthesisScorer` also serves train.py's --eval_metrics.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from core.checkpoint import CheckpointError, checkpoint_steps
+from core.checkpoint import checkpoint_steps
 from core.config import load_config
 from core.device import resolve_device
 from core.schema import SovitsConfig, sovits_config
 from evaluation.conversion import EvaluationError
-from evaluation.metrics import mcd_db, pitch_errors
-from evaluation.speaker import SpeakerEncoder, cosine
+from evaluation.metrics import audio_cepstra, mcd_db, pitch_errors
+from evaluation.speaker import cosine, optional_speaker_encoder
 from modules.F0Predictor import get_f0_predictor
 
-__all__ = ["CHECKPOINT_KEYS", "RANK_BY", "ResynthesisScorer", "checkpoint_files", "rank_checkpoints",
+__all__ = ["CHECKPOINT_KEYS", "RANK_BY", "Reference", "ResynthesisScorer", "checkpoint_files", "rank_checkpoints",
            "resynthesis_scorer"]
 
 RANK_BY = "mcd_db"  # lower is better
 # JSON keys of one checkpoint row (README documents each).
 CHECKPOINT_KEYS = ("rank", "file", "step", "mcd_db", "lf0_rmse_cents", "speaker_similarity", "clips")
 SCORE_KEYS = ("mcd_db", "lf0_rmse_cents", "speaker_similarity")
+
+
+@dataclass
+class Reference:
+    """An original clip's F0 [T] (Hz) and voicing [T], mel-cepstra [T', 25] and speaker embedding (or None)."""
+
+    f0: np.ndarray
+    voiced: np.ndarray
+    cepstra: np.ndarray
+    embedding: np.ndarray | None
 
 
 class ResynthesisScorer:
@@ -37,34 +49,35 @@ class ResynthesisScorer:
         self.rate = rate
         self.tracker = get_f0_predictor(f0_predictor, hop, rate, device)
         self.skipped: dict[str, str] = {}
-        self.encoder: SpeakerEncoder | None = None
-        try:
-            self.encoder = SpeakerEncoder(device)
-        except CheckpointError as err:
-            self.skipped["speaker_similarity"] = f"speaker similarity skipped: {err}"
+        self.encoder = optional_speaker_encoder(device, self.skipped)
 
-    def __call__(self, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | None]:
-        """Mean of each figure over the (reference, output) pairs that have it (None when none has)."""
-        scores = [self.score(reference, output) for reference, output in pairs]
+    def reference(self, audio: np.ndarray) -> Reference:
+        """What the scores need of an original clip (computed once per clip when several outputs meet it)."""
+        f0, voiced = self.tracker.compute_f0_uv(audio)
+        embedding = None if self.encoder is None else self.encoder.embed(audio, self.rate)
+        return Reference(f0, voiced, audio_cepstra(audio, self.rate), embedding)
+
+    def __call__(self, pairs: Iterable[tuple[Reference | np.ndarray, np.ndarray]]) -> dict[str, float | None]:
+        """Mean of each figure over the (original clip or its Reference, output) pairs that have it (None when
+        none has)."""
+        scores = [self.score(ref if isinstance(ref, Reference) else self.reference(ref), out) for ref, out in pairs]
         means = {}
         for key in SCORE_KEYS:
             values = [s[key] for s in scores if s[key] is not None]
             means[key] = float(np.mean(values)) if values else None
         return means
 
-    def score(self, reference: np.ndarray, output: np.ndarray) -> dict[str, float | None]:
-        """The figures of one resynthesis; all None when it is not finite (a diverged checkpoint)."""
+    def score(self, reference: Reference, output: np.ndarray) -> dict[str, float | None]:
+        """The figures of one output; all None when it is not finite (a diverged checkpoint)."""
         if not np.isfinite(output).all():
             return dict.fromkeys(SCORE_KEYS)
-        n = min(len(reference), len(output))
-        reference, output = reference[:n], output[:n]
-        f0_ref, uv_ref = self.tracker.compute_f0_uv(reference)
-        f0_out, uv_out = self.tracker.compute_f0_uv(output)
-        similarity = None if self.encoder is None else cosine(self.encoder.embed(reference, self.rate),
-                                                              self.encoder.embed(output, self.rate))
-        return {"mcd_db": mcd_db(reference, output, self.rate),
-                "lf0_rmse_cents": pitch_errors(f0_ref, uv_ref, f0_out, uv_out)["rmse_cents"],
-                "speaker_similarity": similarity}
+        f0, voiced = self.tracker.compute_f0_uv(output)
+        n = min(len(f0), len(reference.f0))
+        pitch = pitch_errors(reference.f0[:n], reference.voiced[:n], f0[:n], voiced[:n])
+        similarity = None if reference.embedding is None or self.encoder is None else \
+            cosine(reference.embedding, self.encoder.embed(output, self.rate))
+        return {"mcd_db": mcd_db(reference.cepstra, audio_cepstra(output, self.rate)),
+                "lf0_rmse_cents": pitch["rmse_cents"], "speaker_similarity": similarity}
 
 
 def resynthesis_scorer(cfg: SovitsConfig, device: torch.device) -> ResynthesisScorer:
@@ -94,15 +107,15 @@ def _step(path: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _resyntheses(net: torch.nn.Module, items: list[tuple], device: torch.device,
-                 progress: Callable[[int], None]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(original, resynthesis) of each training item (c, f0, spec, y, speaker, uv, volume); `progress(1)` once
+def _resyntheses(net: torch.nn.Module, items: list[tuple], references: list[Reference], device: torch.device,
+                 progress: Callable[[int], None]) -> Iterator[tuple[Reference, np.ndarray]]:
+    """(reference, resynthesis) of each training item (c, f0, spec, y, speaker, uv, volume); `progress(1)` once
     the consumer has taken the pair."""
-    for c, f0, _spec, y, g, uv, volume in items:
+    for (c, f0, _spec, _y, g, uv, volume), reference in zip(items, references):
         args = [x[None].to(device) for x in (c, f0, uv)]
         with torch.no_grad():
             y_hat, _ = net.infer(*args, g=g.to(device), vol=None if volume is None else volume[None].to(device))
-        yield y[0].numpy(), y_hat[0, 0].float().cpu().numpy()
+        yield reference, y_hat[0, 0].float().cpu().numpy()
         progress(1)
 
 
@@ -124,12 +137,13 @@ def rank_checkpoints(models: list[str], config_path: str, val_list: str | None =
         raise EvaluationError(f"no usable validation clip in {val_list} (run preprocess_hubert_f0.py first)")
     torch_device = resolve_device(device)
     scorer = ResynthesisScorer(cfg.data.sampling_rate, cfg.data.hop_length, f0_predictor, torch_device)
+    references = [scorer.reference(item[3][0].numpy()) for item in items]
     total(len(files) * len(items))
     rows = []
     for path in files:
         net = load_generator(path, hps, config_path, torch_device).net
-        rows.append({"file": path, "step": _step(path), **scorer(_resyntheses(net, items, torch_device, progress)),
-                     "clips": len(items)})
+        figures = scorer(_resyntheses(net, items, references, torch_device, progress))
+        rows.append({"file": path, "step": _step(path), **figures, "clips": len(items)})
     ranked = sorted(rows, key=lambda r: (r[RANK_BY] is None, r[RANK_BY] or 0.0))
     for i, row in enumerate(ranked, 1):
         row["rank"] = i

@@ -22,12 +22,13 @@ import torch
 from scipy.ndimage import binary_dilation
 from torch import nn
 
-from core.checkpoint import CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
 from core.device import resolve_device
 from modules.audio_io import resample_audio
 from modules.mel_processing import mel_filterbank, stft_magnitude
 
-__all__ = ["INSTALL_HINT", "SpeakerEncoder", "cosine", "partial_starts", "speaker_mel", "trim_pauses"]
+__all__ = ["INSTALL_HINT", "SpeakerEncoder", "cosine", "optional_speaker_encoder", "partial_starts", "speaker_mel",
+           "trim_pauses"]
 
 PACKAGE_PIN = "resemblyzer==0.1.4"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE_PIN}"
@@ -128,3 +129,12 @@ class SpeakerEncoder(nn.Module):
         """Speaker embedding [256]: the L2-normed mean of the clips' utterance embeddings."""
         mean = np.mean([self.embed(audio, rate) for audio, rate in clips], axis=0)
         return mean / np.linalg.norm(mean)
+
+
+def optional_speaker_encoder(device: str | torch.device | None, skipped: dict[str, str]) -> SpeakerEncoder | None:
+    """The encoder, or None with the one-line reason under skipped["speaker_similarity"]."""
+    try:
+        return SpeakerEncoder(device)
+    except CheckpointError as err:
+        skipped["speaker_similarity"] = f"speaker similarity skipped: {err}"
+        return None
