@@ -122,25 +122,28 @@ def convert_report(job: ConversionJob, progress: Callable[[str], None] = lambda 
     encoder = optional_speaker_encoder(job.device, skipped)
     units = _content_units(job, skipped)
     target = None if encoder is None else encoder.embed_speaker([(read_audio(p), RATE) for p in references])
+    f0_src, uv_src = tracker.compute_f0_uv(source)
+    source_embedding = None if encoder is None else encoder.embed(source, RATE)
+    source_units = None if units is None else units(source)
     rows, curves = [], []
     for path, (src, out) in zip(job.results, pairs):
-        f0_src, uv_src = tracker.compute_f0_uv(src)
         f0_out, uv_out = tracker.compute_f0_uv(out)
-        pitch = pitch_errors(f0_src, uv_src, f0_out, uv_out, job.semitones)
+        n = min(len(f0_out), len(f0_src))
+        pitch = pitch_errors(f0_src[:n], uv_src[:n], f0_out[:n], uv_out[:n], job.semitones)
         row: dict[str, Any] = {"file": path, "duration_s": round(len(out) / RATE, 3),
                                "pitch_rmse_cents": pitch["rmse_cents"], "pitch_over_50_cents": pitch["over_50_cents"],
                                "voicing_error": pitch["voicing_error"], "pitch_frames": pitch["frames"],
                                "speaker_similarity_target": None, "speaker_similarity_source": None,
                                "loudness_correlation": loudness_correlation(src, out, HOP), "content_similarity": None}
-        if encoder is not None and target is not None:
+        if encoder is not None and target is not None and source_embedding is not None:
             embedding = encoder.embed(out, RATE)
             row["speaker_similarity_target"] = cosine(embedding, target)
-            row["speaker_similarity_source"] = cosine(embedding, encoder.embed(src, RATE))
-        if units is not None:
-            row["content_similarity"] = content_similarity(units(src), units(out))
+            row["speaker_similarity_source"] = cosine(embedding, source_embedding)
+        if units is not None and source_units is not None:
+            row["content_similarity"] = content_similarity(source_units, units(out))
         rows.append(row)
-        curves.append({"audio": out, "f0_source": f0_src * uv_src * 2.0 ** (job.semitones / 12.0),
-                       "f0_result": f0_out * uv_out})
+        curves.append({"audio": out, "f0_source": f0_src[:n] * uv_src[:n] * 2.0 ** (job.semitones / 12.0),
+                       "f0_result": f0_out[:n] * uv_out[:n]})
         progress(path)
     return {"kind": "conversion", "source": job.source, "speaker": job.speaker, "semitones": job.semitones,
             "f0_predictor": job.f0_predictor, "speaker_clips": len(references), "skipped": skipped,

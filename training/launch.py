@@ -144,8 +144,8 @@ def _worker(rank: int, world_size: int, local_rank: int, run: _Run, parent_stops
                 # Crops and volume augmentation draw from Python's RNG (in the main process when no
                 # loader workers run; torch seeds each worker's own).
                 random.seed(int(hps.train.seed))
-                trainer = Trainer(hps, model_dir, RunContext(rank, world_size, device, run.num_workers, stop,
-                                                                 run.scorer_factory))
+                context = RunContext(rank, world_size, device, run.num_workers, stop, run.scorer_factory)
+                trainer = Trainer(hps, model_dir, context)
                 if rank == 0:
                     _write_run_config(model_dir, run.config_bytes, run_log)
                 # A spawning parent gives the stop's exit status itself.

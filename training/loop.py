@@ -261,7 +261,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval`."""
+        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval`; with a scorer (train.py
+        --eval_metrics) also log its mean figures there as `metrics/<name>`."""
         if self.eval_loader is None or self.summary_eval is None:
             return
         gen = unwrap_model(self.net_g)
