@@ -155,6 +155,32 @@ def test_speaker_front_end_against_librosa() -> None:
     assert len(trim_pauses(gap)) == 480 * (34 + 33 + 2 + 3) and len(trim_pauses(tone)) == 15840
 
 
+def test_speaker_network_against_a_numpy_lstm(single_thread) -> None:
+    """One partial through a plain NumPy LSTM (gates i, f, g, o), the last layer's final state, linear, ReLU, L2."""
+    encoder = SpeakerEncoder("cpu")
+    weights = {k: v.numpy().astype(np.float64) for k, v in encoder.state_dict().items()}
+    mel = np.random.default_rng(4).random((160, 40))
+
+    def sigmoid(x: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-x))
+
+    inputs = mel
+    for layer in range(3):
+        h, c, states = np.zeros(256), np.zeros(256), []
+        for x in inputs:
+            gates = weights[f"lstm.weight_ih_l{layer}"] @ x + weights[f"lstm.bias_ih_l{layer}"] + \
+                weights[f"lstm.weight_hh_l{layer}"] @ h + weights[f"lstm.bias_hh_l{layer}"]
+            i, f, g, o = np.split(gates, 4)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+            states.append(h)
+        inputs = np.array(states)
+    out = np.maximum(weights["linear.weight"] @ h + weights["linear.bias"], 0)
+    with torch.no_grad():
+        ours = encoder(torch.from_numpy(mel[None].astype(np.float32)))[0].numpy()
+    assert ours == pytest.approx(out / np.linalg.norm(out), abs=1e-5)
+
+
 def test_weights_load_safely_and_speakers_are_told_apart(single_thread) -> None:
     encoder = SpeakerEncoder("cpu")
     assert [k for k, _ in encoder.named_parameters()][:2] == ["lstm.weight_ih_l0", "lstm.weight_hh_l0"]
