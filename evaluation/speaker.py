@@ -12,9 +12,7 @@ voice when its energy is within SILENCE_DB of the loudest window's, with the sam
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 from scipy.ndimage import binary_dilation
 from torch import nn
 
-from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, package_file, safe_torch_load
 from core.device import resolve_device
 from modules.audio_io import resample_audio
 from modules.mel_processing import mel_filterbank, stft_magnitude
@@ -42,14 +40,9 @@ SILENCE_DB = 40.0
 def weights_path() -> str:
     """`resemblyzer/pretrained.pt` of the installed package (found, not imported); CheckpointNotFoundError
     saying how to install it otherwise."""
-    try:
-        spec = importlib.util.find_spec("resemblyzer")
-    except (ImportError, ValueError):
-        spec = None
-    for folder in (spec.submodule_search_locations or ()) if spec else ():
-        path = os.path.join(folder, "pretrained.pt")
-        if os.path.isfile(path):
-            return path
+    path = package_file("resemblyzer", "pretrained.pt")
+    if path is not None:
+        return path
     raise CheckpointNotFoundError(f"the speaker encoder's weights (resemblyzer/pretrained.pt) are not installed: "
                                   f"{INSTALL_HINT}")
 

@@ -3,6 +3,7 @@ told apart), each figure against an independent computation on a known case, the
 ranking (and train.py --eval_metrics) on a tiny model trained on the session's prepared project."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -202,9 +203,9 @@ def test_errors(workdir, monkeypatch, capsys) -> None:
     assert code == 1 and text.strip() == ("error: dataset/44k/nobody has no .wav clips to compare the conversion "
                                           "with (speakers in dataset/44k: kal, lj, slt); check -s and --dataset")
     assert evaluate.main(["-n", str(SOURCE), "-s", "kal"]) == 2
-    find_spec = speaker_module.importlib.util.find_spec
-    monkeypatch.setattr(speaker_module.importlib.util, "find_spec",
-                        lambda name: None if name == "resemblyzer" else find_spec(name))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, package=None: None if name == "resemblyzer" else find_spec(name, package))
     code, data, text = _report(workdir, monkeypatch, capsys, "-r", str(SOURCE), "-s", "kal")
     assert code == 0 and data["conversions"][0]["speaker_similarity_target"] is None
     assert data["conversions"][0]["pitch_rmse_cents"] == 0
