@@ -15,7 +15,6 @@ import torch
 
 import evaluate
 from conftest import DATA, PreparedProject
-from evaluation import speaker as speaker_module
 from evaluation.conversion import CONVERSION_KEYS
 from evaluation.metrics import (audio_cepstra, content_similarity, loudness_correlation, mcd_db, mel_cepstra,
                                 pitch_errors, warp_frequency)
