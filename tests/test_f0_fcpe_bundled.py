@@ -20,7 +20,6 @@ import torch
 from conftest import FIXTURES
 from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
-from modules.F0Predictor.fcpe import bundled
 from modules.F0Predictor.fcpe.bundled import BundledFCPEInfer, bundled_config
 from modules.F0Predictor.fcpe.inference import FCPEInfer
 from modules.F0Predictor.FCPEF0Predictor import FCPEF0Predictor
