@@ -33,7 +33,7 @@ class StreamConverter:
     cluster file, ValueError for an unknown F0 predictor."""
 
     def __init__(self, svc: Svc, f0_predictor: str = "fcpe", cluster_infer_ratio: float = 0.0,
-                 noice_scale: float = 0.4, crossfade: float = 0.05, context: float = 0.2, raw: bool = False) -> None:
+                 noice_scale: float = 0.4, crossfade: float = 0.05, context: float = 0.1, raw: bool = False) -> None:
         svc.check_cluster(cluster_infer_ratio)
         self.svc, self.raw = svc, raw
         self.options = dict(f0_predictor=f0_predictor, cluster_infer_ratio=cluster_infer_ratio,

@@ -71,7 +71,7 @@ def stream_through(stream: StreamConverter, voice: np.ndarray, tran: float = 0) 
 
 def test_crossfaded_stream_keeps_lengths_and_joins_without_clicks(svc: Svc, voice: np.ndarray) -> None:
     stream = StreamConverter(svc, f0_predictor="pm")
-    assert stream.fade == 5 * 512 and stream.context == 18 * 512  # 0.05 s and 0.2 s in whole hops
+    assert stream.fade == 5 * 512 and stream.context == 9 * 512  # 0.05 s and 0.1 s in whole hops
     outs = stream_through(stream, voice)
     assert [len(o) for o in outs] == CHUNKS and all(o.dtype == np.float32 for o in outs)
     joined = np.concatenate(outs)
@@ -117,7 +117,7 @@ def test_transposition_doubles_the_output_f0(svc: Svc, voice: np.ndarray) -> Non
 
 
 def test_other_rates_in_and_out(svc: Svc, voice: np.ndarray) -> None:
-    stream = StreamConverter(svc, f0_predictor="pm", crossfade=0.01, context=0.0)
+    stream = StreamConverter(svc, f0_predictor="pm", crossfade=0.01, context=0.02)
     assert (stream.fade, stream.context) == (512, 9 * 512)  # whole hops; every conversion sees 0.1 s
     assert len(stream.process_at(voice[:24000], 48000, "speaker1")) == 24000
     assert len(stream.process_at(voice[:11025], 22050, "speaker1", out_rate=48000)) == 24000
