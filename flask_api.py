@@ -55,8 +55,7 @@ def create_app(svc: Svc, args: argparse.Namespace) -> Flask:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return serving.run_server(args, lambda svc: create_app(svc, args))
+    return serving.run_server(build_parser().parse_args(argv), create_app)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ class Row:
         p95 = lat[min(len(lat) - 1, int(np.ceil(0.95 * len(lat))) - 1)]
         p50 = statistics.median(lat)
         return (self.config, self.threads, f"{self.chunk_s:g}", len(lat), f"{p50:.3f}", f"{p95:.3f}",
-                f"{lat[-1]:.3f}", f"{p50 / self.chunk_s:.2f}", f"{self.cpu_s:.3f}", "yes" if p95 < self.chunk_s else "no")
+                f"{lat[-1]:.3f}", f"{p50 / self.chunk_s:.2f}", f"{self.cpu_s:.3f}",
+                "yes" if p95 < self.chunk_s else "no")
 
 
 def measure(server: Server, name: str, threads: int, voice: np.ndarray, rate: int, chunk_s: float,

@@ -60,7 +60,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     add = parser.add_argument
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="So-VITS checkpoint (full or compressed)")
     add("-c", "--config_path", default="logs/44k/config.json", help="config.json of the model")
-    add("-cm", "--cluster_model_path", default="", help="k-means model or feature index (with -cr)")
+    add("-cm", "--cluster_model_path", default="",
+        help="k-means model or feature index for -cr; empty = logs/44k/kmeans_10000.pt")
     add("-cr", "--cluster_infer_ratio", type=float, default=0, help="share of clustering / feature retrieval, 0-1")
     add("-f0p", "--f0_predictor", default="fcpe", choices=F0_PREDICTORS, help="F0 predictor")
     add("-d", "--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -77,7 +78,8 @@ def load_svc(args: argparse.Namespace) -> "Svc | None":
         print(f"error: -cr must be between 0 and 1, got {args.cluster_infer_ratio}", file=sys.stderr)
         return None
     try:
-        svc = Svc(args.model_path, args.config_path, args.device, args.cluster_model_path)
+        cluster = args.cluster_model_path or ("logs/44k/kmeans_10000.pt" if args.cluster_infer_ratio else "")
+        svc = Svc(args.model_path, args.config_path, args.device, cluster)
         svc.check_cluster(args.cluster_infer_ratio)
         return svc
     except (CheckpointError, SvcError, OSError, ValueError) as err:
@@ -224,9 +226,8 @@ def form_file(files: Mapping, name: str) -> bytes:
     return upload.read()
 
 
-def run_server(args: argparse.Namespace, build: Callable[["Svc"], "Flask | None"]) -> int:
-    """Configure logging, load the model, build the app with `build` (None: it printed why) and serve it."""
+def run_server(args: argparse.Namespace, build: Callable[["Svc", argparse.Namespace], "Flask"]) -> int:
+    """Configure logging, load the model the flags name, build the app with `build(svc, args)` and serve it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     svc = load_svc(args)
-    app = build(svc) if svc is not None else None
-    return 1 if app is None else serve(app, args.host, args.port)
+    return 1 if svc is None else serve(build(svc, args), args.host, args.port)

@@ -28,9 +28,9 @@ MIN_WINDOW_SECONDS = 0.1  # shortest conversion: Praat (pm) needs three periods 
 
 class StreamConverter:
     """Chunk-by-chunk conversion with `svc`. f0_predictor / cluster_infer_ratio / noice_scale: as for songs
-    (FCPE by default, the fastest offline predictor); crossfade and context in seconds, rounded up to whole
-    hops (context at least the crossfade and 0.1 s); raw: 4.1's whole-chunk mode. SvcError for a ratio without a
-    cluster file, ValueError for an unknown F0 predictor."""
+    (FCPE by default, the fastest offline predictor); crossfade and context in seconds, rounded up to
+    whole hops (context at least the crossfade and 0.1 s); raw: 4.1's whole-chunk mode. SvcError for a
+    ratio without a cluster file, ValueError for an unknown F0 predictor."""
 
     def __init__(self, svc: Svc, f0_predictor: str = "fcpe", cluster_infer_ratio: float = 0.0,
                  noice_scale: float = 0.4, crossfade: float = 0.05, context: float = 0.1, raw: bool = False) -> None:
@@ -81,7 +81,6 @@ class StreamConverter:
         window = np.concatenate([self._history[len(self._history) - ctx:], chunk])
         self._history = np.concatenate([self._history, chunk])[-(self.context + hop):]
         out = self.svc.convert_piece(window, speaker, opts)[0].numpy()
-        out = np.pad(out, (0, max(len(window) - len(out), 0)))
         fresh = out[ctx - self.fade:ctx]  # this conversion's version of the held-back samples
         joined = np.concatenate([self._tail + (fresh - self._tail) * self._ramp, out[ctx:len(window)]])
         self._tail = joined[n:]
