@@ -135,7 +135,7 @@ def speaker(svc: "Svc", text: str | None, by_name: bool) -> str | int:
 def read_audio(data: bytes, what: str, max_seconds: float) -> tuple[np.ndarray, int]:
     """Decode an uploaded sound file: (mono float32 [n], its rate); BadRequest when it is not audio, holds no
     samples or non-finite ones, has a rate outside RATES or lasts longer than `max_seconds`."""
-    from inference.slicer import FileSource
+    from modules.slicer import FileSource
     from modules.audio_io import AudioReadError
 
     try:
