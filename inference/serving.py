@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["BadRequest", "FifoLock", "RATES", "add_model_arguments", "audio_reply", "form_file", "load_svc",
            "make_app", "number", "read_audio", "run_server", "sample_rate", "serve", "speaker"]
 
-logger = logging.getLogger("serving")
+logger = logging.getLogger(__name__)
 # Sample rates accepted for uploads and replies: what audio interfaces and files use. An arbitrary rate
 # would make the resampling kernel (rates reduced by their gcd) absurdly large.
 RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
