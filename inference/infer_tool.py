@@ -31,7 +31,7 @@ from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOp
                                pad_array, seeded)
 from inference.shallow import load_diffusion
 from inference.slice_loop import iter_song, read_wav
-from inference.slicer import Audio, FileSource, rms_frames
+from modules.slicer import Audio, FileSource, rms_frames
 from inference.speaker_mix import validate_spk_mix_map
 from modules import f0 as f0_math
 from modules.audio_resample import resample

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from inference.options import InferOptions, pad_array
-from inference.slicer import ArraySource, Audio, Chunk, open_audio, slice_source
+from modules.slicer import ArraySource, Audio, Chunk, open_audio, slice_source
 from inference.speaker_mix import build_mix_weights
 from modules.audio_io import AudioReadError
 from modules.audio_resample import resample

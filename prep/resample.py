@@ -18,8 +18,8 @@ from core.features import clip_problem, list_speakers
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio, write_wav_int16
 
 __all__ = ["ClipJob", "ClipOutcome", "ResampleSummary", "SilentAudioError", "TRIM_TOP_DB", "default_workers",
-           "format_summary", "list_jobs", "prepare_clip", "resample_dataset", "resample_file", "to_int16",
-           "trim_silence"]
+           "format_summary", "list_jobs", "output_name", "prepare_clip", "resample_dataset", "resample_file",
+           "to_int16", "trim_silence"]
 
 PathLike = str | os.PathLike
 
@@ -134,7 +134,7 @@ def resample_file(job: ClipJob, target_sr: int, loudnorm: bool, overwrite: bool 
 
 
 # --- dataset walk and worker pool ---
-def _output_name(name: str) -> str | None:
+def output_name(name: str) -> str | None:
     """Output file name for an input name, or None when the file is not audio to convert."""
     if name.startswith("."):
         return None
@@ -163,9 +163,9 @@ def list_jobs(in_dir: PathLike, out_dir: PathLike) -> tuple[list[tuple[str, list
         jobs: dict[str, ClipJob] = {}
         names = sorted(n for n in os.listdir(spk_dir) if os.path.isfile(os.path.join(spk_dir, n)))
         # Names that keep their spelling claim their output first, then the renamed ones.
-        names.sort(key=lambda n: _output_name(n) != n)
+        names.sort(key=lambda n: output_name(n) != n)
         for name in names:
-            out_name = _output_name(name)
+            out_name = output_name(name)
             if out_name is None:
                 continue
             job = ClipJob(speaker, os.path.join(spk_dir, name), os.path.join(out_dir, speaker, out_name))

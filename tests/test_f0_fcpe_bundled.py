@@ -20,7 +20,6 @@ import torch
 from conftest import FIXTURES
 from core.checkpoint import CheckpointError
 from modules.F0Predictor import get_f0_predictor
-from modules.F0Predictor.fcpe import bundled
 from modules.F0Predictor.fcpe.bundled import BundledFCPEInfer, bundled_config
 from modules.F0Predictor.fcpe.inference import FCPEInfer
 from modules.F0Predictor.FCPEF0Predictor import FCPEF0Predictor
@@ -164,14 +163,14 @@ def test_missing_package_error(tmp_path, monkeypatch) -> None:
     def no_torchfcpe(name: str, package: str | None = None):
         return None if name == "torchfcpe" else real(name, package)
 
-    monkeypatch.setattr(bundled.importlib.util, "find_spec", no_torchfcpe)
+    monkeypatch.setattr(importlib.util, "find_spec", no_torchfcpe)
     pattern = r"'fcpe' needs pretrain.fcpe\.pt.*torchfcpe.*pip install --no-deps torchfcpe==0\.0\.4"
     with pytest.raises(FileNotFoundError, match=pattern):
         get_f0_predictor("fcpe", device="cpu")
     # Installed, but without its weight file: the same error.
     spec = importlib.machinery.ModuleSpec("torchfcpe", None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
-    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name, package=None: spec)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: spec)
     with pytest.raises(FileNotFoundError, match="not installed"):
         FCPEF0Predictor(device="cpu")
 

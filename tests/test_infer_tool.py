@@ -22,7 +22,7 @@ from conftest import DATA, FIXTURES, VENCODER_FIXTURES
 from inference.infer_tool import SEED, InferOptions, Svc, SvcError, change_rms
 from generator import ModelConfigMismatch
 from inference.slice_loop import iter_song, mix_frame_budget
-from inference.slicer import FileSource, open_audio, slice_source
+from modules.slicer import FileSource, open_audio, slice_source
 from inference.speaker_mix import SpkMixError, build_mix_weights, validate_spk_mix_map
 from core.checkpoint import load_model_state, read_checkpoint, save_checkpoint
 from vencoder.encoder import PretrainNotFoundError
@@ -209,7 +209,7 @@ def test_speaker_mix_weights_reach_the_model(svc: Svc, ws: Path, spy: list) -> N
 
 
 def test_mix_budget_and_weights_follow_the_4_1_formulas() -> None:
-    from inference.slicer import Chunk
+    from modules.slicer import Chunk
 
     chunks = [Chunk(0, 1000, False), Chunk(1000, 1500, True), Chunk(1500, 9000, False)]
     opts = InferOptions(pad_seconds=0.5, clip_seconds=0.1, lg_num=0.02)

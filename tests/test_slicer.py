@@ -1,4 +1,4 @@
-"""inference/slicer.py against the 4.1 slicer fixtures (chunk dicts, RMS frames, chunks2audio sums)."""
+"""modules/slicer.py against the 4.1 slicer fixtures (chunk dicts, RMS frames, chunks2audio sums)."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from conftest import FIXTURES
-from inference.slicer import ArraySource, Chunk, FileSource, Slicer, chunks2audio, cut, rms_frames, slice_source
+from modules.slicer import ArraySource, Chunk, FileSource, Slicer, chunks2audio, cut, rms_frames, slice_source
 
 SLICER = FIXTURES / "slicer"
 

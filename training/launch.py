@@ -33,7 +33,7 @@ from core.features import DatasetError
 from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag, attached_handlers
 from core.schema import sovits_config
-from training.loop import RunContext, Trainer, TrainingError
+from training.loop import RunContext, ScorerFactory, Trainer, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class TrainOptions:
     device: str = "auto"
     nprocs: int | None = None
     num_workers: int | None = None
+    scorer_factory: ScorerFactory | None = None  # train.py --eval_metrics: figures of the validation resyntheses
 
 
 @contextmanager
@@ -111,6 +112,7 @@ class _Run:
     device_type: str
     num_workers: int
     config_bytes: bytes
+    scorer_factory: ScorerFactory | None = None
 
 
 def _worker(rank: int, world_size: int, local_rank: int, run: _Run, parent_stops: bool) -> int:
@@ -142,7 +144,8 @@ def _worker(rank: int, world_size: int, local_rank: int, run: _Run, parent_stops
                 # Crops and volume augmentation draw from Python's RNG (in the main process when no
                 # loader workers run; torch seeds each worker's own).
                 random.seed(int(hps.train.seed))
-                trainer = Trainer(hps, model_dir, RunContext(rank, world_size, device, run.num_workers, stop))
+                context = RunContext(rank, world_size, device, run.num_workers, stop, run.scorer_factory)
+                trainer = Trainer(hps, model_dir, context)
                 if rank == 0:
                     _write_run_config(model_dir, run.config_bytes, run_log)
                 # A spawning parent gives the stop's exit status itself.
@@ -228,7 +231,7 @@ def run_training(options: TrainOptions) -> int:
         sovits_config(hps, options.config, for_training=True)
         device_type, nprocs = _device_plan(options)
         workers = min(5, os.cpu_count() or 1) if options.num_workers is None else max(0, options.num_workers)
-        run = _Run(hps, model_dir, device_type, workers, Path(options.config).read_bytes())
+        run = _Run(hps, model_dir, device_type, workers, Path(options.config).read_bytes(), options.scorer_factory)
         torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         leader = not torchrun or os.environ["RANK"] == "0"
         with folder_lock(model_dir, "train.py") if leader else nullcontext():

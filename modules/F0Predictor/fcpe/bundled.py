@@ -6,14 +6,13 @@ and decoding are those of the 4.1 FCPE (:class:`FCPERunner`).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, CheckpointNotFoundError, load_state_dict_strict, package_file, safe_torch_load
 from modules.F0Predictor.fcpe.inference import DEFAULT_PATH, FCPEConfig, FCPERunner
 from modules.F0Predictor.fcpe.model import ConformerConvModule, WNLinear
 
@@ -28,17 +27,7 @@ def bundled_weights_path() -> str | None:
 
     Only the package's location is looked up; its ``__init__`` (which imports torchaudio) never runs.
     """
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):  # a broken install, or a module object without a spec
-        return None
-    if spec is None:
-        return None
-    for folder in spec.submodule_search_locations or ():
-        path = os.path.join(folder, WEIGHTS_FILE)
-        if os.path.isfile(path):
-            return path
-    return None
+    return package_file(PACKAGE, WEIGHTS_FILE)
 
 
 def missing_weights_message() -> str:

@@ -185,14 +185,16 @@ class Slicer:
             tags.append((pos, total + 1))
         return tags
 
-    def chunks(self, source: AudioSource) -> list[Chunk]:
-        """All chunks in 4.1 order, including the empty ones (start == end) that 4.1 lists too."""
+    def chunks(self, source: AudioSource, rms: np.ndarray | None = None) -> list[Chunk]:
+        """All chunks in 4.1 order, including the empty ones (start == end) that 4.1 lists too; `rms`: the
+        source's `rms_frames(source, self.win_size, self.hop_size)` when the caller has them already."""
         n_samples, hop = source.n_samples, self.hop_size
         if n_samples <= self.min_length:  # 4.1 compares samples with frames: kept so chunks match
             return [Chunk(0, n_samples, False)]
         out: list[Chunk] = []
         end = 0
-        for k, (first, last) in enumerate(self.silence_tags(rms_frames(source, self.win_size, hop))):
+        rms = rms_frames(source, self.win_size, hop) if rms is None else rms
+        for k, (first, last) in enumerate(self.silence_tags(rms)):
             if k or first:
                 out.append(Chunk(end, min(n_samples, first * hop), False))
             out.append(Chunk(first * hop, min(n_samples, last * hop), True))

@@ -1,0 +1,1 @@
+"""Objective evaluation (evaluate.py): figures for conversions and a ranking of checkpoints."""
