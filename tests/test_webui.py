@@ -22,6 +22,7 @@ import torch
 
 import inference_main
 from conftest import ROOT, _on_ci
+from test_infer_diffusion import _build_diffusion
 from test_infer_tool import SR, build_workspace
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,15 @@ def project(tmp_path_factory) -> Path:
             shutil.copy(root / "logs/44k" / name, root / folder / name)
     (root / "trained/incomplete").mkdir()
     shutil.copy(root / "logs/44k/config.json", root / "trained/incomplete/config.json")
+    _build_diffusion(root)  # logs/44k/diffusion/model_0.pt + config.yaml
+    diff = root / "trained/diff"
+    shutil.copytree(root / "trained/tiny", diff)
+    for name in ("model_0.pt", "config.yaml"):
+        shutil.copy(root / "logs/44k/diffusion" / name, diff / name)
+    (diff / "model_extra.pt").write_bytes(b"")  # not a step: never taken for the diffusion model
+    centres = np.random.default_rng(1).standard_normal((8, 48)).astype(np.float32)
+    torch.save({name: {"n_features_in_": 48, "_n_threads": 1, "cluster_centers_": centres}
+                for name in ("speaker0", "speaker1", "speaker2")}, diff / "kmeans_10000.pt")
     return root
 
 
@@ -140,7 +150,8 @@ def test_share_is_refused(capsys) -> None:
 def test_lists_trained_folders_and_loads_one(client) -> None:
     with pytest.raises(AppError, match="Load a model first"):
         convert(client, ROOT / "spkmix.py")  # any file: the missing model is said first
-    assert client.predict(api_name="/refresh_models")["choices"] == [["group/other"] * 2, ["tiny"] * 2]
+    assert client.predict(api_name="/refresh_models")["choices"] == [[name] * 2 for name in ("diff", "group/other",
+                                                                                           "tiny")]
     status = load(client)
     assert status.startswith("Loaded on cpu (sovits): model trained/tiny/G_1.pth, config trained/tiny/config.json")
     assert status.endswith("Speakers: speaker0, speaker1, speaker2")
@@ -174,6 +185,24 @@ def test_page_gives_the_samples_of_inference_main(client, project: Path, monkeyp
     cli_audio, cli_rate = sf.read(written, dtype="int16")
     assert rate == cli_rate == SR and len(web_audio) == sf.info(project / "raw/short.wav").frames
     assert np.array_equal(web_audio, cli_audio)
+
+
+def test_shallow_diffusion_and_clustering_from_a_trained_folder(client, project: Path, monkeypatch,
+                                                                single_thread) -> None:
+    status = client.predict(LOCAL, "diff", None, None, None, None, None, "cpu", False, True, False,
+                            api_name="/load_model")[0]
+    assert status.startswith("Loaded on cpu (sovdiff): model trained/diff/G_1.pth, config trained/diff/config.json, "
+                             "diffusion trained/diff/model_0.pt + trained/diff/config.yaml, cluster model "
+                             "trained/diff/kmeans_10000.pt")
+    web = convert(client, project / "raw/short.wav", k_step=5, cluster_infer_ratio=0.5)
+    assert web.name == "short.wav_0key_speaker0_0.5_sovdiff_pm.flac"
+    web_audio = sf.read(web, dtype="int16")[0]
+    monkeypatch.chdir(project)
+    assert inference_main.main(["-m", "trained/diff/G_1.pth", "-c", "trained/diff/config.json", "-n", "short.wav",
+                                "-s", "speaker0", "-d", "cpu", "-shd", "-dm", "trained/diff/model_0.pt", "-dc",
+                                "trained/diff/config.yaml", "-ks", "5", "-cr", "0.5", "-cm",
+                                "trained/diff/kmeans_10000.pt"]) == 0
+    assert np.array_equal(web_audio, sf.read(project / "results" / web.name, dtype="int16")[0])
 
 
 def test_text_to_speech_is_spoken_offline_and_converted(client) -> None:

@@ -69,7 +69,7 @@ def folder_files(folder: Path) -> ModelFiles | None:
     pth, json_ = sorted(folder.glob("*.pth")), sorted(folder.glob("*.json"))
     if len(pth) != 1 or len(json_) != 1:
         return None
-    diffusion = max(folder.glob("model_*.pt"), key=_step, default=None)
+    diffusion = max((p for p in folder.glob("model_*.pt") if _step(p) >= 0), key=_step, default=None)
     diffusion_config = next((folder / n for n in DIFFUSION_CONFIGS if (folder / n).is_file()), None)
     cluster = next((folder / n for n in CLUSTER_FILES if (folder / n).is_file()), None)
     return ModelFiles(str(pth[0]), str(json_[0]), str(diffusion or ""), str(diffusion_config or ""),
