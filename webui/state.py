@@ -138,7 +138,6 @@ class ModelSlot:
 
     def __init__(self) -> None:
         self.svc: Svc | None = None
-        self.files: ModelFiles | None = None
         self._lock = threading.Lock()  # one load or conversion at a time
         self._stop = threading.Event()
 
@@ -161,7 +160,7 @@ class ModelSlot:
             svc = Svc(files.model, files.config, None if device == "auto" else device, files.cluster, enhance,
                       files.diffusion_model, files.diffusion_config, shallow_diffusion, only_diffusion,
                       feature_retrieval=files.cluster.endswith(".pkl"))
-            old, self.svc, self.files = self.svc, svc, files
+            old, self.svc = self.svc, svc
             if old is not None:
                 old.unload_model()
                 del old
@@ -172,7 +171,7 @@ class ModelSlot:
         with self._lock:
             if self.svc is None:
                 return "No model is loaded."
-            svc, self.svc, self.files = self.svc, None, None
+            svc, self.svc = self.svc, None
             svc.unload_model()
             del svc
             from inference.infer_tool import Svc
@@ -209,8 +208,8 @@ class ModelSlot:
             raise WebError(problem)
         spk_mix_map = read_spk_mix_file(spk_mix_file) if spk_mix_file else {}
         clean_name = Path(clean_name).name
-        self._stop.clear()
         with self._lock, tempfile.TemporaryDirectory(prefix="sovits-web-") as tmp:
+            self._stop.clear()
             svc = self._loaded()
             args.use_spk_mix = len(spk_mix_map) > 1 and len(svc.spk2id) > 1  # as the CLI: one entry, no mix
             opts = InferOptions.from_args(args, tran)
