@@ -206,8 +206,9 @@ def test_shallow_diffusion_and_clustering_from_a_trained_folder(client, project:
 
 
 def test_text_to_speech_is_spoken_offline_and_converted(client) -> None:
-    from webui.tts import synthesize
+    from webui.tts import languages, synthesize
 
+    assert {"en", "en-us", "de", "fr", "cmn", "ja"} <= set(languages())
     load(client)
     text = "one two three four five six seven eight nine ten"
     lengths = {}
@@ -305,6 +306,7 @@ def test_errors_arrive_as_messages_and_a_failed_load_keeps_the_model(client, pro
         convert(client, big)
     assert not (tmp_path / "ran").exists()  # the uploaded mix file was read, never run
     assert convert(client, short).name == "short.wav_0key_speaker0_sovits_pm.flac"  # tiny is still loaded
+    assert _upload_load(client, model, project / "trained/tiny/config.json").startswith("Loaded on cpu (sovits)")
     assert client.predict(api_name="/unload_model")[0] == "Model unloaded; its memory is free."
     with pytest.raises(AppError, match="Load a model first"):
         convert(client, short)

@@ -72,12 +72,11 @@ class _Engine:
             if not voices[i]:
                 break
             # languages: repeated (priority byte, NUL-terminated name), ended by a zero priority byte
-            raw = ctypes.string_at(voices[i].contents.languages, 200)
-            pos = 0
-            while pos < len(raw) and raw[pos] != 0:
-                end = raw.index(b"\0", pos + 1)
-                out.add(raw[pos + 1:end].decode())
-                pos = end + 1
+            address = voices[i].contents.languages
+            while ctypes.c_ubyte.from_address(address).value:
+                name = ctypes.string_at(address + 1)
+                out.add(name.decode())
+                address += len(name) + 2
         return sorted(out)
 
     def synthesize(self, text: str, language: str, variant: str, rate: int, pitch: int) -> np.ndarray:
