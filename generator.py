@@ -195,8 +195,8 @@ def check_encoder_width(encoder_name: str, encoder_dim: int, units_width: int, c
     if encoder_dim == units_width:
         return
     options = encoders_of_width(units_width)
-    hint = f"Set \"speech_encoder\": \"{options[0]}\"" + (f" (or {', '.join(options[1:])})" if options[1:] else "")
+    hint = (f"Set \"speech_encoder\": \"{options[0]}\"" + (f" (or {', '.join(options[1:])})" if options[1:] else "")
+            if options else "Use the speech encoder the model was trained with")
     raise ModelConfigMismatch(
         f"This model takes {units_width}-dim units but speech_encoder '{encoder_name}' gives {encoder_dim}. "
-        f"{hint if options else 'Use the speech encoder the model was trained with'} in the model section of "
-        f"{config_path}.")
+        f"{hint} in the model section of {config_path}.")

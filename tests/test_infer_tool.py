@@ -426,6 +426,16 @@ def test_encoder_width_mismatch_on_a_4_1_checkpoint(ws: Path) -> None:
         Svc(SYNTH / "G_800.pth", SYNTH / "config.json", "cpu", cluster_model_path="", pretrain_dir=ws / "pretrain")
 
 
+def test_encoder_width_no_encoder_gives() -> None:
+    # no registered encoder gives 48-dim units: the message says so instead of failing on an empty list
+    from generator import check_encoder_width
+    with pytest.raises(ModelConfigMismatch, match=r"takes 48-dim units but speech_encoder 'vec256l9' gives 256\. "
+                                                  r"Use the speech encoder the model was trained with in the model "
+                                                  r"section of c.json"):
+        check_encoder_width("vec256l9", 256, 48, "c.json")
+    check_encoder_width("vec256l9", 256, 256, "c.json")
+
+
 def test_missing_encoder_file_names_it(ws: Path, tmp_path: Path) -> None:
     with pytest.raises(PretrainNotFoundError, match=r"checkpoint_best_legacy_500.pt is missing"):
         Svc(ws / "logs/44k/G_1.pth", ws / "logs/44k/config.json", "cpu", cluster_model_path="", pretrain_dir=tmp_path)
