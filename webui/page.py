@@ -360,7 +360,7 @@ def live_tab(slot: ModelSlot) -> None:
             try:
                 return fn(*args)
             except state.user_errors() as err:
-                message = NO_MODEL if slot.svc is None else f"Stopped: {err}"
+                message = NO_MODEL if slot.svc is None else f"Not converted: {err}"
             except Exception as err:  # the page must answer; the console keeps the details
                 logger.exception("unexpected error in the live tab")
                 message = f"Unexpected error ({type(err).__name__}): {err} — details are on the console"
