@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from inference import command
-from inference.command import check_args, convert_to_results, result_name, user_errors  # noqa: F401 (kept public)
+from inference.command import check_args, convert_to_results, result_name, user_errors
 
+__all__ = ["build_parser", "check_args", "convert_to_results", "main", "resolve_input", "result_name", "user_errors"]
 log = logging.getLogger("inference_main")
 
 
