@@ -312,11 +312,12 @@ def test_errors_arrive_as_messages_and_a_failed_load_keeps_the_model(client, pro
         convert(client, short)
 
 
-def launch_browser(playwright, user_data: Path):
-    """Debian's Chromium with the closed-network flags; under CI a browser that cannot start fails the test."""
+def launch_browser(playwright, user_data: Path, *flags: str):
+    """Debian's Chromium with the closed-network flags (and `flags`); under CI a browser that cannot start fails
+    the test."""
     try:
         return playwright.chromium.launch_persistent_context(
-            str(user_data), executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
+            str(user_data), executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS + list(flags),
             viewport={"width": 1280, "height": 900})
     except Exception as err:  # playwright raises its own Error for a missing or broken browser
         if _on_ci():
@@ -366,3 +367,89 @@ def test_browser_loads_converts_and_plays(server: str, project: Path, tmp_path: 
     assert shot.stat().st_size > 10_000
     if target := os.environ.get("SOVITS_WEBUI_SCREENSHOT"):  # how docs/webui.png is made
         shutil.copy(shot, target)
+
+
+def test_live_session_converts_as_the_stream_converter(project: Path, monkeypatch, single_thread) -> None:
+    """The Live tab's callback work: browser pieces of any length, gathered into chunks, give the samples of
+    StreamConverter run on those chunks; Stop resets, so a second take starts from silence again."""
+    from inference.streaming import StreamConverter
+    from webui.live import LiveOptions, LiveSession, to_int16
+    from webui.state import ModelFiles, ModelSlot, WebError
+
+    monkeypatch.chdir(project)
+    slot, live = ModelSlot(), LiveSession()
+    options = LiveOptions("speaker1", tran=3, chunk_seconds=0.25, crossfade=0.03, f0_predictor="pm")
+    with pytest.raises(WebError, match="Load a model first"):
+        live.start(slot, options)
+    slot.load(ModelFiles("trained/tiny/G_1.pth", "trained/tiny/config.json"), "cpu")
+    voice = sf.read(project / "raw/short.wav", dtype="int16")[0][:SR]
+    pieces = np.split(voice, [4000, 4100, 15000, 30000])  # as the browser sends them: any length
+
+    def take() -> list[np.ndarray]:
+        live.start(slot, options)
+        return [live.feed(slot, SR, piece, options) for piece in pieces]
+
+    outs = take()
+    n = round(0.25 * SR)
+    assert [len(o) for o in outs] == [0, 0, n, n, 2 * n]  # a chunk is converted once it is full
+    direct = StreamConverter(slot.svc, "pm", crossfade=0.03)
+    audio = voice.astype(np.float32) / 32768
+    expected = np.concatenate([direct.process(audio[i:i + n], "speaker1", 3) for i in range(0, 4 * n, n)])
+    assert np.array_equal(np.concatenate(outs), expected)
+    assert "Real-time factor" in live.latency(options) and "median of 4 chunks" in live.latency(options)
+    rate, kept = live.finish()
+    assert rate == SR and np.array_equal(kept, to_int16(expected))
+    assert np.array_equal(np.concatenate(take()), expected)  # the stream was reset: the same samples again
+    message = live.player_message(expected)
+    assert message.startswith(f"{SR},0,") and live.player_message(expected).startswith(f"{SR},1,")
+    import soxr  # a 48 kHz microphone: one running resampler, so where the browser cut its pieces leaves no trace
+    mic = to_int16(soxr.resample(audio, SR, 48000))
+    takes = []
+    for cuts in ([], [4000, 4100, 15000, 30000]):
+        live.start(slot, options)
+        takes.append(np.concatenate([live.feed(slot, 48000, piece, options) for piece in np.split(mic, cuts)]))
+    assert len(takes[0]) == 3 * n and np.array_equal(takes[0], takes[1])
+
+
+def test_browser_converts_the_microphone_live(server: str, client, project: Path, tmp_path: Path) -> None:
+    """Chromium's fake microphone plays a 48 kHz voice into the Live tab: converted chunks reach the page's
+    player and the measured latency is shown; Stop offers the converted take."""
+    pytest.importorskip("playwright")
+    import soxr
+    from playwright.sync_api import sync_playwright
+
+    voice = sf.read(project / "raw/short.wav", dtype="float32")[0]
+    mic = tmp_path / "mic.wav"  # Chromium's fake capture reads 16-bit PCM WAV; 48 kHz as most microphones
+    sf.write(mic, soxr.resample(voice, SR, 48000), 48000, subtype="PCM_16")
+    client.predict(api_name="/unload_model")
+    with sync_playwright() as playwright:
+        browser = launch_browser(playwright, Path(tempfile.mkdtemp(dir=tmp_path)), "--use-fake-ui-for-media-stream",
+                                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}")
+        page = browser.new_page()
+        page.goto(server)
+        page.get_by_role("tab", name="Live").click()
+        page.get_by_text("No model is loaded: load one in the Inference tab").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Inference").click()
+        page.locator("#model-folder input").click()
+        page.get_by_role("option", name="tiny", exact=True).click()
+        page.locator("#load-model").click()
+        page.wait_for_function("() => document.querySelector('#model-status textarea').value.startsWith('Loaded')",
+                               timeout=60_000)
+        page.get_by_role("tab", name="Live").click()
+        page.get_by_text("Press Record to start.").wait_for(timeout=30_000)
+        page.locator("#live-in .record-button").click()
+        page.wait_for_function("() => (window.sovitsLive?.chunks ?? 0) >= 4", timeout=60_000)
+        page.locator("#live-status").get_by_text("Latency about").wait_for(timeout=30_000)
+        played = page.evaluate("() => ({seconds: window.sovitsLive.seconds, state: window.sovitsLive.ctx.state, "
+                               "rate: window.sovitsLive.ctx.sampleRate, time: window.sovitsLive.ctx.currentTime})")
+        status = page.locator("#live-status").inner_text()
+        page.locator("#live-in .stop-button").click()
+        page.wait_for_function("() => document.querySelector('#live-take #duration')?.textContent.trim() > '0:00'",
+                               timeout=30_000)
+        page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
+        browser.close()
+    assert played["state"] == "running" and played["rate"] == SR and played["time"] > 0
+    assert played["seconds"] >= 4 * 0.5 - 1e-6  # four chunks of 0.5 s (the default) were scheduled to play
+    assert "chunk 0.50 s" in status and f"crossfade {5 * 512 / SR:.3f} s" in status  # 0.05 s in whole hops
+    assert "Real-time factor" in status
+    assert (tmp_path / "live.png").stat().st_size > 10_000

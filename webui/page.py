@@ -1,8 +1,8 @@
 """The gradio page of webUI.py: one function per tab (a new tab is one more builder called from `build_page`),
 callbacks that turn errors into page messages. The work itself is in webui.state.
 
-Option controls carry inference_main.py's argument names and defaults (read from its parser), so the page and
-the command line cannot drift apart.
+Option controls carry inference_main.py's argument names and defaults (read from inference/command.py, its
+parser), so the page and the command line cannot drift apart.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-import inference_main
+from inference import command
 from webui import state
 from webui.state import ModelFiles, ModelSlot, WebError
 from webui.tts import DEFAULT_PITCH, DEFAULT_RATE, PITCH_RANGE, RATE_RANGE, VOICES, TTSError, languages
@@ -21,7 +21,7 @@ from webui.tts import DEFAULT_PITCH, DEFAULT_RATE, PITCH_RANGE, RATE_RANGE, VOIC
 __all__ = ["OPTION_NAMES", "build_page", "theme"]
 
 logger = logging.getLogger(__name__)
-_DEFAULTS = vars(inference_main.build_parser().parse_args([]))
+_DEFAULTS = vars(command.defaults())
 OUTPUT_FORMATS = ("flac", "wav", "ogg", "mp3")
 SOURCES = ("trained/ folder", "upload")
 UPLOAD_NOTE = "Uploads above {limit} are refused."
@@ -277,6 +277,105 @@ def inference_tab(page: gr.Blocks, slot: ModelSlot) -> None:
     page.load(_messages(environment), outputs=[device, f0_predictor, language, f0_note], api_name=False)
 
 
+LIVE_NOTE = ("Speak or sing into the microphone: the converted voice plays here as you go, one chunk at a time. "
+             "Wear headphones, or the speakers feed the microphone. The voice comes back a chunk and a crossfade "
+             "late, plus the time a chunk takes to convert; a real-time factor under 1 keeps up.")
+NO_MODEL = "No model is loaded: load one in the Inference tab (1. Model), then come back and record."
+# Plays each converted chunk right after the one before (Web Audio, at the model's rate); chunk 0 starts over.
+PLAYER_JS = """(message) => {
+  if (!message) return;
+  const [rate, seq, data] = message.split(",");
+  let live = window.sovitsLive;
+  if (!live || live.ctx.sampleRate !== +rate) {
+    live?.ctx.close();
+    live = window.sovitsLive = {ctx: new AudioContext({sampleRate: +rate}), next: 0, seconds: 0, chunks: 0};
+  }
+  if (+seq === 0) live.next = 0;
+  live.ctx.resume();
+  const pcm = new Int16Array(Uint8Array.from(atob(data), (c) => c.charCodeAt(0)).buffer);
+  const buffer = live.ctx.createBuffer(1, pcm.length, +rate);
+  buffer.getChannelData(0).set(Float32Array.from(pcm, (v) => v / 32768));
+  const source = live.ctx.createBufferSource();
+  source.buffer = buffer;
+  source.connect(live.ctx.destination);
+  live.next = Math.max(live.next, live.ctx.currentTime + 0.02);
+  source.start(live.next);
+  live.next += buffer.duration;
+  live.seconds += buffer.duration;
+  live.chunks += 1;
+}"""
+
+
+def live_tab(slot: ModelSlot) -> None:
+    """The microphone converted as it is heard (webui.live), with the measured latency."""
+    from webui.live import LiveOptions, LiveSession
+
+    with gr.Tab("Live") as tab:
+        gr.Markdown(LIVE_NOTE)
+        with gr.Row():
+            speaker = gr.Dropdown([], label="Speaker", allow_custom_value=True, info="Of the loaded model.")
+            tran = gr.Number(value=0, precision=0, label="Transpose (semitones)", info="+12 is an octave up.")
+            f0 = gr.Dropdown(["fcpe"], value="fcpe", label="F0 predictor",
+                             info="FCPE is the fastest that follows a voice well; pm is faster still, rougher.")
+        with gr.Row():
+            chunk = gr.Slider(0.25, 2, value=0.5, step=0.25, label="Chunk length (s)",
+                              info="Longer: more context per chunk and more time to convert it, but later.")
+            crossfade = gr.Slider(0, 0.2, value=0.05, step=0.01, label="Crossfade (s)",
+                                  info="Blend between chunks against clicks; adds its length to the delay.")
+            raw = gr.Checkbox(label="Raw mode", info="Convert each chunk alone: least work, no crossfade, the "
+                              "seams may click.")
+        mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone", elem_id="live-in")
+        status = gr.Markdown(NO_MODEL, elem_id="live-status")
+        take = gr.Audio(label="Converted take (after Stop)", interactive=False, elem_id="live-take")
+        player = gr.Textbox(visible="hidden", elem_id="live-out")
+    session = gr.State(None)
+    controls = [speaker, tran, chunk, crossfade, f0, raw]
+
+    def options(speaker: str | None, tran: float, chunk: float, crossfade: float, f0: str, raw: bool) -> LiveOptions:
+        return LiveOptions(speaker or "", float(tran or 0), float(chunk), float(crossfade), f0, bool(raw))
+
+    def opened() -> tuple[Any, Any, str]:
+        available = state.f0_availability()[0]
+        f0_update = gr.update(choices=available, value="fcpe" if "fcpe" in available else available[0])
+        if slot.svc is None:
+            return gr.update(choices=[], value=None), f0_update, NO_MODEL
+        return gr.update(choices=slot.speakers, value=slot.speakers[0]), f0_update, "Press Record to start."
+
+    def start(live: LiveSession | None, *values: Any) -> tuple[LiveSession, str]:
+        live = live or LiveSession()
+        live.start(slot, options(*values))
+        return live, "Listening: the first chunk is on its way."
+
+    def step(audio: tuple[int, Any] | None, live: LiveSession | None, *values: Any) -> tuple[Any, Any, str]:
+        live, opts = live or LiveSession(), options(*values)
+        out = live.feed(slot, audio[0], audio[1], opts) if audio is not None else ()
+        return live, live.player_message(out) if len(out) else gr.skip(), live.latency(opts)
+
+    def stop(live: LiveSession | None) -> tuple[Any, Any]:
+        return (live.finish() if live else None), gr.skip()
+
+    def said(fn: Callable[..., Any], n_outputs: int) -> Callable[..., Any]:
+        """A live callback whose problems go to the status line (a stream would repeat pop-ups every chunk)."""
+        def run(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except state.user_errors() as err:
+                message = NO_MODEL if slot.svc is None else f"Not converted: {err}"
+            except Exception as err:  # the page must answer; the console keeps the details
+                logger.exception("unexpected error in the live tab")
+                message = f"Unexpected error ({type(err).__name__}): {err} — details are on the console"
+            return (*[gr.skip()] * (n_outputs - 1), message)
+        return run
+
+    live_events = dict(concurrency_id="live", api_name=False)  # one model: one chunk at a time, in order
+    tab.select(opened, outputs=[speaker, f0, status], api_name=False)
+    mic.start_recording(said(start, 2), [session, *controls], [session, status], **live_events)
+    mic.stream(said(step, 3), [mic, session, *controls], [session, player, status], stream_every=0.25,
+               **live_events)
+    mic.stop_recording(said(stop, 2), session, [take, status], **live_events)
+    player.change(None, player, None, js=PLAYER_JS)
+
+
 def tools_tab() -> None:
     """model_mix.py and compress_model.py on uploaded models."""
     with gr.Tab("Tools"):
@@ -329,6 +428,7 @@ def build_page(slot: ModelSlot | None = None, upload_limit: str = "1 GB") -> gr.
     with gr.Blocks(title="so-vits-svc 4.1", analytics_enabled=False, delete_cache=(1800, 3600)) as page:
         with gr.Tabs():
             inference_tab(page, slot)
+            live_tab(slot)
             tools_tab()
         gr.Markdown(UPLOAD_NOTE.format(limit=upload_limit))
     return page

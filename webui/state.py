@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import inference_main
+from inference import command
+from inference.serving import FifoLock
 
 if TYPE_CHECKING:  # torch loads with the first model, not with the page
     from inference.infer_tool import Svc
@@ -138,7 +139,7 @@ class ModelSlot:
 
     def __init__(self) -> None:
         self.svc: Svc | None = None
-        self._lock = threading.Lock()  # one load or conversion at a time
+        self._lock = FifoLock()  # one load or conversion at a time, in the order asked (live chunks too)
         self._stop = threading.Event()
 
     @property
@@ -183,6 +184,12 @@ class ModelSlot:
             raise WebError("Load a model first (Inference tab, Model section).")
         return self.svc
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[Svc]:
+        """The loaded model, kept for one piece of work (waits for loads and other conversions)."""
+        with self._lock:
+            yield self._loaded()
+
     def stop(self) -> str:
         self._stop.set()
         return "Stopping after the current slice..."
@@ -199,12 +206,12 @@ class ModelSlot:
         its argument names); returns the file written in results/. Stopped by `stop` (Cancelled)."""
         from inference.infer_tool import InferOptions, format_wav
 
-        args = inference_main.build_parser().parse_args([])
+        args = command.defaults()
         unknown = set(options) - set(vars(args))
         if unknown:
             raise WebError(f"unknown option(s): {', '.join(sorted(unknown))}")
         vars(args).update(options)
-        if problem := inference_main.check_args(args):
+        if problem := command.check_args(args):
             raise WebError(problem)
         spk_mix_map = read_spk_mix_file(spk_mix_file) if spk_mix_file else {}
         clean_name = Path(clean_name).name
@@ -218,8 +225,7 @@ class ModelSlot:
             shutil.copyfile(audio, local)
             svc.stage_hook = self._stage
             try:
-                return inference_main.convert_to_results(svc, args, clean_name, format_wav(local), tran, spk, opts,
-                                                         progress)
+                return command.convert_to_results(svc, args, clean_name, format_wav(local), tran, spk, opts, progress)
             finally:
                 svc.stage_hook = contextlib.nullcontext
 
@@ -270,4 +276,4 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from inference.speaker_mix import SpkMixError
     from webui.tts import TTSError
 
-    return inference_main.user_errors() + (SpkMixError, TTSError, WebError, Cancelled)
+    return command.user_errors() + (SpkMixError, TTSError, WebError, Cancelled)
