@@ -23,6 +23,7 @@ from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import resolve_device
+from core.runtime import release_memory, tune_allocator
 from generator import ModelConfigMismatch, check_encoder_width, infer_speech_encoder, load_generator
 from inference.enhancer import Enhancer
 from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
@@ -96,6 +97,7 @@ class Svc:
                  only_diffusion: bool = False, spk_mix_enable: bool = False, feature_retrieval: bool = False,
                  pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None) -> None:
         self.stage_hook: StageHook = contextlib.nullcontext
+        tune_allocator()
         self.dev = resolve_device(device)
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
         self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev) \
@@ -315,6 +317,8 @@ class Svc:
             raise SvcError(f"Out of {'GPU ' if gpu else ''}memory on a {len(wav) / self.target_sample:.1f} s "
                            "slice — use -cl 30 (forced slicing), raise -sd to -30 (more silence cuts)"
                            + (", or --device cpu" if gpu else "")) from err
+        finally:
+            release_memory()  # a long song's peak stays that of its longest piece
 
     def song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
         """Check -cl, -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;
