@@ -19,7 +19,7 @@ from functools import cache
 
 import torch
 
-__all__ = ["fast_paths", "plain", "release_memory", "tune_allocator"]
+__all__ = ["bf16_problem", "fast_paths", "plain", "release_memory", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -70,3 +70,14 @@ def release_memory() -> None:
     libc = _glibc()
     if libc is not None and not plain():
         libc.malloc_trim(0)
+
+
+def bf16_problem(device: torch.device) -> str | None:
+    """Why bf16 would not pay on `device` (None: it may be used): CPUs need native bf16 (AVX512-BF16 or AMX),
+    without which PyTorch falls back to reference kernels ~25-50x slower than fp32; CUDA needs bf16 support."""
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else f"{torch.cuda.get_device_name(device)} has no bf16"
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return None
+    return (f"this {device.type.upper()} has no native bf16 (AVX512-BF16 or AMX; PyTorch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}), where bf16 runs many times slower than fp32; leave bf16 off")
