@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("-lgr", "--linear_gradient_retain", type=float, default=0.75, help="cross-faded share of -lg (0-1]")
     add("-eak", "--enhancer_adaptive_key", type=int, default=0, help="shift the enhancer's range up (semitones)")
     add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="crepe/rmvpe/fcpe F0 threshold, 0-1")
+    add("--onnx", action="store_true", help="run the So-VITS generator with ONNX Runtime (CPU; exported once, "
+        "cached next to -m)")
+    add("--bf16", action="store_true", help="bf16 autocast for the generator (CUDA, or CPUs with AVX512-BF16/AMX)")
     return p
 
 
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "logs/44k/feature_and_index.pkl" if args.feature_retrieval else "logs/44k/kmeans_10000.pt")
         svc = Svc(args.model_path, args.config_path, args.device, cluster, args.enhance,
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
-                  args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
+                  args.only_diffusion, args.use_spk_mix, args.feature_retrieval, onnx=args.onnx, bf16=args.bf16)
         args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1
         speakers = [svc.song_speaker(spk, options[0]) for spk in ([spk_mix_map] if args.use_spk_mix
                                                                    else args.spk_list)]

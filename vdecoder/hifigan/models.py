@@ -182,9 +182,12 @@ class Generator(nn.Module):
         self.snake = snake
 
     def forward(self, x: Tensor, f0: Tensor, g: Tensor | None = None,
-                generator: torch.Generator | None = None, return_source: bool = False):
-        """x [B, C, T], f0 [B, T], g [B, gin, 1 or T] -> audio [B, 1, T*upp] (and source [B, T*upp, 1])."""
-        har_source = self.m_source(f0, self.upp, generator)
+                generator: torch.Generator | None = None, return_source: bool = False,
+                har_source: Tensor | None = None):
+        """x [B, C, T], f0 [B, T], g [B, gin, 1 or T] -> audio [B, 1, T*upp] (and source [B, T*upp, 1]).
+        har_source: the harmonic source, when computed outside (the ONNX Runtime graph takes it as an input)."""
+        if har_source is None:
+            har_source = self.m_source(f0, self.upp, generator)
         source = har_source.transpose(1, 2)
         x = self.conv_pre(x)
         if g is not None:
