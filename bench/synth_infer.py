@@ -116,13 +116,14 @@ def build_model(cfg: BenchConfig, seed: int = WEIGHT_SEED) -> nn.Module:
     return net.eval()
 
 
-def make_inputs(cfg: BenchConfig, seconds: float, seed: int = INPUT_SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def make_inputs(cfg: BenchConfig, seconds: float, seed: int = INPUT_SEED,
+                extra_frames: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fixed inputs for ``seconds`` of audio: c [1, ssl, T], f0 [1, T] Hz, uv [1, T], g [[0]].
 
-    T = floor(seconds * sr / hop). F0 glides from 220 to 440 Hz and back with 5.5 Hz, 30-cent
+    T = floor(seconds * sr / hop) + extra_frames. F0 glides from 220 to 440 Hz and back with 5.5 Hz, 30-cent
     vibrato; every 40th frame starts a 4-frame unvoiced gap (f0 = 0, uv = 0).
     """
-    frames = max(1, int(math.floor(seconds * cfg.sampling_rate / cfg.hop_length)))
+    frames = max(1, int(math.floor(seconds * cfg.sampling_rate / cfg.hop_length))) + extra_frames
     gen = torch.Generator().manual_seed(seed)
     c = torch.randn(1, int(cfg.model["ssl_dim"]), frames, generator=gen)
     t = torch.arange(frames, dtype=torch.float64) * cfg.hop_length / cfg.sampling_rate
@@ -154,9 +155,10 @@ def _worker(conn, kind: str, cfg: BenchConfig, seconds: float, threads: int | No
     dev = torch.device(device)
     model = build_model(cfg).to(dev)
     model.remove_weight_norm()
-    inputs = [x.to(dev) for x in make_inputs(cfg, seconds)]
     conn.send(bf16_problem(dev))
-    while (name := conn.recv()) is not None:
+    while (request := conn.recv()) is not None:
+        name, extra_frames = request
+        inputs = [x.to(dev) for x in make_inputs(cfg, seconds, extra_frames=extra_frames)]
         os.environ["SOVITS_PLAIN"] = "1" if name in ("plain", "allocator") else ""
         context = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if name == "bf16" else nullcontext
         sync(dev)
@@ -169,7 +171,9 @@ def _worker(conn, kind: str, cfg: BenchConfig, seconds: float, threads: int | No
 def run_variants(cfg: BenchConfig, seconds: float, repeats: int, device: torch.device, threads: int | None,
                  names: Sequence[str] = VARIANTS) -> tuple[list[Result], str | None]:
     """Time "plain" plus the chosen variants: one warm-up call each, then ``repeats`` calls in turns (outside
-    load hits all alike), medians. Returns the results (plain first) and why bf16 was left out (or None)."""
+    load hits all alike), medians. Round r adds r frames to every variant's input, so each call has a new
+    length, as the slices of a song have (oneDNN builds its convolutions for every new shape). Returns the
+    results (plain first; audio of the warm-up calls) and why bf16 was left out (or None)."""
     chosen = ["plain"] + [n for n in names if n != "plain"]
     ctx = mp.get_context("spawn")
     workers = {}
@@ -183,17 +187,17 @@ def run_variants(cfg: BenchConfig, seconds: float, repeats: int, device: torch.d
         if bf16_refused and "bf16" in chosen:
             chosen.remove("bf16")
 
-        def call(name: str) -> tuple[float, float, Tensor]:
+        def call(name: str, extra_frames: int) -> tuple[float, float, Tensor]:
             conn = workers[WORKER[name]][0]
-            conn.send(name)
+            conn.send((name, extra_frames))
             return conn.recv()
 
-        first = {name: call(name)[2] for name in chosen}
+        first = {name: call(name, 0)[2] for name in chosen}
         wall: dict[str, list[float]] = {n: [] for n in chosen}
         cpu: dict[str, list[float]] = {n: [] for n in chosen}
-        for _ in range(repeats):
+        for round_ in range(1, repeats + 1):
             for name in chosen:
-                seconds_wall, seconds_cpu, _ = call(name)
+                seconds_wall, seconds_cpu, _ = call(name, round_)
                 wall[name].append(seconds_wall)
                 cpu[name].append(seconds_cpu)
     finally:

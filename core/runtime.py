@@ -7,8 +7,9 @@ debugging; the audio is the same either way (within float rounding, at most 1e-4
 glibc's allocator hands large buffers back to the kernel when they are freed (`mmap` above a
 threshold, heap trimming above another) and faults them in, zero-filled, on the next call: for the
 decoder's 10-30 MB buffers that was 15-25 % of every synthesizer call in system time. `tune_allocator`
-keeps such buffers in the heap for reuse; `release_memory` returns the free part of the heap between
-pieces, so a long song's peak memory is that of its longest piece, not of the heap glibc kept.
+keeps such buffers in the heap for reuse, and turns oneDNN's cache of built convolutions off (it grew by
+hundreds of MB with every new slice length); `release_memory` returns the free part of the heap between
+pieces, so a long song's peak memory is that of its longest piece, not of what the libraries kept.
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ def _glibc() -> ctypes.CDLL | None:
 
 @cache
 def _tuned() -> bool:
+    # oneDNN keeps every convolution it builds (up to 1024), with its JIT code and buffers, keyed by the exact
+    # shapes: each new slice length adds a call's worth (hundreds of MB for a long slice) that a song of many
+    # slices never reuses. Off unless the user set it; read by oneDNN when it builds its first convolution.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     libc = _glibc()
     return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
         and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
