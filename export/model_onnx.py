@@ -161,4 +161,5 @@ def export_infer_graph(net: SynthesizerTrn, path: str | os.PathLike, frames: int
         inputs, names = inputs + (torch.rand(1, frames, generator=gen),), names + ["vol"]
     axes = {"c": {2: "frames"}, "f0": {1: "frames"}, "uv": {1: "frames"}, "noise": {2: "frames"},
             "source": {1: "samples"}, "vol": {1: "frames"}, "audio": {2: "samples"}}
-    trace_to_onnx(SynthesizerTrnInfer(net).eval(), inputs, path, names, {n: axes[n] for n in names + ["audio"] if n in axes})
+    names_axes = {n: axes[n] for n in names + ["audio"] if n in axes}  # sid has none
+    trace_to_onnx(SynthesizerTrnInfer(net).eval(), inputs, path, names, names_axes)

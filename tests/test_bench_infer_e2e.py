@@ -66,7 +66,8 @@ def test_crop_and_flags(tmp_path: Path) -> None:
     n = len(original)
     assert seconds == pytest.approx(130, abs=1 / 44100) and len(data) == round(130 * 44100)
     assert (data[:n] == original[:, 0]).all() and (data[n:2 * n] == original[:, 0]).all()
-    for argv in (["--seconds", "0"], ["--seconds", "60,x"], ["--f0_predictor", "rmvpe"], ["--threads", "0"], ["--device", "tpu"]):
+    for argv in (["--seconds", "0"], ["--seconds", "60,x"], ["--f0_predictor", "rmvpe"], ["--threads", "0"],
+                 ["--device", "tpu"]):
         with pytest.raises(SystemExit):
             infer_e2e.parse_args(argv)
     assert infer_e2e.parse_args([]).f0_predictor == "fcpe" and infer_e2e.parse_args([]).seconds == [None]

@@ -141,3 +141,22 @@ def runtime_status_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_onnx_backend_with_volume_embedding(tmp_path: Path) -> None:
+    from bench.synth_infer import TINY_MODEL, BenchConfig, build_model, make_inputs
+
+    cfg = BenchConfig(1025, 20, {**TINY_MODEL, "sampling_rate": 44100, "vol_embedding": True}, 44100, 512)
+    net = build_model(cfg)
+    net.remove_weight_norm()
+    c, f0, uv, g = make_inputs(cfg, 0.5)
+    vol = torch.rand(1, c.size(2), generator=torch.Generator().manual_seed(3))
+    (tmp_path / "G_9.pth").write_bytes(b"model")
+    (tmp_path / "config.json").write_text("{}")
+    backend = onnx_export.OnnxSynthesizer(net, tmp_path / "G_9.pth", tmp_path / "config.json", threads=1)
+    assert [i.name for i in backend.session.get_inputs()][-1] == "vol"
+    with torch.inference_mode():
+        expected = net.infer(c, f0, uv, g=g, noice_scale=0.4, vol=vol)[0]
+    audio = backend.infer(c, f0, uv, g=g, noice_scale=0.4, vol=vol)[0]
+    assert float(expected.abs().max()) > 1e-3 and float((audio - expected).abs().max()) <= 1e-4
