@@ -95,12 +95,18 @@ def write_demo_vocoder(folder: Path) -> None:
 def run(work: Path, step: str, script: str, *args: str) -> None:
     """Run `python <script> <args>` in the project folder `work` as a user would; stop the demo if it fails."""
     print(f"\n=== {step}: python {' '.join((script, *args))}", flush=True)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=work,
                           env=dict(os.environ, PYTHONIOENCODING="utf-8"))
     if done.returncode != 0:
         raise SystemExit(f"demo stopped: {script} exited with status {done.returncode}")
-    print(f"=== {step} done in {time.monotonic() - started:.1f} s", flush=True)
+    print(f"=== {step} done in {time.monotonic() - started:.1f} s (CPU {_children_cpu() - cpu:.1f} s)", flush=True)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system, all threads) of the finished scripts so far (0 on Windows, which has no count)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def install_pretrained(work: Path, rel: str, files: tuple[str, ...], what: str, note: str,
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-diffusion", action="store_true", help="skip the shallow-diffusion steps")
     args = parser.parse_args(argv)
     diffusion = not args.no_diffusion
+    started = time.monotonic()
     work = args.workdir.resolve()
     sys.path.insert(0, str(ROOT))
     ssl_dim = prepare_project(args.data.resolve(), work, diffusion)
@@ -201,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         run(work, "3.1 shallow diffusion", "inference_main.py", "-m", RELEASE, *options, "-shd", "-dm", model,
             "-dc", "logs/44k/diffusion/config.yaml", "-ks", str(SHALLOW_K_STEP))
     results = sorted((work / "results").iterdir())
-    print("\nDemo finished. Converted audio (one file per speaker and mode):", *(f"  {p}" for p in results),
-          sep="\n")
+    print(f"\nDemo finished in {time.monotonic() - started:.0f} s (CPU {_children_cpu():.0f} s). Converted audio "
+          "(one file per speaker and mode):", *(f"  {p}" for p in results), sep="\n")
     return 0 if results else 1
 
 

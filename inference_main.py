@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "logs/44k/feature_and_index.pkl" if args.feature_retrieval else "logs/44k/kmeans_10000.pt")
         svc = Svc(args.model_path, args.config_path, args.device, cluster, args.enhance,
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
-                  args.only_diffusion, args.use_spk_mix, args.feature_retrieval)
+                  args.only_diffusion, args.use_spk_mix, args.feature_retrieval, onnx=args.onnx, bf16=args.bf16)
         args.use_spk_mix = args.use_spk_mix and len(svc.spk2id) > 1
         speakers = [svc.song_speaker(spk, options[0]) for spk in ([spk_mix_map] if args.use_spk_mix
                                                                    else args.spk_list)]

@@ -11,7 +11,10 @@ input audio (below 1 = faster than real time).
 
 Run from the repository root::
 
-    .venv/bin/python bench/infer_e2e.py [--seconds 60] [--f0_predictor fcpe|pm] [--threads N] [--device cpu]
+    .venv/bin/python bench/infer_e2e.py [--seconds 60[,300,...]] [--f0_predictor fcpe|pm] [--threads N] [--device cpu]
+
+Several lengths convert one after another with the same `Svc`, each from a clip looped or cropped to that
+length, each with its own peak RSS (reset before it): the memory a long song needs beyond a short one.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import soundfile as sf
 import torch
 
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 from bench.common import SHARED, load_average, machine_description, markdown_table, status_kib, sync  # noqa: E402
+from core.runtime import plain  # noqa: E402
 
 CLIP = SHARED / "data" / "edge" / "long_slt_60s.wav"
 DEFAULT_CONFIG = ROOT / "configs_template" / "config_template.json"
@@ -109,11 +114,14 @@ def build_project(workdir: Path, config: Path) -> tuple[Path, Path]:
 
 
 def crop_clip(src: Path, seconds: float | None, workdir: Path) -> tuple[Path, float]:
-    """The clip, or its first `seconds` written as 16-bit WAV in `workdir`: (path, its length in s)."""
+    """The clip, or its first `seconds` (the clip repeated as often as needed) written as 16-bit WAV in
+    `workdir`: (path, its length in s)."""
     info = sf.info(str(src))
-    if seconds is None or seconds * info.samplerate >= info.frames:
+    if seconds is None or round(seconds * info.samplerate) == info.frames:
         return src, info.frames / info.samplerate
-    data, rate = sf.read(str(src), frames=int(seconds * info.samplerate), dtype="float32", always_2d=True)
+    data, rate = sf.read(str(src), dtype="float32", always_2d=True)
+    frames = int(seconds * rate)
+    data = np.tile(data, (-(-frames // len(data)), 1))[:frames]
     target = workdir / f"{src.stem}_{seconds:g}s.wav"
     sf.write(str(target), data, rate, subtype="PCM_16")
     return target, len(data) / rate
@@ -138,23 +146,30 @@ def peak_rss_mb() -> float:
     return hwm / 1024
 
 
-def run(model_path: Path, config_path: Path, pretrain: Path, clip: Path, audio_s: float, out_path: Path,
-        f0_predictor: str, device: torch.device) -> Report:
-    """Load `Svc` and `convert_file` the clip with its stage hook on a clock; returns the timings."""
+def run(model_path: Path, config_path: Path, pretrain: Path, clips: Sequence[tuple[Path, float]], out_path: Path,
+        f0_predictor: str, device: torch.device) -> list[Report]:
+    """Load `Svc` and `convert_file` each clip (path, seconds) with its stage hook on a clock; one report per
+    clip, the first one including the loading."""
     from inference.infer_tool import InferOptions, Svc
 
-    clock = StageClock(device)
-    load_start = load_average()
-    rss_before = status_kib("VmRSS") or 0
-    reset_peak_rss()
-    start = time.perf_counter()
-    with clock.stage("loading"):
-        svc = Svc(model_path, config_path, device=str(device), cluster_model_path="", pretrain_dir=pretrain)
-    svc.stage_hook = clock.stage
-    written = svc.convert_file(str(clip), out_path, SPEAKER, InferOptions(f0_predictor=f0_predictor))
-    total = time.perf_counter() - start
-    return Report(audio_s, dict(clock.seconds), dict(clock.calls), total, written, peak_rss_mb(),
-                  rss_before / 1024, load_start, load_average(), f0_predictor)
+    reports, svc = [], None
+    for clip, audio_s in clips:
+        clock = StageClock(device)
+        load_start = load_average()
+        rss_before = status_kib("VmRSS") or 0
+        reset_peak_rss()
+        start = time.perf_counter()
+        if svc is None:
+            with clock.stage("loading"):
+                svc = Svc(model_path, config_path, device=str(device), cluster_model_path="", pretrain_dir=pretrain)
+        svc.stage_hook = clock.stage
+        written = svc.convert_file(str(clip), out_path, SPEAKER, InferOptions(f0_predictor=f0_predictor))
+        total = time.perf_counter() - start
+        reports.append(Report(audio_s, dict(clock.seconds), dict(clock.calls), total, written, peak_rss_mb(),
+                              rss_before / 1024, load_start, load_average(), f0_predictor))
+        if sf.info(str(out_path)).frames != written:
+            raise RuntimeError(f"convert_file reported {written} samples, the file has {sf.info(str(out_path)).frames}")
+    return reports
 
 
 def format_table(report: Report) -> str:
@@ -168,7 +183,8 @@ def format_table(report: Report) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=None, help="convert only the first N s of the clip")
+    parser.add_argument("--seconds", default=None,
+                        help="comma-separated lengths: convert the clip cropped or looped to each (default: as is)")
     parser.add_argument("--f0_predictor", default="fcpe", choices=("fcpe", "pm"),
                         help="fcpe runs torchfcpe's bundled weights (offline)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -176,39 +192,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip", type=Path, default=CLIP, help="input audio (default: the 60 s edge clip)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="so-vits config of the random model")
     args = parser.parse_args(argv)
-    if args.seconds is not None and args.seconds <= 0:
+    try:
+        args.seconds = [None] if args.seconds is None else [float(x) for x in args.seconds.split(",")]
+    except ValueError:
+        parser.error(f"--seconds takes numbers, got {args.seconds!r}")
+    if any(x is not None and x <= 0 for x in args.seconds):
         parser.error("--seconds must be > 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Report:
-    """Parse flags, build the temporary project, convert, print machine line, table and peak RSS."""
+def main(argv: Sequence[str] | None = None) -> list[Report]:
+    """Parse flags, build the temporary project, convert each length; print machine line, tables and peak RSS."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(machine_description(device), flush=True)
+    print(machine_description(device) + f"; allocator tuning {'off (SOVITS_PLAIN)' if plain() else 'on'}", flush=True)
     # fcpe looks for pretrain/fcpe.pt relative to the working directory, as in 4.1: run in the temp project.
     with tempfile.TemporaryDirectory(prefix="bench_infer_e2e_") as tmp, contextlib.chdir(tmp):
         workdir = Path(tmp)
         start = time.perf_counter()
         model_path, config_path = build_project(workdir, args.config)
-        clip, audio_s = crop_clip(args.clip, args.seconds, workdir)
+        clips = [crop_clip(args.clip, seconds, workdir) for seconds in args.seconds]
         print(f"building the random project took {time.perf_counter() - start:.1f} s (not counted)", flush=True)
         gc.collect()
-        report = run(model_path, config_path, workdir / "pretrain", clip, audio_s, workdir / "out.flac",
-                     args.f0_predictor, device)
-        written = sf.info(str(workdir / "out.flac")).frames
-        if written != report.samples_written:
-            raise RuntimeError(f"convert_file reported {report.samples_written} samples, the file has {written}")
-    print(f"{audio_s:.2f} s of audio ({args.clip.name}), F0 predictor {args.f0_predictor}; "
-          f"{report.samples_written} samples written; RTF = seconds / {audio_s:.2f} s")
-    print(format_table(report))
-    print(f"peak RSS {report.peak_rss_mb:.0f} MiB (RSS {report.rss_before_mb:.0f} MiB before loading); "
-          f"load average {report.load_start} at the start, {report.load_end} at the end", flush=True)
-    return report
+        reports = run(model_path, config_path, workdir / "pretrain", clips, workdir / "out.flac",
+                      args.f0_predictor, device)
+    for report in reports:
+        print(f"\n{report.audio_s:.2f} s of audio ({args.clip.name}), F0 predictor {args.f0_predictor}; "
+              f"{report.samples_written} samples written; RTF = seconds / {report.audio_s:.2f} s")
+        print(format_table(report))
+        print(f"peak RSS {report.peak_rss_mb:.0f} MiB (RSS {report.rss_before_mb:.0f} MiB before); "
+              f"load average {report.load_start} at the start, {report.load_end} at the end", flush=True)
+    return reports
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ inputs (bench/synth_infer.py's ``make_inputs``: seeded units, a sung glide, 90 %
 
 1. ``PyTorch infer``: ``SynthesizerTrn.infer`` (per-sample sine source), the toolkit's own path;
 2. ``PyTorch export variant``: ``SynthesizerTrnOnnx`` (frame-rate source), what the graph computes;
-3. ``onnxruntime``: the exported graph, ``CPUExecutionProvider``, intra-op threads = torch's threads.
+3. ``onnxruntime``: the exported graph, ``CPUExecutionProvider``, intra-op threads = torch's threads;
+4. ``Svc --onnx backend``: ``export.onnx.OnnxSynthesizer``, the graph `Svc(onnx=True)` runs (``infer``'s own
+   random draws and per-sample source made in PyTorch and fed in), which must give ``infer``'s audio.
 
-Prior noise: N(0, 1) x 0.35 fed to the graph and the export variant; ``infer`` draws its own.
+Prior noise: N(0, 1) x 0.35 fed to the graph and the export variant; ``infer`` draws its own. The allocator is
+tuned as `Svc` tunes it (``core.runtime.tune_allocator``).
 
 Run from the repository root::
 
@@ -37,7 +40,7 @@ from bench.common import machine_description, markdown_table, round_robin  # noq
 
 NOISE_SCALE = 0.35
 NOISE_SEED = 4321
-PATHS = ("PyTorch infer", "PyTorch export variant", "onnxruntime")
+PATHS = ("PyTorch infer", "PyTorch export variant", "onnxruntime", "Svc --onnx backend")
 
 
 @dataclass
@@ -58,13 +61,16 @@ def run_paths(calls: dict[str, Callable[[], np.ndarray]], repeats: int, audio_se
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """Markdown table: path, median s, RTF, CPU RTF, speed vs each PyTorch path, audio RMS."""
+    """Markdown table: path, median s, RTF, CPU RTF, speed vs each PyTorch path, audio RMS, max |diff| vs infer."""
     base, variant = results[0], results[1]
     return markdown_table(
-        ["path", "median s", "RTF", "CPU RTF", "speed vs PyTorch infer", "speed vs export variant", "audio RMS"],
+        ["path", "median s", "RTF", "CPU RTF", "speed vs PyTorch infer", "speed vs export variant",
+         "CPU speed vs PyTorch infer", "audio RMS", "max abs diff vs infer"],
         [[r.name, f"{r.seconds:.3f}", f"{r.seconds / r.audio_seconds:.3f}", f"{r.cpu_seconds / r.audio_seconds:.3f}",
           f"{base.seconds / r.seconds:.2f}x", f"{variant.seconds / r.seconds:.2f}x",
-          f"{float(np.sqrt(np.mean(np.square(r.audio, dtype=np.float64)))):.4f}"] for r in results])
+          f"{base.cpu_seconds / r.cpu_seconds:.2f}x",
+          f"{float(np.sqrt(np.mean(np.square(r.audio, dtype=np.float64)))):.4f}",
+          f"{float(np.abs(r.audio - base.audio).max()):.3g}"] for r in results])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -88,7 +94,11 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     import onnxruntime as ort
 
     from bench.synth_infer import TINY_MODEL, BenchConfig, build_model, load_config, make_inputs
+    from core.runtime import tune_allocator
     from export.model_onnx import SynthesizerTrnOnnx, export_onnx
+    from export.onnx import OnnxSynthesizer
+
+    tune_allocator()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        # The backend keys its cached graph on the model and config files; placeholders stand in for them.
+        Path(tmp, "G_0.pth").write_bytes(b"bench")
+        Path(tmp, "config.json").write_text("{}")
+        start = time.perf_counter()
+        backend = OnnxSynthesizer(net, Path(tmp, "G_0.pth"), Path(tmp, "config.json"), threads)
+        backend_export_seconds = time.perf_counter() - start
     names = [i.name for i in session.get_inputs()]
     feeds = {n: x.numpy() for n, x in zip(names, graph_inputs)}
 
@@ -131,11 +147,15 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     def onnxruntime() -> np.ndarray:
         return session.run(["audio"], feeds)[0]
 
-    results = run_paths(dict(zip(PATHS, (torch_infer, torch_variant, onnxruntime))), args.repeats, audio_seconds)
+    def svc_backend() -> np.ndarray:
+        return backend.infer(c, f0, uv, g=g, noice_scale=NOISE_SCALE)[0].numpy()
+
+    results = run_paths(dict(zip(PATHS, (torch_infer, torch_variant, onnxruntime, svc_backend))), args.repeats,
+                        audio_seconds)
     print(machine_description(torch.device("cpu")) + f"; onnxruntime {ort.__version__} ({threads} intra-op threads)")
     print(f"model: {'--tiny' if args.tiny else args.config or 'config_template.json'} sizes, "
           f"{sum(p.numel() for p in net.parameters()):,} parameters; export {export_seconds:.1f} s, "
-          f"graph {size_mib:.1f} MiB")
+          f"graph {size_mib:.1f} MiB; Svc backend export + session {backend_export_seconds:.1f} s")
     print(f"{frames} frames = {audio_seconds:.3f} s audio; median of {args.repeats} after 1 warm-up, round-robin")
     print(format_table(results))
     return results

@@ -365,6 +365,9 @@ def bench_pipeline(workers: Sequence[int], clips: Sequence[Clip], encoder: str, 
         row.wall_s, row.cpu_s, summary = timed(
             lambda: extract_features(settings, dataset, num_processes=n, progress=False), device)
         row.note = f"{summary.done} clips written, {len(summary.failed)} failed; includes model loading"
+        if rows:
+            row.note += (f"; {rows[0].wall_s / row.wall_s:.2f}x the wall speed of {workers[0]} worker"
+                         f"{'s' if workers[0] > 1 else ''}")
         rows.append(row)
     return rows
 

@@ -1,21 +1,26 @@
-"""Real-time factor of ``SynthesizerTrn.infer`` in fp32, fp32 without weight norm and bf16 autocast.
+"""Speed of ``SynthesizerTrn.infer``: the unoptimised path against each optimisation, in the same run.
 
 Random weights under a fixed seed and fixed synthetic inputs (seeded N(0, 1) content features, a
 sung glide with vibrato, mostly voiced), so the figures depend only on the network sizes, the
-machine and the thread count. Every variant runs the same ``infer`` call with the same seed, so
-they draw the same noise and their audio can be compared sample by sample with plain fp32.
+machine and the thread count. Every variant runs the model as the inference loader prepares it
+(``remove_weight_norm()``) with the same ``infer`` seed, so their audio can be compared sample by
+sample. The allocator settings are process-wide, so the variants run in two worker processes (one with
+``SOVITS_PLAIN=1``, one tuned), driven call by call in turns.
 
 Run from the repository root::
 
-    .venv/bin/python bench/synth_infer.py --seconds 10 --repeats 3 --threads 2
+    .venv/bin/python bench/synth_infer.py --seconds 10 --repeats 5 --threads 1
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
+import multiprocessing as mp
+import os
+import statistics
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
-from bench.common import SHARED, machine_description, markdown_table, round_robin  # noqa: E402
+from bench.common import SHARED, load_average, machine_description, markdown_table, sync  # noqa: E402
 
 __all__ = ["machine_description"]  # re-exported: other benches print the same machine line
 DEFAULT_CONFIG = ROOT / "configs_template" / "config_template.json"
@@ -49,8 +54,10 @@ TINY_MODEL = {
 INFER_SEED = 52468
 # Trained flows are far from the identity; the zero-initialised coupling outputs get this std.
 FLOW_POST_STD = 0.02
-VARIANTS = ("fp32", "no-wn", "bf16")
-LABELS = {"fp32": "fp32", "no-wn": "fp32, weight norm removed", "bf16": "bf16 autocast, weight norm removed"}
+VARIANTS = ("plain", "allocator", "fast", "bf16")
+LABELS = {"plain": "unoptimised (SOVITS_PLAIN=1)", "allocator": "allocator tuned", "fast": "allocator + in-place",
+          "bf16": "allocator + in-place, bf16 autocast"}
+WORKER = {"plain": "plain", "allocator": "tuned", "fast": "tuned", "bf16": "tuned"}
 
 
 @dataclass
@@ -109,13 +116,14 @@ def build_model(cfg: BenchConfig, seed: int = WEIGHT_SEED) -> nn.Module:
     return net.eval()
 
 
-def make_inputs(cfg: BenchConfig, seconds: float, seed: int = INPUT_SEED) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def make_inputs(cfg: BenchConfig, seconds: float, seed: int = INPUT_SEED,
+                extra_frames: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fixed inputs for ``seconds`` of audio: c [1, ssl, T], f0 [1, T] Hz, uv [1, T], g [[0]].
 
-    T = floor(seconds * sr / hop). F0 glides from 220 to 440 Hz and back with 5.5 Hz, 30-cent
+    T = floor(seconds * sr / hop) + extra_frames. F0 glides from 220 to 440 Hz and back with 5.5 Hz, 30-cent
     vibrato; every 40th frame starts a 4-frame unvoiced gap (f0 = 0, uv = 0).
     """
-    frames = max(1, int(math.floor(seconds * cfg.sampling_rate / cfg.hop_length)))
+    frames = max(1, int(math.floor(seconds * cfg.sampling_rate / cfg.hop_length))) + extra_frames
     gen = torch.Generator().manual_seed(seed)
     c = torch.randn(1, int(cfg.model["ssl_dim"]), frames, generator=gen)
     t = torch.arange(frames, dtype=torch.float64) * cfg.hop_length / cfg.sampling_rate
@@ -134,35 +142,82 @@ def _infer(model: nn.Module, inputs: Sequence[Tensor], context: Callable[[], Con
         return model.infer(c, f0, uv, g=g, noice_scale=0.35, seed=INFER_SEED)[0]
 
 
-def run_variants(model: nn.Module, inputs: Sequence[Tensor], repeats: int, device: torch.device,
-                 audio_seconds: float, names: Sequence[str] = VARIANTS) -> list[Result]:
-    """Time plain fp32 plus the chosen variants of ``VARIANTS`` (fp32 first), round-robin after a warm-up.
+def _worker(conn, kind: str, cfg: BenchConfig, seconds: float, threads: int | None, device: str) -> None:
+    """A process holding the prepared model: receives variant names, answers (wall s, CPU s, audio) per call.
+    kind "plain" runs with SOVITS_PLAIN=1 (glibc's default allocator); "tuned" sets the allocator up first."""
+    from core.runtime import bf16_problem, tune_allocator
 
-    Every call uses the same seed, so the warm-up audio is every call's audio.
-    """
-    model = model.to(device)
-    inputs = [x.to(device) for x in inputs]
-    folded = copy.deepcopy(model)
-    folded.remove_weight_norm()
+    if kind == "plain":
+        os.environ["SOVITS_PLAIN"] = "1"
+    tune_allocator()
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = build_model(cfg).to(dev)
+    model.remove_weight_norm()
+    conn.send(bf16_problem(dev))
+    while (request := conn.recv()) is not None:
+        name, extra_frames = request
+        inputs = [x.to(dev) for x in make_inputs(cfg, seconds, extra_frames=extra_frames)]
+        os.environ["SOVITS_PLAIN"] = "1" if name in ("plain", "allocator") else ""
+        context = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if name == "bf16" else nullcontext
+        sync(dev)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        audio = _infer(model, inputs, context)
+        sync(dev)
+        conn.send((time.perf_counter() - start, time.process_time() - cpu_start, audio.float().cpu()))
 
-    def bf16() -> ContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    table = {"fp32": (model, nullcontext), "no-wn": (folded, nullcontext), "bf16": (folded, bf16)}
-    chosen = ["fp32"] + [n for n in names if n != "fp32"]
-    calls = {n: (lambda net=table[n][0], ctx=table[n][1]: _infer(net, inputs, ctx)) for n in chosen}
-    timings = round_robin(calls, repeats, device)
-    return [Result(LABELS[n], wall, cpu, audio.float().cpu(), audio_seconds)
-            for n, (wall, cpu, audio) in timings.items()]
+def run_variants(cfg: BenchConfig, seconds: float, repeats: int, device: torch.device, threads: int | None,
+                 names: Sequence[str] = VARIANTS) -> tuple[list[Result], str | None]:
+    """Time "plain" plus the chosen variants: one warm-up call each, then ``repeats`` calls in turns (outside
+    load hits all alike), medians. Round r adds r frames to every variant's input, so each call has a new
+    length, as the slices of a song have (oneDNN builds its convolutions for every new shape). Returns the
+    results (plain first; audio of the warm-up calls) and why bf16 was left out (or None)."""
+    chosen = ["plain"] + [n for n in names if n != "plain"]
+    ctx = mp.get_context("spawn")
+    workers = {}
+    try:
+        for kind in sorted({WORKER[n] for n in chosen}):
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=_worker, args=(child, kind, cfg, seconds, threads, str(device)), daemon=True)
+            process.start()
+            workers[kind] = (parent, process)
+        bf16_refused = [conn.recv() for conn, _ in workers.values()][-1]
+        if bf16_refused and "bf16" in chosen:
+            chosen.remove("bf16")
+
+        def call(name: str, extra_frames: int) -> tuple[float, float, Tensor]:
+            conn = workers[WORKER[name]][0]
+            conn.send((name, extra_frames))
+            return conn.recv()
+
+        first = {name: call(name, 0)[2] for name in chosen}
+        wall: dict[str, list[float]] = {n: [] for n in chosen}
+        cpu: dict[str, list[float]] = {n: [] for n in chosen}
+        for round_ in range(1, repeats + 1):
+            for name in chosen:
+                seconds_wall, seconds_cpu, _ = call(name, round_)
+                wall[name].append(seconds_wall)
+                cpu[name].append(seconds_cpu)
+    finally:
+        for conn, process in workers.values():
+            conn.send(None)
+            process.join(60)
+    audio_seconds = first["plain"].shape[-1] / cfg.sampling_rate
+    return [Result(LABELS[n], statistics.median(wall[n]), statistics.median(cpu[n]), first[n], audio_seconds)
+            for n in chosen], bf16_refused
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """Markdown table: variant, median s, RTF, CPU RTF (steadier under load), speed-up and max |diff| vs fp32."""
+    """Markdown table: variant, median s, RTF, CPU RTF (steadier under load), speed-ups and max |diff| vs plain."""
     base = results[0]
     return markdown_table(
-        ["variant", "median s", "RTF", "CPU RTF", "speed vs fp32", "max abs diff vs fp32"],
+        ["variant", "median s", "RTF", "CPU RTF", "speed vs plain (wall)", "speed vs plain (CPU)",
+         "max abs diff vs plain"],
         [[r.name, f"{r.seconds:.3f}", f"{r.seconds / r.audio_seconds:.3f}", f"{r.cpu_seconds / r.audio_seconds:.3f}",
-          f"{base.seconds / r.seconds:.2f}x", f"{float((r.audio - base.audio).abs().max()):.3g}"] for r in results])
+          f"{base.seconds / r.seconds:.2f}x", f"{base.cpu_seconds / r.cpu_seconds:.2f}x",
+          f"{float((r.audio - base.audio).abs().max()):.3g}"] for r in results])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -175,7 +230,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--speakers", type=int, default=1, help="n_speakers of the random model")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated subset of {','.join(VARIANTS)}; fp32 always runs (the baseline)")
+                        help=f"comma-separated subset of {','.join(VARIANTS)}; plain always runs (the baseline)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seconds <= 0:
         parser.error("--repeats must be >= 1 and --seconds > 0")
@@ -187,19 +242,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
-    """Parse flags, run the three variants, print the machine line and the table; returns the results."""
+    """Parse flags, run the variants, print the machine line and the table; returns the results."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = load_config(args.config, args.speakers)
-    model = build_model(cfg)
-    inputs = make_inputs(cfg, args.seconds)
-    frames = inputs[0].size(2)
-    audio_seconds = frames * cfg.hop_length / cfg.sampling_rate
-    results = run_variants(model, inputs, args.repeats, device, audio_seconds, args.variants)
-    print(machine_description(device))
-    print(f"{frames} frames = {audio_seconds:.3f} s audio; median of {args.repeats} after 1 warm-up, round-robin")
+    load_start = load_average()
+    results, bf16_refused = run_variants(cfg, args.seconds, args.repeats, device, args.threads, args.variants)
+    print(machine_description(device) + f" (at the start: {load_start})")
+    frames = max(1, int(math.floor(args.seconds * cfg.sampling_rate / cfg.hop_length)))
+    print(f"{frames} frames = {results[0].audio_seconds:.3f} s audio; median of {args.repeats} after 1 warm-up, "
+          "in turns")
+    if bf16_refused and "bf16" in args.variants:
+        print(f"bf16 left out: {bf16_refused}")
     print(format_table(results))
     return results
 

@@ -24,8 +24,8 @@ from modules import f0 as f0_math
 from models import SynthesizerTrn
 from vdecoder.hifigan.models import Generator, SourceModuleHnNSF
 
-__all__ = ["OPSET", "TRACE_FRAMES", "SynthesizerTrnOnnx", "dummy_inputs", "export_onnx", "frame_source_decoder",
-           "gather_units", "list_axes", "trace_onnx"]
+__all__ = ["OPSET", "TRACE_FRAMES", "SynthesizerTrnInfer", "SynthesizerTrnOnnx", "dummy_inputs", "export_infer_graph",
+           "export_onnx", "frame_source_decoder", "gather_units", "list_axes", "prior_to_latent", "trace_onnx"]
 
 OPSET = 16
 TRACE_FRAMES = 200
@@ -47,6 +47,37 @@ def gather_units(c: Tensor, mel2ph: Tensor) -> Tensor:
     """Units [1, F, C] spread over frames by mel2ph [1, T] -> [1, T, C]; mel2ph 0 gives a zero frame, k unit k - 1."""
     table = F.pad(c, (0, 0, 1, 0))
     return torch.gather(table, 1, mel2ph.unsqueeze(2).expand(-1, -1, c.size(2)))
+
+
+def prior_to_latent(net: SynthesizerTrn, x: Tensor, f0: Tensor, noise: Tensor, x_mask: Tensor, g: Tensor) -> Tensor:
+    """enc_p's own modules, then the reversed flow: x [1, H, T] -> z [1, inter, T]. Only the prior sample differs
+    from ``infer``: its noise [1, inter, T] (pre-scaled) is a graph input."""
+    enc_p = net.enc_p
+    x = x + enc_p.f0_emb(f0_math.f0_to_coarse(f0)).transpose(1, 2)
+    stats = enc_p.proj(enc_p.enc_(x * x_mask, x_mask)) * x_mask
+    m_p, logs_p = torch.split(stats, enc_p.out_channels, dim=1)
+    z_p = (m_p + noise * torch.exp(logs_p)) * x_mask
+    return net.flow(z_p, x_mask, g=g, reverse=True)
+
+
+class SynthesizerTrnInfer(nn.Module):
+    """``SynthesizerTrn.infer`` as a graph for ONNX Runtime: the random draws (prior noise, harmonic source) come
+    in as inputs, made by the caller with ``infer``'s generator, so the audio matches ``infer``'s.
+
+    Inputs: ``c`` [1, ssl, T], ``f0`` [1, T] Hz, ``uv`` [1, T], ``noise`` [1, inter, T] pre-scaled, ``source``
+    [1, T * hop, 1], ``sid`` int64 [1, 1]; ``vol`` [1, T] only with ``vol_embedding``. Output ``audio`` [1, 1, T * hop].
+    """
+
+    def __init__(self, net: SynthesizerTrn) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, c: Tensor, f0: Tensor, uv: Tensor, noise: Tensor, source: Tensor, sid: Tensor,
+                vol: Tensor | None = None) -> Tensor:
+        x_mask = torch.ones_like(f0).unsqueeze(1)
+        g = self.net.speaker_condition(sid)
+        z = prior_to_latent(self.net, self.net.frame_input(c, uv, x_mask, vol), f0, noise, x_mask, g)
+        return self.net.dec(z, f0, g=g, har_source=source)
 
 
 class SynthesizerTrnOnnx(nn.Module):
@@ -71,14 +102,7 @@ class SynthesizerTrnOnnx(nn.Module):
         units = gather_units(c, mel2ph).transpose(1, 2)
         x_mask = torch.ones_like(f0).unsqueeze(1)
         g = self.net.speaker_condition(sid)
-        x = self.net.frame_input(units, uv, x_mask, vol)
-        # enc_p's own modules; only the prior sample differs: its noise is a graph input.
-        enc_p = self.net.enc_p
-        x = x + enc_p.f0_emb(f0_math.f0_to_coarse(f0)).transpose(1, 2)
-        stats = enc_p.proj(enc_p.enc_(x * x_mask, x_mask)) * x_mask
-        m_p, logs_p = torch.split(stats, enc_p.out_channels, dim=1)
-        z_p = (m_p + noise * torch.exp(logs_p)) * x_mask
-        return self.net.flow(z_p, x_mask, g=g, reverse=True), g
+        return prior_to_latent(self.net, self.net.frame_input(units, uv, x_mask, vol), f0, noise, x_mask, g), g
 
     def forward(self, c: Tensor, f0: Tensor, mel2ph: Tensor, uv: Tensor, noise: Tensor, sid: Tensor,
                 vol: Tensor | None = None) -> Tensor:
@@ -134,3 +158,18 @@ def export_onnx(model: SynthesizerTrnOnnx, path: str | os.PathLike, frames: int 
             "sid": [0] if model.speaker_mix else []}
     axes = list_axes({n: dims[n] for n in names})
     write_atomic(path, lambda f: trace_onnx(f, model, dummy_inputs(model, frames), names, ["audio"], axes))
+
+
+def export_infer_graph(net: SynthesizerTrn, path: str | os.PathLike, frames: int = TRACE_FRAMES) -> None:
+    """Write ``SynthesizerTrnInfer(net)`` (float32, CPU, eval) to ``path``, T and the sample count dynamic."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, net.ssl_dim, frames, generator=gen), 200 + 100 * torch.rand(1, frames, generator=gen),
+              torch.ones(1, frames), torch.randn(1, net.inter_channels, frames, generator=gen),
+              torch.rand(1, frames * net.dec.upp, 1, generator=gen), torch.LongTensor([[0]]))
+    names = ["c", "f0", "uv", "noise", "source", "sid"]
+    if net.vol_embedding:
+        inputs, names = inputs + (torch.rand(1, frames, generator=gen),), names + ["vol"]
+    axes = {"c": {2: "frames"}, "f0": {1: "frames"}, "uv": {1: "frames"}, "noise": {2: "frames"},
+            "source": {1: "samples"}, "vol": {1: "frames"}, "audio": {2: "samples"}}
+    names_axes = {n: axes[n] for n in names + ["audio"] if n in axes}  # sid has none
+    write_atomic(path, lambda f: trace_onnx(f, SynthesizerTrnInfer(net).eval(), inputs, names, ["audio"], names_axes))

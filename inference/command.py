@@ -60,6 +60,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     add("-lgr", "--linear_gradient_retain", type=float, default=0.75, help="cross-faded share of -lg (0-1]")
     add("-eak", "--enhancer_adaptive_key", type=int, default=0, help="shift the enhancer's range up (semitones)")
     add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="crepe/rmvpe/fcpe F0 threshold, 0-1")
+    add("--onnx", action="store_true", help="run the So-VITS generator with ONNX Runtime (CPU; exported once, "
+        "cached next to -m)")
+    add("--bf16", action="store_true", help="bf16 autocast for the generator (CUDA, or CPUs with AVX512-BF16/AMX)")
     return p
 
 

@@ -24,6 +24,7 @@ from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import resolve_device
+from core.runtime import bf16_problem, release_memory, tune_allocator
 from generator import (LoadedGenerator, ModelConfigMismatch, check_encoder_width, infer_speech_encoder,
                        load_generator)
 from inference.enhancer import Enhancer
@@ -85,6 +86,8 @@ class Svc:
     retrieval `.pkl`, loaded if it exists; `unit_mixer` replaces it. nsf_hifigan_enhance reads
     `<pretrain_dir>/nsf_hifigan/model` (not with -shd). Without the diffusion file, -shd / -od run So-VITS
     alone (`output_mode` says what runs).
+    onnx: run the generator with ONNX Runtime (CPU, fp32; exported once, cached beside net_g_path). bf16: the
+    generator under bf16 autocast, refused where the device has no native bf16.
     `with svc.stage_hook(name):` (default no-op) wraps each stage, never nested: "slicing", "reading", "piece
     preparation", "loading" (F0 predictor), "F0", "encoder", "cluster", "synthesizer", "diffusion", "enhancer",
     "writing". Raises ConfigError, CheckpointError (ModelConfigMismatch), FileNotFoundError, VocoderLoadError,
@@ -96,8 +99,10 @@ class Svc:
                  diffusion_model_path: PathLike = "logs/44k/diffusion/model_0.pt",
                  diffusion_config_path: PathLike = "configs/diffusion.yaml", shallow_diffusion: bool = False,
                  only_diffusion: bool = False, spk_mix_enable: bool = False, feature_retrieval: bool = False,
-                 pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None) -> None:
+                 pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None, onnx: bool = False,
+                 bf16: bool = False) -> None:
         self.stage_hook: StageHook = contextlib.nullcontext
+        tune_allocator()
         self.dev = resolve_device(device)
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
         self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev) \
@@ -132,6 +137,14 @@ class Svc:
                                "unavailable", self.net_g_path)
             units_width = cfg.model.ssl_dim
             self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, units_width, self.config_path)
+        self.synthesizer, self.bf16 = self.net_g_ms, bool(bf16) and self.net_g_ms is not None
+        if self.bf16 and (problem := bf16_problem(self.dev)):
+            raise SvcError(f"--bf16 refused: {problem}")
+        if onnx and self.net_g_ms is not None:
+            if self.dev.type != "cpu" or self.bf16:
+                raise SvcError("the ONNX Runtime backend (--onnx) runs fp32 on the CPU: add -d cpu, drop --bf16")
+            from export.onnx import OnnxSynthesizer  # onnxruntime is imported only when asked for
+            self.synthesizer = OnnxSynthesizer(self.net_g_ms, self.net_g_path, self.config_path)
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
         dim = self.hubert_model.dim
         if not self.only_diffusion:
@@ -288,9 +301,9 @@ class Svc:
                 audio = torch.from_numpy(wav).to(self.dev)  # as in 4.1: no So-VITS pass, the input goes on
             else:
                 predict = opts.auto_predict_f0 and self.has_f0_decoder
-                with self.stage_hook("synthesizer"):
-                    audio, f0 = self.net_g_ms.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
-                                                    noice_scale=opts.noice_scale, vol=vol)
+                with self.stage_hook("synthesizer"), torch.autocast(self.dev.type, torch.bfloat16, self.bf16):
+                    audio, f0 = self.synthesizer.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
+                                                       noice_scale=opts.noice_scale, vol=vol)
                 audio = audio[0, 0].float()
             if self.diffusion_used:
                 if self.shallow_diffusion and opts.second_encoding:
@@ -339,6 +352,8 @@ class Svc:
             raise SvcError(f"Out of {'GPU ' if gpu else ''}memory on a {len(wav) / self.target_sample:.1f} s "
                            "slice — use -cl 30 (forced slicing), raise -sd to -30 (more silence cuts)"
                            + (", or --device cpu" if gpu else "")) from err
+        finally:
+            release_memory()  # a long song's peak stays that of its longest piece
 
     def song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
         """Check -cl, -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;

@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.runtime import fast_paths
 from modules.attentions import FFT
 from modules.commons import WNConv1d, gated_tanh_sigmoid, get_padding
 
@@ -101,8 +103,13 @@ class ResBlock1(nn.Module):
             self._acts = list(self.activations)
 
     def forward(self, x: Tensor, x_mask: Tensor | None = None) -> Tensor:
+        # Inference with leaky ReLU: the second activation and the residual add reuse the fresh conv output.
+        in_place = x_mask is None and not hasattr(self, "activations") and fast_paths()
         for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
             xt = c1(self._masked(self._acts[2 * i](x), x_mask))
+            if in_place:
+                x = c2(F.leaky_relu_(xt, LRELU_SLOPE)).add_(x)
+                continue
             xt = c2(self._masked(self._acts[2 * i + 1](xt), x_mask))
             x = xt + x
         return self._masked(x, x_mask)

@@ -10,6 +10,7 @@ import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -154,31 +155,44 @@ class FeatureExtractor:
                 save_npy(feature_path(clip, "aug_vol"), aug_vol)
 
 
-def _work(settings: FeatureSettings, clips: list[str], rank: int, progress: bool) -> FeatureSummary:
-    """One worker: build the models once, then go through its share of the clips."""
+_extractor: FeatureExtractor | None = None  # a worker process's models, built once by _start_worker
+
+
+def _start_worker(settings: FeatureSettings, threads: int, ranks) -> None:
+    """Pool initializer: share the cores among the workers, then load the models once for all the clips."""
+    global _extractor
+    with ranks.get_lock():
+        rank = ranks.value
+        ranks.value += 1
     if settings.device is None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         settings.device = f"cuda:{rank % torch.cuda.device_count()}"
-    from tqdm import tqdm
+    torch.set_num_threads(threads)
+    _extractor = FeatureExtractor(settings)
 
-    extractor = FeatureExtractor(settings)
-    summary = FeatureSummary()
-    for clip in tqdm(clips, position=rank, desc=f"worker {rank}", leave=False, disable=not progress):
-        try:
-            if extractor.process(Path(clip)):
-                summary.done += 1
-            else:
-                summary.up_to_date += 1
-        except DiskFullError:
-            raise
-        except (AudioReadError, ValueError, RuntimeError, OSError) as err:
-            summary.failed.append((clip, str(err)))
-            logger.error("%s: %s; skipped", clip, err)
-    return summary
+
+def _process(extractor: FeatureExtractor, clip: str) -> tuple[bool, str | None]:
+    """(files computed?, error) for one clip; a full disk stops the run."""
+    try:
+        return extractor.process(Path(clip)), None
+    except DiskFullError:
+        raise
+    except (AudioReadError, ValueError, RuntimeError, OSError) as err:
+        logger.error("%s: %s; skipped", clip, err)
+        return False, str(err)
+
+
+def _process_in_worker(clip: str) -> tuple[bool, str | None]:
+    assert _extractor is not None
+    return _process(_extractor, clip)
 
 
 def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dataset/44k",
                      num_processes: int = 1, progress: bool = True) -> FeatureSummary:
-    """Process every clip under ``in_dir`` with ``num_processes`` workers (0 = one per CPU)."""
+    """Process every clip under ``in_dir`` with ``num_processes`` workers (0 = one per CPU). Each worker loads
+    the models once and takes the next clip when it is done with one (long and short clips even out); the
+    CPU threads are shared among the workers."""
+    from tqdm import tqdm
+
     root = Path(in_dir)  # <in_dir>/<speaker>/*.wav, hidden folders and files left out
     clips = [str(p) for spk in (list_speakers(root) if root.is_dir() else [])
              for p in sorted((root / spk).glob("*.wav")) if not p.name.startswith(".")]
@@ -189,14 +203,19 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
     num_processes = max(1, min(num_processes, len(clips)))
     for folder in {os.path.dirname(clip) for clip in clips}:
         remove_stale_temps(folder)  # left by a run that was killed mid-write
-    random.shuffle(clips)  # spreads long and short clips over the workers, as 4.1 does
+    random.shuffle(clips)  # as 4.1 does
+    bar = partial(tqdm, total=len(clips), desc="features", disable=not progress)
     if num_processes == 1:
-        return _work(settings, clips, 0, progress)
-    import multiprocessing
+        extractor = FeatureExtractor(settings)
+        results = [_process(extractor, clip) for clip in bar(clips)]
+    else:
+        import multiprocessing
 
-    chunks = [clips[i::num_processes] for i in range(num_processes)]
-    with ProcessPoolExecutor(num_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = list(pool.map(_work, [settings] * num_processes, chunks, range(num_processes),
-                              [progress] * num_processes))
-    return FeatureSummary(sum(p.done for p in parts), sum(p.up_to_date for p in parts),
-                          [failure for p in parts for failure in p.failed])
+        context = multiprocessing.get_context("spawn")
+        threads = max(1, torch.get_num_threads() // num_processes)
+        with ProcessPoolExecutor(num_processes, mp_context=context, initializer=_start_worker,
+                                 initargs=(settings, threads, context.Value("i", 0))) as pool:
+            results = list(bar(pool.map(_process_in_worker, clips)))
+    return FeatureSummary(sum(done for done, error in results if error is None),
+                          sum(not done for done, error in results if error is None),
+                          [(clip, error) for clip, (_, error) in zip(clips, results) if error is not None])

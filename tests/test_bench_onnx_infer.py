@@ -16,7 +16,8 @@ def test_main_smoke(single_thread: None) -> None:
     for r in results:
         assert r.audio.shape == (1, 1, frames * 512) and r.audio.dtype == np.float32
         assert r.seconds > 0 and r.cpu_seconds > 0 and r.audio_seconds == pytest.approx(frames * 512 / 44100)
-    infer, variant, ort_audio = (r.audio for r in results)
+    infer, variant, ort_audio, backend = (r.audio for r in results)
+    assert float(np.abs(backend - infer).max()) <= 1e-4  # Svc's backend reproduces infer's own draws
     assert float(np.abs(variant).max()) > 1e-3  # real signal, not silence
     # Same prior noise; only the source's random phases and noise differ between the three.
     assert 0 < float(np.abs(ort_audio - variant).max()) < 0.2

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench import synth_infer
+from core.runtime import bf16_problem
 from conftest import FIXTURES
 
 # Deeper posterior encoder and flow than the benches' smoke model, and many speakers.
@@ -26,27 +27,33 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_main_smoke(tiny_config: Path) -> None:
+@pytest.mark.slow
+def test_main_smoke(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = synth_infer.main(["--config", str(tiny_config), "--seconds", "0.5", "--repeats", "1",
                                 "--threads", "1"])
     frames = math.floor(0.5 * 44100 / 512)
-    assert [r.name for r in results] == [synth_infer.LABELS[v] for v in synth_infer.VARIANTS]
+    bf16_refused = bf16_problem(torch.device("cpu"))
+    expected = [v for v in synth_infer.VARIANTS if v != "bf16" or bf16_refused is None]
+    assert [r.name for r in results] == [synth_infer.LABELS[v] for v in expected]
     for r in results:
         assert r.audio.shape == (1, 1, frames * 512)
         assert r.seconds > 0 and r.cpu_seconds > 0 and r.audio_seconds == pytest.approx(frames * 512 / 44100)
-    assert frames * 512 / 44100 == pytest.approx(0.5, abs=512 / 44100)
-    fp32, folded, bf16 = (r.audio for r in results)
-    assert float(fp32.abs().max()) > 1e-3  # the flow/decoder produce real signal, not silence
-    # Folding weight norm computes the same weight once: the audio is bit-identical.
-    assert torch.equal(fp32, folded)
-    bf16_diff = float((bf16 - fp32).abs().max())
-    assert 0 < bf16_diff < 0.1
+    plain, allocator, fast = (r.audio for r in results[:3])
+    assert float(plain.abs().max()) > 1e-3  # the flow/decoder produce real signal, not silence
+    # The allocator and the in-place decoder do the same arithmetic: the audio is bit-identical.
+    assert torch.equal(plain, allocator) and torch.equal(plain, fast)
+    out = capsys.readouterr().out
+    if bf16_refused is None:
+        assert 0 < float((results[3].audio - plain).abs().max()) < 0.1
+    else:
+        assert f"bf16 left out: {bf16_refused}" in out
 
 
+@pytest.mark.slow
 def test_variant_subset(tiny_config: Path) -> None:
     results = synth_infer.main(["--config", str(tiny_config), "--seconds", "0.2", "--repeats", "1",
-                                "--variants", "no-wn"])
-    assert [r.name for r in results] == [synth_infer.LABELS["fp32"], synth_infer.LABELS["no-wn"]]
+                                "--variants", "fast"])
+    assert [r.name for r in results] == [synth_infer.LABELS["plain"], synth_infer.LABELS["fast"]]
     with pytest.raises(SystemExit):
         synth_infer.parse_args(["--variants", "fp16"])
 

@@ -26,6 +26,7 @@ def test_demo_runs_every_tutorial_step(tmp_path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for step in STEPS:
         assert f"=== {step}" in done.stdout
+    assert "Demo finished in " in done.stdout and " s (CPU " in done.stdout
     assert "python preprocess_hubert_f0.py --f0_predictor fcpe --device cpu --use_diff" in done.stdout
     assert "python train_diff.py -c configs/diffusion.yaml" in done.stdout
     full = max((work / "logs" / "44k").glob("G_*.pth"), key=lambda p: int(p.stem[2:]))

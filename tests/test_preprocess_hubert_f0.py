@@ -19,7 +19,7 @@ import torch
 import preprocess_hubert_f0
 from conftest import PROJECT_CLIPS, ROOT, VENCODER_FIXTURES, PreparedProject
 from core.checkpoint import safe_torch_load
-from core.features import load_f0, load_npy
+from core.features import feature_path, load_f0, load_npy
 
 N_CLIPS = sum(len(names) for _, names in PROJECT_CLIPS.values())
 
@@ -154,3 +154,25 @@ def test_encoder_giving_nan_is_reported(prepared, tmp_path, monkeypatch, caplog)
         assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cpu"]) == 1
     assert "gave NaN/inf units" in caplog.text and "1 failed" in caplog.text
     assert not (project / "dataset" / "44k" / "kal" / f"{clip.name}.soft.pt").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_same_files(prepared, tmp_path, monkeypatch, caplog) -> None:
+    project = tmp_path / "two"
+    for sub in ("configs", "pretrain", "dataset"):
+        shutil.copytree(prepared / sub, project / sub)
+    (project / "dataset" / "44k" / "kal" / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wav")
+    monkeypatch.chdir(project)
+    with caplog.at_level("INFO"):
+        assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--overwrite", "--device", "cpu",
+                                          "--num_processes", "2"]) == 1
+    n = len(_clips(prepared))
+    assert f"{n} clips processed, 0 already up to date, 1 failed" in caplog.text and "broken.wav" in caplog.text
+    for clip in _clips(prepared):
+        twin = project / clip.relative_to(prepared)
+        for kind in ("units", "spec"):  # the workers run 1 thread each: sums may round differently
+            torch.testing.assert_close(safe_torch_load(feature_path(twin, kind)),
+                                       safe_torch_load(feature_path(clip, kind)), rtol=1e-5, atol=1e-5)
+        for got, want in zip(load_f0(f"{twin}.f0.npy"), load_f0(f"{clip}.f0.npy")):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(load_npy(f"{twin}.vol.npy"), load_npy(f"{clip}.vol.npy"), rtol=1e-6, atol=1e-7)

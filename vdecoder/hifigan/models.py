@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.runtime import fast_paths
 from modules.commons import WNConv1d, WNConvTranspose1d, remove_weight_norm
 from modules.modules import LRELU_SLOPE, ResBlock1, ResBlock2
 from modules.snake import Activation1d
@@ -181,13 +182,18 @@ class Generator(nn.Module):
         self.snake = snake
 
     def forward(self, x: Tensor, f0: Tensor, g: Tensor | None = None,
-                generator: torch.Generator | None = None, return_source: bool = False):
-        """x [B, C, T], f0 [B, T], g [B, gin, 1 or T] -> audio [B, 1, T*upp] (and source [B, T*upp, 1])."""
-        har_source = self.m_source(f0, self.upp, generator)
+                generator: torch.Generator | None = None, return_source: bool = False,
+                har_source: Tensor | None = None):
+        """x [B, C, T], f0 [B, T], g [B, gin, 1 or T] -> audio [B, 1, T*upp] (and source [B, T*upp, 1]).
+        har_source: the harmonic source, when computed outside (the ONNX Runtime graph takes it as an input)."""
+        if har_source is None:
+            har_source = self.m_source(f0, self.upp, generator)
         source = har_source.transpose(1, 2)
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
+        if fast_paths():  # inference: every tensor changed in place below is a fresh result nobody else holds
+            return self._forward_in_place(x, source, har_source if return_source else None)
         for i in range(self.num_upsamples):
             x = self.snakes[i](x) if self.snake else F.leaky_relu(x, LRELU_SLOPE)
             x = self.ups[i](x)
@@ -200,6 +206,19 @@ class Generator(nn.Module):
         x = self.snake_post(x) if self.snake else F.leaky_relu(x)
         audio = torch.tanh(self.conv_post(x))
         return (audio, har_source) if return_source else audio
+
+    def _forward_in_place(self, x: Tensor, source: Tensor, har_source: Tensor | None):
+        """`forward` after the conditioning, with the same arithmetic done in place (no autograd)."""
+        for i in range(self.num_upsamples):
+            x = self.snakes[i](x) if self.snake else F.leaky_relu_(x, LRELU_SLOPE)
+            x = self.ups[i](x).add_(self.noise_convs[i](source))
+            xs = self.resblocks[i * self.num_kernels](x)
+            for j in range(1, self.num_kernels):
+                xs.add_(self.resblocks[i * self.num_kernels + j](x))
+            x = xs.div_(self.num_kernels)
+        x = self.snake_post(x) if self.snake else F.leaky_relu_(x)
+        audio = self.conv_post(x).tanh_()
+        return audio if har_source is None else (audio, har_source)
 
     def remove_weight_norm(self) -> None:
         remove_weight_norm(self)
