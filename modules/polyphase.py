@@ -2,7 +2,7 @@
 
 A ConvTranspose1d with stride u and kernel k = q u writes each output phase r (samples r, r + u, ...) as an
 ordinary q-tap convolution of the input with every u-th kernel tap, reversed. oneDNN runs the decoder's narrow
-transposed convolutions (64-256 input channels over 7k-221k samples) 1.5-5x slower than these plain
+transposed convolutions (32-256 input channels over 7k-221k samples) 1.4-4x slower than these plain
 convolutions plus one interleaving copy (measured at 1 thread); the results differ only in float rounding
 (~1e-6). The wide first upsampler (512 channels over a few hundred frames) is faster as it is.
 """
