@@ -54,10 +54,10 @@ TINY_MODEL = {
 INFER_SEED = 52468
 # Trained flows are far from the identity; the zero-initialised coupling outputs get this std.
 FLOW_POST_STD = 0.02
-VARIANTS = ("plain", "allocator", "fast", "bf16")
-LABELS = {"plain": "unoptimised (SOVITS_PLAIN=1)", "allocator": "allocator tuned", "fast": "allocator + in-place",
-          "bf16": "allocator + in-place, bf16 autocast"}
-WORKER = {"plain": "plain", "allocator": "tuned", "fast": "tuned", "bf16": "tuned"}
+VARIANTS = ("plain", "allocator", "inplace", "fast", "bf16")
+LABELS = {"plain": "unoptimised (SOVITS_PLAIN=1)", "allocator": "allocator tuned", "inplace": "allocator + in-place",
+          "fast": "allocator + in-place + conv forms", "bf16": "allocator + in-place + conv forms, bf16 autocast"}
+WORKER = {"plain": "plain", "allocator": "tuned", "inplace": "tuned", "fast": "tuned", "bf16": "tuned"}
 
 
 @dataclass
@@ -145,7 +145,10 @@ def _infer(model: nn.Module, inputs: Sequence[Tensor], context: Callable[[], Con
 def _worker(conn, kind: str, cfg: BenchConfig, seconds: float, threads: int | None, device: str) -> None:
     """A process holding the prepared model: receives variant names, answers (wall s, CPU s, audio) per call.
     kind "plain" runs with SOVITS_PLAIN=1 (glibc's default allocator); "tuned" sets the allocator up first."""
+    import vdecoder.hifigan.models as decoder
     from core.runtime import bf16_problem, tune_allocator
+
+    conv_forms = decoder.conv_forms
 
     if kind == "plain":
         os.environ["SOVITS_PLAIN"] = "1"
@@ -160,6 +163,7 @@ def _worker(conn, kind: str, cfg: BenchConfig, seconds: float, threads: int | No
         name, extra_frames = request
         inputs = [x.to(dev) for x in make_inputs(cfg, seconds, extra_frames=extra_frames)]
         os.environ["SOVITS_PLAIN"] = "1" if name in ("plain", "allocator") else ""
+        decoder.conv_forms = (lambda x: False) if name == "inplace" else conv_forms  # the standard convolutions
         context = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if name == "bf16" else nullcontext
         sync(dev)
         start, cpu_start = time.perf_counter(), time.process_time()

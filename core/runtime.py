@@ -1,7 +1,8 @@
 """Process-wide speed and memory tuning for inference, and the one switch that turns it all off.
 
 `SOVITS_PLAIN=1` in the environment disables every optimisation below (the allocator settings, the
-heap trimming between pieces and the decoder's in-place fast path), for benchmark baselines and for
+heap trimming between pieces and the decoder's in-place fast path with its CPU convolution forms,
+`modules/polyphase.py`), for benchmark baselines and for
 debugging; the audio is the same either way (within float rounding, at most 1e-4).
 
 glibc's allocator hands large buffers back to the kernel when they are freed (`mmap` above a

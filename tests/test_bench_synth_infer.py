@@ -38,13 +38,15 @@ def test_main_smoke(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> No
     for r in results:
         assert r.audio.shape == (1, 1, frames * 512)
         assert r.seconds > 0 and r.cpu_seconds > 0 and r.audio_seconds == pytest.approx(frames * 512 / 44100)
-    plain, allocator, fast = (r.audio for r in results[:3])
+    plain, allocator, inplace, fast = (r.audio for r in results[:4])
     assert float(plain.abs().max()) > 1e-3  # the flow/decoder produce real signal, not silence
     # The allocator and the in-place decoder do the same arithmetic: the audio is bit-identical.
-    assert torch.equal(plain, allocator) and torch.equal(plain, fast)
+    assert torch.equal(plain, allocator) and torch.equal(plain, inplace)
+    # The polyphase upsamplers round differently; the noise convolutions read the same numbers.
+    assert not torch.equal(plain, fast) and float((fast - plain).abs().max()) < 1e-4
     out = capsys.readouterr().out
     if bf16_refused is None:
-        assert 0 < float((results[3].audio - plain).abs().max()) < 0.1
+        assert 0 < float((results[4].audio - plain).abs().max()) < 0.1
     else:
         assert f"bf16 left out: {bf16_refused}" in out
 

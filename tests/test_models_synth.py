@@ -134,6 +134,29 @@ def test_infer_real_rng_matches_fixture(variant) -> None:
         _close(audio, arrays[f"{key}_audio"], AUDIO_TOL, key)
 
 
+def test_inference_path_matches_fixture(variant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the inference loader runs it (weight norm folded, inference mode: the in-place decoder with its CPU
+    convolution forms): the recorded audio, and within 1e-4 of the plain path (`SOVITS_PLAIN=1`)."""
+    folder, _net, _cfg, arrays, _meta = variant
+    net, _ = build(folder)
+    net.remove_weight_norm()
+    inp = _inputs(arrays)
+    key = next(k[:-len("_audio")] for k in sorted(arrays) if k.startswith("rng_seed") and k.endswith("_audio"))
+    seed, noise = int(key.split("_")[1].removeprefix("seed")), int(key.split("_")[2].removeprefix("ns")) / 100
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return net.infer(inp["c"], inp["f0"], inp["uv"], g=torch.from_numpy(arrays["in_sid"]),
+                             noice_scale=noise, seed=seed, vol=inp["vol"])[0]
+
+    monkeypatch.delenv("SOVITS_PLAIN", raising=False)
+    fast = run()
+    monkeypatch.setenv("SOVITS_PLAIN", "1")
+    plain = run()
+    _close(fast, arrays[f"{key}_audio"], AUDIO_TOL, key)
+    assert not torch.equal(fast, plain) and float((fast - plain).abs().max()) <= 1e-4
+
+
 def test_speaker_mix_matches_fixture(variant) -> None:
     folder, _net, cfg, arrays, _meta = variant
     if "in_spkmix" not in arrays:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from core.runtime import fast_paths
 from modules.commons import WNConv1d, WNConvTranspose1d, remove_weight_norm
 from modules.modules import LRELU_SLOPE, ResBlock1, ResBlock2
+from modules.polyphase import conv_forms, conv_transpose_polyphase, polyphase_fits
 from modules.snake import Activation1d
 
 SourceKind = Literal["sample", "frame"]
@@ -193,7 +194,7 @@ class Generator(nn.Module):
         if g is not None:
             x = x + self.cond(g)
         if fast_paths():  # inference: every tensor changed in place below is a fresh result nobody else holds
-            return self._forward_in_place(x, source, har_source if return_source else None)
+            return self._forward_in_place(x, har_source, return_source)
         for i in range(self.num_upsamples):
             x = self.snakes[i](x) if self.snake else F.leaky_relu(x, LRELU_SLOPE)
             x = self.ups[i](x)
@@ -207,18 +208,24 @@ class Generator(nn.Module):
         audio = torch.tanh(self.conv_post(x))
         return (audio, har_source) if return_source else audio
 
-    def _forward_in_place(self, x: Tensor, source: Tensor, har_source: Tensor | None):
-        """`forward` after the conditioning, with the same arithmetic done in place (no autograd)."""
+    def _forward_in_place(self, x: Tensor, har_source: Tensor, return_source: bool):
+        """`forward` after the conditioning, with the same arithmetic done in place (no autograd). On the CPU the
+        source is a contiguous [B, 1, N] (as a transpose of [B, N, 1] it sends oneDNN's noise convolutions to a
+        channels-last kernel ~50x slower; same numbers) and the narrow upsamplers are polyphase convolutions."""
+        forms = conv_forms(x)
+        source = har_source.reshape(har_source.size(0), 1, -1) if forms else har_source.transpose(1, 2)
         for i in range(self.num_upsamples):
             x = self.snakes[i](x) if self.snake else F.leaky_relu_(x, LRELU_SLOPE)
-            x = self.ups[i](x).add_(self.noise_convs[i](source))
+            up = self.ups[i]
+            x = (conv_transpose_polyphase(up, x) if forms and polyphase_fits(up) else up(x)).add_(
+                self.noise_convs[i](source))
             xs = self.resblocks[i * self.num_kernels](x)
             for j in range(1, self.num_kernels):
                 xs.add_(self.resblocks[i * self.num_kernels + j](x))
             x = xs.div_(self.num_kernels)
         x = self.snake_post(x) if self.snake else F.leaky_relu_(x)
         audio = self.conv_post(x).tanh_()
-        return audio if har_source is None else (audio, har_source)
+        return (audio, har_source) if return_source else audio
 
     def remove_weight_norm(self) -> None:
         remove_weight_norm(self)
