@@ -14,6 +14,7 @@ import sys
 
 from flask import Flask, request
 
+from core.runtime import keep_kernel_cache
 from inference import serving
 from inference.infer_tool import Svc
 from inference.options import MAX_TRANSPOSE
@@ -55,6 +56,7 @@ def create_app(svc: Svc, args: argparse.Namespace) -> Flask:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_kernel_cache()  # every chunk of a stream has one length: the built convolutions are reused
     return serving.run_server(build_parser().parse_args(argv), create_app)
 
 

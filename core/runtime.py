@@ -21,7 +21,7 @@ from functools import cache
 
 import torch
 
-__all__ = ["bf16_problem", "fast_paths", "plain", "release_memory", "tune_allocator"]
+__all__ = ["bf16_problem", "fast_paths", "keep_kernel_cache", "plain", "release_memory", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -63,6 +63,13 @@ def _tuned() -> bool:
     libc = _glibc()
     return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
         and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def keep_kernel_cache() -> None:
+    """Keep oneDNN's cache of built convolutions (its default size) in a process that converts chunks of one
+    length again and again (the VST server): rebuilding them costs ~45 % more CPU per chunk, and the cache
+    stops growing once it holds the one shape. Call before the first convolution; the user's setting wins."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
 
 
 def tune_allocator() -> bool:

@@ -3,6 +3,7 @@ localhost port and spoken to over real HTTP, on test_streaming's tiny model whos
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -211,3 +212,19 @@ def test_fifo_lock_serves_in_arrival_order() -> None:
     for t in threads:
         t.join()
     assert order == list(range(6))
+
+
+def test_vst_server_keeps_the_kernel_cache(monkeypatch) -> None:
+    # Every chunk of a stream has one length: the VST server keeps oneDNN's built convolutions (song conversion
+    # turns that cache off), and a user's own setting wins.
+    from inference import serving
+
+    seen = []
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setattr(serving, "run_server",
+                        lambda args, build: seen.append(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")) or 0)
+    assert flask_api.main(["-m", "G.pth", "-c", "config.json"]) == 0
+    assert seen == ["1024"]
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    assert flask_api.main(["-m", "G.pth", "-c", "config.json"]) == 0
+    assert seen == ["1024", "7"]
