@@ -2,14 +2,17 @@
 per-frame weights."""
 from __future__ import annotations
 
+import ast
 import importlib
 import math
+import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SpkMixError", "build_mix_weights", "load_spk_mix_map", "validate_spk_mix_map"]
+__all__ = ["SpkMixError", "build_mix_weights", "load_spk_mix_map", "read_spk_mix_file", "validate_spk_mix_map"]
 
 
 class SpkMixError(ValueError):
@@ -30,6 +33,23 @@ def load_spk_mix_map(module: str = "spkmix") -> dict:
     if not isinstance(spk_mix_map, dict):
         raise SpkMixError(f"{module}.py must define spk_mix_map = {{speaker_id: [[t0, t1, v0, v1], ...]}}")
     return spk_mix_map
+
+
+def read_spk_mix_file(path: str | os.PathLike) -> dict:
+    """The `spk_mix_map` of a file in spkmix.py's format, read as data (an uploaded file is never run)."""
+    name = Path(path).name
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError) as err:
+        raise SpkMixError(f"{name} is not a Python file in spkmix.py's format: {err}") from None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "spk_mix_map"
+                                                for t in node.targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                break
+    raise SpkMixError(f"{name} must set spk_mix_map = {{speaker_id: [[t0, t1, v0, v1], ...]}} with plain numbers")
 
 
 def validate_spk_mix_map(spk_mix_map: Any,

@@ -5,7 +5,6 @@ Heavy modules (torch, the model code) are imported on first use, so the page is 
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
 import os
@@ -23,7 +22,7 @@ if TYPE_CHECKING:  # torch loads with the first model, not with the page
     from inference.infer_tool import Svc
 
 __all__ = ["Cancelled", "ModelFiles", "ModelSlot", "WebError", "compress", "device_choices", "f0_availability",
-           "folder_models", "mix", "read_spk_mix_file"]
+           "folder_models", "mix"]
 
 logger = logging.getLogger(__name__)
 TRAINED = Path("trained")
@@ -115,23 +114,14 @@ def f0_availability() -> tuple[list[str], dict[str, str]]:
     return [name for name in F0_PREDICTORS if name not in missing], missing
 
 
-def read_spk_mix_file(path: str | os.PathLike) -> dict:
-    """The `spk_mix_map` of a file in spkmix.py's format, read as data (an uploaded file is never run)."""
-    from inference.speaker_mix import SpkMixError
+def _free(svc: Svc | None) -> None:
+    """Drop a model that is no longer the page's: its generator now, then whatever else it held."""
+    if svc is not None:
+        from inference.infer_tool import Svc
 
-    name = Path(path).name
-    try:
-        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError) as err:
-        raise SpkMixError(f"{name} is not a Python file in spkmix.py's format: {err}") from None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "spk_mix_map"
-                                                for t in node.targets):
-            try:
-                return ast.literal_eval(node.value)
-            except ValueError:
-                break
-    raise SpkMixError(f"{name} must set spk_mix_map = {{speaker_id: [[t0, t1, v0, v1], ...]}} with plain numbers")
+        svc.unload_model()
+        del svc
+        Svc.clear_empty()  # the encoder and the rest are garbage now
 
 
 class ModelSlot:
@@ -162,10 +152,7 @@ class ModelSlot:
                       files.diffusion_model, files.diffusion_config, shallow_diffusion, only_diffusion,
                       feature_retrieval=files.cluster.endswith(".pkl"))
             old, self.svc = self.svc, svc
-            if old is not None:
-                old.unload_model()
-                del old
-                Svc.clear_empty()  # the old encoder and the rest are garbage now
+            _free(old)
         return f"Loaded on {svc.dev} ({svc.output_mode}): {files.describe()}. Speakers: {', '.join(svc.spk2id)}"
 
     def unload(self) -> str:
@@ -173,10 +160,7 @@ class ModelSlot:
             if self.svc is None:
                 return "No model is loaded."
             svc, self.svc = self.svc, None
-            svc.unload_model()
-            del svc
-            from inference.infer_tool import Svc
-            Svc.clear_empty()  # the encoder and the rest are garbage now
+            _free(svc)
         return "Model unloaded; its memory is free."
 
     def _loaded(self) -> Svc:
@@ -205,6 +189,7 @@ class ModelSlot:
         """Convert the file `audio` as inference_main.py converts raw/<clean_name> with the same options (keys:
         its argument names); returns the file written in results/. Stopped by `stop` (Cancelled)."""
         from inference.infer_tool import InferOptions, format_wav
+        from inference.speaker_mix import read_spk_mix_file
 
         args = command.defaults()
         unknown = set(options) - set(vars(args))
