@@ -18,6 +18,7 @@ import gc
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -345,8 +346,12 @@ def bench_encoders(names: Sequence[str], clips: Sequence[Clip], device: str, pre
 
 
 def bench_pipeline(workers: Sequence[int], clips: Sequence[Clip], encoder: str, f0: str, device: str,
-                   workdir: Path) -> list[Row]:
-    """`prep.features.extract_features` over the clips, overwriting every output; includes model loading."""
+                   workdir: Path, one_thread: bool = False) -> list[Row]:
+    """`prep.features.extract_features` over the clips, overwriting every output; includes model loading.
+
+    With `one_thread`, a last run of 1 worker on 1 torch thread gives the bound for more workers: n
+    workers on n cores can at best do n of those runs at once, so their ceiling over 1 worker (the mean
+    of its runs) is `min(n, cores) x the 1-thread speed`, whatever the code does."""
     from prep.features import FeatureSettings, extract_features
 
     dataset = workdir / "dataset" / "44k"
@@ -368,6 +373,23 @@ def bench_pipeline(workers: Sequence[int], clips: Sequence[Clip], encoder: str, 
         if rows:
             row.note += (f"; {rows[0].wall_s / row.wall_s:.2f}x the wall speed of {workers[0]} worker"
                          f"{'s' if workers[0] > 1 else ''}")
+        rows.append(row)
+    if one_thread and rows:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            row = Row("pipeline", f"{encoder} + {f0}, 1 worker, 1 thread", audio_s=sum(c.seconds for c in clips))
+            row.wall_s, row.cpu_s, summary = timed(
+                lambda: extract_features(settings, dataset, num_processes=1, progress=False), device)
+        finally:
+            torch.set_num_threads(threads)
+        cores = os.cpu_count() or 1
+        single = [r.wall_s for n, r in zip(workers, rows) if n == 1] or [rows[0].wall_s]
+        baseline = sum(single) / len(single)
+        bounds = ", ".join(f"{n} workers <= {baseline * min(n, cores) / row.wall_s:.2f}x"
+                           for n in sorted(set(workers)) if n > 1)
+        row.note = (f"{summary.done} clips written; ceiling on {cores} cores over 1 worker "
+                    f"({'mean of its runs' if len(single) > 1 else 'its run'}): {bounds or 'n/a'}")
         rows.append(row)
     return rows
 
@@ -404,6 +426,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--f0_predictors", default="all", help=f"comma list of {','.join(F0_NAMES)}, 'all' or ''")
     parser.add_argument("--encoders", default="vec768l12", help="comma list of speech encoder names, 'all' or ''")
     parser.add_argument("--workers", default="1,2", help="num_processes values for the pipeline ('' = skip it)")
+    parser.add_argument("--one_thread", action="store_true",
+                        help="also run the pipeline with 1 worker on 1 thread: the bound for more workers")
     parser.add_argument("--pipeline_encoder", default="vec768l12", help="speech encoder of the pipeline runs")
     parser.add_argument("--f0_predictor", default="rmvpe", choices=F0_NAMES, help="F0 predictor of the pipeline")
     args = parser.parse_args(argv)
@@ -437,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         rows += bench_encoders(args.encoders, clips, args.device, workdir / "pretrain")
         if args.workers:
             rows += bench_pipeline(args.workers, clips, args.pipeline_encoder, args.f0_predictor, args.device,
-                                   workdir)
+                                   workdir, args.one_thread)
     seconds = sum(c.seconds for c in clips)
     print(f"{len(clips)} clips, {seconds:.2f} s of audio; 1 untimed warm-up call per F0 predictor / encoder")
     print(format_table(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -54,9 +55,11 @@ def test_random_state_is_seeded_and_scaled() -> None:
 def test_main_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(preprocess, "CONTENTVEC_BASE", TINY_CONTENTVEC)
     rows = preprocess.main(["--clips", "1", "--f0_predictors", "pm,dio", "--encoders", "vec768l12",
-                            "--workers", "1", "--f0_predictor", "pm", "--threads", "1"])
+                            "--workers", "1,2", "--f0_predictor", "pm", "--threads", "1", "--one_thread"])
     assert [(r.section, r.name) for r in rows] == [("F0", "pm"), ("F0", "dio"), ("encoder", "vec768l12"),
-                                                   ("pipeline", "vec768l12 + pm, 1 worker")]
+                                                   ("pipeline", "vec768l12 + pm, 1 worker"),
+                                                   ("pipeline", "vec768l12 + pm, 2 workers"),
+                                                   ("pipeline", "vec768l12 + pm, 1 worker, 1 thread")]
     clip = preprocess.load_clips(1)[0]
     assert 4 < clip.seconds < 6 and clip.wav16.shape[0] == math.ceil(len(clip.wav) * 16000 / 44100)
     for r in rows:
@@ -66,6 +69,9 @@ def test_main_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     frames = (clip.wav16.shape[0] - 400) // 320 + 1
     assert f"units [1, 32, {frames}]" in rows[2].note  # the tiny model read back through the registry
     assert rows[3].note.startswith("1 clips written, 0 failed")
+    assert rows[4].note.startswith("1 clips written, 0 failed")  # one clip: never more workers than clips
+    ceiling = rows[3].wall_s * min(2, os.cpu_count() or 1) / rows[5].wall_s
+    assert rows[5].note.endswith(f"over 1 worker (its run): 2 workers <= {ceiling:.2f}x")
 
 
 def test_bad_flags() -> None:
