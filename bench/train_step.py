@@ -49,6 +49,7 @@ class StepResult:
 
     config: str
     device: str
+    precision: str
     threads: int
     repeats: int
     seconds: float
@@ -95,24 +96,37 @@ def make_batch(hps: Any, batch: int = BATCH, frames: int = FRAMES, seed: int = S
     return TextAudioCollate()(items)
 
 
-def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int = 1) -> StepResult:
+def batch_trainer(hps: Any, model_dir: str, device: torch.device) -> Any:
+    """The real `training.loop.Trainer` for `hps` on `device`, minus its data loaders: the caller hands
+    `train_step` a synthetic batch. Rank 1 of 1: the rank only decides about TensorBoard writers,
+    evaluation and checkpoints, none of which a step touches."""
+    from training.loop import RunContext, Trainer
+
+    class BatchTrainer(Trainer):
+        def _build_data(self) -> None:
+            self.train_loader = None
+            self.eval_loader = None
+
+    ctx = RunContext(rank=1, world_size=1, device=device, num_workers=0, stop_requested=lambda: False)
+    return BatchTrainer(hps, model_dir, ctx)
+
+
+def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int = 1,
+               amp: str = "fp32") -> StepResult:
     """Build a Trainer for `config` (no data loaders), time `warmup` + `repeats` real train steps.
+
+    `amp` "fp16" / "bf16" sets the config's `fp16_run` and `half_type` as a user would; the result's
+    `precision` is what the Trainer's mixed-precision rule then chose on `device_name` (fp32 for fp16 on
+    the CPU, and for bf16 on a CPU without native bf16).
 
     Peak memory on CPU is VmHWM after the steps minus VmRSS before the Trainer was built (so run
     this in a fresh process for a clean figure); on CUDA it is max_memory_allocated over the steps.
     """
     from core.config import load_config
-    from training.loop import RunContext, Trainer
-
-    class _NoDataTrainer(Trainer):
-        """The real Trainer minus its data loaders: the bench hands it a synthetic batch."""
-
-        def _build_data(self) -> None:
-            self.train_loader = None
-            self.eval_loader = None
 
     path = resolve_config(config)
     hps = load_config(path)
+    hps.train.fp16_run, hps.train.half_type = amp != "fp32", "bf16" if amp == "bf16" else "fp16"
     device = torch.device(device_name)
     batch = make_batch(hps)
     rss_before = status_kib("VmRSS")
@@ -121,10 +135,7 @@ def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int 
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(int(hps.train.seed))
     with tempfile.TemporaryDirectory() as model_dir:
-        # rank 1 of 1: is_main only decides about TensorBoard writers, evaluation and checkpoints, none
-        # of which a step touches; train_step itself does not look at the rank.
-        ctx = RunContext(rank=1, world_size=1, device=device, num_workers=0, stop_requested=lambda: False)
-        trainer = _NoDataTrainer(hps, model_dir, ctx)
+        trainer = batch_trainer(hps, model_dir, device)
         for _ in range(warmup):
             trainer.train_step(batch, log=False)
         runs = [timed(lambda: trainer.train_step(batch, log=False), device) for _ in range(repeats)]
@@ -137,15 +148,16 @@ def run_config(config: str, repeats: int, device_name: str = "cpu", warmup: int 
             kind = "RSS peak - RSS before"
         n_g = sum(p.numel() for p in trainer.net_g.parameters())
         n_d = sum(p.numel() for p in trainer.net_d.parameters())
-        return StepResult(config, str(device), torch.get_num_threads(), repeats, statistics.median(wall),
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(trainer.amp_dtype, "fp32")
+        return StepResult(config, str(device), precision, torch.get_num_threads(), repeats, statistics.median(wall),
                           statistics.median(cpu), peak, kind, n_g, n_d, trainer.segment_frames,
                           float(out["g_total"]), float(out["d"]))
 
 
-def run_in_child(config: str, repeats: int, device: str, threads: int | None) -> StepResult:
+def run_in_child(config: str, repeats: int, device: str, threads: int | None, amp: str = "fp32") -> StepResult:
     """`run_config` in a fresh Python process (clean peak-memory baseline); raises on failure."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", config, "--repeats", str(repeats),
-           "--device", device]
+           "--device", device, "--amp", amp]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
@@ -156,11 +168,12 @@ def run_in_child(config: str, repeats: int, device: str, threads: int | None) ->
 
 
 def format_table(results: Sequence[StepResult]) -> str:
-    """Markdown table: config, device, threads, median s/step, CPU s/step, peak MiB, parameter counts."""
+    """Markdown table: config, device, precision, threads, median s/step, CPU s/step, peak MiB, parameters."""
     return markdown_table(
-        ["config", "device", "threads", "median s/step", "CPU s/step", "peak MiB", "G params", "D params"],
-        [[r.config, r.device, r.threads, f"{r.seconds:.3f}", f"{r.cpu_seconds:.3f}", f"{r.peak_mib:.0f}",
-          f"{r.parameters_g / 1e6:.2f} M", f"{r.parameters_d / 1e6:.2f} M"] for r in results], numeric_from=2)
+        ["config", "device", "precision", "threads", "median s/step", "CPU s/step", "peak MiB", "G params",
+         "D params"],
+        [[r.config, r.device, r.precision, r.threads, f"{r.seconds:.3f}", f"{r.cpu_seconds:.3f}", f"{r.peak_mib:.0f}",
+          f"{r.parameters_g / 1e6:.2f} M", f"{r.parameters_d / 1e6:.2f} M"] for r in results], numeric_from=3)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -171,10 +184,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu",
                         help="cpu, cuda, cuda:N, or auto (cuda when available, else cpu)")
+    parser.add_argument("--amp", default="fp32",
+                        help="comma-separated precisions: fp32, fp16, bf16 (the config's fp16_run + half_type)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one config, JSON out
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    args.amp = [a.strip() for a in args.amp.split(",") if a.strip()]
+    if not args.amp or any(a not in ("fp32", "fp16", "bf16") for a in args.amp):
+        parser.error(f"--amp takes fp32, fp16 and bf16, got {','.join(args.amp) or 'nothing'}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -192,13 +210,14 @@ def main(argv: Sequence[str] | None = None) -> list[StepResult]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child is not None:
-        result = run_config(args.child, args.repeats, args.device)
+        result = run_config(args.child, args.repeats, args.device, amp=args.amp[0])
         print(RESULT_TAG + json.dumps(asdict(result)), flush=True)
         return [result]
     device = torch.device(args.device)
     print(machine_description(device))
     load_start = load_average()
-    results = [run_in_child(c, args.repeats, args.device, args.threads) for c in args.configs]
+    results = [run_in_child(c, args.repeats, args.device, args.threads, amp)
+               for c in args.configs for amp in args.amp]
     print(f"batch {BATCH} x {FRAMES} frames, segment {results[0].segment_frames} frames; "
           f"median of {args.repeats} steps after 1 warm-up; load average {load_start} at the start, "
           f"{load_average()} at the end")

@@ -1,14 +1,40 @@
-"""Small pieces every training loop shares: the mixed-precision context, the out-of-memory message
-and the rule for the extra checkpoint written when a run stops or ends."""
+"""Small pieces every training loop shares: the mixed-precision rule and context, the out-of-memory
+message and the rule for the extra checkpoint written when a run stops or ends."""
 from __future__ import annotations
 
 import random
 from contextlib import nullcontext
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 
-__all__ = ["autocast", "needs_final_save", "out_of_memory_message", "rng_state", "set_rng_state"]
+from core.runtime import bf16_problem
+
+__all__ = ["autocast", "mixed_precision", "needs_final_save", "out_of_memory_message", "rng_state",
+           "set_rng_state"]
+
+
+def mixed_precision(name: str, device: torch.device, field: str,
+                    warn: Callable[[str], None]) -> torch.dtype | None:
+    """The autocast dtype a trainer uses for precision `name` ("fp32", "fp16" or "bf16", from config
+    field `field`) on `device`; None = plain fp32. fp16 needs CUDA. bf16 needs a GPU that has it (else a
+    ValueError naming `field`) or a CPU with native bf16; elsewhere the CPU trains in fp32, with a warning,
+    because its bf16 reference kernels run many times slower than fp32."""
+    if name not in ("fp16", "bf16"):
+        return None
+    if device.type == "cuda":
+        if name == "bf16" and bf16_problem(device):
+            raise ValueError(f'{field} is bf16 but this GPU has no bfloat16 support; set it to "fp16"')
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if name == "fp16":
+        warn(f"{field} fp16 is not used on the {device.type.upper()}; training in fp32 (bf16 works on CPUs "
+             "with native bf16)")
+        return None
+    problem = bf16_problem(device)
+    if problem:
+        warn(f"{field} bf16 is not used here: {problem}; training in fp32")
+        return None
+    return torch.bfloat16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None, enabled: bool = True) -> ContextManager[Any]:

@@ -18,7 +18,7 @@ from core.config import ConfigError, HParams, load_config
 from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag, attached_handlers
 from core.schema import DiffusionConfig, read_config
-from core.train_support import autocast, needs_final_save, out_of_memory_message, rng_state, set_rng_state
+from core.train_support import autocast, mixed_precision, needs_final_save, out_of_memory_message, rng_state, set_rng_state
 from diffusion.data_loaders import DatasetError, get_data_loaders
 from diffusion.samplers import SAMPLERS
 from diffusion.saver import ResumeState, Saver, load_model
@@ -29,10 +29,8 @@ from vdecoder.nsf_hifigan.models import VocoderLoadError
 
 logger = logging.getLogger("diffusion")
 
-__all__ = ["AMP_DTYPES", "DiffusionTrainer", "TrainDiffError", "check_config", "learning_rate_at",
+__all__ = ["DiffusionTrainer", "TrainDiffError", "check_config", "learning_rate_at",
            "run_training", "select_amp_dtype", "select_device"]
-
-AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TrainDiffError(RuntimeError):
@@ -61,14 +59,11 @@ def select_device(name: str, gpu_id: int = 0) -> torch.device:
 
 
 def select_amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """Checked `train.amp_dtype` -> autocast dtype (None = plain fp32); fp16 on the CPU falls back to fp32."""
-    dtype = AMP_DTYPES[name]
-    if dtype is torch.float16 and device.type == "cpu":
-        logger.warning(" [!] train.amp_dtype fp16 is not used on the CPU; training in fp32 (bf16 works there)")
-        return None
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.amp_dtype is bf16 but this GPU has no bfloat16 support; use fp16 or fp32")
-    return dtype
+    """Checked `train.amp_dtype` -> autocast dtype (None = plain fp32), by the rule every trainer follows."""
+    try:
+        return mixed_precision(name, device, "train.amp_dtype", lambda text: logger.warning(" [!] %s", text))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def learning_rate_at(step: int, lr: float, gamma: float, decay_step: int) -> float:

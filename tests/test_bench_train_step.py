@@ -12,6 +12,7 @@ import torch
 from bench import train_step
 from bench.synth_infer import TINY_MODEL
 from core.config import HParams, load_config
+from core.runtime import bf16_problem
 from modules.mel_processing import spectrogram_torch
 from core.schema import model_section
 
@@ -68,13 +69,19 @@ def test_run_config_steps_the_real_trainer(micro_config: Path) -> None:
 
 def test_main(micro_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The child's work in process (a fresh interpreter only adds start-up time); its protocol is tested below.
-    def in_process(config: str, repeats: int, device: str, threads: int | None) -> train_step.StepResult:
-        return train_step.run_config(config, repeats, device)
+    def in_process(config: str, repeats: int, device: str, threads: int | None, amp: str) -> train_step.StepResult:
+        return train_step.run_config(config, repeats, device, amp=amp)
 
     monkeypatch.setattr(train_step, "run_in_child", in_process)
-    results = train_step.main(["--configs", str(micro_config), "--repeats", "1", "--threads", "1"])
-    assert len(results) == 1 and results[0].threads == 1 and results[0].config == str(micro_config)
-    assert results[0].seconds > 0 and results[0].cpu_seconds > 0 and results[0].repeats == 1
+    results = train_step.main(["--configs", str(micro_config), "--repeats", "1", "--threads", "1",
+                               "--amp", "fp32,fp16,bf16"])
+    assert len(results) == 3 and all(r.threads == 1 and r.config == str(micro_config) for r in results)
+    assert all(r.seconds > 0 and r.cpu_seconds > 0 and r.repeats == 1 for r in results)
+    # The Trainer's own rule on this CPU: fp16 never, bf16 only with native bf16.
+    native_bf16 = bf16_problem(torch.device("cpu")) is None
+    assert [r.precision for r in results] == ["fp32", "fp32", "bf16" if native_bf16 else "fp32"]
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--amp", "fp8"])
     with pytest.raises(SystemExit):
         train_step.parse_args(["--configs", "no_such_config.json"])
     assert train_step.resolve_config("tiny") == train_step.CONFIGS["tiny"]

@@ -405,7 +405,8 @@ def test_stop_request_saves_the_current_step(project) -> None:
     assert _models(project / "logs" / "44k" / "diffusion") == {"model_3.pt"}
 
 
-def test_device_and_precision_choices(caplog) -> None:
+def test_device_and_precision_choices(caplog, monkeypatch) -> None:
+    monkeypatch.setattr("core.train_support.bf16_problem", lambda device: None)  # a CPU with native bf16
     with caplog.at_level("WARNING"):
         assert select_amp_dtype("fp16", torch.device("cpu")) is None
         assert select_amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
@@ -416,8 +417,10 @@ def test_device_and_precision_choices(caplog) -> None:
     assert select_device("cpu") == torch.device("cpu")
 
 
-def test_bf16_training_step_on_cpu(project) -> None:
+def test_bf16_training_step_on_cpu(project, monkeypatch) -> None:
+    monkeypatch.setattr("core.train_support.bf16_problem", lambda device: None)  # a CPU with native bf16
     trainer = DiffusionTrainer(load_config(_config(project, amp_dtype="bf16")), torch.device("cpu"))
+    assert trainer.amp_dtype is torch.bfloat16
     trainer.saver.close()
     batch = next(iter(trainer.loader_train))
     assert np.isfinite(trainer.train_step(batch))

@@ -27,7 +27,7 @@ from core.checkpoint import clean_checkpoints, save_checkpoint, unwrap_model
 from modules.commons import slice_segments
 from core.config import HParams
 from core.schema import sovits_config
-from core.train_support import autocast, needs_final_save, out_of_memory_message, rng_state, set_rng_state
+from core.train_support import autocast, mixed_precision, needs_final_save, out_of_memory_message, rng_state, set_rng_state
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 from training.resume import ResumeState, build_scheduler, restore
@@ -100,16 +100,15 @@ class Trainer:
 
     # -- construction -------------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
+        """fp16_run's autocast dtype: half_type "bf16" is bf16, anything else fp16, as in 4.1."""
         train = self.cfg.train
         if not train.fp16_run:
             return None
-        if self.device.type != "cuda":
-            self.log.info("fp16_run is ignored on the CPU; training in float32")
-            return None
-        if train.half_type == "bf16" and not torch.cuda.is_bf16_supported():
-            raise TrainingError('train.half_type is bf16 but this GPU has no bfloat16 support; set "half_type": '
-                                '"fp16" in the config')
-        return torch.bfloat16 if train.half_type == "bf16" else torch.float16
+        try:
+            return mixed_precision("bf16" if train.half_type == "bf16" else "fp16", self.device,
+                                   "train.half_type", self.log.warning)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
 
     def _build_data(self) -> None:
         ctx, cfg, data = self.ctx, self.cfg, self.cfg.data
