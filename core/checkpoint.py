@@ -15,7 +15,7 @@ import pickletools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ __all__ = ["POSTERIOR_ENCODER", "CheckpointError", "CheckpointNotFoundError", "L
            "ReleaseCheckpointError", "UnsafeCheckpointError", "check_optimizer", "checkpoint_steps",
            "clean_checkpoints", "first_float_dtype", "is_release_state", "is_zip", "latest_checkpoint_path",
            "load_checkpoint", "load_model_state", "load_state_dict_strict", "read_checkpoint", "resume_refusal",
-           "safe_torch_load", "save_checkpoint", "to_legacy_weight_norm", "unwrap_model"]
+           "safe_torch_load", "safe_torch_load_sections", "save_checkpoint", "to_legacy_weight_norm", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,24 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
         kind = "corrupt or truncated" if is_zip(path) else "not a torch checkpoint"
         raise CheckpointError(f"{name} is {kind} ({type(err).__name__}: {str(err)[:200]}); copy it again from "
                               "where it came from, or delete it") from None
+
+
+def safe_torch_load_sections(path: PathLike, kind: str, sections: Sequence[str], example: str = "") -> Mapping:
+    """A weights-only checkpoint that must be a dict with a mapping under each of `sections` (DPHuBERT's
+    'config' + 'state_dict', OpenAI Whisper's 'dims' + 'model_state_dict'). Errors say the file is not
+    `kind` and what was found instead; `example` names typical files of that kind."""
+    name = os.fspath(path)
+    try:
+        ckpt = safe_torch_load(name)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(f"{name} is not {kind} (it pickles Python objects, as fairseq checkpoints do): "
+                              f"{err}") from None
+    if not (isinstance(ckpt, Mapping) and all(isinstance(ckpt.get(key), Mapping) for key in sections)):
+        found = f"a dict with keys {list(ckpt)[:4]}" if isinstance(ckpt, Mapping) else f"a {type(ckpt).__name__}"
+        wanted = " and ".join(repr(key) for key in sections)
+        raise CheckpointError(f"{name} is not {kind} (expected a dict with {wanted}"
+                              f"{', e.g. ' + example if example else ''}; found {found})")
+    return ckpt
 
 
 def package_file(package: str, relative: str) -> str | None:

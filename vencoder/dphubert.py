@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_load_sections
 from vencoder.encoder import SpeechEncoder, require_pretrain
 from vencoder.hubert import ConvFeatureExtractor, WeightNormConv1d
 
@@ -228,16 +228,8 @@ def load_dphubert(path: PathLike) -> DPHubertModel:
         CheckpointError: not a DPHuBERT file, an unsupported config, or missing / mis-shaped tensors.
     """
     name = os.fspath(path)
-    try:
-        ckpt = safe_torch_load(name)  # DPHuBERT saves plain dicts, lists and tensors
-    except UnsafeCheckpointError as err:
-        raise CheckpointError(f"{name} is not a DPHuBERT checkpoint (it pickles Python objects, as fairseq "
-                              f"checkpoints do): {err}") from None
-    if not (isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping)
-            and isinstance(ckpt.get("state_dict"), Mapping)):
-        found = f"a dict with keys {list(ckpt)[:4]}" if isinstance(ckpt, Mapping) else f"a {type(ckpt).__name__}"
-        raise CheckpointError(f"{name} is not a DPHuBERT checkpoint (expected a dict with 'config' and "
-                              f"'state_dict'; found {found})")
+    # DPHuBERT saves plain dicts, lists and tensors.
+    ckpt = safe_torch_load_sections(name, "a DPHuBERT checkpoint", ("config", "state_dict"))
     cfg = ckpt["config"]
     _check_config(cfg, name)
     try:

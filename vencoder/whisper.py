@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_strict, safe_torch_load
+from core.checkpoint import CheckpointError, load_state_dict_strict, safe_torch_load_sections
 from modules.mel_processing import mel_filterbank, stft_magnitude
 from vencoder.encoder import SpeechEncoder, require_pretrain
 
@@ -149,16 +149,9 @@ def load_whisper_encoder(path: PathLike) -> WhisperAudioEncoder:
             the dims (missing / unexpected / mis-shaped keys are listed). Decoder tensors are ignored.
     """
     name = os.fspath(path)
-    try:
-        ckpt = safe_torch_load(name)  # OpenAI's files hold only dicts, ints and tensors
-    except UnsafeCheckpointError as err:
-        raise CheckpointError(f"{name} is not an OpenAI Whisper checkpoint (it pickles Python objects, as "
-                              f"fairseq checkpoints do): {err}") from None
-    if not (isinstance(ckpt, Mapping) and isinstance(ckpt.get("dims"), Mapping)
-            and isinstance(ckpt.get("model_state_dict"), Mapping)):
-        found = f"a dict with keys {list(ckpt)[:4]}" if isinstance(ckpt, Mapping) else f"a {type(ckpt).__name__}"
-        raise CheckpointError(f"{name} is not an OpenAI Whisper checkpoint (expected a dict with 'dims' and "
-                              f"'model_state_dict', e.g. medium.pt / large-v2.pt; found {found})")
+    # OpenAI's files hold only dicts, ints and tensors.
+    ckpt = safe_torch_load_sections(name, "an OpenAI Whisper checkpoint", ("dims", "model_state_dict"),
+                                    example="medium.pt / large-v2.pt")
     dims = WhisperDims.from_dict(ckpt["dims"], name)
     if dims.n_audio_ctx != CHUNK_FRAMES:
         raise CheckpointError(f"{name}: n_audio_ctx is {dims.n_audio_ctx}; whisper-ppg needs the released "
