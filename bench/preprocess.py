@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 from bench.common import SHARED, load_average, machine_description, markdown_table, timed  # noqa: E402
+from modules.F0Predictor import F0_PREDICTORS as F0_NAMES  # noqa: E402
 
 VOICES = SHARED / "data" / "voices"
 RMVPE_RECIPE = SHARED / "fixtures" / "sovits41" / "f0"
 WEIGHT_SEED = 1234
-F0_NAMES = ("pm", "dio", "harvest", "crepe", "rmvpe", "fcpe")
 SR, HOP, ENCODER_SR = 44100, 512, 16000
 
 # Architectures of the released files (fixtures/vencoder/manifest_*_full.json list their tensors).
