@@ -48,9 +48,9 @@ def normalize_f0(f0: torch.Tensor, x_mask: torch.Tensor, uv: torch.Tensor,
     voiced_count[voiced_count == 0] = _NO_VOICED_DENOMINATOR
     means = torch.sum(f0[:, 0, :] * uv, dim=1, keepdim=True) / voiced_count
     if random_scale:
-        factor = torch.empty(f0.shape[0], 1).uniform_(0.8, 1.2).to(f0.device)
+        factor = torch.empty(f0.shape[0], 1).uniform_(0.8, 1.2).to(f0)
     else:
-        factor = torch.ones(f0.shape[0], 1, device=f0.device)
+        factor = torch.ones(f0.shape[0], 1, dtype=f0.dtype, device=f0.device)
     f0_norm = (f0 - means.unsqueeze(-1)) * factor.unsqueeze(-1)
     if torch.isnan(f0_norm).any():
         bad = torch.isnan(f0_norm).flatten(1).any(dim=1).nonzero().flatten().tolist()

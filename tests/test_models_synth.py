@@ -204,3 +204,20 @@ def test_train_forward_shapes(variant) -> None:
             assert got[name] == shape, name
     assert ids_slice.dtype == torch.int64
     assert int(ids_slice.max()) <= int(lengths.min()) - 20 or int(ids_slice[1]) <= int(lengths[1]) - 20
+
+
+def test_fp16_model_converts_like_fp32_with_f0_prediction() -> None:
+    """An fp16 ("-hf" / "half") model as CUDA runs it, with -a: the F0 decoder takes fp16 input and the
+    decoder's running phase stays exact over 6 s (fp16 phase sums overflowed into NaN audio)."""
+    net, cfg = build(SYNTH / "base_vec768")
+    net.remove_weight_norm()
+    frames = 520  # 6 s at 44.1 kHz
+    c = torch.randn(1, cfg["model"]["ssl_dim"], frames, generator=torch.Generator().manual_seed(0))
+    f0, uv, g = torch.full((1, frames), 880.0), torch.ones(1, frames), torch.LongTensor([[0]])
+    with zeroed_rng():
+        ref, _ = net.infer(c, f0, uv, g=g, noice_scale=0)
+        net.half()
+        out, _ = net.infer(c.half(), f0.half(), uv.half(), g=g, noice_scale=0)
+        _, pred_f0 = net.infer(c.half(), f0.half(), uv.half(), g=g, noice_scale=0, predict_f0=True)
+    assert out.dtype == pred_f0.dtype == torch.float16 and bool(torch.isfinite(pred_f0).all())
+    assert float((out.float() - ref).abs().max()) < 0.01

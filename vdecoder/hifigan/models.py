@@ -56,6 +56,9 @@ class SampleSineGen(nn.Module):
         self.dim = harmonic_num + 1
 
     def forward(self, f0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        # A half-precision f0 (an fp16 model on CUDA) cannot carry the running phase: fp16 steps are 16 near
+        # 20000 cycles and overflow at 65504, so the phase is summed in float32 (as 4.1's type promotion did).
+        f0 = f0.float() if f0.dtype in (torch.float16, torch.bfloat16) else f0
         harmonics = torch.arange(1, self.dim + 1, device=f0.device, dtype=f0.dtype)
         rad = (f0.unsqueeze(-1) * harmonics / self.sampling_rate) % 1  # [B, N, dim]
         initial = _rand((f0.size(0), self.dim), f0, generator)
@@ -125,7 +128,7 @@ class SourceModuleHnNSF(nn.Module):
         sines = sines * uv + noise_amp * _randn(sines.shape, sines, generator)
         # 4.1 draws one more noise tensor here whose value is never used; it is the last draw
         # of the call, so leaving it out changes no output.
-        return torch.tanh(self.l_linear(sines))
+        return torch.tanh(self.l_linear(sines.to(self.l_linear.weight.dtype)))
 
 
 class Generator(nn.Module):
