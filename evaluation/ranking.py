@@ -111,10 +111,12 @@ def _resyntheses(net: torch.nn.Module, items: list[tuple], references: list[Refe
                  progress: Callable[[int], None]) -> Iterator[tuple[Reference, np.ndarray]]:
     """(reference, resynthesis) of each training item (c, f0, spec, y, speaker, uv, volume); `progress(1)` once
     the consumer has taken the pair."""
+    dtype = next(net.parameters()).dtype  # an fp16 file runs in fp16 on CUDA (load_generator)
     for (c, f0, _spec, _y, g, uv, volume), reference in zip(items, references):
-        args = [x[None].to(device) for x in (c, f0, uv)]
+        args = [x[None].to(device, dtype) for x in (c, f0, uv)]
         with torch.no_grad():
-            y_hat, _ = net.infer(*args, g=g.to(device), vol=None if volume is None else volume[None].to(device))
+            y_hat, _ = net.infer(*args, g=g.to(device),
+                                 vol=None if volume is None else volume[None].to(device, dtype))
         yield reference, y_hat[0, 0].float().cpu().numpy()
         progress(1)
 

@@ -14,11 +14,11 @@ import soundfile as sf
 import torch
 
 import evaluate
-from conftest import DATA, PreparedProject
+from conftest import DATA, FIXTURES, PreparedProject
 from evaluation.conversion import CONVERSION_KEYS
 from evaluation.metrics import (audio_cepstra, content_similarity, loudness_correlation, mcd_db, mel_cepstra,
                                 pitch_errors, warp_frequency)
-from evaluation.ranking import CHECKPOINT_KEYS
+from evaluation.ranking import CHECKPOINT_KEYS, _resyntheses
 from evaluation.speaker import SpeakerEncoder, cosine, partial_starts, speaker_mel, trim_pauses
 
 SOURCE = DATA / "source" / "ked_src01.wav"
@@ -297,3 +297,19 @@ def test_content_similarity_with_the_configs_encoder(trained, monkeypatch, capsy
     assert rows[0]["content_similarity"] == pytest.approx(1.0, abs=1e-6)
     assert rows[1]["content_similarity"] == pytest.approx(manual, abs=1e-5) and manual < 0.999
     assert "content sim. (cos)" in capsys.readouterr().out
+
+
+def test_resyntheses_feed_an_fp16_model_in_its_dtype() -> None:
+    """evaluate.py -m with an fp16 file: on CUDA the model is fp16 and the (float32) clips are cast to it."""
+    from core.config import load_config
+    from generator import build_synthesizer
+
+    net = build_synthesizer(load_config(FIXTURES / "synth" / "vec256_vol" / "config.json"))
+    net.eval().remove_weight_norm()
+    net.half()
+    frames = 24
+    item = (torch.randn(256, frames), torch.full((frames,), 220.0), None, None, torch.LongTensor([0]),
+            torch.ones(frames), torch.full((frames,), 0.1))
+    reference, audio = next(_resyntheses(net, [item], ["ref"], torch.device("cpu"), lambda _: None))
+    assert reference == "ref" and audio.dtype == np.float32 and audio.shape == (frames * 512,)
+    assert np.isfinite(audio).all()
