@@ -58,7 +58,9 @@ def needs_final_save(last_done: int, first_of_run: int, last_saved: int | None) 
 def rng_state() -> dict[str, Any]:
     """The random-number states training draws from: torch (CPU, CUDA) and Python's `random` (crops)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
+    # Only a process that uses CUDA has CUDA states to keep: asking otherwise would start CUDA on the first GPU
+    # in a CPU run (its memory taken, or an error where that GPU is busy in exclusive mode).
+    if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -229,7 +229,7 @@ def get_data_loaders(cfg: DiffusionConfig, num_workers: int | None = None,
         logger.warning(" [!] train.cache_device is %s but CUDA is not available; caching on the CPU", cache_device)
         cache_device = "cpu"
     workers = 0 if cache_device != "cpu" else train.num_workers if num_workers is None else num_workers
-    pin = cache_device == "cpu" and torch.cuda.is_available()
+    pin = cache_device == "cpu" and cfg.device.startswith("cuda") and torch.cuda.is_available()  # a CPU run: no CUDA
     common = dict(hop_size=data.block_size, sample_rate=data.sampling_rate, n_spk=cfg.model.n_spk,
                   spk={str(k): v for k, v in (cfg.spk or {}).items()}, load_all_data=train.cache_all_data,
                   unit_interpolate_mode=data.training_unit_mode, n_units=data.encoder_out_channels, n_mels=n_mels,

@@ -19,9 +19,9 @@ import yaml
 
 import train_diff
 from conftest import FIXTURES
-from diffusion.data_loaders import AudioDataset, DatasetError
+from diffusion.data_loaders import AudioDataset, DatasetError, get_data_loaders
 from diffusion.saver import Saver, find_resume_checkpoint, load_model, retention_victims
-from diffusion.solver import DiffusionTrainer, learning_rate_at, select_amp_dtype, select_device
+from diffusion.solver import DiffusionTrainer, check_config, learning_rate_at, select_amp_dtype, select_device
 from diffusion.unit2mel import Unit2Mel
 from diffusion.vocoder import Vocoder
 from modules.audio_io import write_wav_int16
@@ -415,6 +415,16 @@ def test_device_and_precision_choices(caplog, monkeypatch) -> None:
             assert select_device("cuda", 0) == torch.device("cpu")
     assert "fp16 is not used on the CPU" in caplog.text
     assert select_device("cpu") == torch.device("cpu")
+
+
+def test_memory_is_pinned_only_for_a_cuda_run(project, monkeypatch) -> None:
+    """Pinned batches feed a GPU; a `device: cpu` run on a machine with CUDA must not start CUDA for them."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        cfg = load_config(_config(project))
+        cfg.device = device
+        train, valid = get_data_loaders(check_config(cfg))
+        assert train.pin_memory is pinned and valid.pin_memory is pinned, device
 
 
 def test_bf16_training_step_on_cpu(project, monkeypatch) -> None:

@@ -26,3 +26,24 @@ def test_final_save_only_for_new_unsaved_steps() -> None:
     assert not needs_final_save(5, first_of_run=3, last_saved=5)  # already saved
     assert not needs_final_save(2, first_of_run=3, last_saved=None)  # nothing trained in this run
     assert needs_final_save(3, first_of_run=3, last_saved=None)
+
+
+def test_rng_state_leaves_cuda_alone_in_a_process_that_does_not_use_it(monkeypatch) -> None:
+    """A CPU run on a machine with a GPU (train.py --device cpu) must not start CUDA when it saves."""
+    import random
+
+    from core.train_support import rng_state, set_rng_state
+
+    def touched() -> None:
+        raise AssertionError("CUDA was started")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", touched)
+    state = rng_state()
+    assert "cuda" not in state
+    expected = (torch.rand(3), random.random())
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
+    assert len(rng_state()["cuda"]) == 1  # a CUDA run keeps its GPU states
