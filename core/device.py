@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["missing_device", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -11,3 +11,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def missing_device(device: torch.device) -> str | None:
+    """Why a CUDA `device` cannot be used here (None: it can, or it is no CUDA device): no CUDA at all, or an
+    index beyond the GPUs this process sees (CUDA_VISIBLE_DEVICES renumbers them from 0)."""
+    if device.type != "cuda":
+        return None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.index or 0) < count:
+        return None
+    seen = f"this process sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU is available"
+    return f"device {device} cannot be used: {seen}"

@@ -87,9 +87,12 @@ def release_memory() -> None:
 
 def bf16_problem(device: torch.device) -> str | None:
     """Why bf16 would not pay on `device` (None: it may be used): CPUs need native bf16 (AVX512-BF16 or AMX),
-    without which PyTorch falls back to reference kernels ~25-50x slower than fp32; CUDA needs bf16 support."""
-    if device.type == "cuda":
-        return None if torch.cuda.is_bf16_supported() else f"{torch.cuda.get_device_name(device)} has no bf16"
+    without which PyTorch falls back to reference kernels ~25-50x slower than fp32; GPUs need compute capability
+    8.0+ (Ampere)."""
+    if device.type == "cuda":  # torch.cuda.is_bf16_supported() also counts the slow emulation of older GPUs
+        props = torch.cuda.get_device_properties(device)
+        return None if torch.version.hip or props.major >= 8 else \
+            f"{props.name} (compute capability {props.major}.{props.minor}) has no native bf16 (8.0+ has)"
     if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         return None
     return (f"this {device.type.upper()} has no native bf16 (AVX512-BF16 or AMX; PyTorch reports "

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
-from core.device import resolve_device
+from core.device import missing_device, resolve_device
 from core.runtime import bf16_problem, release_memory, tune_allocator
 from generator import (LoadedGenerator, ModelConfigMismatch, check_encoder_width, infer_speech_encoder,
                        load_generator)
@@ -104,6 +104,8 @@ class Svc:
         self.stage_hook: StageHook = contextlib.nullcontext
         tune_allocator()
         self.dev = resolve_device(device)
+        if problem := missing_device(self.dev):
+            raise SvcError(f"{problem}; choose another with -d (cpu, cuda:0, ...)")
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
         self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev) \
             if shallow_diffusion or only_diffusion else None

@@ -84,6 +84,21 @@ def test_bf16_is_refused_without_native_bf16(ws: Path, monkeypatch) -> None:
         _svc(ws, bf16=True)
 
 
+def test_bf16_needs_a_gpu_with_native_bf16(monkeypatch) -> None:
+    """A T4 (compute capability 7.5) only emulates bf16, which torch.cuda.is_bf16_supported() counts as support."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    gpu = SimpleNamespace(name="Tesla T4", major=7, minor=5)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
+    assert runtime.bf16_problem(torch.device("cuda:0")) == \
+        "Tesla T4 (compute capability 7.5) has no native bf16 (8.0+ has)"
+    gpu.name, gpu.major, gpu.minor = "NVIDIA A100", 8, 0
+    assert runtime.bf16_problem(torch.device("cuda:0")) is None
+
+
 def test_bf16_runs_where_the_cpu_has_it(ws: Path, reference: np.ndarray) -> None:
     if runtime.bf16_problem(torch.device("cpu")):
         pytest.skip("this CPU has no native bf16")

@@ -459,6 +459,18 @@ def test_out_of_memory_gives_advice(svc: Svc, ws: Path, monkeypatch) -> None:
         svc.slice_inference(ws / "raw/short.wav", "speaker0", 0)
 
 
+def test_a_gpu_that_is_not_there_is_refused_clearly(ws: Path, monkeypatch) -> None:
+    """-d cuda without CUDA, or -d cuda:1 where CUDA_VISIBLE_DEVICES leaves one GPU: one line, not a traceback."""
+    args = (ws / "logs/44k/G_1.pth", ws / "logs/44k/config.json")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SvcError, match=r"^device cuda cannot be used: no CUDA GPU is available; choose another "):
+        Svc(*args, "cuda", cluster_model_path="", pretrain_dir=ws / "pretrain")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SvcError, match=r"^device cuda:1 cannot be used: this process sees 1 CUDA GPU\(s\), cuda:0 to"):
+        Svc(*args, "cuda:1", cluster_model_path="", pretrain_dir=ws / "pretrain")
+
+
 def test_long_song_streams_in_bounded_memory(svc: Svc, ws: Path, tmp_path: Path) -> None:
     """5 minutes at 44.1 kHz (53 MB as float32) with one sung phrase: peak NumPy memory stays far
     below the song size, and output leaves slice by slice."""
