@@ -15,6 +15,7 @@ from torch import Tensor
 from core.atomic import DiskFullError, remove_stale_temps
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, HParams, load_config
+from core.device import missing_device
 from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag, attached_handlers
 from core.schema import DiffusionConfig, read_config
@@ -50,12 +51,16 @@ def check_config(args: HParams, path: str = "") -> DiffusionConfig:
 
 
 def select_device(name: str, gpu_id: int = 0) -> torch.device:
-    """Config `device` -> torch device; `cuda` without CUDA warns and gives the CPU."""
+    """Config `device` -> torch device; `cuda` without CUDA warns and gives the CPU; ConfigError for a GPU index
+    this process does not see."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(" [!] device is %s in the config but CUDA is not available; training on the CPU "
                        "(works, but slowly)", name)
         return torch.device("cpu")
-    return torch.device(f"cuda:{gpu_id}" if name == "cuda" else name)
+    device = torch.device(f"cuda:{gpu_id}" if name == "cuda" else name)
+    if problem := missing_device(device):
+        raise ConfigError(f"{problem}; set device (and env.gpu_id) in the diffusion config to one it sees")
+    return device
 
 
 def select_amp_dtype(name: str, device: torch.device) -> torch.dtype | None:

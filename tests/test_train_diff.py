@@ -26,7 +26,7 @@ from diffusion.unit2mel import Unit2Mel
 from diffusion.vocoder import Vocoder
 from modules.audio_io import write_wav_int16
 from core.checkpoint import safe_torch_load
-from core.config import load_config
+from core.config import ConfigError, load_config
 from modules.mel_processing import volume_extract
 from core.features import load_npy, save_f0, save_npy, save_object_npy
 
@@ -415,6 +415,14 @@ def test_device_and_precision_choices(caplog, monkeypatch) -> None:
             assert select_device("cuda", 0) == torch.device("cpu")
     assert "fp16 is not used on the CPU" in caplog.text
     assert select_device("cpu") == torch.device("cpu")
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_a_config_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert select_device("cuda", 0) == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"^device cuda:1 cannot be used: this process sees 1 CUDA GPU"):
+        select_device("cuda", 1)
 
 
 def test_memory_is_pinned_only_for_a_cuda_run(project, monkeypatch) -> None:
