@@ -43,7 +43,9 @@ def _problem(args: argparse.Namespace) -> str | None:
         return "a conversion report needs -r (the converted file or files) and -s (the target speaker)"
     if args.model and args.plot:
         return "--plot belongs to the conversion report (-n ...)"
-    return None
+    from core.device import device_problem
+
+    return device_problem(args.device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     from core.atomic import DiskFullError
     from core.checkpoint import CheckpointError
     from core.config import ConfigError, load_config
+    from core.device import device_problem
     from prep.features import extract_features, settings_from_config
+
+    if problem := device_problem(args.device):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
 
     try:
         hps = load_config(args.config)

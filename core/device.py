@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["missing_device", "resolve_device"]
+__all__ = ["device_problem", "missing_device", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -23,3 +23,15 @@ def missing_device(device: torch.device) -> str | None:
         return None
     seen = f"this process sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU is available"
     return f"device {device} cannot be used: {seen}"
+
+
+def device_problem(name: str | None) -> str | None:
+    """Why the `--device` value `name` cannot be used (None: it can; None and "auto" pick one): not a torch
+    device name, or a CUDA device this process does not have."""
+    if name is None or str(name) == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"unknown device {name!r}; use cpu, cuda or cuda:N"
+    return missing_device(device)

@@ -202,6 +202,8 @@ def test_errors(workdir, monkeypatch, capsys) -> None:
     assert code == 1 and text.strip() == ("error: dataset/44k/nobody has no .wav clips to compare the conversion "
                                           "with (speakers in dataset/44k: kal, lj, slt); check -s and --dataset")
     assert evaluate.main(["-n", str(SOURCE), "-s", "kal"]) == 2
+    assert evaluate.main(["-m", "logs/run/", "--device", "cuda:99"]) == 2
+    assert "error: device cuda:99 cannot be used: " in capsys.readouterr().err
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, package=None: None if name == "resemblyzer" else find_spec(name, package))

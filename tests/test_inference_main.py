@@ -138,6 +138,10 @@ def test_argument_errors_exit_2(cli, capsys) -> None:
     assert err.value.code == 2
     assert cli(*MODEL, "-n", "a.wav", "-f0p", "yin") == 2
     assert "unknown F0 predictor 'yin'" in capsys.readouterr().err
+    assert cli(*MODEL, "-n", "a.wav", "-d", "gpu") == 2
+    assert "unknown device 'gpu'; use cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert cli(*MODEL, "-n", "a.wav", "-d", "cuda:99") == 2
+    assert "device cuda:99 cannot be used: " in capsys.readouterr().err
 
 
 def test_defaults_and_long_names() -> None:

@@ -113,6 +113,14 @@ def test_config_written_by_flist_step(prepared) -> None:
     assert cfg["spk"] == {"kal": 0, "lj": 1, "slt": 2} and cfg["model"]["vol_embedding"] is True
 
 
+def test_unusable_device_is_a_clear_error(prepared, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(prepared)
+    assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "cuda:99"]) == 1
+    assert "error: device cuda:99 cannot be used: " in capsys.readouterr().err
+    assert preprocess_hubert_f0.main(["--f0_predictor", "dio", "--device", "gpu"]) == 1
+    assert "error: unknown device 'gpu'; use cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
 def test_missing_encoder_file_is_a_clear_error(prepared, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(prepared)
     shutil.move(prepared / "pretrain" / "checkpoint_best_legacy_500.pt", tmp_path / "cv.pt")
