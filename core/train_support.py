@@ -23,8 +23,8 @@ def mixed_precision(name: str, device: torch.device, field: str,
     if name not in ("fp16", "bf16"):
         return None
     if device.type == "cuda":
-        if name == "bf16" and bf16_problem(device):
-            raise ValueError(f'{field} is bf16 but this GPU has no bfloat16 support; set it to "fp16"')
+        if name == "bf16" and (problem := bf16_problem(device)):
+            raise ValueError(f'{field} is bf16, but {problem}; set it to "fp16"')
         return torch.bfloat16 if name == "bf16" else torch.float16
     if name == "fp16":
         warn(f"{field} fp16 is not used on the {device.type.upper()}; training in fp32 (bf16 works on CPUs "

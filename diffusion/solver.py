@@ -19,7 +19,8 @@ from core.device import missing_device
 from core.lock import FolderLockedError, folder_lock
 from core.runlog import StopFlag, attached_handlers
 from core.schema import DiffusionConfig, read_config
-from core.train_support import autocast, mixed_precision, needs_final_save, out_of_memory_message, rng_state, set_rng_state
+from core.train_support import (autocast, mixed_precision, needs_final_save, out_of_memory_message, rng_state,
+                                 set_rng_state)
 from diffusion.data_loaders import DatasetError, get_data_loaders
 from diffusion.samplers import SAMPLERS
 from diffusion.saver import ResumeState, Saver, load_model

@@ -27,7 +27,8 @@ from core.checkpoint import clean_checkpoints, save_checkpoint, unwrap_model
 from modules.commons import slice_segments
 from core.config import HParams
 from core.schema import sovits_config
-from core.train_support import autocast, mixed_precision, needs_final_save, out_of_memory_message, rng_state, set_rng_state
+from core.train_support import (autocast, mixed_precision, needs_final_save, out_of_memory_message, rng_state,
+                                 set_rng_state)
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 from training.resume import ResumeState, build_scheduler, restore
