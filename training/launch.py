@@ -124,7 +124,9 @@ def _worker(rank: int, world_size: int, local_rank: int, run: _Run, parent_stops
         with _run_logging(model_dir, rank):
             run_log = logging.getLogger(os.path.basename(os.path.normpath(model_dir)))
             try:
-                device = torch.device(f"cuda:{local_rank}" if run.device_type == "cuda" else "cpu")
+                # A launcher may show each process only its own GPU (then local rank 1 is that process's cuda:0).
+                gpu = local_rank % torch.cuda.device_count() if run.device_type == "cuda" else 0
+                device = torch.device(f"cuda:{gpu}" if run.device_type == "cuda" else "cpu")
                 if device.type == "cpu" and world_size > 1:  # CPU processes share the cores
                     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
                 if device.type == "cuda":
