@@ -17,14 +17,15 @@ __all__ = ["autocast", "mixed_precision", "needs_final_save", "out_of_memory_mes
 def mixed_precision(name: str, device: torch.device, field: str,
                     warn: Callable[[str], None]) -> torch.dtype | None:
     """The autocast dtype a trainer uses for precision `name` ("fp32", "fp16" or "bf16", from config
-    field `field`) on `device`; None = plain fp32. fp16 needs CUDA. bf16 needs a GPU that has it (else a
-    ValueError naming `field`) or a CPU with native bf16; elsewhere the CPU trains in fp32, with a warning,
-    because its bf16 reference kernels run many times slower than fp32."""
+    field `field`) on `device`; None = plain fp32. A GPU trains as asked (bf16 on one older than Ampere
+    with a warning: it only emulates bf16). fp16 is never used on the CPU, and bf16 only on a CPU with
+    native bf16; elsewhere the CPU trains in fp32, with a warning, because its bf16 reference kernels run
+    many times slower than fp32."""
     if name not in ("fp16", "bf16"):
         return None
     if device.type == "cuda":
         if name == "bf16" and (problem := bf16_problem(device)):
-            raise ValueError(f'{field} is bf16, but {problem}; set it to "fp16"')
+            warn(f'{field} bf16: {problem}; training in bf16 as asked ("fp16" is likely faster here)')
         return torch.bfloat16 if name == "bf16" else torch.float16
     if name == "fp16":
         warn(f"{field} fp16 is not used on the {device.type.upper()}; training in fp32 (bf16 works on CPUs "

@@ -66,10 +66,7 @@ def select_device(name: str, gpu_id: int = 0) -> torch.device:
 
 def select_amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """Checked `train.amp_dtype` -> autocast dtype (None = plain fp32), by the rule every trainer follows."""
-    try:
-        return mixed_precision(name, device, "train.amp_dtype", lambda text: logger.warning(" [!] %s", text))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    return mixed_precision(name, device, "train.amp_dtype", lambda text: logger.warning(" [!] %s", text))
 
 
 def learning_rate_at(step: int, lr: float, gamma: float, decay_step: int) -> float:

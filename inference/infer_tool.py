@@ -141,7 +141,9 @@ class Svc:
             self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, units_width, self.config_path)
         self.synthesizer, self.bf16 = self.net_g_ms, bool(bf16) and self.net_g_ms is not None
         if self.bf16 and (problem := bf16_problem(self.dev)):
-            raise SvcError(f"--bf16 refused: {problem}")
+            if self.dev.type != "cuda":  # a CPU's reference bf16 kernels run many times slower than fp32
+                raise SvcError(f"--bf16 refused: {problem}")
+            logger.warning("--bf16: %s; it runs, but without --bf16 it is likely faster", problem)
         if onnx and self.net_g_ms is not None:
             if self.dev.type != "cpu" or self.bf16:
                 raise SvcError("the ONNX Runtime backend (--onnx) runs fp32 on the CPU: add -d cpu, drop --bf16")

@@ -105,11 +105,8 @@ class Trainer:
         train = self.cfg.train
         if not train.fp16_run:
             return None
-        try:
-            return mixed_precision("bf16" if train.half_type == "bf16" else "fp16", self.device,
-                                   "train.half_type", self.log.warning)
-        except ValueError as err:
-            raise TrainingError(str(err)) from None
+        return mixed_precision("bf16" if train.half_type == "bf16" else "fp16", self.device, "train.half_type",
+                               self.log.warning)
 
     def _build_data(self) -> None:
         ctx, cfg, data = self.ctx, self.cfg, self.cfg.data
