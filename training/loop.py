@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -90,6 +91,9 @@ class Trainer:
         self.cfg = sovits_config(hps, for_training=True)
         self.segment_frames = self.cfg.segment_frames
         self.amp_dtype = self._amp_dtype()
+        if self.amp_dtype is not None and self.is_main:
+            self.log.info("Mixed precision: %s autocast (fp16_run, half_type %s)",
+                          "bf16" if self.amp_dtype == torch.bfloat16 else "fp16", self.cfg.train.half_type)
         self._build_data()
         self._build_models()
         self.global_step = self.state.global_step
@@ -377,8 +381,12 @@ class Trainer:
                     now = time.perf_counter()
                     self.log.info("====> Epoch: %d, cost %.2f s", epoch, now - started)
                     started = now
-                self.sched_g.step()
-                self.sched_d.step()
+                with warnings.catch_warnings():
+                    # The schedule follows the epoch count: an epoch resumed at its end, or one whose steps the
+                    # fp16 loss scaler all skipped, has no optimizer step before this, which torch warns about.
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+                    self.sched_g.step()
+                    self.sched_d.step()
             self._save_latest(epoch)
             return False
         finally:
