@@ -213,6 +213,10 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
 
         context = multiprocessing.get_context("spawn")
         threads = max(1, torch.get_num_threads() // num_processes)
+        if torch.get_num_threads() <= num_processes and str(resolve_device(settings.device)) == "cpu":
+            logger.info("%d workers share %d torch thread(s): one worker already keeps the cores busy, so more "
+                        "workers gain little on this machine (each also loads its own models)",
+                        num_processes, torch.get_num_threads())
         with ProcessPoolExecutor(num_processes, mp_context=context, initializer=_start_worker,
                                  initargs=(settings, threads, context.Value("i", 0))) as pool:
             results = list(bar(pool.map(_process_in_worker, clips)))

@@ -176,6 +176,9 @@ def test_two_workers_write_the_same_files(prepared, tmp_path, monkeypatch, caplo
                                           "--num_processes", "2"]) == 1
     n = len(_clips(prepared))
     assert f"{n} clips processed, 0 already up to date, 1 failed" in caplog.text and "broken.wav" in caplog.text
+    # On a machine of 2 cores or fewer, the user hears why 2 workers will not be faster.
+    assert (f"2 workers share {torch.get_num_threads()} torch thread(s)" in caplog.text) == \
+        (torch.get_num_threads() <= 2)
     for clip in _clips(prepared):
         twin = project / clip.relative_to(prepared)
         for kind in ("units", "spec"):  # the workers run 1 thread each: sums may round differently
