@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks as one prepared run, for a machine lent with a CUDA GPU and a Python that has torch.
+# The GPU checks as one prepared run, for a machine with a CUDA GPU and a Python that has torch.
 #
 #   bash bench/gpu_check.sh --prepare    here, with network: Python 3.12 wheels of what a CUDA image of
 #                                        torch lacks -> .gpu/wheels; the demo and bench voices -> .gpu/shared
@@ -21,11 +21,11 @@ GPU_DIR=.gpu
 PYTHON=${PYTHON:-python3}
 
 if [ "${1:-}" = "--prepare" ]; then
-    set -e  # .gpu/ is git-ignored: name it in what travels with the working tree
+    set -e  # .gpu/ is git-ignored: copy it along with the checkout
     shared=${SOVITS_SHARED:-$ROOT/../shared}
     rm -rf "$GPU_DIR/shared" "$GPU_DIR/wheels"
     mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/shared/data/source" "$GPU_DIR/shared/data/edge"
-    for speaker in slt kal; do  # the demo's speakers and its 8 clips each (all must fit in 64 MiB)
+    for speaker in slt kal; do  # the demo's speakers, its 8 clips each: the folder stays small to copy
         mkdir -p "$GPU_DIR/shared/data/voices/$speaker"
         ls "$shared/data/voices/$speaker"/*.wav | sort | head -n 8 | xargs -I{} cp {} "$GPU_DIR/shared/data/voices/$speaker/"
     done
