@@ -411,6 +411,56 @@ def test_live_session_converts_as_the_stream_converter(project: Path, monkeypatc
     assert len(takes[0]) == 3 * n and np.array_equal(takes[0], takes[1])
 
 
+def test_live_pauses_while_a_song_converts(project: Path, monkeypatch, single_thread) -> None:
+    """A song conversion holds the model for its whole length: the microphone gets silence at its own pace
+    meanwhile (no chunk waits behind the song), and afterwards the stream starts over from silence."""
+    import threading
+
+    from inference.streaming import StreamConverter
+    from webui.live import LiveOptions, LiveSession
+    from webui.state import ModelFiles, ModelSlot
+
+    monkeypatch.chdir(project)
+    slot, live = ModelSlot(), LiveSession()
+    slot.load(ModelFiles("trained/tiny/G_1.pth", "trained/tiny/config.json"), "cpu")
+    seen = []  # the flag as the song's own progress reports see it
+    slot.convert(project / "raw/short.wav", "short.wav", "speaker0", 0, {"f0_predictor": "pm"},
+                 progress=lambda *_: seen.append(slot.converting.is_set()))
+    assert seen and all(seen) and not slot.converting.is_set()
+    options = LiveOptions("speaker1", chunk_seconds=0.25, crossfade=0.03, f0_predictor="pm")
+    voice = sf.read(project / "raw/short.wav", dtype="int16")[0][:SR]
+    n = round(0.25 * SR)
+    live.start(slot, options)
+    assert len(live.feed(slot, SR, voice[:n], options)) == n
+    song_started, song_may_end = threading.Event(), threading.Event()
+
+    def song() -> None:  # stands for a long conversion: the model's lock held, the flag set
+        with slot.holding():
+            slot.converting.set()
+            song_started.set()
+            song_may_end.wait(30)
+            slot.converting.clear()
+
+    holder = threading.Thread(target=song)
+    holder.start()
+    assert song_started.wait(10)
+    outs = []
+    feeder = threading.Thread(target=lambda: outs.append(live.feed(slot, 48000, voice[:4800], options)))
+    feeder.start()
+    feeder.join(10)
+    answered = not feeder.is_alive()
+    song_may_end.set()
+    holder.join(10)
+    assert answered and np.array_equal(outs[0], np.zeros(round(4800 * SR / 48000), np.float32))
+    assert live.latency(options).startswith("**Paused**")
+    after = [live.feed(slot, SR, voice[i:i + n], options) for i in range(n, 3 * n, n)]
+    fresh = StreamConverter(slot.svc, "pm", crossfade=0.03)
+    audio = voice.astype(np.float32) / 32768
+    assert np.array_equal(np.concatenate(after),
+                          np.concatenate([fresh.process(audio[i:i + n], "speaker1", 0) for i in range(n, 3 * n, n)]))
+    assert "Real-time factor" in live.latency(options)
+
+
 def test_browser_converts_the_microphone_live(server: str, client, project: Path, tmp_path: Path) -> None:
     """Chromium's fake microphone plays a 48 kHz voice into the Live tab: converted chunks reach the page's
     player and the measured latency is shown; Stop offers the converted take."""

@@ -55,6 +55,7 @@ class LiveSession:
             self.stream.reset()
         self._resampler, self._rate = None, 0
         self._pending = np.zeros(0, np.float32)
+        self.paused = False  # a song conversion held the model: the stream starts over when it is done
         self.take: list[np.ndarray] = []
         self.timings: list[float] = []
         self.sent = 0  # chunks handed to the page's player since the start
@@ -81,9 +82,16 @@ class LiveSession:
 
         audio = pcm.astype(np.float32) / 32768
         audio = audio.mean(axis=1) if audio.ndim == 2 else audio
+        if self.stream is not None and slot.converting.is_set():
+            # Waiting for the song would stall the microphone for minutes: it gets silence, at its own pace.
+            self.paused = True
+            return self._keep(np.zeros(round(len(audio) * self.stream.sample_rate / rate), np.float32))
         outs = []
         with slot.holding() as svc:
             stream = self._configure(svc, options)
+            if self.paused:  # what came before the pause is gone: start from silence again
+                stream.reset()
+                self._resampler, self._rate, self._pending, self.paused = None, 0, np.zeros(0, np.float32), False
             if rate != stream.sample_rate:
                 if self._rate != rate:
                     self._resampler, self._rate = soxr.ResampleStream(rate, stream.sample_rate, 1, "float32"), rate
@@ -95,7 +103,10 @@ class LiveSession:
                 began = time.perf_counter()
                 outs.append(stream.process(chunk, options.speaker, options.tran))
                 self.timings.append(time.perf_counter() - began)
-        out = np.concatenate(outs) if outs else np.zeros(0, np.float32)
+        return self._keep(np.concatenate(outs) if outs else np.zeros(0, np.float32))
+
+    def _keep(self, out: np.ndarray) -> np.ndarray:
+        """Add `out` to the take (its last TAKE_SECONDS) and return it."""
         if len(out):
             self.take.append(out)
             while sum(map(len, self.take)) - len(self.take[0]) > TAKE_SECONDS * self.stream.sample_rate:
@@ -116,6 +127,8 @@ class LiveSession:
 
     def latency(self, options: LiveOptions) -> str:
         """What the listener waits for, measured: chunk + crossfade + conversion time, and the real-time factor."""
+        if self.paused:
+            return "**Paused**: the model is converting a song; live conversion goes on when it is done."
         if not self.timings or self.stream is None:
             return "Listening: the first chunk is on its way."
         chunk = round(options.chunk_seconds * self.stream.sample_rate) / self.stream.sample_rate

@@ -131,6 +131,7 @@ class ModelSlot:
         self.svc: Svc | None = None
         self._lock = FifoLock()  # one load or conversion at a time, in the order asked (live chunks too)
         self._stop = threading.Event()
+        self.converting = threading.Event()  # set while a song converts: Live pauses instead of queuing
 
     @property
     def speakers(self) -> list[str]:
@@ -209,9 +210,11 @@ class ModelSlot:
             local = Path(tmp) / clean_name
             shutil.copyfile(audio, local)
             svc.stage_hook = self._stage
+            self.converting.set()
             try:
                 return command.convert_to_results(svc, args, clean_name, format_wav(local), tran, spk, opts, progress)
             finally:
+                self.converting.clear()
                 svc.stage_hook = contextlib.nullcontext
 
     def convert_text(self, text: str, language: str, voice: str, words_per_minute: int, pitch: int, speaker: str,
