@@ -2,8 +2,8 @@
 
 `SOVITS_PLAIN=1` in the environment disables every optimisation below (the allocator settings, the
 heap trimming between pieces and the decoder's in-place fast path with its CPU convolution forms,
-`modules/polyphase.py`), for benchmark baselines and for
-debugging; the audio is the same either way (within float rounding, at most 1e-4).
+`modules/polyphase.py`) and preprocessing's two clips at a time (`prep/features.py`), for benchmark
+baselines and for debugging; the results are the same either way (within float rounding, at most 1e-4).
 
 glibc's allocator hands large buffers back to the kernel when they are freed (`mmap` above a
 threshold, heap trimming above another) and faults them in, zero-filled, on the next call: for the

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ import torch
 from core.atomic import DiskFullError, remove_stale_temps, write_atomic
 from core.config import HParams
 from core.device import resolve_device
+from core.runtime import plain
 from core.features import feature_path, feature_problem, list_speakers, save_f0, save_npy, save_object_npy
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
 from modules.mel_processing import spectrogram_torch, volume_extract
@@ -27,6 +28,8 @@ from modules.mel_processing import spectrogram_torch, volume_extract
 logger = logging.getLogger(__name__)
 
 ENCODER_RATE = 16000
+# F0 predictors that may run on two clips at once in one process (pm calls Praat, which keeps global state).
+LANE_SAFE_F0 = ("dio", "harvest", "crepe", "rmvpe", "fcpe")
 
 
 @dataclass
@@ -186,6 +189,28 @@ def _process_in_worker(clip: str) -> tuple[bool, str | None]:
     return _process(_extractor, clip)
 
 
+def _lanes(settings: FeatureSettings) -> int:
+    """How many clips one process works on at once: two on a CPU with two or more torch threads, each clip
+    on half of them. The encoders' and F0 networks' small-batch work scales poorly over threads, so two
+    clips keep the cores busier than one (1.08-1.12x on 2 cores) with one copy of the models."""
+    cpu = str(resolve_device(settings.device)) == "cpu"
+    return 2 if cpu and torch.get_num_threads() >= 2 and settings.f0_predictor in LANE_SAFE_F0 and not plain() else 1
+
+
+def _process_all(extractor: FeatureExtractor, clips: list[str], bar) -> list[tuple[bool, str | None]]:
+    """Every clip through `extractor` in this process, on `_lanes` threads."""
+    lanes = _lanes(extractor.s)
+    if lanes == 1:
+        return [_process(extractor, clip) for clip in bar(clips)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads // lanes)  # read by each new thread at its first parallel operation
+    try:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="features") as pool:
+            return list(bar(pool.map(partial(_process, extractor), clips)))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dataset/44k",
                      num_processes: int = 1, progress: bool = True) -> FeatureSummary:
     """Process every clip under ``in_dir`` with ``num_processes`` workers (0 = one per CPU). Each worker loads
@@ -206,8 +231,7 @@ def extract_features(settings: FeatureSettings, in_dir: str | os.PathLike = "dat
     random.shuffle(clips)  # as 4.1 does
     bar = partial(tqdm, total=len(clips), desc="features", disable=not progress)
     if num_processes == 1:
-        extractor = FeatureExtractor(settings)
-        results = [_process(extractor, clip) for clip in bar(clips)]
+        results = _process_all(FeatureExtractor(settings), clips, bar)
     else:
         import multiprocessing
 

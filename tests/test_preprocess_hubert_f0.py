@@ -187,3 +187,44 @@ def test_two_workers_write_the_same_files(prepared, tmp_path, monkeypatch, caplo
         for got, want in zip(load_f0(f"{twin}.f0.npy"), load_f0(f"{clip}.f0.npy")):
             np.testing.assert_array_equal(got, want)
         np.testing.assert_allclose(load_npy(f"{twin}.vol.npy"), load_npy(f"{clip}.vol.npy"), rtol=1e-6, atol=1e-7)
+
+
+def test_one_process_works_on_two_clips_at_a_time(prepared, tmp_path, monkeypatch, caplog) -> None:
+    """With two or more torch threads on the CPU, one process converts two clips at once, each on half of the
+    threads, with the same files as one clip at a time (SOVITS_PLAIN=1); pm (Praat) stays one at a time."""
+    import threading
+
+    from prep import features
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    lanes_seen: set[str] = set()
+    process = features._process
+
+    def spy(extractor, clip):
+        lanes_seen.add(threading.current_thread().name)
+        return process(extractor, clip)
+
+    monkeypatch.setattr(features, "_process", spy)
+    try:
+        for name, f0, plain, lanes in (("lanes", "dio", "", 2), ("plain", "dio", "1", 1), ("pm", "pm", "", 1)):
+            project = tmp_path / name
+            for sub in ("configs", "pretrain", "dataset"):
+                shutil.copytree(prepared / sub, project / sub)
+            monkeypatch.chdir(project)
+            monkeypatch.setenv("SOVITS_PLAIN", plain)
+            lanes_seen.clear()
+            assert preprocess_hubert_f0.main(["--f0_predictor", f0, "--overwrite", "--use_diff",
+                                              "--device", "cpu"]) == 0
+            assert len(lanes_seen) == lanes, (name, lanes_seen)
+            assert torch.get_num_threads() == 2  # given back after the run
+    finally:
+        torch.set_num_threads(threads)
+    for clip in _clips(prepared):
+        got, want = (tmp_path / name / clip.relative_to(prepared) for name in ("lanes", "plain"))
+        for kind in ("units", "spec"):
+            torch.testing.assert_close(safe_torch_load(feature_path(got, kind)),
+                                       safe_torch_load(feature_path(want, kind)), rtol=1e-5, atol=1e-5)
+        for a, b in zip(load_f0(f"{got}.f0.npy"), load_f0(f"{want}.f0.npy")):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(load_npy(f"{got}.mel.npy"), load_npy(f"{want}.mel.npy"), rtol=1e-5, atol=1e-5)
