@@ -20,8 +20,8 @@ import torch
 from core.atomic import DiskFullError, remove_stale_temps, write_atomic
 from core.config import HParams
 from core.device import resolve_device
-from core.runtime import plain
 from core.features import feature_path, feature_problem, list_speakers, save_f0, save_npy, save_object_npy
+from core.runtime import plain
 from modules.audio_io import AudioReadError, read_audio_mono, resample_audio
 from modules.mel_processing import spectrogram_torch, volume_extract
 
