@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh --prepare    here, with network: Python 3.12 wheels of what a CUDA image of
 #                                        torch lacks -> .gpu/wheels; the demo and bench voices -> .gpu/shared
 #   bash bench/gpu_check.sh              there, with .gpu copied along: installs the wheels into
-#                                        /tmp/gpu_site, then runs the checks below, one log each in $OUT
+#                                        .gpu/site, then runs the checks below, one log each in $OUT
 #                                        (or .gpu/out), and a summary of exit codes at the end
 #
 # Checks (about 6 minutes on one GPU, 9.5 at most: each has a time limit):
@@ -23,7 +23,7 @@ PYTHON=${PYTHON:-python3}
 if [ "${1:-}" = "--prepare" ]; then
     set -e  # .gpu/ is git-ignored: copy it along with the checkout
     shared=${SOVITS_SHARED:-$ROOT/../shared}
-    rm -rf "$GPU_DIR/shared" "$GPU_DIR/wheels"
+    rm -rf "$GPU_DIR"  # a try-out's site/, demo/ and out/ need not travel
     mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/shared/data/source" "$GPU_DIR/shared/data/edge"
     for speaker in slt kal; do  # the demo's speakers, its 8 clips each: the folder stays small to copy
         mkdir -p "$GPU_DIR/shared/data/voices/$speaker"
@@ -50,9 +50,9 @@ DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 SOVITS_SHARED="$ROOT/$GPU_DIR/shared"
 if ls "$GPU_DIR"/wheels/*.whl >/dev/null 2>&1 && [ "${SKIP_WHEELS:-0}" != 1 ]; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_site "$GPU_DIR"/wheels/*.whl \
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$GPU_DIR/site" "$GPU_DIR"/wheels/*.whl \
         || { echo "installing the wheels failed"; exit 1; }
-    export PYTHONPATH=/tmp/gpu_site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$ROOT/$GPU_DIR/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ "${QUICK:-0}" = 1 ]; then  # the script's own try-out: fewest steps, shortest audio
     repeats=1; seconds=5,10; demo_steps=2; configs=tiny
@@ -79,6 +79,6 @@ check train_step 180 "$PYTHON" bench/train_step.py --device "$DEVICE" --configs 
 check synth_infer 60 "$PYTHON" bench/synth_infer.py --device "$DEVICE" --seconds 10 --repeats "$repeats" \
     --variants plain,fast,bf16
 check infer_e2e 100 "$PYTHON" bench/infer_e2e.py --device "$DEVICE" --seconds "$seconds" --f0_predictor fcpe
-rm -rf /tmp/gpu_demo
-check demo 200 "$PYTHON" demo.py --workdir /tmp/gpu_demo --steps "$demo_steps" --diff-steps "$((demo_steps * 5))"
+rm -rf "$GPU_DIR/demo"
+check demo 200 "$PYTHON" demo.py --workdir "$GPU_DIR/demo" --steps "$demo_steps" --diff-steps "$((demo_steps * 5))"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
