@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import soundfile as sf
 
-from core.device import device_problem
 from modules.F0Predictor import F0_PREDICTORS
 
 if TYPE_CHECKING:
@@ -94,8 +93,11 @@ def convert_to_results(svc: Svc, args: argparse.Namespace, clean_name: str, wav:
 
 
 def check_args(args: argparse.Namespace) -> str | None:
-    if problem := device_problem(args.device):
-        return problem
+    if args.device not in (None, "auto"):
+        from core.device import device_problem  # loads torch: only for a device named on the command line
+
+        if problem := device_problem(args.device):
+            return problem
     if args.f0_predictor not in F0_PREDICTORS:
         return f"unknown F0 predictor {args.f0_predictor!r}; choose one of {', '.join(F0_PREDICTORS)}"
     if args.wav_format.upper() not in sf.available_formats():

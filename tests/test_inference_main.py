@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import soundfile as sf
 
 import inference_main
+from conftest import ROOT
 from test_infer_tool import SR, build_workspace
 
 MODEL = ["-m", "logs/44k/G_1.pth", "-c", "logs/44k/config.json"]
@@ -179,3 +182,10 @@ def test_help_states_the_limits_the_options_enforce(capsys) -> None:
         inference_main.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"(-{MAX_TRANSPOSE}..{MAX_TRANSPOSE})" in text and f"at least {MIN_CLIP_FRAMES} model frames" in text
+
+
+def test_the_command_module_imports_without_torch() -> None:
+    """inference_main.py --help and the web page's start do not wait for torch."""
+    code = "import sys, inference_main, inference.command; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
