@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from cluster import UnitMixer, load_cluster_or_index
 from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
-from core.device import missing_device, resolve_device
+from core.device import device_problem, resolve_device
 from core.runtime import bf16_problem, release_memory, tune_allocator
 from generator import (LoadedGenerator, ModelConfigMismatch, check_encoder_width, infer_speech_encoder,
                        load_generator)
@@ -103,9 +103,9 @@ class Svc:
                  bf16: bool = False) -> None:
         self.stage_hook: StageHook = contextlib.nullcontext
         tune_allocator()
-        self.dev = resolve_device(device)
-        if problem := missing_device(self.dev):
+        if problem := device_problem(device):  # a name torch does not know, or a GPU this process lacks
             raise SvcError(f"{problem}; choose another with -d (cpu, cuda:0, ...)")
+        self.dev = resolve_device(device)
         self.net_g_path, self.config_path = os.fspath(net_g_path), os.fspath(config_path)
         self.diffusion = load_diffusion(diffusion_model_path, diffusion_config_path, self.dev) \
             if shallow_diffusion or only_diffusion else None

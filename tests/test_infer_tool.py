@@ -469,6 +469,8 @@ def test_a_gpu_that_is_not_there_is_refused_clearly(ws: Path, monkeypatch) -> No
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(SvcError, match=r"^device cuda:1 cannot be used: this process sees 1 CUDA GPU\(s\), cuda:0 to"):
         Svc(*args, "cuda:1", cluster_model_path="", pretrain_dir=ws / "pretrain")
+    with pytest.raises(SvcError, match=r"^unknown device 'gpu'; use cpu, cuda or cuda:N; choose another "):
+        Svc(*args, "gpu", cluster_model_path="", pretrain_dir=ws / "pretrain")  # the servers' -d reaches Svc directly
 
 
 def test_long_song_streams_in_bounded_memory(svc: Svc, ws: Path, tmp_path: Path) -> None:
