@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Mapping
 
 import numpy as np
 import soundfile as sf
@@ -102,6 +102,7 @@ class Svc:
                  pretrain_dir: PathLike = "pretrain", unit_mixer: UnitMixer | None = None, onnx: bool = False,
                  bf16: bool = False) -> None:
         self.stage_hook: StageHook = contextlib.nullcontext
+        self.spk_mix_enable = self._onnx = False  # read by load_model
         tune_allocator()
         if problem := device_problem(device):  # a name torch does not know, or a GPU this process lacks
             raise SvcError(f"{problem}; choose another with -d (cpu, cuda:0, ...)")
@@ -139,7 +140,7 @@ class Svc:
                                "unavailable", self.net_g_path)
             units_width = cfg.model.ssl_dim
             self.speech_encoder = infer_speech_encoder(cfg.model.speech_encoder, units_width, self.config_path)
-        self.synthesizer, self.bf16 = self.net_g_ms, bool(bf16) and self.net_g_ms is not None
+        self.bf16 = bool(bf16) and self.net_g_ms is not None
         if self.bf16 and (problem := bf16_problem(self.dev)):
             if self.dev.type != "cuda":  # a CPU's reference bf16 kernels run many times slower than fp32
                 raise SvcError(f"--bf16 refused: {problem}")
@@ -147,8 +148,8 @@ class Svc:
         if onnx and self.net_g_ms is not None:
             if self.dev.type != "cpu" or self.bf16:
                 raise SvcError("the ONNX Runtime backend (--onnx) runs fp32 on the CPU: add -d cpu, drop --bf16")
-            from export.onnx import OnnxSynthesizer  # onnxruntime is imported only when asked for
-            self.synthesizer = OnnxSynthesizer(self.net_g_ms, self.net_g_path, self.config_path)
+            self._onnx = True
+        self.synthesizer = self._synthesizer_for(self.net_g_ms)
         self.hubert_model = get_speech_encoder(self.speech_encoder, self.dev, pretrain_dir)
         dim = self.hubert_model.dim
         if not self.only_diffusion:
@@ -178,7 +179,6 @@ class Svc:
                                         f"release ships model.ckpt; rename it to {path} (keep config.json "
                                         "next to it)")
             self.enhancer = Enhancer("nsf-hifigan", path, device=self.dev)
-        self.spk_mix_enable = False
         if spk_mix_enable and len(self.spk2id) > 1:
             self.enable_spk_mix()
         self._f0_predictor = None
@@ -188,13 +188,22 @@ class Svc:
         """(Re)load the So-VITS generator from `net_g_path` (4.1's method; also after `unload_model`)."""
         loaded = load_generator(self.net_g_path, self.hps_ms, self.config_path, self.dev)
         self.net_g_ms, self.dtype = loaded.net, loaded.dtype
-        if spk_mix_enable and len(self.spk2id) > 1:
+        self.synthesizer = self._synthesizer_for(loaded.net)
+        if (spk_mix_enable or self.spk_mix_enable) and len(self.spk2id) > 1:  # a reload keeps mixing on
             self.enable_spk_mix()
         return loaded
 
+    def _synthesizer_for(self, net: torch.nn.Module | None) -> Any:
+        """What runs the generator: the network itself, or its ONNX Runtime graph with --onnx."""
+        if net is None or not self._onnx:
+            return net
+        from export.onnx import OnnxSynthesizer  # onnxruntime is imported only when asked for
+
+        return OnnxSynthesizer(net, self.net_g_path, self.config_path)
+
     def unload_model(self) -> None:
         """Free the generator and the enhancer, as 4.1 does; `load_model` brings the generator back."""
-        self.net_g_ms = self.enhancer = None
+        self.net_g_ms = self.synthesizer = self.enhancer = None
         self.clear_empty()
 
     @staticmethod

@@ -506,3 +506,19 @@ def test_unload_model_frees_the_generator_and_load_model_brings_it_back(ws: Path
         svc.slice_inference(ws / "raw/short.wav", "speaker0", 0)
     svc.load_model()
     np.testing.assert_array_equal(svc.slice_inference(ws / "raw/short.wav", "speaker0", 0), before)
+
+
+def test_unload_frees_the_generator_and_load_brings_it_back(ws: Path) -> None:
+    """4.1's unload_model / load_model: the generator (and whatever runs it) is gone after the unload, and the
+    reloaded one is the one that converts, with speaker mixing still on."""
+    import weakref
+
+    svc = Svc(ws / "logs/44k/G_1.pth", ws / "logs/44k/config.json", "cpu", cluster_model_path="",
+              pretrain_dir=ws / "pretrain", spk_mix_enable=True)
+    before = svc.slice_inference(ws / "raw/short.wav", "speaker0", 0)
+    old = weakref.ref(svc.net_g_ms)
+    svc.unload_model()
+    assert svc.net_g_ms is None and svc.synthesizer is None and old() is None
+    svc.load_model()
+    assert svc.synthesizer is svc.net_g_ms is not None and svc.net_g_ms.character_mix
+    np.testing.assert_array_equal(svc.slice_inference(ws / "raw/short.wav", "speaker0", 0), before)
