@@ -503,3 +503,18 @@ def test_browser_converts_the_microphone_live(server: str, client, project: Path
     assert "chunk 0.50 s" in status and f"crossfade {5 * 512 / SR:.3f} s" in status  # 0.05 s in whole hops
     assert "Real-time factor" in status
     assert (tmp_path / "live.png").stat().st_size > 10_000
+
+
+def test_a_replaced_or_unloaded_model_is_freed(project: Path, monkeypatch) -> None:
+    import weakref
+
+    from webui.state import ModelFiles, ModelSlot
+
+    monkeypatch.chdir(project)
+    slot, files = ModelSlot(), ModelFiles("trained/tiny/G_1.pth", "trained/tiny/config.json")
+    slot.load(files, "cpu")
+    first = weakref.ref(slot.svc)
+    slot.load(files, "cpu")
+    assert first() is None and slot.svc is not None
+    second = weakref.ref(slot.svc)
+    assert slot.unload() == "Model unloaded; its memory is free." and second() is None

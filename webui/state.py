@@ -114,16 +114,6 @@ def f0_availability() -> tuple[list[str], dict[str, str]]:
     return [name for name in F0_PREDICTORS if name not in missing], missing
 
 
-def _free(svc: Svc | None) -> None:
-    """Drop a model that is no longer the page's: its generator now, then whatever else it held."""
-    if svc is not None:
-        from inference.infer_tool import Svc
-
-        svc.unload_model()
-        del svc
-        Svc.clear_empty()  # the encoder and the rest are garbage now
-
-
 class ModelSlot:
     """The one loaded model of the page (a failed load keeps the previous one) and its conversions."""
 
@@ -152,17 +142,25 @@ class ModelSlot:
             svc = Svc(files.model, files.config, None if device == "auto" else device, files.cluster, enhance,
                       files.diffusion_model, files.diffusion_config, shallow_diffusion, only_diffusion,
                       feature_retrieval=files.cluster.endswith(".pkl"))
-            old, self.svc = self.svc, svc
-            _free(old)
+            self._replace(svc)
         return f"Loaded on {svc.dev} ({svc.output_mode}): {files.describe()}. Speakers: {', '.join(svc.spk2id)}"
 
     def unload(self) -> str:
         with self._lock:
             if self.svc is None:
                 return "No model is loaded."
-            svc, self.svc = self.svc, None
-            _free(svc)
+            self._replace(None)
         return "Model unloaded; its memory is free."
+
+    def _replace(self, svc: Svc | None) -> None:
+        """Make `svc` the page's model; the one it replaces is freed, its generator first, then the rest."""
+        from inference.infer_tool import Svc
+
+        old, self.svc = self.svc, svc
+        if old is not None:
+            old.unload_model()
+            del old  # the last reference: the encoder, F0 predictor and the rest are garbage now
+            Svc.clear_empty()
 
     def _loaded(self) -> Svc:
         if self.svc is None:
