@@ -518,3 +518,22 @@ def test_a_replaced_or_unloaded_model_is_freed(project: Path, monkeypatch) -> No
     assert first() is None and slot.svc is not None
     second = weakref.ref(slot.svc)
     assert slot.unload() == "Model unloaded; its memory is free." and second() is None
+
+
+def test_live_starts_over_when_the_model_changes(project: Path, monkeypatch, single_thread) -> None:
+    """Samples gathered for one model (at its rate) are not fed to the next one loaded mid-recording."""
+    from webui.live import LiveOptions, LiveSession
+    from webui.state import ModelFiles, ModelSlot
+
+    monkeypatch.chdir(project)
+    slot, live = ModelSlot(), LiveSession()
+    files = ModelFiles("trained/tiny/G_1.pth", "trained/tiny/config.json")
+    slot.load(files, "cpu")
+    options = LiveOptions("speaker1", chunk_seconds=0.25, crossfade=0.03, f0_predictor="pm")
+    voice = sf.read(project / "raw/short.wav", dtype="int16")[0][:SR]
+    half = round(0.25 * SR) // 2
+    live.start(slot, options)
+    assert len(live.feed(slot, SR, voice[:half], options)) == 0
+    slot.load(files, "cpu")  # a new model while the microphone is on
+    assert len(live.feed(slot, SR, voice[half:2 * half + 1], options)) == 0  # the first half was dropped
+    assert len(live.feed(slot, SR, voice[2 * half + 1:4 * half + 2], options)) == round(0.25 * SR)

@@ -63,8 +63,11 @@ class LiveSession:
     def _configure(self, svc: Svc, options: LiveOptions) -> StreamConverter:
         from inference.streaming import StreamConverter
 
-        wanted = (id(svc), options.f0_predictor, options.crossfade, options.raw)
+        wanted = (options.f0_predictor, options.crossfade, options.raw)
         if self.stream is None or self.stream.svc is not svc or self._built_for != wanted:
+            if self.stream is not None and self.stream.svc is not svc:  # another model, maybe another rate
+                self._resampler, self._rate, self._pending = None, 0, np.zeros(0, np.float32)
+                self.take = []
             self.stream = StreamConverter(svc, options.f0_predictor, crossfade=options.crossfade, raw=options.raw)
             self._built_for = wanted
         return self.stream
