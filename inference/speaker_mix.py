@@ -46,9 +46,12 @@ def read_spk_mix_file(path: str | os.PathLike) -> dict:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "spk_mix_map"
                                                 for t in node.targets):
             try:
-                return ast.literal_eval(node.value)
+                value = ast.literal_eval(node.value)
             except ValueError:
                 break
+            if isinstance(value, dict):
+                return value
+            break
     raise SpkMixError(f"{name} must set spk_mix_map = {{speaker_id: [[t0, t1, v0, v1], ...]}} with plain numbers")
 
 

@@ -537,3 +537,16 @@ def test_live_starts_over_when_the_model_changes(project: Path, monkeypatch, sin
     slot.load(files, "cpu")  # a new model while the microphone is on
     assert len(live.feed(slot, SR, voice[half:2 * half + 1], options)) == 0  # the first half was dropped
     assert len(live.feed(slot, SR, voice[2 * half + 1:4 * half + 2], options)) == round(0.25 * SR)
+
+
+def test_an_uploaded_mix_file_is_read_as_data(tmp_path: Path) -> None:
+    from inference.speaker_mix import SpkMixError, read_spk_mix_file
+
+    good = tmp_path / "good.py"
+    good.write_text("import os\nspk_mix_map = {0: [[0., 1., 1., 1.]], 1: [[0., 1., 0., 0.]]}\n")
+    assert read_spk_mix_file(good) == {0: [[0., 1., 1., 1.]], 1: [[0., 1., 0., 0.]]}
+    for text in ("spk_mix_map = [[0, 1, 1, 1]]\n", "spk_mix_map = 5\n", "spk_mix_map = os.environ\n", "x = 1\n"):
+        bad = tmp_path / "bad.py"
+        bad.write_text(text)
+        with pytest.raises(SpkMixError, match=r"^bad\.py must set spk_mix_map = \{speaker_id: "):
+            read_spk_mix_file(bad)
