@@ -246,7 +246,7 @@ def slice_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike | None =
         dst_dir = src_dir if out_dir is None else os.path.join(out_dir, speaker)
         keep_dir = os.path.join(src_dir, UNSLICED) if out_dir is None else None
         remove_stale_temps(dst_dir)  # left by a run that was killed mid-write
-        kept = {os.path.splitext(n)[0] for n in os.listdir(keep_dir)} if keep_dir and os.path.isdir(keep_dir) else ()
+        kept = {os.path.splitext(n)[0] for n in os.listdir(keep_dir)} if keep_dir and os.path.isdir(keep_dir) else set()
         report = SpeakerReport(speaker)
         for name in sorted(os.listdir(src_dir)):
             path = os.path.join(src_dir, name)
@@ -261,6 +261,8 @@ def slice_dataset(in_dir: PathLike = "./dataset_raw", out_dir: PathLike | None =
                 if progress:
                     print(f"slicing {path}", flush=True)
                 report.files.append(slice_file(path, dst_dir, settings, keep_dir))
+                if keep_dir and report.files[-1].status != "failed":  # moved: its pieces, listed later, stay
+                    kept.add(os.path.splitext(name)[0])
         reports.append(report)
     return reports
 

@@ -184,6 +184,7 @@ def test_out_dir_rerun_and_clashes_lose_nothing(project, tmp_path) -> None:
     (project / "slt" / "notes.txt").unlink()
     outcomes = {os.path.basename(f.src): f for f in slice_dataset(project, None, settings, progress=False)[0].files}
     assert outcomes["long_slt_60s.wav"].status == "sliced"
+    assert not [n for n in outcomes if n.startswith("long_slt_60s_")]  # its pieces are not sliced once more
     assert outcomes["stereo48k_slt.wav"].status == "failed"
     assert outcomes["stereo48k_slt.wav"].reason.startswith("stereo48k_slt_0.wav already exist(s) with other content")
     assert (project / "slt" / "stereo48k_slt_0.wav").read_bytes() == b"someone else's take"
