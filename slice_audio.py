@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run slice_audio.py with `argv` (default: sys.argv[1:]); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from prep.slicing import WHISPER_MAX_SECONDS, SliceSettings
+    from prep.slicing import SliceSettings
+    from vencoder import WHISPER_MAX_SECONDS
 
     if not 0 <= args.min_seconds < args.max_seconds:
         parser.error(f"need 0 <= --min_seconds < --max_seconds, got {args.min_seconds:g} and {args.max_seconds:g}")

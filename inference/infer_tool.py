@@ -38,7 +38,7 @@ from modules import f0 as f0_math
 from modules.audio_resample import resample
 from modules.F0Predictor import get_f0_predictor
 from modules.mel_processing import volume_extract
-from vencoder import get_speech_encoder
+from vencoder import WHISPER_MAX_SECONDS, get_speech_encoder
 
 __all__ = ["F0FilterException", "InferOptions", "SEED", "StageHook", "Svc", "SvcError", "change_rms",
            "fill_a_to_b", "format_wav", "pad_array"]
@@ -46,7 +46,6 @@ __all__ = ["F0FilterException", "InferOptions", "SEED", "StageHook", "Svc", "Svc
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 StageHook = Callable[[str], ContextManager[object]]
-WHISPER_MAX_SECONDS = 30.0
 _COPY_BLOCK = 1 << 20  # samples per block when converting inputs to WAV
 _OPTION_NAMES = frozenset(f.name for f in fields(InferOptions))
 

@@ -31,14 +31,13 @@ from modules.slicer import ArraySource, Slicer, rms_frames
 from modules.audio_io import AudioReadError, read_audio_mono, write_wav_int16
 from prep.resample import output_name
 
-__all__ = ["FileOutcome", "Piece", "SliceSettings", "SpeakerReport", "UNSLICED", "WHISPER_MAX_SECONDS",
+__all__ = ["FileOutcome", "Piece", "SliceSettings", "SpeakerReport", "UNSLICED",
            "format_report", "plan_pieces", "slice_dataset", "slice_file", "wav_bytes"]
 
 PathLike = str | os.PathLike
 Span = tuple[int, int]  # samples [start, end) of a source
 
 UNSLICED = ".unsliced"  # where in-place slicing keeps the original recordings
-WHISPER_MAX_SECONDS = 30.0  # whisper-ppg encoders read one fixed 30-second window per clip
 _PIECE_NAME = re.compile(r"(.+)_\d+\.wav")
 
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # keep `import vencoder` free of torch and model code
 
     from vencoder.encoder import SpeechEncoder
 
-__all__ = ["ENCODER_DIMS", "encoder_file", "encoders_of_width", "get_speech_encoder", "speech_encoder_names"]
+__all__ = ["ENCODER_DIMS", "WHISPER_MAX_SECONDS", "encoder_file", "encoders_of_width", "get_speech_encoder",
+           "speech_encoder_names"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ _ENCODERS: dict[str, _Entry] = {
 
 # Output feature size of every encoder name.
 ENCODER_DIMS: dict[str, int] = {name: entry.width for name, entry in _ENCODERS.items()}
+WHISPER_MAX_SECONDS = 30.0  # whisper-ppg encoders read one fixed 30-second window per clip
 
 
 def speech_encoder_names() -> list[str]:
