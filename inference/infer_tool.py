@@ -347,12 +347,16 @@ class Svc:
         if spk_mix and not isinstance(speaker, torch.Tensor):
             raise SvcError("spk_mix needs the mixing weights tensor as `speaker`")
         self.check_k_step(k_step)
-        audio, n_frames = self.convert_piece(read_wav(raw_path, self.target_sample), speaker, opts, frame)
+        try:
+            audio, n_frames = self.convert_piece(read_wav(raw_path, self.target_sample), speaker, opts, frame)
+        finally:
+            release_memory()
         return audio, audio.shape[-1], n_frames
 
     def convert_piece(self, wav: np.ndarray, speaker: str | int | torch.Tensor, opts: InferOptions,
                       frame: int = 0) -> tuple[torch.Tensor, int]:
-        """`_convert`, with running out of memory turned into advice."""
+        """`_convert`, with running out of memory turned into advice. Leaves the heap as it is: a stream's chunks
+        of one length reuse it; the song paths trim it after each piece."""
         try:
             return self._convert(wav, speaker, opts, frame)
         except (RuntimeError, MemoryError) as err:
@@ -364,8 +368,6 @@ class Svc:
             raise SvcError(f"Out of {'GPU ' if gpu else ''}memory on a {len(wav) / self.target_sample:.1f} s "
                            "slice — use -cl 30 (forced slicing), raise -sd to -30 (more silence cuts)"
                            + (", or --device cpu" if gpu else "")) from err
-        finally:
-            release_memory()  # a long song's peak stays that of its longest piece
 
     def song_speaker(self, spk: str | int | Mapping[int, list], opts: InferOptions) -> str | int | dict:
         """Check -cl, -ks, the speaker (or mix map, enabling mixing on first use) and -cr before any audio work;
@@ -399,7 +401,10 @@ class Svc:
             if len(wav) / self.target_sample > limit:
                 raise SvcError(f"{self.speech_encoder} takes at most {limit:g} s per slice, -p padding included "
                                f"(this one is {len(wav) / self.target_sample:.1f} s); use -cl 25 -lg 1")
-            audio, n_frames = self.convert_piece(wav, speaker, opts, frame)
+            try:
+                audio, n_frames = self.convert_piece(wav, speaker, opts, frame)
+            finally:
+                release_memory()  # a long song's peak stays that of its longest piece
             return audio.numpy(), n_frames
 
         return iter_song(convert, self.target_sample, self.hop_size, audio, speaker, opts, progress,

@@ -157,3 +157,16 @@ def test_bad_speaker_transposition_or_ratio(svc: Svc, voice: np.ndarray) -> None
         StreamConverter(svc, cluster_infer_ratio=0.5)
     with pytest.raises(ValueError, match="Unknown F0 predictor"):
         StreamConverter(svc, f0_predictor="yin")
+
+
+def test_the_heap_is_trimmed_per_song_piece_not_per_stream_chunk(svc: Svc, voice: np.ndarray, monkeypatch) -> None:
+    """Trimming hands the decoder's buffers back to the system; a stream's same-length chunks reuse them."""
+    import inference.infer_tool as infer_tool
+
+    trims: list[int] = []
+    monkeypatch.setattr(infer_tool, "release_memory", lambda: trims.append(1))
+    stream_through(StreamConverter(svc, "pm"), voice)
+    assert trims == []
+    root = Path(svc.net_g_path).parents[2]
+    pieces = list(svc.iter_slice_inference(root / "raw/short.wav", "speaker0", InferOptions(clip_seconds=0.5)))
+    assert pieces and len(trims) >= 2
