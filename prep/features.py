@@ -189,19 +189,20 @@ def _process_in_worker(clip: str) -> tuple[bool, str | None]:
     return _process(_extractor, clip)
 
 
-def _lanes(settings: FeatureSettings) -> int:
+def _lanes(extractor: FeatureExtractor) -> int:
     """How many clips one process works on at once: two on a CPU with two or more torch threads, each clip
     on half of them. The encoders' and F0 networks' small-batch work scales poorly over threads, so two
     clips keep the cores busier than one (1.08-1.12x on 2 cores) with one copy of the models."""
-    cpu = str(resolve_device(settings.device)) == "cpu"
-    return 2 if cpu and torch.get_num_threads() >= 2 and settings.f0_predictor in LANE_SAFE_F0 and not plain() else 1
+    lane_safe = extractor.s.f0_predictor in LANE_SAFE_F0 and not plain()
+    return 2 if extractor.device == "cpu" and torch.get_num_threads() >= 2 and lane_safe else 1
 
 
 def _process_all(extractor: FeatureExtractor, clips: list[str], bar) -> list[tuple[bool, str | None]]:
     """Every clip through `extractor` in this process, on `_lanes` threads."""
-    lanes = _lanes(extractor.s)
+    lanes = _lanes(extractor)
     if lanes == 1:
         return [_process(extractor, clip) for clip in bar(clips)]
+    getattr(extractor.f0, "net", None)  # a network built on first use (CREPE) is built once, before the lanes
     threads = torch.get_num_threads()
     torch.set_num_threads(threads // lanes)  # read by each new thread at its first parallel operation
     try:
