@@ -258,8 +258,7 @@ def compress(model: str, config: str, half: bool, folder: str = ".") -> str:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors shown on the page as their message: the CLI's, the speaker-mix and TTS errors, and ours."""
-    from inference.speaker_mix import SpkMixError
+    """Errors shown on the page as their message: the CLI's (the speaker-mix one among them), TTS's, and ours."""
     from webui.tts import TTSError
 
-    return command.user_errors() + (SpkMixError, TTSError, WebError, Cancelled)
+    return command.user_errors() + (TTSError, WebError, Cancelled)
