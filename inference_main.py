@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         options = [InferOptions.from_args(args, tran) for tran in trans]  # fail before loading anything
         log.info("Using F0 predictor: %s", args.f0_predictor)
         # -cm, or 4.1's default file for -cr with or without -fr; nothing without -cr
-        cluster = "" if args.cluster_infer_ratio == 0 else args.cluster_model_path or (
-            "logs/44k/feature_and_index.pkl" if args.feature_retrieval else "logs/44k/kmeans_10000.pt")
+        cluster = "" if args.cluster_infer_ratio == 0 else args.cluster_model_path or \
+            command.default_cluster_path(args.feature_retrieval)
         svc = Svc(args.model_path, args.config_path, args.device, cluster, args.enhance,
                   args.diffusion_model_path, args.diffusion_config_path, args.shallow_diffusion,
                   args.only_diffusion, args.use_spk_mix, args.feature_retrieval, onnx=args.onnx, bf16=args.bf16)

@@ -16,7 +16,8 @@ from modules.F0Predictor import F0_PREDICTORS
 if TYPE_CHECKING:
     from inference.infer_tool import InferOptions, Svc
 
-__all__ = ["build_parser", "check_args", "convert_to_results", "defaults", "result_name", "user_errors"]
+__all__ = ["build_parser", "check_args", "convert_to_results", "default_cluster_path", "defaults", "result_name",
+           "user_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ def convert_to_results(svc: Svc, args: argparse.Namespace, clean_name: str, wav:
     svc.convert_file(wav, out, spk, opts, args.wav_format, progress)
     log.info("saved %s", out)
     return out
+
+
+def default_cluster_path(feature_retrieval: bool = False) -> str:
+    """4.1's file for -cr when -cm is empty: the feature index with -fr, else the k-means model."""
+    return "logs/44k/feature_and_index.pkl" if feature_retrieval else "logs/44k/kmeans_10000.pt"
 
 
 def check_args(args: argparse.Namespace) -> str | None:

@@ -27,6 +27,7 @@ from core.device import device_problem, resolve_device
 from core.runtime import bf16_problem, release_memory, tune_allocator
 from generator import (LoadedGenerator, ModelConfigMismatch, check_encoder_width, infer_speech_encoder,
                        load_generator)
+from inference.command import default_cluster_path
 from inference.enhancer import Enhancer
 from inference.options import (MIN_CLIP_FRAMES, SEED, F0FilterException, InferOptions, SvcError, fill_a_to_b,
                                pad_array, seeded)
@@ -247,7 +248,7 @@ class Svc:
     def check_cluster(self, ratio: float) -> None:
         """Fail early when `ratio` asks for clustering / retrieval without a loaded file (4.1 crashed later)."""
         if ratio != 0 and self.unit_mixer is None:
-            path = self.cluster_model_path or "logs/44k/kmeans_10000.pt"
+            path = self.cluster_model_path or default_cluster_path()
             how = "python train_index.py -c configs/config.json" if path.endswith(".pkl") \
                 else "python cluster/train_cluster.py"
             raise SvcError(f"cluster ratio {ratio} given but {path} not found; train it ({how}) or set -cr 0")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
+from inference.command import default_cluster_path
 from modules.F0Predictor import F0_PREDICTORS
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def load_svc(args: argparse.Namespace) -> "Svc | None":
         print(f"error: -cr must be between 0 and 1, got {args.cluster_infer_ratio}", file=sys.stderr)
         return None
     try:
-        cluster = args.cluster_model_path or ("logs/44k/kmeans_10000.pt" if args.cluster_infer_ratio else "")
+        cluster = args.cluster_model_path or (default_cluster_path() if args.cluster_infer_ratio else "")
         svc = Svc(args.model_path, args.config_path, args.device, cluster)
         svc.check_cluster(args.cluster_infer_ratio)
         return svc
