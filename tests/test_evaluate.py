@@ -315,3 +315,19 @@ def test_resyntheses_feed_an_fp16_model_in_its_dtype() -> None:
     reference, audio = next(_resyntheses(net, [item], ["ref"], torch.device("cpu"), lambda _: None))
     assert reference == "ref" and audio.dtype == np.float32 and audio.shape == (frames * 512,)
     assert np.isfinite(audio).all()
+
+
+def test_the_scorer_analyses_each_original_clip_once(monkeypatch) -> None:
+    """train.py --eval_metrics hands the scorer the same validation clips at every evaluation."""
+    from evaluation.ranking import ResynthesisScorer
+
+    clip = sf.read(DATA / "voices" / "slt" / "slt_01.wav", dtype="float32")[0][:44100]
+    scorer = ResynthesisScorer(44100, 512, "pm", "cpu")
+    analysed: list[int] = []
+    reference = scorer.reference
+    monkeypatch.setattr(scorer, "reference", lambda audio: analysed.append(1) or reference(audio))
+    noisy = clip + 0.01 * np.random.default_rng(0).standard_normal(len(clip)).astype(np.float32)
+    first = scorer([(clip.copy(), noisy)])
+    assert scorer([(clip.copy(), noisy)]) == first and len(analysed) == 1
+    scorer([(noisy, clip)])
+    assert len(analysed) == 2
