@@ -25,6 +25,7 @@ from core.atomic import DiskFullError, is_disk_full
 from core.config import load_config
 from core.device import device_problem, resolve_device
 from core.runtime import bf16_problem, release_memory, tune_allocator
+from core.train_support import autocast
 from generator import (LoadedGenerator, ModelConfigMismatch, check_encoder_width, infer_speech_encoder,
                        load_generator)
 from inference.command import default_cluster_path
@@ -314,7 +315,7 @@ class Svc:
                 audio = torch.from_numpy(wav).to(self.dev)  # as in 4.1: no So-VITS pass, the input goes on
             else:
                 predict = opts.auto_predict_f0 and self.has_f0_decoder
-                with self.stage_hook("synthesizer"), torch.autocast(self.dev.type, torch.bfloat16, self.bf16):
+                with self.stage_hook("synthesizer"), autocast(self.dev, torch.bfloat16 if self.bf16 else None):
                     audio, f0 = self.synthesizer.infer(c, f0=f0, g=sid, uv=uv, predict_f0=predict,
                                                        noice_scale=opts.noice_scale, vol=vol)
                 audio = audio[0, 0].float()
